@@ -1,0 +1,8 @@
+"""Type aliases shared across curvlab."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+TensorList = list[Tensor]
+"""A list of tensors shaped like a model's parameters (optionally with a column axis)."""

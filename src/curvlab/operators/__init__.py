@@ -1,0 +1,25 @@
+"""Curvature operators over whole data sets, applied matrix-free."""
+
+from curvlab.operators.algebra import ProductOperator, SumOperator
+from curvlab.operators.base import CurvatureOperator
+from curvlab.operators.dense import DenseOperator
+from curvlab.operators.empirical_risk import (
+    EmpiricalRiskOperator,
+    NonDeterministicError,
+)
+from curvlab.operators.fisher import EmpiricalFisherOperator, FisherOperator
+from curvlab.operators.ggn import GGNOperator
+from curvlab.operators.hessian import HessianOperator
+
+__all__ = [
+    "CurvatureOperator",
+    "DenseOperator",
+    "EmpiricalFisherOperator",
+    "EmpiricalRiskOperator",
+    "FisherOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "NonDeterministicError",
+    "ProductOperator",
+    "SumOperator",
+]

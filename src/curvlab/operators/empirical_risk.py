@@ -61,6 +61,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
             determinism check.
         check_deterministic: Check on the first product that the data order and
             the model are deterministic.
+        compile: Compile the per-batch product with ``torch.compile``. The first
+            products pay the compilation (tens of seconds, once per batch shape);
+            later ones run faster, which suits jobs of thousands of products.
 
     Raises:
         ValueError: For an unsupported reduction, empty data, non-finite
@@ -79,6 +82,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         num_data: int | None = None,
         train_mode: bool = False,
         check_deterministic: bool = True,
+        compile: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
@@ -108,6 +112,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
         self.data = data
         self.param_names = names
         self.train_mode = train_mode
+        self.compile = compile
+        self._compiled: dict = {}
         self._check_pending = check_deterministic
         self.num_data = self._count_data() if num_data is None else int(num_data)
         if self.num_data < 1:
@@ -141,7 +147,16 @@ class EmpiricalRiskOperator(CurvatureOperator):
             "max_cols": self.max_cols,
             "num_data": self.num_data,
             "train_mode": self.train_mode,
+            "compile": self.compile,
         }
+
+    def _batch_function(self, function):
+        """Return ``function``, compiled once with ``torch.compile`` if asked."""
+        if not self.compile:
+            return function
+        if function not in self._compiled:
+            self._compiled[function] = torch.compile(function)
+        return self._compiled[function]
 
     # ------------------------------------------------------------------ helpers
     def _param_dict(self) -> dict[str, Tensor]:

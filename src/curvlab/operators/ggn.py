@@ -19,7 +19,7 @@ the Fisher operators in :mod:`curvlab.operators.fisher` take other choices.
 from __future__ import annotations
 
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
+from torch.func import functional_call, jvp, vjp, vmap
 
 from curvlab._typing import TensorList
 from curvlab.operators.empirical_risk import EmpiricalRiskOperator
@@ -58,23 +58,37 @@ class OutputCurvatureOperator(EmpiricalRiskOperator):
         self, X: Tensor, y: Tensor, M: TensorList, index: int
     ) -> TensorList:
         params = self._param_dict()
-        names = list(params)
-        primals = tuple(params.values())
-
-        def forward(*theta):
-            return self._forward(dict(zip(names, theta)), X)
-
-        output, pullback = vjp(forward, *primals)
-        output = output.detach()
-
-        def push(*v):
-            return jvp(forward, primals, v)[1]
-
         columns = tuple(m.movedim(-1, 0) for m in M)
-        JV = vmap(push)(*columns)
-        U = self._output_matmat(output, y, JV, index)
-        U = U * self.output_loss.batch_scale(output)
-        return [o.movedim(0, -1) for o in vmap(pullback)(U)]
+        product = self._batch_function(_output_curvature_columns)
+        out = product(
+            self.model,
+            tuple(params),
+            tuple(params.values()),
+            X,
+            columns,
+            lambda output, U: self._scaled_output_matmat(output, y, U, index),
+        )
+        return [o.movedim(0, -1) for o in out]
+
+    def _scaled_output_matmat(self, output, y, U, index):
+        scale = self.output_loss.batch_scale(output)
+        return self._output_matmat(output, y, U, index) * scale
+
+
+def _output_curvature_columns(model, names, primals, X, columns, output_matmat):
+    """``J^T Lambda J`` of one batch times ``k`` columns ``(k, *p.shape)``."""
+
+    def forward(*theta):
+        return functional_call(model, dict(zip(names, theta)), (X,))
+
+    output, pullback = vjp(forward, *primals)
+
+    def push(*v):
+        return jvp(forward, primals, v)[1]
+
+    JV = vmap(push)(*columns)
+    U = output_matmat(output.detach(), JV)
+    return vmap(pullback)(U)
 
 
 class GGNOperator(OutputCurvatureOperator):

@@ -16,7 +16,7 @@ passes run once per batch, only the tangent computations are batched.
 from __future__ import annotations
 
 from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 from curvlab._typing import TensorList
 from curvlab.operators.empirical_risk import EmpiricalRiskOperator
@@ -44,19 +44,31 @@ class HessianOperator(EmpiricalRiskOperator):
         self, X: Tensor, y: Tensor, M: TensorList, index: int
     ) -> TensorList:
         params = self._param_dict()
-        names = list(params)
-
-        def loss(*theta):
-            return self.loss_fn(self._forward(dict(zip(names, theta)), X), y)
-
-        primals = tuple(params.values())
-        gradient = grad(loss, argnums=tuple(range(len(primals))))
-
-        def hvp(*v):
-            return jvp(gradient, primals, v)[1]
-
         columns = tuple(m.movedim(-1, 0) for m in M)
-        if columns[0].shape[0] == 1:
-            out = hvp(*(c[0] for c in columns))
-            return [o.unsqueeze(-1) for o in out]
-        return [o.movedim(0, -1) for o in vmap(hvp)(*columns)]
+        product = self._batch_function(_hessian_columns)
+        out = product(
+            self.model,
+            self.loss_fn,
+            tuple(params),
+            tuple(params.values()),
+            X,
+            y,
+            columns,
+        )
+        return [o.movedim(0, -1) for o in out]
+
+
+def _hessian_columns(model, loss_fn, names, primals, X, y, columns):
+    """Hessian of one batch's loss times ``k`` columns, each entry ``(k, *p.shape)``."""
+
+    def loss(*theta):
+        return loss_fn(functional_call(model, dict(zip(names, theta)), (X,)), y)
+
+    gradient = grad(loss, argnums=tuple(range(len(primals))))
+
+    def hvp(*v):
+        return jvp(gradient, primals, v)[1]
+
+    if columns[0].shape[0] == 1:
+        return tuple(o.unsqueeze(0) for o in hvp(*(c[0] for c in columns)))
+    return vmap(hvp)(*columns)

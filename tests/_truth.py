@@ -29,6 +29,7 @@ def _weights(loss_fn, data):
     return [1.0 for _ in data], N
 
 
+@torch.no_grad()
 def dense_hessian(model, loss_fn, data, names):
     flat, shapes = _setup(model, names)
     weights, _ = _weights(loss_fn, data)
@@ -52,6 +53,7 @@ def _batch_jacobian(model, X, names, shapes, flat):
     return output.detach(), J.reshape(-1, flat.numel())
 
 
+@torch.no_grad()
 def dense_ggn(model, loss_fn, data, names):
     flat, shapes = _setup(model, names)
     weights, _ = _weights(loss_fn, data)
@@ -70,6 +72,7 @@ def _terms_per_sample(loss_fn, output):
     return output[0].numel()
 
 
+@torch.no_grad()
 def dense_empirical_fisher(model, loss_fn, data, names):
     """c * sum_n g_n g_n^T with per-sample gradients of the summed per-sample loss."""
     flat, shapes = _setup(model, names)

@@ -219,7 +219,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
         check = self._check_pending
         fingerprints = []
         total: TensorList | None = None
-        with self._model_mode():
+        # torch.func transforms ignore an outer no_grad; it only keeps parameters
+        # outside the selection (which may require grad) out of any autograd graph.
+        with self._model_mode(), torch.no_grad():
             for index, batch in enumerate(self.data):
                 X, y = self._prepare(batch, index, check)
                 if check:

@@ -15,7 +15,7 @@ passes run once per batch, only the tangent computations are batched.
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from curvlab._typing import TensorList
@@ -46,9 +46,10 @@ class HessianOperator(EmpiricalRiskOperator):
         params = self._param_dict()
         columns = tuple(m.movedim(-1, 0) for m in M)
         product = self._batch_function(_hessian_columns)
+        loss_fn = _forward_ad_safe(self.loss_fn)
         out = product(
             self.model,
-            self.loss_fn,
+            loss_fn,
             tuple(params),
             tuple(params.values()),
             X,
@@ -56,6 +57,22 @@ class HessianOperator(EmpiricalRiskOperator):
             columns,
         )
         return [o.movedim(0, -1) for o in out]
+
+
+def _forward_ad_safe(loss_fn):
+    """Return a loss callable equal to ``loss_fn`` whose Hessian jvp torch supports.
+
+    In torch 2.13, ``jvp`` of ``grad`` through ``MSELoss(reduction="mean")`` fails
+    with "ZeroTensors are immutable"; the same value computed as the mean of the
+    unreduced loss differentiates fine.
+    """
+    if isinstance(loss_fn, nn.MSELoss) and loss_fn.reduction == "mean":
+        return _mean_squared_error
+    return loss_fn
+
+
+def _mean_squared_error(output: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.mse_loss(output, target, reduction="none").mean()
 
 
 def _hessian_columns(model, loss_fn, names, primals, X, y, columns):

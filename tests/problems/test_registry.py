@@ -1,0 +1,197 @@
+import dataclasses
+import math
+import re
+
+import pytest
+import torch
+
+from curvlab import problems
+from curvlab.problems import Problem, balanced_subset
+
+BUNDLED_D = {
+    "digits_cnn": 1898,
+    "digits_logreg": 650,
+    "digits_mlp": 3190,
+    "mnist5k_mini": 7030,
+    "mnist5k_mlp": 59210,
+    "synthetic_regression": 499,
+}
+
+
+def test_names_are_sorted_and_split_into_bundled_and_file_based():
+    all_names = problems.names()
+    assert all_names == sorted(all_names)
+    assert problems.names(bundled=True) == sorted(BUNDLED_D)
+    file_based = problems.names(bundled=False)
+    assert {"mnist_mini", "cifar10_3c3d", "cifar100_allcnnc"} <= set(file_based)
+    assert sorted(problems.names(bundled=True) + file_based) == all_names
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_D))
+def test_bundled_problem_builds_and_evaluates(name):
+    problem = problems.get(name)
+    assert isinstance(problem, Problem)
+    assert problem.name == name
+    assert problem.num_params == BUNDLED_D[name]
+    assert not problem.model.training
+    assert problem.description
+    X, y = problem.train_data[0]
+    out = problem.model(X[:8])
+    width = problem.num_classes or y.shape[1]
+    assert out.shape == (8, width)
+    loss = problem.loss_fn(out, y[:8])
+    assert loss.ndim == 0
+    assert torch.isfinite(loss)
+    assert len(problem.train_data) == 1  # bundled default: one batch per split
+    assert problem.test_data.num_samples > 0
+
+
+def test_problem_is_frozen():
+    problem = problems.get("digits_logreg")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        problem.name = "other"
+
+
+def test_same_seed_same_problem_and_global_rng_untouched():
+    state = torch.get_rng_state()
+    first = problems.get("digits_mlp", seed=7)
+    second = problems.get("digits_mlp", seed=7)
+    other = problems.get("digits_mlp", seed=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    for p, q in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert torch.equal(first.train_data.X, second.train_data.X)
+    assert not torch.equal(first.train_data.y, other.train_data.y)
+    assert first.model is not second.model
+
+
+def test_batch_size_and_deterministic_batches():
+    problem = problems.get("digits_mlp", batch_size=100)
+    assert len(problem.train_data) == math.ceil(1437 / 100)
+    assert problem.train_data[-1][0].shape == (37, 64)
+    assert len(problem.test_data) == 4
+    for (X1, y1), (X2, y2) in zip(problem.train_data, problem.train_data, strict=True):
+        assert torch.equal(X1, X2)
+        assert torch.equal(y1, y2)
+
+
+def test_num_samples_draws_lowest_indices_per_class():
+    full = problems.get("mnist5k_mini")
+    sub = problems.get("mnist5k_mini", num_samples=500, batch_size=128)
+    assert sub.train_data.num_samples == 500
+    assert torch.bincount(sub.train_data.y).tolist() == [50] * 10
+    indices = balanced_subset(full.train_data.y, 500, 10)
+    assert torch.equal(sub.train_data.X, full.train_data.X[indices])
+    assert sub.test_data.num_samples == full.test_data.num_samples == 1000
+    assert len(sub.train_data) == 4
+    assert sub.num_params == 7030
+
+
+def test_num_samples_for_regression_takes_the_first():
+    full = problems.get("synthetic_regression")
+    sub = problems.get("synthetic_regression", num_samples=50)
+    assert torch.equal(sub.train_data.y, full.train_data.y[:50])
+    with pytest.raises(ValueError, match="at most the 512 train samples"):
+        problems.get("synthetic_regression", num_samples=513)
+
+
+def test_num_samples_errors():
+    with pytest.raises(ValueError, match="divisible by num_classes=10"):
+        problems.get("digits_logreg", num_samples=55)
+    with pytest.raises(ValueError, match="Class 0 needs 1000 examples"):
+        problems.get("digits_logreg", num_samples=10000)
+
+
+def test_float64():
+    problem = problems.get("digits_cnn", dtype=torch.float64, batch_size=64)
+    assert all(p.dtype == torch.float64 for p in problem.model.parameters())
+    X, y = next(iter(problem.train_data))
+    assert X.dtype == torch.float64
+    assert y.dtype == torch.int64
+    loss = problem.loss_fn(problem.model(X), y)
+    assert loss.dtype == torch.float64
+    assert torch.isfinite(loss)
+    regression = problems.get("synthetic_regression", dtype=torch.float64)
+    assert regression.train_data.y.dtype == torch.float64
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(
+        ValueError, match="Unknown problem 'nope'. Available: .*digits_mlp"
+    ):
+        problems.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1. Got 0"),
+        ({"num_samples": 2.0}, TypeError, "num_samples must be an int or None"),
+        ({"seed": "1"}, TypeError, "seed must be an int. Got str"),
+        ({"dtype": torch.int64}, TypeError, "floating torch.dtype. Got torch.int64"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        problems.get("digits_logreg", **kwargs)
+
+
+def test_file_based_problem_needs_data_dir():
+    with pytest.raises(
+        ValueError,
+        match=r"'mnist_mini' reads MNIST from files: pass data_dir.*"
+        r"MNIST/raw/train-images-idx3-ubyte.*never downloads",
+    ):
+        problems.get("mnist_mini")
+
+
+def test_file_based_problem_names_missing_files(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(f"CIFAR100 files are missing in {tmp_path}")
+        + ".*cifar-100-python/train",
+    ):
+        problems.get("cifar100_allcnnc", data_dir=tmp_path)
+
+
+def test_file_based_problem_without_torchvision(data_dir, no_torchvision):
+    with pytest.raises(ImportError, match=re.escape("pip install curvlab[vision]")):
+        problems.get("mnist_lenet5", data_dir=data_dir)
+
+
+def test_mnist_mini_from_files(data_dir, fake_torchvision):
+    problem = problems.get("mnist_mini", data_dir=data_dir, num_samples=100)
+    assert problem.num_params == 7030
+    assert problem.train_data.X.shape == (100, 1, 16, 16)
+    assert torch.bincount(problem.train_data.y).tolist() == [10] * 10
+    assert problem.test_data.num_samples == fake_torchvision.num_test
+    X, y = problem.test_data[0]
+    assert torch.isfinite(problem.loss_fn(problem.model(X), y))
+
+
+@pytest.mark.parametrize(
+    ("name", "num_classes"),
+    [
+        ("mnist_lenet5", 10),
+        ("fmnist_lenet5", 10),
+        ("cifar10_lenet5", 10),
+        ("cifar10_3c3d", 10),
+        ("cifar100_allcnnc", 100),
+        ("svhn_vgg11bn", 10),
+    ],
+)
+def test_file_based_problems_with_fake_torchvision(
+    data_dir, fake_torchvision, name, num_classes
+):
+    problem = problems.get(name, data_dir=str(data_dir))
+    assert problem.num_classes == num_classes
+    # file-based default: batches of 256, last one kept
+    assert [len(yb) for _, yb in problem.train_data] == [
+        256,
+        fake_torchvision.num_train - 256,
+    ]
+    X, y = problem.test_data[0]
+    with torch.no_grad():
+        out = problem.model(X[:4])
+    assert out.shape == (4, num_classes)
+    assert torch.isfinite(problem.loss_fn(out, y[:4]))

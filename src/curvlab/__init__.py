@@ -16,6 +16,18 @@ from curvlab.operators import (
 
 __version__ = "0.1.0"
 
+_SUBMODULES = ("operators", "problems")
+
+
+def __getattr__(name: str):
+    """Import subpackages on first use (``cl.problems`` loads scikit-learn)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"curvlab.{name}")
+    raise AttributeError(f"module 'curvlab' has no attribute {name!r}")
+
+
 __all__ = [
     "CurvatureOperator",
     "DenseOperator",
@@ -25,4 +37,6 @@ __all__ = [
     "HessianOperator",
     "NonDeterministicError",
     "__version__",
+    "operators",
+    "problems",
 ]

@@ -5,4 +5,4 @@ from __future__ import annotations
 from torch import Tensor
 
 TensorList = list[Tensor]
-"""A list of tensors shaped like a model's parameters (optionally with a column axis)."""
+"""Tensors shaped like a model's parameters (optionally with a column axis)."""

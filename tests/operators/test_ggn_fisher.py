@@ -1,10 +1,10 @@
 import pytest
 import torch
+
+import curvlab as cl
 from _compare import compare_matmat, rel_error
 from _truth import dense_empirical_fisher, dense_ggn
 from conftest import RTOL_FLOAT64, param_names
-
-import curvlab as cl
 
 
 def test_ggn_matches_dense(case):

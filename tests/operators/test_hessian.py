@@ -1,9 +1,9 @@
 import torch
+
+import curvlab as cl
 from _compare import compare_matmat, rel_error
 from _truth import dense_hessian
 from conftest import RTOL_FLOAT64, param_names
-
-import curvlab as cl
 
 
 def test_matches_dense_hessian(case):

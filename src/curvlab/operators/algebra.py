@@ -50,7 +50,11 @@ class SumOperator(CurvatureOperator):
         for weight, op in self.terms:
             out = op._chunked_matmat(M)
             scaled = [weight * o for o in out]
-            total = scaled if total is None else [t + s for t, s in zip(total, scaled)]
+            total = (
+                scaled
+                if total is None
+                else [t + s for t, s in zip(total, scaled, strict=True)]
+            )
         return total
 
     def adjoint(self) -> CurvatureOperator:

@@ -25,7 +25,7 @@ class DenseOperator(CurvatureOperator):
 
         Args:
             matrix: A ``(D, D)`` floating-point tensor.
-            param_shapes: Optional parameter shapes that split ``D``; default ``[(D,)]``.
+            param_shapes: Parameter shapes that split ``D``; default ``[(D,)]``.
             is_psd: Declare the matrix positive semi-definite.
 
         Raises:
@@ -33,7 +33,8 @@ class DenseOperator(CurvatureOperator):
         """
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(
-                f"DenseOperator needs a square (D, D) matrix. Got {tuple(matrix.shape)}."
+                "DenseOperator needs a square (D, D) matrix. "
+                f"Got {tuple(matrix.shape)}."
             )
         shapes = param_shapes or [(matrix.shape[0],)]
         super().__init__(shapes, dtype=matrix.dtype, device=matrix.device)

@@ -31,6 +31,12 @@ from curvlab.operators.base import CurvatureOperator
 from curvlab.operators.losses import loss_reduction
 from curvlab.operators.params import resolve_params
 
+_RANDOM_MODEL = (
+    "The model is random: its output changes for the same input. Likely cause: "
+    "Dropout or another random layer in train mode (use train_mode=False, the "
+    "default, or call model.eval())."
+)
+
 
 class NonDeterministicError(RuntimeError):
     """The operator would not give the same product twice for the same vector."""
@@ -92,8 +98,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
         devices = {t.device for t in tensors}
         if len(dtypes) != 1 or len(devices) != 1:
             raise ValueError(
-                "All selected parameters must share one dtype and device. Got "
-                f"dtypes {sorted(map(str, dtypes))}, devices {sorted(map(str, devices))}."
+                "All selected parameters must share one dtype and device. Got dtypes "
+                f"{sorted(map(str, dtypes))}, devices {sorted(map(str, devices))}."
             )
         if not tensors[0].is_floating_point():
             raise ValueError(
@@ -226,7 +232,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
                 X, y = self._prepare(batch, index, check)
                 if check:
                     fingerprints.append(_fingerprint(X, y))
-                out = self._matmat_batch(X, y, M, index)
+                out = self._batch_product(X, y, M, index)
                 w = self._batch_weight(X)
                 if total is None:
                     total = [w * o for o in out]
@@ -238,6 +244,14 @@ class EmpiricalRiskOperator(CurvatureOperator):
         if total is None:
             raise ValueError("data yielded no batches during the product.")
         return total
+
+    def _batch_product(self, X, y, M, index) -> TensorList:
+        try:
+            return self._matmat_batch(X, y, M, index)
+        except RuntimeError as error:
+            if "random operation" in str(error):
+                raise NonDeterministicError(_RANDOM_MODEL) from error
+            raise
 
     def _check_determinism(self, fingerprints: list):
         """Compare the data with a second pass and the model with a second call.
@@ -264,11 +278,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
             out1 = self._forward(params, first_batch)
             out2 = self._forward(params, first_batch)
         if not torch.equal(out1, out2):
-            raise NonDeterministicError(
-                "The model gave different outputs for the same input. Likely cause: "
-                "Dropout or another random layer in train mode (use train_mode=False, "
-                "the default, or call model.eval())."
-            )
+            raise NonDeterministicError(_RANDOM_MODEL)
         self._check_pending = False
 
     # ------------------------------------------------------------------- blocks
@@ -295,7 +305,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
                 f"Block parameters {outside} are not among this operator's parameters "
                 f"{self.param_names}."
             )
-        block = type(self)(
+        return type(self)(
             self.model,
             self.loss_fn,
             self.data,
@@ -303,7 +313,6 @@ class EmpiricalRiskOperator(CurvatureOperator):
             check_deterministic=self._check_pending,
             **self._constructor_options(),
         )
-        return block
 
 
 def _fingerprint(X: Tensor, y: Tensor) -> tuple:

@@ -75,7 +75,8 @@ class FisherOperator(OutputCurvatureOperator):
             or mc_samples < 1
         ):
             raise ValueError(
-                f"mc_samples must be None (exact) or a positive int. Got {mc_samples!r}."
+                "mc_samples must be None (exact) or a positive int. "
+                f"Got {mc_samples!r}."
             )
         self.mc_samples = mc_samples
         self.seed = int(seed)

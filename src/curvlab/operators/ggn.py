@@ -27,7 +27,7 @@ from curvlab.operators.losses import OutputSpaceLoss
 
 
 class OutputCurvatureOperator(EmpiricalRiskOperator):
-    """Base of :math:`J^\\top \\Lambda J` operators; subclasses define ``Lambda``."""
+    r"""Base of :math:`J^\top \Lambda J` operators; subclasses define ``Lambda``."""
 
     is_psd = True
 
@@ -79,7 +79,7 @@ def _output_curvature_columns(model, names, primals, X, columns, output_matmat):
     """``J^T Lambda J`` of one batch times ``k`` columns ``(k, *p.shape)``."""
 
     def forward(*theta):
-        return functional_call(model, dict(zip(names, theta)), (X,))
+        return functional_call(model, dict(zip(names, theta, strict=True)), (X,))
 
     output, pullback = vjp(forward, *primals)
 
@@ -92,7 +92,7 @@ def _output_curvature_columns(model, names, primals, X, columns, output_matmat):
 
 
 class GGNOperator(OutputCurvatureOperator):
-    r"""The generalized Gauss-Newton matrix :math:`\sum_n J_n^\top \nabla^2_f\ell\, J_n`.
+    r"""The generalized Gauss-Newton :math:`\sum_n J_n^\top \nabla^2_f\ell\, J_n`.
 
     Positive semi-definite for convex losses. See
     :class:`~curvlab.operators.empirical_risk.EmpiricalRiskOperator` for the

@@ -79,7 +79,9 @@ def _hessian_columns(model, loss_fn, names, primals, X, y, columns):
     """Hessian of one batch's loss times ``k`` columns, each entry ``(k, *p.shape)``."""
 
     def loss(*theta):
-        return loss_fn(functional_call(model, dict(zip(names, theta)), (X,)), y)
+        return loss_fn(
+            functional_call(model, dict(zip(names, theta, strict=True)), (X,)), y
+        )
 
     gradient = grad(loss, argnums=tuple(range(len(primals))))
 

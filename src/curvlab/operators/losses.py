@@ -20,7 +20,8 @@ gradients at labels sampled from the model's likelihood (Monte-Carlo Fisher):
   :math:`\nabla\ell = 2(f - y)`, samples :math:`y \sim \mathcal N(f, I/2)`, whose
   negative log-likelihood is :math:`\ell` up to a constant.
 - ``BCEWithLogitsLoss``: :math:`\sigma = \sigma(f)`,
-  :math:`\nabla^2\ell = \mathrm{diag}(\sigma(1-\sigma))`, :math:`\nabla\ell = \sigma - y`,
+  :math:`\nabla^2\ell = \mathrm{diag}(\sigma(1-\sigma))`,
+  :math:`\nabla\ell = \sigma - y`,
   samples :math:`y \sim \mathrm{Bernoulli}(\sigma)`.
 
 For these exponential-family losses in natural parameters the type-2 Fisher equals
@@ -123,7 +124,7 @@ class OutputSpaceLoss:
         return 1.0 / num_terms
 
     def hessian_matmat(self, output: Tensor, U: Tensor) -> Tensor:
-        r"""Multiply :math:`\nabla^2_f \ell` onto columns ``U`` of shape ``(k, *output)``.
+        r"""Multiply :math:`\nabla^2_f \ell` onto columns ``U`` (``(k, *output)``).
 
         Args:
             output: Detached model output ``(B, ...)``.
@@ -142,7 +143,7 @@ class OutputSpaceLoss:
         return self._from_last(p * Ul - p * (p * Ul).sum(-1, keepdim=True), lead=1)
 
     def gradient(self, output: Tensor, y: Tensor) -> Tensor:
-        r"""Return :math:`\nabla_f \ell(f_n, y_n)` for every sample, shaped like ``output``.
+        r"""Return :math:`\nabla_f \ell(f_n, y_n)` per sample, shaped like ``output``.
 
         Args:
             output: Detached model output ``(B, ...)``.

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import curvlab as cl
@@ -6,8 +7,11 @@ from _truth import dense_hessian
 from conftest import RTOL_FLOAT64, param_names
 
 
-def test_matches_dense_hessian(case):
-    op = cl.HessianOperator(case.model, case.loss_fn, case.data, params=case.params)
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_matches_dense_hessian(case, mode):
+    op = cl.HessianOperator(
+        case.model, case.loss_fn, case.data, params=case.params, mode=mode
+    )
     truth = dense_hessian(case.model, case.loss_fn, case.data, param_names(case))
     compare_matmat(op, truth, RTOL_FLOAT64)
 
@@ -47,3 +51,25 @@ def test_params_as_tensors_equals_names(case):
     assert by_name.param_names == by_tensor.param_names == names
     V = torch.randn(by_name.shape[0], 2, dtype=torch.float64)
     assert torch.equal(by_name @ V, by_tensor @ V)
+
+
+def test_block_keeps_the_mode(case):
+    op = cl.HessianOperator(case.model, case.loss_fn, case.data, mode="forward")
+    assert op.block(op.param_names[:1]).mode == "forward"
+
+
+def test_unknown_mode():
+    from conftest import CASES
+
+    c = CASES[0]
+    with pytest.raises(ValueError, match="mode must be 'reverse' or 'forward'"):
+        cl.HessianOperator(c.model, c.loss_fn, c.data, mode="backward")
+
+
+def test_parameters_the_loss_is_linear_in():
+    """A last-layer-only selection of a linear model with MSE has a constant Hessian."""
+    model = torch.nn.Linear(3, 2).double()
+    X = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randn(6, 2, dtype=torch.float64)
+    op = cl.HessianOperator(model, torch.nn.MSELoss(), [(X, y)], params=["bias"])
+    assert rel_error(op.to_dense(), torch.eye(2, dtype=torch.float64)) < 1e-14

@@ -69,10 +69,12 @@ class HessianOperator(EmpiricalRiskOperator):
     def _matmat_batch(
         self, X: Tensor, y: Tensor, M: TensorList, index: int
     ) -> TensorList:
+        if self.mode == "reverse" and not self.compile:
+            return _double_backward_columns(
+                self.model, self.loss_fn, self.param_names, X, y, M
+            )
         params = self._param_dict()
         columns = tuple(m.movedim(-1, 0) for m in M)
-        if self.mode == "reverse" and not self.compile:
-            return _double_backward_columns(self.model, self.loss_fn, params, X, y, M)
         product = self._batch_function(_hessian_columns)
         loss_fn = _forward_ad_safe(self.loss_fn)
         out = product(
@@ -87,11 +89,21 @@ class HessianOperator(EmpiricalRiskOperator):
         return [o.movedim(0, -1) for o in out]
 
 
-def _double_backward_columns(model, loss_fn, params, X, y, M) -> TensorList:
-    """Hessian of one batch's loss times columns ``(*p.shape, k)``, double backward."""
+def _double_backward_columns(model, loss_fn, names, X, y, M) -> TensorList:
+    """Hessian of one batch's loss times columns ``(*p.shape, k)``, double backward.
+
+    Differentiates with respect to the model's own parameter tensors when they all
+    require grad (no re-parametrization of the module, and ``.grad`` stays
+    untouched), else with respect to detached copies through ``functional_call``.
+    """
+    named = dict(model.named_parameters())
+    tensors = [named[n] for n in names]
     with torch.enable_grad():
-        leaves = [p.detach().requires_grad_() for p in params.values()]
-        output = functional_call(model, dict(zip(params, leaves, strict=True)), (X,))
+        if all(t.requires_grad for t in tensors):
+            leaves, output = tensors, model(X)
+        else:
+            leaves = [t.detach().requires_grad_() for t in tensors]
+            output = functional_call(model, dict(zip(names, leaves, strict=True)), (X,))
         gradient = torch.autograd.grad(loss_fn(output, y), leaves, create_graph=True)
         connected = [i for i, g in enumerate(gradient) if g.requires_grad]
         out = [torch.zeros_like(m) for m in M]
@@ -99,11 +111,10 @@ def _double_backward_columns(model, loss_fn, params, X, y, M) -> TensorList:
             return out
         k = M[0].shape[-1]
         columns = [M[i].movedim(-1, 0) for i in connected]
-        grads = [gradient[i] for i in connected]
         if k == 1:
             columns = [c[0] for c in columns]
         products = torch.autograd.grad(
-            grads,
+            [gradient[i] for i in connected],
             leaves,
             grad_outputs=columns,
             is_grads_batched=k > 1,

@@ -161,7 +161,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         if not self.compile:
             return function
         if function not in self._compiled:
-            self._compiled[function] = torch.compile(function)
+            self._compiled[function] = torch.compile(function, dynamic=False)
         return self._compiled[function]
 
     # ------------------------------------------------------------------ helpers

@@ -110,3 +110,22 @@ def test_compiled_product_equals_eager():
     compiled = _hessian(compile=True)
     v = torch.randn(eager.shape[0], 3, dtype=torch.float64)
     assert rel_error(compiled @ v, eager @ v) < RTOL_FLOAT64
+
+
+@pytest.mark.parametrize(
+    ("operator", "options"),
+    [
+        (cl.GGNOperator, {}),
+        (cl.FisherOperator, {"mc_samples": 2, "seed": 3}),
+        (cl.EmpiricalFisherOperator, {}),
+    ],
+    ids=["ggn", "mc-fisher", "empirical-fisher"],
+)
+def test_compiled_output_curvature_equals_eager(operator, options):
+    """Compiled GGN-type products equal eager ones, MC Fisher labels included."""
+    pytest.importorskip("torch._dynamo")
+    args = (CASE.model, CASE.loss_fn, CASE.data)
+    eager = operator(*args, **options)
+    compiled = operator(*args, compile=True, **options)
+    v = torch.randn(eager.shape[0], 3, dtype=torch.float64)
+    assert rel_error(compiled @ v, eager @ v) < RTOL_FLOAT64

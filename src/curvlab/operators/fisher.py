@@ -92,11 +92,28 @@ class FisherOperator(OutputCurvatureOperator):
     def _output_matmat(self, output, y, U, index):
         if self.mc_samples is None:
             return self.output_loss.hessian_matmat(output, U)
+        return _rank_one_matmat(self._sampled_gradients(output, index), U)
+
+    def _sampled_gradients(self, output: Tensor, index: int) -> Tensor:
+        """Loss gradients at labels drawn for batch ``index`` (seeded by its index)."""
         generator = torch.Generator(device=output.device)
         state = numpy.random.SeedSequence([self.seed, index]).generate_state(2)
         generator.manual_seed(int(state[0]) << 32 | int(state[1]))
-        G = self.output_loss.sampled_gradients(output, self.mc_samples, generator)
-        return _rank_one_matmat(G, U)
+        return self.output_loss.sampled_gradients(output, self.mc_samples, generator)
+
+    def _output_matmat_function(self, X: Tensor, y: Tensor, index: int):
+        if self.mc_samples is None or not self.compile:
+            return super()._output_matmat_function(X, y, index)
+        # A torch.Generator cannot run inside a compiled functorch transform: draw
+        # the labels eagerly from one extra forward pass (same output, same labels
+        # as in eager mode) and hand their gradients to the compiled product.
+        with torch.no_grad():
+            G = self._sampled_gradients(self._forward(self._param_dict(), X), index)
+
+        def output_matmat(output, U):
+            return _rank_one_matmat(G, U) * self.output_loss.batch_scale(output)
+
+        return output_matmat
 
 
 class EmpiricalFisherOperator(OutputCurvatureOperator):

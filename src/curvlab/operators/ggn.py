@@ -66,9 +66,13 @@ class OutputCurvatureOperator(EmpiricalRiskOperator):
             tuple(params.values()),
             X,
             columns,
-            lambda output, U: self._scaled_output_matmat(output, y, U, index),
+            self._output_matmat_function(X, y, index),
         )
         return [o.movedim(0, -1) for o in out]
+
+    def _output_matmat_function(self, X: Tensor, y: Tensor, index: int):
+        """Return ``(output, U) -> scale * Lambda U`` for batch ``index``."""
+        return lambda output, U: self._scaled_output_matmat(output, y, U, index)
 
     def _scaled_output_matmat(self, output, y, U, index):
         scale = self.output_loss.batch_scale(output)

@@ -158,3 +158,27 @@ def param_names(case: Case) -> list[str]:
     if case.params is not None:
         return list(case.params)
     return [n for n, _ in case.model.named_parameters()]
+
+
+# Folders whose tests run whole experiments: small products, where a second thread
+# gains little while on shared cores several threads slow a test down by an order
+# of magnitude.
+ONE_THREAD_FOLDERS = ("cli", "experiments")
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one PyTorch thread, restoring the count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the tests of ``ONE_THREAD_FOLDERS`` on one thread."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = Path(item.fspath).relative_to(root).parts
+        if parts and parts[0] in ONE_THREAD_FOLDERS:
+            item.fixturenames.insert(0, "one_thread")

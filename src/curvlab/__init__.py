@@ -1,7 +1,10 @@
 """curvlab: the curvature of neural networks, measured matrix-free.
 
-Hessian, GGN and Fisher operators over whole data sets (:mod:`curvlab.operators`)
-and the ready problems to measure them on (:mod:`curvlab.problems`).
+Hessian, GGN and Fisher operators over whole data sets (:mod:`curvlab.operators`),
+the spectral algorithms that run on them (:mod:`curvlab.linalg`), backpropagated
+Hessian diagonals (:mod:`curvlab.diagonal`) and the optimizers built on them
+(:mod:`curvlab.optim`), subspace metrics (:mod:`curvlab.subspace`), and the ready
+problems to measure on (:mod:`curvlab.problems`).
 """
 
 from curvlab.operators import (
@@ -16,7 +19,7 @@ from curvlab.operators import (
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("operators", "problems")
+_SUBMODULES = ("diagonal", "linalg", "operators", "optim", "problems", "subspace")
 
 
 def __getattr__(name: str):
@@ -37,6 +40,10 @@ __all__ = [
     "HessianOperator",
     "NonDeterministicError",
     "__version__",
+    "diagonal",
+    "linalg",
     "operators",
+    "optim",
     "problems",
+    "subspace",
 ]

@@ -1,0 +1,341 @@
+r"""Exact GGN and Hessian diagonals, the references for HesScale.
+
+**GGN diagonal.** With a symmetric factorisation of the loss Hessian at the
+output of sample ``n``, :math:`c\,\nabla^2_f \ell_n = S_n S_n^\top` with ``K``
+columns, the GGN diagonal is a sum of squared Jacobian-transpose products,
+
+.. math::
+    \mathrm{diag}(G) = \sum_b w_b \sum_{n} \sum_{k=1}^{K}
+        \big(J_n^\top S_n e_k\big)^{\odot 2},
+
+where :math:`J_n` is the Jacobian of sample ``n``'s output with respect to the
+parameters and :math:`w_b` the batch weight (``B_b/N`` for ``mean``, 1 for
+``sum``). The factors (Dangel, Kunstner & Hennig 2020, BackPACK, ICLR, App. A):
+
+- cross-entropy, :math:`p = \mathrm{softmax}(f)`:
+  :math:`S = \mathrm{diag}(\sqrt p) - p\sqrt p^\top` (``K = C`` per position),
+  since :math:`S S^\top = \mathrm{diag}(p) - p p^\top`;
+- MSE: :math:`S = \sqrt{2}\, I`; BCE with logits:
+  :math:`S = \mathrm{diag}(\sqrt{s(1 - s)})`, :math:`s = \sigma(f)`;
+
+each times :math:`\sqrt c`. The ``K`` products per sample run vectorised
+(``torch.func.vmap`` over samples and columns), so the cost is about ``K``
+backward passes. **Monte-Carlo GGN diagonal**: the columns are replaced by
+:math:`\sqrt{c/m}\,\nabla_f \ell(f_n, \hat y_s)` for ``m`` labels
+:math:`\hat y_s` drawn from the model's likelihood, an unbiased estimate whose
+error falls like :math:`1/\sqrt m`; labels of batch ``i`` come from a generator
+seeded by ``(seed, i)``, as in
+:class:`~curvlab.operators.fisher.FisherOperator`, whose diagonal it equals.
+
+**Hessian diagonal.** :math:`H_{ii} = e_i^\top H e_i` from Hessian products with
+unit vectors in chunks (:class:`~curvlab.operators.hessian.HessianOperator`):
+exact for any model and loss, at the cost of ``D`` Hessian-vector products.
+
+All three work for any model that ``torch.func`` can differentiate (residual
+connections and eval-mode BatchNorm included), with Dropout and BatchNorm in
+eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vjp, vmap
+
+from curvlab._typing import TensorList
+from curvlab.diagonal._common import check_eval_mode, prepare_batch
+from curvlab.operators.hessian import HessianOperator
+from curvlab.operators.losses import OutputSpaceLoss
+from curvlab.operators.params import resolve_params
+
+#: Elements of per-sample, per-column parameter gradients held at once.
+_MEMORY_BUDGET = 2**24
+
+
+def _factor_columns(output_loss: OutputSpaceLoss, output: Tensor) -> Tensor:
+    r"""Columns ``S`` of the unscaled :math:`\nabla^2_f\ell = S S^\top` per sample.
+
+    Args:
+        output_loss: The loss's output-space derivatives.
+        output: Detached model output ``(B, *O)``.
+
+    Returns:
+        ``(K, B, *O)`` with ``K`` the number of entries of one sample's output.
+    """
+    B, shape = output.shape[0], output.shape[1:]
+    K = math.prod(shape)
+    eye = torch.eye(K, dtype=output.dtype, device=output.device)
+    eye = eye.reshape(K, 1, *shape)
+    if output_loss.kind == "mse":
+        return (2.0**0.5 * eye).expand(K, B, *shape)
+    if output_loss.kind == "bce_with_logits":
+        s = torch.sigmoid(output)
+        return eye * (s * (1 - s)).sqrt().unsqueeze(0)
+    # cross-entropy: column (c, position) is sqrt(p_c) (e_c - p) at that position
+    p = torch.softmax(output, dim=1).unsqueeze(0)  # (1, B, C, *P)
+    root = (eye * p).sum(dim=2, keepdim=True).sqrt()  # sqrt(p_c) at the column
+    same = eye.sum(dim=2, keepdim=True)  # 1 at the column's position
+    return root * (eye - p * same)
+
+
+def _squared_vjp_sum(
+    model: nn.Module,
+    names: list[str],
+    primals: tuple[Tensor, ...],
+    X: Tensor,
+    S: Tensor,
+) -> TensorList:
+    r""":math:`\sum_n \sum_k (J_n^\top S_{k,n})^{\odot 2}` for one batch.
+
+    Args:
+        model: The model.
+        names: Names of the differentiated parameters.
+        primals: Their detached values.
+        X: Inputs ``(B, ...)``.
+        S: Output-space columns ``(K, B, *O)``.
+
+    Returns:
+        Parameter-shaped sums.
+    """
+
+    def per_sample(x: Tensor, columns: Tensor) -> tuple[Tensor, ...]:
+        def forward(*theta):
+            params = dict(zip(names, theta, strict=True))
+            return functional_call(model, params, (x.unsqueeze(0),)).squeeze(0)
+
+        _, pullback = vjp(forward, *primals)
+        products = vmap(pullback)(columns)
+        return tuple((v * v).sum(0) for v in products)
+
+    K, B = S.shape[:2]
+    dim = sum(p.numel() for p in primals)
+    chunk = max(1, _MEMORY_BUDGET // max(1, K * dim))
+    total = [torch.zeros_like(p) for p in primals]
+    columns = S.movedim(1, 0)  # (B, K, *O)
+    for start in range(0, B, chunk):
+        out = vmap(per_sample)(X[start : start + chunk], columns[start : start + chunk])
+        for t, o in zip(total, out, strict=True):
+            t.add_(o.sum(0))
+    return total
+
+
+def _check_mc_samples(mc_samples) -> None:
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int):
+        raise ValueError(f"mc_samples must be a positive int. Got {mc_samples!r}.")
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive int. Got {mc_samples!r}.")
+
+
+def _generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of batch ``index``, as the Monte-Carlo Fisher seeds it."""
+    generator = torch.Generator(device=device)
+    state = numpy.random.SeedSequence([seed, index]).generate_state(2)
+    generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return generator
+
+
+def _ggn_diagonal(model, loss_fn, data, params, mc_samples, seed) -> TensorList:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
+    output_loss = OutputSpaceLoss(loss_fn)
+    names, tensors = resolve_params(model, params)
+    check_eval_mode(model)
+    primals = tuple(t.detach() for t in tensors)
+    total: TensorList | None = None
+    num_data = 0
+    with torch.no_grad():  # keeps unselected parameters out of any graph
+        for index, batch in enumerate(data):
+            X, _ = prepare_batch(batch, index, tensors[0])
+            output = functional_call(
+                model, dict(zip(names, primals, strict=True)), (X,)
+            )
+            c = output_loss.batch_scale(output)
+            if mc_samples is None:
+                S = _factor_columns(output_loss, output) * c**0.5
+            else:
+                generator = _generator(seed, index, output.device)
+                G = output_loss.sampled_gradients(output, mc_samples, generator)
+                S = G * (c / mc_samples) ** 0.5
+            diag = _squared_vjp_sum(model, names, primals, X, S)
+            weight = X.shape[0] if output_loss.reduction == "mean" else 1.0
+            num_data += X.shape[0]
+            if total is None:
+                total = [weight * d for d in diag]
+            else:
+                for t, d in zip(total, diag, strict=True):
+                    t.add_(d, alpha=weight)
+    if total is None:
+        raise ValueError("data must yield at least one (X, y) batch. Got none.")
+    if output_loss.reduction == "mean":
+        total = [t / num_data for t in total]
+    return total
+
+
+def exact_ggn_diagonal(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: Iterable,
+    *,
+    params: Sequence[Tensor | str] | None = None,
+) -> TensorList:
+    r"""Exact diagonal of the generalized Gauss-Newton matrix over a data set.
+
+    Uses the symmetric factorisation of the loss Hessian at the output (module
+    docstring): about ``K`` backward passes for ``K`` outputs per sample
+    (``K = C`` classes for cross-entropy on ``(B, C)`` logits).
+
+    Args:
+        model: Any model that ``torch.func`` can differentiate, without Dropout or
+            BatchNorm in training mode.
+        loss_fn: ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``
+            (``mean`` or ``sum``).
+        data: Iterable of ``(X, y)`` batches, iterated once.
+        params: ``None`` for all trainable parameters, or a list of the model's
+            parameter tensors or names.
+
+    Returns:
+        The diagonal, a list shaped like the selected parameters.
+
+    Raises:
+        NotImplementedError: For an unsupported loss.
+        ValueError: For modules in training mode, a bad parameter selection or
+            empty data.
+        TypeError: If ``model`` is not a module or a batch is not ``(X, y)``.
+
+    Example:
+        >>> import torch
+        >>> from curvlab.operators import GGNOperator
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+        ... ).double()
+        >>> data = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,)))]
+        >>> loss_fn = torch.nn.CrossEntropyLoss()
+        >>> diag = exact_ggn_diagonal(model, loss_fn, data)
+        >>> dense = GGNOperator(model, loss_fn, data).to_dense()
+        >>> torch.allclose(torch.cat([d.flatten() for d in diag]), dense.diagonal())
+        True
+    """
+    return _ggn_diagonal(model, loss_fn, data, params, None, 0)
+
+
+def mc_ggn_diagonal(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: Iterable,
+    *,
+    mc_samples: int = 1,
+    seed: int = 0,
+    params: Sequence[Tensor | str] | None = None,
+) -> TensorList:
+    r"""Monte-Carlo estimate of the GGN diagonal (BackPACK's DiagGGNMC).
+
+    The loss Hessian at the output is replaced by the mean outer product of
+    gradients at ``mc_samples`` labels drawn from the model's likelihood; the
+    result is the diagonal of the Monte-Carlo Fisher
+    (:class:`~curvlab.operators.fisher.FisherOperator` with the same
+    ``mc_samples`` and ``seed``), unbiased for the GGN diagonal.
+
+    Args:
+        model: Any model that ``torch.func`` can differentiate, in eval mode.
+        loss_fn: ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``.
+        data: Iterable of ``(X, y)`` batches, iterated once.
+        mc_samples: Number ``m`` of sampled labels per sample.
+        seed: Seed; batch ``i`` draws from a generator seeded by ``(seed, i)``.
+        params: ``None`` for all trainable parameters, or a list of the model's
+            parameter tensors or names.
+
+    Returns:
+        The estimate, a list shaped like the selected parameters.
+
+    Raises:
+        NotImplementedError: For an unsupported loss.
+        ValueError: If ``mc_samples`` is not a positive int, for modules in
+            training mode, a bad parameter selection or empty data.
+        TypeError: If ``model`` is not a module or a batch is not ``(X, y)``.
+    """
+    _check_mc_samples(mc_samples)
+    return _ggn_diagonal(model, loss_fn, data, params, mc_samples, int(seed))
+
+
+def exact_hessian_diagonal(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: Iterable,
+    *,
+    params: Sequence[Tensor | str] | None = None,
+    chunk_size: int = 64,
+    max_dim: int = 20_000,
+) -> TensorList:
+    r"""Exact diagonal of the Hessian over a data set, from ``D`` Hessian products.
+
+    :math:`H_{ii} = e_i^\top H e_i`, with the unit vectors multiplied in chunks of
+    ``chunk_size`` columns; each chunk is one pass over the data with a batched
+    double-backward product
+    (:class:`~curvlab.operators.hessian.HessianOperator`). Exact for any model and
+    any loss with ``mean`` or ``sum`` reduction, but costs about ``D`` Hessian-vector
+    products, hence the ``max_dim`` guard.
+
+    Args:
+        model: The model, without Dropout or BatchNorm in training mode.
+        loss_fn: The loss (reduction ``mean`` or ``sum``).
+        data: Re-iterable ``(X, y)`` batches (iterated once per chunk).
+        params: ``None`` for all trainable parameters, or a list of the model's
+            parameter tensors or names.
+        chunk_size: Unit vectors per pass over the data (memory grows with it).
+        max_dim: Largest ``D`` accepted; raise it deliberately for larger models.
+
+    Returns:
+        The diagonal, a list shaped like the selected parameters.
+
+    Raises:
+        ValueError: If ``D > max_dim``, ``chunk_size`` is not a positive int, for
+            modules in training mode, a bad parameter selection or empty data.
+
+    Example:
+        >>> import torch
+        >>> from curvlab.operators import HessianOperator
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+        ... ).double()
+        >>> data = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,)))]
+        >>> loss_fn = torch.nn.CrossEntropyLoss()
+        >>> diag = exact_hessian_diagonal(model, loss_fn, data, chunk_size=7)
+        >>> dense = HessianOperator(model, loss_fn, data).to_dense()
+        >>> torch.allclose(torch.cat([d.flatten() for d in diag]), dense.diagonal())
+        True
+    """
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or (chunk_size < 1)
+    ):
+        raise ValueError(f"chunk_size must be a positive int. Got {chunk_size!r}.")
+    check_eval_mode(model)
+    op = HessianOperator(model, loss_fn, data, params=params, max_cols=chunk_size)
+    dim = op.shape[0]
+    if dim > max_dim:
+        passes = math.ceil(dim / chunk_size)
+        raise ValueError(
+            f"exact_hessian_diagonal needs D={dim} Hessian-vector products "
+            f"({passes} passes over the data with chunk_size={chunk_size}), above "
+            f"max_dim={max_dim}. Pass max_dim={dim} (or more) to run it anyway, "
+            "or use hesscale() or exact_ggn_diagonal() for a cheaper diagonal."
+        )
+    diag = torch.empty(dim, dtype=op.dtype, device=op.device)
+    for start in range(0, dim, chunk_size):
+        k = min(chunk_size, dim - start)
+        rows = torch.arange(start, start + k, device=op.device)
+        cols = torch.arange(k, device=op.device)
+        E = torch.zeros(dim, k, dtype=op.dtype, device=op.device)
+        E[rows, cols] = 1.0
+        diag[start : start + k] = (op @ E)[rows, cols]
+    out, offset = [], 0
+    for shape in op.param_shapes:
+        size = math.prod(shape)
+        out.append(diag[offset : offset + size].reshape(shape))
+        offset += size
+    return out

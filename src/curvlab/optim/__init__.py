@@ -1,0 +1,5 @@
+"""Optimizers that use backpropagated Hessian diagonals."""
+
+from curvlab.optim.adahesscale import AdaHesScale, AdaHesScaleGN
+
+__all__ = ["AdaHesScale", "AdaHesScaleGN"]

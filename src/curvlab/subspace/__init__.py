@@ -1,0 +1,54 @@
+r"""Subspace metrics: principal angles, Grassmannian distances, masks and overlap.
+
+Compare two subspaces of parameter space, such as a Hessian eigenspace and the
+span of a parameter mask, as points of the Grassmannian:
+
+- :func:`principal_angles`: the angles, accurate for small angles too;
+- :func:`grassmann_distance` (eight metrics, :data:`METRICS`, optionally
+  normalised to :math:`[0, 1]`), :func:`distance_from_angles`,
+  :func:`max_distance`;
+- :func:`overlap`: the mean squared cosine of the angles,
+  :math:`\|U^\top V\|_F^2 / k`;
+- masks as sorted index tensors: :func:`magnitude_mask`, :func:`random_mask`,
+  :func:`best_mask`, :func:`iou`, :func:`mask_overlap`, and
+  :func:`overlap_curve` for all mask sizes of one eigenbasis in one pass.
+
+Bases are ``(D, k)`` tensors with orthonormal columns; the mask functions scale
+to eigenbases with millions of rows on any device.
+"""
+
+from curvlab.subspace.angles import principal_angles
+from curvlab.subspace.distances import (
+    METRICS,
+    Metric,
+    distance_from_angles,
+    grassmann_distance,
+    max_distance,
+    overlap,
+)
+from curvlab.subspace.masks import (
+    OverlapCurve,
+    best_mask,
+    iou,
+    magnitude_mask,
+    mask_overlap,
+    overlap_curve,
+    random_mask,
+)
+
+__all__ = [
+    "METRICS",
+    "Metric",
+    "OverlapCurve",
+    "best_mask",
+    "distance_from_angles",
+    "grassmann_distance",
+    "iou",
+    "magnitude_mask",
+    "mask_overlap",
+    "max_distance",
+    "overlap",
+    "overlap_curve",
+    "principal_angles",
+    "random_mask",
+]

@@ -1,0 +1,388 @@
+"""``curvlab train``: train a problem and record it in a run folder.
+
+The work is :func:`curvlab.experiments.training.train_run`; this module merges
+the options with a YAML file and the run folder's stored config
+(:func:`curvlab.runs.resolve_config`), shows a progress bar and prints the
+recorded metrics as a table.
+
+Running the same command again resumes an interrupted run: recorded steps are
+skipped and training restarts from the last checkpoint. ``curvlab train --out
+RUN_DIR`` alone resumes with the stored config; a larger ``--steps`` or more
+``--record-steps`` extend the run; other changes are refused unless
+``--force`` (which deletes the run) is given.
+
+:func:`command` holds the option definitions and is registered on the Typer app
+by :mod:`curvlab.cli.app`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from curvlab.experiments.training import TrainEvent, derived_seeds, train_run
+from curvlab.runs import (
+    ConfigError,
+    ConfigMismatchError,
+    RunFolder,
+    TrainConfig,
+    resolve_config,
+)
+from curvlab.runs.config import DTYPES, OPTIMIZERS
+
+__all__ = ["command", "main", "render_metrics"]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def render_metrics(run: RunFolder, console: Console) -> None:
+    """Print the recorded metrics of a run as a table.
+
+    Args:
+        run: The run folder.
+        console: Where to print.
+    """
+    config = run.config
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=(
+            f"{config.problem}: {config.optimizer} (lr {config.lr:g}), batch "
+            f"{config.batch_size}, seed {config.seed}, {config.dtype}"
+        ),
+        caption="‖∇L‖: norm of the gradient of the mean train loss (whole split).",
+    )
+    headers = ("step", "train loss", "train acc", "test loss", "test acc", "‖∇L‖")
+    for header in headers:
+        table.add_column(header, justify="right")
+    for row in run.metrics():
+        table.add_row(
+            str(row["step"]),
+            f"{row['train_loss']:.4f}",
+            _percent(row.get("train_accuracy")),
+            f"{row['test_loss']:.4f}",
+            _percent(row.get("test_accuracy")),
+            _number(row.get("gradient_norm")),
+        )
+    console.print(table)
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"Unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"Device {device!r} was asked for, but CUDA is not available to this "
+            f"PyTorch ({torch.__version__})."
+        )
+    return resolved
+
+
+def main(
+    *,
+    out: str | Path,
+    options: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    force: bool = False,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    threads: int | None = None,
+    deterministic: bool = True,
+    console: Console | None = None,
+    error_console: Console | None = None,
+) -> int:
+    """Train and record a run with a progress bar; print the metrics table.
+
+    Args:
+        out: The run folder.
+        options: Config values from the command line (``None`` = not given),
+            keyed by :class:`~curvlab.runs.TrainConfig` field.
+        config_file: A YAML config; ``options`` override it.
+        force: Delete an existing run in ``out`` and start over.
+        device: Device to train on.
+        data_dir: Data folder of file-based problems.
+        threads: PyTorch CPU threads (restored afterwards); ``None`` keeps them.
+        deterministic: Deterministic CUDA kernels, so that resumed runs match
+            uninterrupted ones bit for bit on a GPU too.
+        console: Where to print (default: standard output).
+        error_console: Where to print errors (default: standard error).
+
+    Returns:
+        The exit code: 0 on success, 1 if training failed (diverged), 2 for
+        invalid options, a config mismatch or a problem that cannot be built,
+        130 when interrupted.
+    """
+    console = console or Console()
+    error_console = error_console or Console(stderr=True)
+
+    def fail(message: str, code: int = 2) -> int:
+        error_console.print(f"[bold red]Error:[/] {escape(message)}")
+        return code
+
+    out = Path(out)
+    try:
+        stored = None
+        if not force and RunFolder.is_run_folder(out):
+            stored = RunFolder.open(out).config
+        config = resolve_config(options, file=config_file, stored=stored)
+        resolved = _check_device(device)
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1. Got {threads}.")
+        run = RunFolder.create(
+            out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
+        )
+    except ConfigMismatchError as error:
+        return fail(str(error))
+    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        return fail(str(error))
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(run, config, resolved, data_dir, deterministic, console, fail)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    run: RunFolder,
+    config: TrainConfig,
+    device: torch.device,
+    data_dir: str | Path | None,
+    deterministic: bool,
+    console: Console,
+    fail,
+) -> int:
+    console.print(
+        f"Training [bold]{escape(config.problem)}[/] with {config.optimizer} "
+        f"(lr {config.lr:g}, batch {config.batch_size}, {config.steps} steps, seed "
+        f"{config.seed}, {config.dtype}, {device}, {torch.get_num_threads()} CPU "
+        f"thread(s)) into {escape(str(run.path))}."
+    )
+    start = time.perf_counter()
+    state: dict[str, Any] = {"step": None}
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("steps", total=config.steps)
+
+        def on_progress(event: TrainEvent) -> None:
+            state["step"] = event.step
+            values = event.values
+            if event.kind == "start":
+                progress.update(task, total=event.total, completed=event.step)
+                if values["skipped"]:
+                    progress.console.print(
+                        f"Already recorded: steps {list(values['skipped'])}."
+                    )
+                if values["resumed_from"] is not None:
+                    step = values["resumed_from"]
+                    progress.console.print(
+                        f"Resuming from the checkpoint at step {step}."
+                    )
+            elif event.kind in ("step", "done"):
+                progress.update(task, completed=event.step)
+            elif event.kind == "record":
+                progress.console.print(
+                    f"step {event.step}: train loss {values['train_loss']:.4f} "
+                    f"(acc {_percent(values['train_accuracy'])}), test loss "
+                    f"{values['test_loss']:.4f} "
+                    f"(acc {_percent(values['test_accuracy'])})"
+                )
+
+        try:
+            result = train_run(
+                run,
+                config,
+                device=device,
+                data_dir=data_dir,
+                deterministic=deterministic,
+                on_progress=on_progress,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            checkpoints = run.done_steps("checkpoint")
+            where = f" (last checkpoint: step {checkpoints[-1]})" if checkpoints else ""
+            console.print(
+                f"[yellow]Interrupted at step {state['step']}{where}.[/] Run the same "
+                "command again to resume."
+            )
+            return 130
+        except FloatingPointError as error:
+            return fail(str(error), 1)
+        except (ConfigError, ValueError, FileNotFoundError, ImportError) as error:
+            return fail(str(error))
+        except NotImplementedError as error:
+            return fail(str(error))
+    if result.start_step is None:
+        console.print("Nothing to do: every requested step is recorded.")
+    render_metrics(run, console)
+    seconds = time.perf_counter() - start
+    console.print(f"Run folder: {escape(str(run.path))}. Done in {seconds:.1f} s.")
+    return 0
+
+
+def command(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "--run",
+            help="Run folder: created, or resumed when it holds this run.",
+        ),
+    ],
+    problem: Annotated[
+        str | None,
+        typer.Option(
+            "--problem", "-p", help="Problem name (see curvlab.problems.names())."
+        ),
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help=f"One of: {', '.join(OPTIMIZERS)}. [sgd]")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate. [0.1 for sgd, 1e-3 otherwise]"),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Number of optimizer steps. [1000]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Train samples per step. [128]")
+    ] = None,
+    record_steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Steps to record, e.g. 0,100,500 or 0:1000:100 (stop included); "
+            "the last step is always recorded. [0 and --steps]"
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of model, split, batch order and dropout. [0]"),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help=f"One of: {', '.join(DTYPES)}. [float32]")
+    ] = None,
+    num_samples: Annotated[
+        int | None,
+        typer.Option(help="Train on a class-balanced subset of this many samples."),
+    ] = None,
+    eval_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Batch size of evaluation and gradient passes."),
+    ] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum. [0]")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Weight decay of the optimizer. [0]")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(help="Also checkpoint every this many steps (for resuming)."),
+    ] = None,
+    record_gradients: Annotated[
+        bool | None,
+        typer.Option(
+            "--record-gradients/--no-record-gradients",
+            help="Record the full-data train gradient at each recorded step. [yes]",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="YAML file of these options; the command line wins."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Delete an existing run in --out and restart."),
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
+    ] = "cpu",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder with the data files of file-based problems."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="PyTorch CPU threads.")
+    ] = None,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            help="Deterministic CUDA kernels (resumed runs match bit for bit; "
+            "may be slower)."
+        ),
+    ] = True,
+) -> None:
+    """Train a problem and record parameters, gradients and metrics in a run folder.
+
+    At each recorded step (before its update) the run folder gets the
+    parameters and the gradient of the mean train loss over the whole train
+    split (HDF5), loss and accuracy on train and test (metrics.csv), and a
+    checkpoint. Run the command again to resume after an interruption; later
+    commands read the folder with --run RUN_DIR.
+    """
+    optimizer_options = {}
+    if momentum is not None:
+        optimizer_options["momentum"] = momentum
+    if weight_decay is not None:
+        optimizer_options["weight_decay"] = weight_decay
+    options = {
+        "problem": problem,
+        "optimizer": optimizer,
+        "lr": lr,
+        "steps": steps,
+        "batch_size": batch_size,
+        "record_steps": record_steps,
+        "seed": seed,
+        "dtype": dtype,
+        "num_samples": num_samples,
+        "eval_batch_size": eval_batch_size,
+        "checkpoint_every": checkpoint_every,
+        "record_gradients": record_gradients,
+        "optimizer_options": optimizer_options or None,
+    }
+    raise typer.Exit(
+        main(
+            out=out,
+            options=options,
+            config_file=config,
+            force=force,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+            deterministic=deterministic,
+        )
+    )

@@ -1,0 +1,639 @@
+r"""Train a problem and record it in a run folder, resumably and reproducibly.
+
+:func:`train` trains ``config.problem``'s model with SGD, Adam or AdaHesScale
+and, at each step of ``config.record_steps`` (before that step's update, so step
+0 is the initialisation), records into the run folder
+(:class:`~curvlab.runs.RunFolder`):
+
+- the parameters and buffers, and the gradient of the mean train loss
+  :math:`\nabla_\theta \frac1N \sum_{n=1}^N \ell(f_\theta(x_n), y_n)` over the
+  **whole train split** (not the mini-batch of that step), with the model in
+  eval mode as the curvature operators use it (``train/step_XXXXXXXX.h5``);
+- loss and accuracy on the train and test splits, the gradient and parameter
+  norms and timings (the manifest entry and ``metrics.csv``);
+- a checkpoint to resume from (``checkpoint/step_XXXXXXXX.pt``): model and
+  optimizer ``state_dict``, PyTorch's global RNG states and the step.
+
+**Data order.** Step :math:`t` of an epoch of :math:`E = \lfloor N / B\rfloor`
+steps takes samples :math:`[(t \bmod E) B, (t \bmod E + 1) B)` of a permutation
+of the train split that depends only on the seed and the epoch
+:math:`\lfloor t/E \rfloor` (drawn by a ``torch.Generator`` seeded from
+``numpy.random.SeedSequence(seed, spawn_key=(0, epoch))``); the last
+:math:`N - EB` samples of each permutation are skipped. As the order is a
+function of the step, a resumed run needs no data-loader state and draws the
+same batches. PyTorch's global generator (dropout) is seeded from
+``SeedSequence(seed, spawn_key=(1,))`` inside a fork of the global RNG state, so
+the caller's random state is left alone.
+
+**Resuming.** Running :func:`train` again on the same folder skips the recorded
+steps: it restarts from the latest checkpoint at or before the first missing
+record step (or from the seeded initialisation) and replays the same
+computation, so the parameters match those of an uninterrupted run bit for bit
+on the same machine, device, PyTorch version and thread count. On CUDA devices
+that needs deterministic kernels: with ``deterministic=True`` (the default)
+training runs under ``torch.use_deterministic_algorithms(True, warn_only=True)``
+with cuDNN's deterministic algorithms and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
+(set if unset); PyTorch warns about any operation that has no deterministic
+implementation. The previous settings are restored afterwards. A larger
+``steps`` or more ``record_steps`` extend a run; any other change is refused
+(:class:`~curvlab.runs.ConfigMismatchError`).
+
+Library functions print nothing; progress goes to an optional callback
+(:class:`TrainEvent`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+from torch import Tensor, nn
+
+from curvlab.runs.config import ConfigError, TrainConfig
+from curvlab.runs.environment import machine_info, package_versions
+from curvlab.runs.folder import RunFolder
+from curvlab.runs.records import load_checkpoint, save_checkpoint, write_record
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ProgressCallback",
+    "TrainEvent",
+    "TrainResult",
+    "batch_indices",
+    "build_optimizer",
+    "derived_seeds",
+    "evaluate_split",
+    "train",
+    "train_run",
+]
+
+CHECKPOINT_FORMAT = "curvlab-train-checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """Progress of :func:`train`, passed to the callback.
+
+    Attributes:
+        kind: ``"start"`` (``step`` is where training (re)starts; ``values``
+            holds ``resumed_from``: the checkpoint step or ``None``,
+            ``skipped``: record steps already done, ``todo``: those to do),
+            ``"step"`` (``step`` optimizer steps are done; ``values["loss"]`` is
+            the mini-batch loss), ``"record"`` (``step`` was recorded;
+            ``values`` are its metrics), ``"checkpoint"`` or ``"done"``.
+        step: The training step.
+        total: The last step this call trains to.
+        values: Details, see ``kind``.
+    """
+
+    kind: str
+    step: int
+    total: int
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[TrainEvent], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one call of :func:`train` did.
+
+    Attributes:
+        run: The run folder.
+        start_step: Step training started from (``None`` if nothing was left).
+        resumed_from: Step of the checkpoint it resumed from, ``None`` for a
+            start from the initialisation.
+        end_step: Last step reached (``None`` if nothing was left).
+        recorded: Steps recorded by this call.
+        skipped: Record steps that were already done.
+        seconds: Wall time.
+    """
+
+    run: RunFolder
+    start_step: int | None
+    resumed_from: int | None
+    end_step: int | None
+    recorded: tuple[int, ...]
+    skipped: tuple[int, ...]
+    seconds: float
+
+
+def _seed_from(seed: int, *key: int) -> int:
+    state = numpy.random.SeedSequence(seed, spawn_key=key).generate_state(2)
+    return (int(state[0]) << 32) | int(state[1])
+
+
+def derived_seeds(seed: int) -> dict[str, Any]:
+    """Describe how the run's randomness derives from ``seed`` (for metadata).
+
+    Args:
+        seed: The config's seed.
+
+    Returns:
+        The seed of each random choice.
+    """
+    return {
+        "seed": seed,
+        "model_init": seed,
+        "train_test_split": seed,
+        "batch_order": f"numpy.random.SeedSequence({seed}, spawn_key=(0, epoch))",
+        "global_generator": _seed_from(seed, 1),
+    }
+
+
+def batch_indices(seed: int, step: int, num_samples: int, batch_size: int) -> Tensor:
+    """Return the train-sample indices of the mini-batch of a step.
+
+    Args:
+        seed: The run's seed.
+        step: The training step (0 for the first update).
+        num_samples: Train samples ``N``.
+        batch_size: Samples per step ``B <= N``.
+
+    Returns:
+        ``B`` distinct indices (CPU, int64).
+
+    Raises:
+        ValueError: If ``batch_size`` is not in ``[1, num_samples]``.
+
+    Example:
+        >>> first = batch_indices(0, 0, 10, 4)
+        >>> second = batch_indices(0, 1, 10, 4)
+        >>> len(set(first.tolist()) | set(second.tolist()))
+        8
+    """
+    if not 1 <= batch_size <= num_samples:
+        raise ValueError(
+            f"batch_size must lie in [1, {num_samples}] (the train samples). "
+            f"Got {batch_size}."
+        )
+    per_epoch = num_samples // batch_size
+    epoch, position = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(_seed_from(seed, 0, epoch))
+    order = torch.randperm(num_samples, generator=generator)
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Create the config's optimizer on the model's parameters.
+
+    Args:
+        config: The training config.
+        model: The model.
+
+    Returns:
+        ``torch.optim.SGD``, ``torch.optim.Adam``, or
+        :class:`curvlab.optim.AdaHesScale` / ``AdaHesScaleGN``.
+
+    Raises:
+        ConfigError: If the optimizer rejects an option.
+        NotImplementedError: If AdaHesScale cannot handle a module of the model.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = config.optimizer_kwargs()
+    if config.optimizer == "sgd":
+        kind: Any = torch.optim.SGD
+    elif config.optimizer == "adam":
+        kind = torch.optim.Adam
+    else:
+        from curvlab.diagonal import check_supported
+        from curvlab.optim import AdaHesScale, AdaHesScaleGN
+
+        check_supported(model)
+        kind = AdaHesScale if config.optimizer == "adahesscale" else AdaHesScaleGN
+    try:
+        return kind(params, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"{kind.__name__} rejects the options {kwargs}: {error}"
+        ) from None
+
+
+def _uses_hesscale(optimizer: torch.optim.Optimizer) -> bool:
+    return hasattr(optimizer, "variant")
+
+
+def evaluate_split(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data,
+    *,
+    gradient: bool = False,
+) -> tuple[float, float | None, list[Tensor] | None]:
+    """Mean loss, accuracy and optionally the gradient over a whole split.
+
+    Batch losses are weighted by batch size, so the results are those of the
+    mean over all samples whatever the batching (``loss_fn`` must use
+    ``reduction="mean"``). The model's mode is left as it is.
+
+    Args:
+        model: The model.
+        loss_fn: Loss with mean reduction.
+        data: Re-iterable ``(X, y)`` batches.
+        gradient: Also return the gradient of the mean loss with respect to the
+            parameters (those that require grad get it; ``.grad`` is not touched).
+
+    Returns:
+        The loss, the accuracy (``None`` unless ``y`` holds class labels of a
+        2-d output) and the gradient (``None`` unless asked for).
+    """
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    num_samples = sum(len(y) for _, y in data)
+    total_loss, correct = 0.0, 0
+    classification = True
+    grads = [torch.zeros_like(p) for p in params] if gradient else None
+    for X, y in data:
+        with torch.set_grad_enabled(gradient):
+            output = model(X)
+            loss = loss_fn(output, y)
+        if grads is not None:
+            weight = len(y) / num_samples
+            parts = iter(torch.autograd.grad(loss, trainable))
+            for i, p in enumerate(params):
+                if p.requires_grad:
+                    grads[i].add_(next(parts), alpha=weight)
+        total_loss += float(loss.detach()) * len(y)
+        if y.dtype == torch.int64 and output.ndim == 2:
+            correct += int((output.argmax(dim=1) == y).sum())
+        else:
+            classification = False
+    accuracy = correct / num_samples if classification else None
+    return total_loss / num_samples, accuracy, grads
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    deterministic: bool = True,
+    on_progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train and record a run into the folder ``out``, resuming what is there.
+
+    Args:
+        config: The training config.
+        out: The run folder; created if missing, resumed if it holds a run with
+            a compatible config (module docstring).
+        force: Delete an existing run in ``out`` first.
+        device: Device to train on.
+        data_dir: Data folder of file-based problems.
+        deterministic: On CUDA, use deterministic kernels (module docstring).
+        on_progress: Called with a :class:`TrainEvent` at the start, after each
+            step, record and checkpoint, and at the end. An exception it raises
+            stops training; what was recorded stays valid and a later call
+            resumes.
+
+    Returns:
+        What this call did.
+
+    Raises:
+        ConfigMismatchError: If ``out`` holds a run with another config.
+        FileExistsError: If ``out`` is a non-empty folder that is no run folder.
+        ConfigError: If the batch size exceeds the train samples or the
+            optimizer rejects an option.
+        FloatingPointError: If the loss becomes NaN or infinite.
+
+    Example:
+        >>> import tempfile
+        >>> config = TrainConfig(problem="digits_logreg", steps=20, batch_size=32,
+        ...                      record_steps=(0, 10), num_samples=200)
+        >>> result = train(config, tempfile.mkdtemp())
+        >>> result.recorded, result.run.recorded_steps()
+        ((0, 10, 20), [0, 10, 20])
+    """
+    run = RunFolder.create(
+        out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
+    )
+    return train_run(
+        run,
+        config,
+        device=device,
+        data_dir=data_dir,
+        deterministic=deterministic,
+        on_progress=on_progress,
+    )
+
+
+def train_run(
+    run: RunFolder,
+    request: TrainConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    deterministic: bool = True,
+    on_progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train in an existing run folder: record the steps not yet recorded.
+
+    Args:
+        run: The run folder.
+        request: What to train; ``None`` is the stored config. Its extents may
+            differ from the stored config (see :func:`train`); the stored config
+            is extended to cover it.
+        device: Device to train on.
+        data_dir: Data folder of file-based problems (default: the one the
+            previous training used).
+        deterministic: On CUDA, use deterministic kernels (module docstring).
+        on_progress: Progress callback, see :func:`train`.
+
+    Returns:
+        What this call did.
+
+    Raises:
+        ConfigMismatchError: If ``request`` is incompatible with the run.
+        ConfigError: If the batch size exceeds the train samples or the
+            optimizer rejects an option.
+        FloatingPointError: If the loss becomes NaN or infinite.
+    """
+    stored = run.config
+    config = stored if request is None else request
+    merged = stored
+    if config != stored:
+        merged = stored.extended_by(config, where=str(run.path))
+    if merged != stored:
+        run.write_config(merged)
+    device = torch.device(device)
+    if data_dir is None:
+        for invocation in reversed(run.invocations("train")):
+            if invocation.get("data_dir"):
+                data_dir = invocation["data_dir"]
+                break
+    invocation = run.start_invocation(
+        "train",
+        request=config.to_dict(),
+        device=str(device),
+        deterministic=deterministic,
+        data_dir=None if data_dir is None else str(data_dir),
+        versions=package_versions(),
+        machine=machine_info(str(device)),
+    )
+    start = time.perf_counter()
+    try:
+        with _deterministic(device.type == "cuda" and deterministic):
+            result = _train(run, config, device, data_dir, on_progress, invocation)
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(status, error=f"{type(error).__name__}: {error}")
+        raise
+    seconds = time.perf_counter() - start
+    invocation.finish(
+        "finished",
+        start_step=result.start_step,
+        resumed_from=result.resumed_from,
+        end_step=result.end_step,
+        recorded=list(result.recorded),
+        skipped=list(result.skipped),
+    )
+    return replace(result, seconds=seconds)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Use deterministic CUDA kernels inside the block, then restore the settings."""
+    if not enabled:
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic = previous[2]
+        torch.backends.cudnn.benchmark = previous[3]
+
+
+def _train(
+    run: RunFolder,
+    config: TrainConfig,
+    device: torch.device,
+    data_dir: str | Path | None,
+    on_progress: ProgressCallback | None,
+    invocation,
+) -> TrainResult:
+    def report(kind: str, step: int, total: int, **values: Any) -> None:
+        if on_progress is not None:
+            on_progress(TrainEvent(kind, step, total, values))
+
+    skipped = tuple(s for s in config.record_steps if run.is_done("train", s))
+    todo = [s for s in config.record_steps if s not in skipped]
+    if not todo:
+        report("done", config.steps, config.steps)
+        return TrainResult(run, None, None, None, (), skipped, 0.0)
+    first, last = todo[0], todo[-1]
+    checkpoints = [s for s in run.done_steps("checkpoint") if s <= first]
+    resumed_from = max(checkpoints) if checkpoints else None
+
+    problem = run.problem(device=device, data_dir=data_dir)
+    model, loss_fn = problem.model, problem.loss_fn
+    X, y = problem.train_data.X, problem.train_data.y
+    num_train = len(y)
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size must be at most the {num_train} train samples of "
+            f"{config.problem!r}. Got {config.batch_size}."
+        )
+    optimizer = build_optimizer(config, model)
+    cuda = []
+    if device.type == "cuda":
+        index = device.index
+        cuda = [torch.cuda.current_device() if index is None else index]
+    checkpoint_steps = set(config.record_steps)
+    if config.checkpoint_every is not None:
+        checkpoint_steps.update(range(0, last + 1, config.checkpoint_every))
+
+    recorded, todo_set = [], set(todo)
+    with torch.random.fork_rng(devices=cuda):
+        if resumed_from is None:
+            begin = 0
+            torch.default_generator.manual_seed(_seed_from(config.seed, 1))
+            if cuda:
+                with torch.cuda.device(cuda[0]):
+                    torch.cuda.manual_seed(_seed_from(config.seed, 1))
+        else:
+            begin = resumed_from
+            path = run.path_for("checkpoint", resumed_from, ".pt")
+            _restore(load_checkpoint(path), model, optimizer, cuda)
+        invocation.update(start_step=begin, resumed_from=resumed_from)
+        report(
+            "start",
+            begin,
+            last,
+            resumed_from=resumed_from,
+            skipped=skipped,
+            todo=tuple(todo),
+        )
+        train_seconds = 0.0
+        for step in range(begin, last + 1):
+            if step in todo_set:
+                metrics = _record(run, problem, config, step, train_seconds)
+                train_seconds = 0.0
+                recorded.append(step)
+                report("record", step, last, **metrics)
+            if step in checkpoint_steps and not run.is_done("checkpoint", step):
+                _checkpoint(run, config, model, optimizer, cuda, step)
+                report("checkpoint", step, last)
+            if step == last:
+                break
+            index = batch_indices(config.seed, step, num_train, config.batch_size)
+            index = index.to(X.device)
+            tic = time.perf_counter()
+            loss = _update(model, loss_fn, optimizer, X[index], y[index])
+            train_seconds += time.perf_counter() - tic
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"The mini-batch loss of step {step} is {loss}: training "
+                    f"diverged (lr {config.lr}). Steps recorded so far are kept; "
+                    "try a smaller learning rate in a new run folder."
+                )
+            report("step", step + 1, last, loss=loss)
+    model.eval()
+    report("done", last, last)
+    return TrainResult(run, begin, resumed_from, last, tuple(recorded), skipped, 0.0)
+
+
+def _update(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    X: Tensor,
+    y: Tensor,
+) -> float:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    if _uses_hesscale(optimizer):
+        from curvlab.diagonal import hesscale_batch
+
+        batch = hesscale_batch(model, loss_fn, X, y, variant=optimizer.variant)
+        optimizer.step(diagonals=batch)
+        return float(batch.loss)
+    loss = loss_fn(model(X), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _norm(tensors: list[Tensor]) -> float:
+    return math.sqrt(sum(float(t.detach().double().square().sum()) for t in tensors))
+
+
+def _record(
+    run: RunFolder,
+    problem,
+    config: TrainConfig,
+    step: int,
+    train_seconds: float,
+) -> dict[str, Any]:
+    model, loss_fn = problem.model, problem.loss_fn
+    tic = time.perf_counter()
+    model.eval()
+    train_loss, train_accuracy, grads = evaluate_split(
+        model, loss_fn, problem.train_data, gradient=config.record_gradients
+    )
+    test_loss, test_accuracy, _ = evaluate_split(model, loss_fn, problem.test_data)
+    parameters = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {
+        name: value
+        for name, value in model.state_dict().items()
+        if name not in parameters
+    }
+    metrics = {
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "gradient_norm": None if grads is None else _norm(grads),
+        "parameter_norm": _norm(list(parameters.values())),
+    }
+    path = run.record_path(step)
+    with run.atomic_path(path) as tmp:
+        write_record(
+            tmp,
+            step=step,
+            parameters=parameters,
+            gradients=grads,
+            buffers=buffers,
+            attrs={"problem": config.problem, "dtype": config.dtype, **metrics},
+        )
+    timings = {
+        "train_seconds": train_seconds,
+        "record_seconds": time.perf_counter() - tic,
+    }
+    run.mark_done("train", step, files=[path], info={**metrics, **timings})
+    run.write_metrics()
+    return metrics
+
+
+def _checkpoint(
+    run: RunFolder,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cuda: list[int],
+    step: int,
+) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": 1,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "cpu_rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.cuda.get_rng_state(cuda[0]) if cuda else None,
+        "config": config.to_dict(),
+    }
+    path = run.path_for("checkpoint", step, ".pt")
+    with run.atomic_path(path) as tmp:
+        save_checkpoint(tmp, state)
+    run.mark_done("checkpoint", step, files=[path])
+    _prune_checkpoints(run, keep=step)
+
+
+def _prune_checkpoints(run: RunFolder, keep: int) -> None:
+    """Delete checkpoints before ``keep`` and files no entry lists."""
+    for step in run.entry_steps("checkpoint"):
+        if step < keep:
+            run.unmark("checkpoint", step)  # entry first: a crash leaves a stray file
+    listed = {
+        run.path_for("checkpoint", step, ".pt").name
+        for step in run.entry_steps("checkpoint")
+    }
+    for path in (run.path / "checkpoint").iterdir():
+        if path.name not in listed and not path.name.startswith("."):
+            path.unlink(missing_ok=True)
+
+
+def _restore(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cuda: list[int],
+) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("The checkpoint file is not a curvlab training checkpoint.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["cpu_rng_state"])
+    if cuda and state.get("cuda_rng_state") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng_state"], cuda[0])

@@ -1,0 +1,996 @@
+"""A self-describing run folder: config, metadata, manifest and atomic writes.
+
+Every command that works on a run reads and writes one folder, so that any
+later command needs only ``--run RUN_DIR``::
+
+    RUN_DIR/
+      config.yaml                  the TrainConfig (YAML; the run's identity)
+      metadata.json                format, creation time, seeds, package
+                                   versions, machine
+      metrics.csv                  one row per recorded step: loss and accuracy
+                                   on train and test, gradient and parameter
+                                   norms, timings
+      train/step_00000100.h5       parameters, full-data gradient and buffers
+                                   at step 100 (:mod:`curvlab.runs.records`)
+      checkpoint/step_00000100.pt  resumable training state (latest only)
+      <stage>/step_00000100.<ext>  files of later stages (:meth:`path_for`)
+      manifest/<stage>/step_00000100.json
+                                   one entry per finished (stage, step)
+      invocations/<time>_<command>_<pid>.json
+                                   one file per command run: request, device,
+                                   versions, machine, status, timings
+
+**Nothing half-written is ever taken for finished.** Every file is written to a
+temporary name in its final folder (``.tmp.<name>``), flushed to disk
+(``fsync``) and renamed onto its final name with ``os.replace``, which is
+atomic; then its manifest entry is written the same way. An entry lists its
+files with their sizes, and :meth:`RunFolder.is_done` checks that they still
+exist with those sizes. A crash (Ctrl-C, SIGKILL, power loss) leaves at worst a
+temporary file, which nothing reads and the next attempt overwrites, or a
+finished file without an entry, which is computed again.
+
+The manifest is a folder of small entries rather than one ``manifest.json`` so
+that parallel workers of a later stage can mark their own steps done without a
+read-modify-write race or a lock; :meth:`RunFolder.manifest` gathers them.
+
+Example:
+    >>> import tempfile
+    >>> from curvlab.runs import RunFolder, TrainConfig
+    >>> folder = tempfile.mkdtemp()
+    >>> run = RunFolder.create(folder, TrainConfig(problem="digits_logreg", steps=5))
+    >>> path = run.path_for("spectrum", 5, ".json")
+    >>> _ = run.write_json(path, {"eigvals": [3.0, 2.0]})
+    >>> run.mark_done("spectrum", 5, files=[path], info={"k": 2})
+    >>> run.is_done("spectrum", 5), run.done_steps("spectrum")
+    (True, [5])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from curvlab.runs.config import TrainConfig
+from curvlab.runs.environment import machine_info, package_versions, utc_now
+from curvlab.runs.records import Record, read_record
+
+__all__ = [
+    "RUN_FORMAT",
+    "RUN_FORMAT_VERSION",
+    "TEMP_PREFIX",
+    "Invocation",
+    "MissingStepError",
+    "RunFolder",
+    "atomic_path",
+    "step_key",
+    "write_bytes_atomic",
+]
+
+RUN_FORMAT = "curvlab-run"
+RUN_FORMAT_VERSION = 1
+
+#: Prefix of temporary files; such files are never read as results.
+TEMP_PREFIX = ".tmp."
+
+_CONFIG = "config.yaml"
+_METADATA = "metadata.json"
+_MANIFEST = "manifest"
+_INVOCATIONS = "invocations"
+_METRICS = "metrics.csv"
+_STAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_STEP_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+class MissingStepError(LookupError):
+    """A step that was asked for has not been recorded (or is unfinished)."""
+
+
+def step_key(step: int | None) -> str:
+    """Return the file stem of a step: ``step_00000100``, or ``all`` for ``None``.
+
+    Args:
+        step: A step, at least 0, or ``None`` for a result that belongs to no step.
+
+    Returns:
+        The stem.
+
+    Raises:
+        ValueError: For a negative or non-integer step.
+
+    Example:
+        >>> step_key(100), step_key(None)
+        ('step_00000100', 'all')
+    """
+    if step is None:
+        return "all"
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0 or None. Got {step!r}.")
+    return f"step_{step:08d}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Give a temporary path to write; rename it to ``path`` when done.
+
+    The temporary file lies in ``path``'s folder and keeps its extension
+    (``.tmp.<name>``), so any writer works (``h5py.File``, ``torch.save``,
+    ``savefig``). A leftover from an earlier crash is deleted first. On a clean
+    exit the file is flushed to disk and renamed onto ``path`` atomically; on
+    an exception it is deleted and ``path`` is left as it was.
+
+    Args:
+        path: The final file.
+
+    Yields:
+        The temporary path to write.
+
+    Raises:
+        FileNotFoundError: If nothing was written to the temporary path.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(TEMP_PREFIX + path.name)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(
+                f"Nothing was written to the temporary file {str(tmp)!r}."
+            )
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`).
+
+    Args:
+        path: The file.
+        data: Its content.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, allow_nan=True) + "\n"
+
+
+def _parse_cell(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+class Invocation:
+    """One command run on a run folder, recorded in ``invocations/``.
+
+    Created by :meth:`RunFolder.start_invocation`; call :meth:`update` to add
+    information and :meth:`finish` at the end. A command killed with SIGKILL
+    leaves ``status: "running"``.
+
+    Attributes:
+        path: The JSON file.
+        data: What it holds.
+    """
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path = path
+        self.data = data
+        self._write()
+
+    def _write(self) -> None:
+        write_bytes_atomic(self.path, _json_text(self.data).encode())
+
+    def update(self, **info: Any) -> None:
+        """Add or replace fields and rewrite the file.
+
+        Args:
+            **info: JSON-serialisable values.
+        """
+        self.data.update(info)
+        self._write()
+
+    def finish(self, status: str = "finished", **info: Any) -> None:
+        """Mark the command ended.
+
+        Args:
+            status: ``"finished"``, ``"interrupted"`` or ``"failed"``.
+            **info: More fields (timings, the error).
+        """
+        started = datetime.fromisoformat(self.data["started"].replace("Z", "+00:00"))
+        seconds = (datetime.now(timezone.utc) - started).total_seconds()
+        self.update(status=status, finished=utc_now(), seconds=seconds, **info)
+
+
+class RunFolder:
+    """A run folder: its config, metadata, manifest, records and atomic writes.
+
+    Get one with :meth:`create` (a new run, or an existing one with a
+    compatible config) or :meth:`open` (an existing run, for later stages).
+
+    Relative paths given to the methods are relative to the folder; absolute
+    ones must lie inside it.
+
+    Args:
+        path: The folder (use :meth:`open` or :meth:`create`).
+
+    Attributes:
+        path: The folder, absolute.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ------------------------------------------------------------ opening
+    @staticmethod
+    def is_run_folder(path: str | Path) -> bool:
+        """Return whether ``path`` holds a run (a ``config.yaml``).
+
+        Args:
+            path: A folder.
+
+        Returns:
+            ``True`` for a run folder.
+        """
+        return (Path(path) / _CONFIG).is_file()
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """Open an existing run folder.
+
+        Args:
+            path: The folder ``curvlab train --out`` wrote.
+
+        Returns:
+            The run folder.
+
+        Raises:
+            FileNotFoundError: If ``path`` is not a run folder.
+        """
+        if not cls.is_run_folder(path):
+            raise FileNotFoundError(
+                f"{str(path)!r} is not a curvlab run folder (no {_CONFIG}). Create "
+                "one with `curvlab train --problem NAME --out RUN_DIR`."
+            )
+        return cls(path)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        config: TrainConfig,
+        *,
+        force: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RunFolder:
+        """Create a run folder, or reopen one made with a compatible config.
+
+        An existing run folder is reused when ``config`` differs from its
+        stored config at most in how far to train
+        (:data:`~curvlab.runs.config.EXTENT_FIELDS`); its stored config then
+        becomes :meth:`TrainConfig.extended_by` of both.
+
+        Args:
+            path: The folder; created if missing. An existing folder must be
+                empty or a run folder.
+            config: The training config.
+            force: Delete an existing run (everything in its folder) and start
+                over. A folder that is not a run folder is never deleted.
+            metadata: More fields for ``metadata.json`` of a new run (seeds).
+
+        Returns:
+            The run folder.
+
+        Raises:
+            ConfigMismatchError: If the folder holds a run with another config
+                and ``force`` is false.
+            FileExistsError: If ``path`` is a file, or a non-empty folder that
+                is not a run folder.
+        """
+        path = Path(path).expanduser()
+        if cls.is_run_folder(path):
+            run = cls(path)
+            if not force:
+                stored = run.config
+                merged = stored
+                if config != stored:
+                    merged = stored.extended_by(config, where=str(path))
+                if merged != stored:
+                    run.write_config(merged)
+                return run
+            run._clear()
+        elif path.exists():
+            if not path.is_dir():
+                raise FileExistsError(f"{str(path)!r} exists and is not a folder.")
+            others = [p.name for p in path.iterdir() if not cls._ignorable(p)]
+            if others:
+                raise FileExistsError(
+                    f"{str(path)!r} is not empty and is not a curvlab run folder "
+                    f"(it holds {', '.join(sorted(others)[:5])}"
+                    f"{', ...' if len(others) > 5 else ''}). Choose a new or "
+                    "empty folder."
+                )
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        info = {
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "created": utc_now(),
+            **dict(metadata or {}),
+            "versions": package_versions(),
+            "machine": machine_info(),
+        }
+        run.write_json(_METADATA, info)
+        run.write_config(config)  # last: its presence makes this a run folder
+        return run
+
+    @staticmethod
+    def _ignorable(path: Path) -> bool:
+        """Leftovers of a crash while a run folder was being created."""
+        if path.name.startswith(TEMP_PREFIX):
+            return True
+        if path.name == _METADATA:
+            try:
+                return json.loads(path.read_text()).get("format") == RUN_FORMAT
+            except (OSError, ValueError, AttributeError):
+                return False
+        return False
+
+    def _clear(self) -> None:
+        for child in self.path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    # ------------------------------------------------------------ config
+    @property
+    def config(self) -> TrainConfig:
+        """The training config stored in ``config.yaml``."""
+        values = yaml.safe_load((self.path / _CONFIG).read_text())
+        return TrainConfig.from_dict(values)
+
+    def write_config(self, config: TrainConfig) -> None:
+        """Store the training config (``config.yaml``, atomically).
+
+        Args:
+            config: The config.
+        """
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        self.write_text(_CONFIG, text)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """``metadata.json``: format, creation time, seeds, versions, machine."""
+        return self.read_json(_METADATA)
+
+    # ------------------------------------------------------------ paths and IO
+    def resolve(self, relpath: str | Path) -> Path:
+        """Return the absolute path of a file in the folder.
+
+        Args:
+            relpath: Relative to the folder, or absolute inside it.
+
+        Returns:
+            The absolute path.
+
+        Raises:
+            ValueError: If the path leads outside the folder.
+        """
+        path = Path(relpath)
+        if not path.is_absolute():
+            path = self.path / path
+        root = self.path.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ValueError(
+                f"{str(relpath)!r} lies outside the run folder {str(self.path)!r}."
+            )
+        return path
+
+    def relative(self, path: str | Path) -> str:
+        """Return ``path`` relative to the folder, with ``/`` separators.
+
+        Args:
+            path: A path inside the folder.
+
+        Returns:
+            The relative path.
+        """
+        resolved = self.resolve(path).resolve()
+        return resolved.relative_to(self.path.resolve()).as_posix()
+
+    def path_for(
+        self, stage: str, step: int | None = None, suffix: str = ".h5"
+    ) -> Path:
+        """Return the conventional file of a stage at a step, creating its folder.
+
+        Args:
+            stage: The stage, e.g. ``"spectrum"`` (letters, digits, ``_.-``).
+            step: The step, or ``None`` for a result that belongs to no step.
+            suffix: The extension, e.g. ``".h5"``, ``".json"``, or a longer
+                ending such as ``"_train.h5"``.
+
+        Returns:
+            ``RUN_DIR/<stage>/step_XXXXXXXX<suffix>`` (``all<suffix>`` for
+            ``None``).
+
+        Raises:
+            ValueError: For an invalid stage name or step.
+        """
+        _check_stage(stage)
+        folder = self.path / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{step_key(step)}{suffix}"
+
+    def atomic_path(self, relpath: str | Path) -> contextlib.AbstractContextManager:
+        """Write a file of the folder atomically, see :func:`atomic_path`.
+
+        Args:
+            relpath: The final file.
+
+        Returns:
+            A context manager yielding the temporary path to write.
+        """
+        return atomic_path(self.resolve(relpath))
+
+    def write_text(self, relpath: str | Path, text: str) -> Path:
+        """Write a text file atomically.
+
+        Args:
+            relpath: The file.
+            text: Its content.
+
+        Returns:
+            The absolute path.
+        """
+        path = self.resolve(relpath)
+        write_bytes_atomic(path, text.encode())
+        return path
+
+    def write_json(self, relpath: str | Path, obj: Any) -> Path:
+        """Write a JSON file atomically (indented; NaN allowed).
+
+        Args:
+            relpath: The file.
+            obj: JSON-serialisable data.
+
+        Returns:
+            The absolute path.
+        """
+        return self.write_text(relpath, _json_text(obj))
+
+    def read_json(self, relpath: str | Path) -> Any:
+        """Read a JSON file of the folder.
+
+        Args:
+            relpath: The file.
+
+        Returns:
+            The data.
+        """
+        return json.loads(self.resolve(relpath).read_text())
+
+    def write_table(
+        self,
+        relpath: str | Path,
+        rows: Iterable[Mapping[str, Any]],
+        columns: Sequence[str] | None = None,
+    ) -> Path:
+        """Write rows as a CSV file atomically.
+
+        Args:
+            relpath: The file (``.csv``).
+            rows: One mapping per row.
+            columns: Column order; default: keys in order of first appearance.
+                ``None`` values are written as empty cells, floats with
+                ``repr`` (exact round trip).
+
+        Returns:
+            The absolute path.
+        """
+        rows = list(rows)
+        if columns is None:
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_format_cell(row.get(c)) for c in columns])
+        return self.write_text(relpath, buffer.getvalue())
+
+    def read_table(self, relpath: str | Path) -> list[dict[str, Any]]:
+        """Read a CSV file written by :meth:`write_table`.
+
+        Args:
+            relpath: The file.
+
+        Returns:
+            One dict per row; cells parsed as int, float, ``None`` (empty) or str.
+        """
+        with self.resolve(relpath).open(newline="") as file:
+            return [
+                {key: _parse_cell(value) for key, value in row.items()}
+                for row in csv.DictReader(file)
+            ]
+
+    # ------------------------------------------------------------ manifest
+    def _entry_path(self, stage: str, step: int | None) -> Path:
+        _check_stage(stage)
+        return self.path / _MANIFEST / stage / f"{step_key(step)}.json"
+
+    def mark_done(
+        self,
+        stage: str,
+        step: int | None = None,
+        *,
+        files: Iterable[str | Path] = (),
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that ``stage`` finished ``step``: its files are complete.
+
+        Call it only after the files were written atomically (by
+        :meth:`atomic_path`, :meth:`write_json`, ...). The entry stores each
+        file's size, which :meth:`is_done` checks.
+
+        Args:
+            stage: The stage name.
+            step: The step, or ``None``.
+            files: The files the stage wrote for this step.
+            info: JSON-serialisable results or timings to keep with the entry.
+
+        Raises:
+            FileNotFoundError: If a listed file does not exist.
+        """
+        listed = []
+        for file in files:
+            path = self.resolve(file)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"Cannot mark {stage} {step_key(step)} done: {str(path)!r} "
+                    "does not exist."
+                )
+            listed.append({"path": self.relative(path), "bytes": path.stat().st_size})
+        entry = {
+            "stage": stage,
+            "step": step,
+            "files": listed,
+            "info": dict(info or {}),
+            "completed": utc_now(),
+        }
+        self.write_json(self._entry_path(stage, step), entry)
+
+    def unmark(self, stage: str, step: int | None = None) -> None:
+        """Remove the manifest entry of ``(stage, step)`` (files are kept).
+
+        Args:
+            stage: The stage name.
+            step: The step, or ``None``.
+        """
+        self._entry_path(stage, step).unlink(missing_ok=True)
+
+    def entry(self, stage: str, step: int | None = None) -> dict[str, Any] | None:
+        """Return the manifest entry of ``(stage, step)``, or ``None``.
+
+        Args:
+            stage: The stage name.
+            step: The step, or ``None``.
+
+        Returns:
+            ``{"stage", "step", "files": [{"path", "bytes"}], "info",
+            "completed"}``, or ``None`` when there is no entry. It does not
+            check the files (:meth:`is_done` does).
+        """
+        path = self._entry_path(stage, step)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # cannot happen with atomic writes; be safe
+            return None
+
+    def is_done(self, stage: str, step: int | None = None) -> bool:
+        """Return whether ``(stage, step)`` is finished and its files are intact.
+
+        Args:
+            stage: The stage name.
+            step: The step, or ``None``.
+
+        Returns:
+            ``True`` if an entry exists and every file it lists exists with the
+            recorded size.
+        """
+        entry = self.entry(stage, step)
+        if entry is None:
+            return False
+        for file in entry["files"]:
+            path = self.path / file["path"]
+            if not path.is_file() or path.stat().st_size != file["bytes"]:
+                return False
+        return True
+
+    def entry_steps(self, stage: str) -> list[int]:
+        """Return the steps that have a manifest entry, unchecked, sorted.
+
+        Args:
+            stage: The stage name.
+
+        Returns:
+            The steps (entries without a step are left out).
+        """
+        _check_stage(stage)
+        folder = self.path / _MANIFEST / stage
+        if not folder.is_dir():
+            return []
+        steps = []
+        for child in folder.iterdir():
+            match = _STEP_PATTERN.match(child.stem)
+            if child.suffix == ".json" and match:
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def done_steps(self, stage: str) -> list[int]:
+        """Return the steps at which ``stage`` is done (:meth:`is_done`), sorted.
+
+        Args:
+            stage: The stage name.
+
+        Returns:
+            The steps.
+        """
+        return [s for s in self.entry_steps(stage) if self.is_done(stage, s)]
+
+    def manifest(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Gather all manifest entries.
+
+        Returns:
+            ``{stage: {step_key: entry}}``, finished or not (see :meth:`is_done`).
+        """
+        root = self.path / _MANIFEST
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        if not root.is_dir():
+            return out
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            entries = {}
+            for child in sorted(folder.glob("*.json")):
+                if child.name.startswith(TEMP_PREFIX):
+                    continue
+                entries[child.stem] = json.loads(child.read_text())
+            out[folder.name] = entries
+        return out
+
+    # ------------------------------------------------------------ invocations
+    def start_invocation(self, command: str, **info: Any) -> Invocation:
+        """Record that a command starts on this folder.
+
+        Args:
+            command: The command name, e.g. ``"train"``.
+            **info: JSON-serialisable fields (request, device, data_dir, ...).
+
+        Returns:
+            The invocation; call :meth:`Invocation.finish` at the end.
+        """
+        _check_stage(command)
+        now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = self.path / _INVOCATIONS / f"{now}_{command}_{os.getpid()}.json"
+        data = {
+            "command": command,
+            "status": "running",
+            "started": utc_now(),
+            "pid": os.getpid(),
+            **info,
+        }
+        return Invocation(path, data)
+
+    def invocations(self, command: str | None = None) -> list[dict[str, Any]]:
+        """Return the recorded invocations, oldest first.
+
+        Args:
+            command: Only this command's; ``None`` for all.
+
+        Returns:
+            The invocation records.
+        """
+        folder = self.path / _INVOCATIONS
+        if not folder.is_dir():
+            return []
+        out = []
+        for child in sorted(folder.glob("*.json")):
+            if child.name.startswith(TEMP_PREFIX):
+                continue
+            data = json.loads(child.read_text())
+            if command is None or data.get("command") == command:
+                out.append(data)
+        return out
+
+    # ------------------------------------------------------------ training records
+    def recorded_steps(self) -> list[int]:
+        """Return the steps whose training record is complete, sorted."""
+        return self.done_steps("train")
+
+    def record_path(self, step: int) -> Path:
+        """Return the record file of a step (it may not exist yet).
+
+        Args:
+            step: The step.
+
+        Returns:
+            ``RUN_DIR/train/step_XXXXXXXX.h5``.
+        """
+        return self.path_for("train", step, ".h5")
+
+    def load_record(self, step: int, *, gradients: bool = True) -> Record:
+        """Read the training record of a step.
+
+        Args:
+            step: A step from :meth:`recorded_steps`.
+            gradients: Read the gradient too.
+
+        Returns:
+            The record, tensors on the CPU.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+        """
+        if not self.is_done("train", step):
+            raise MissingStepError(
+                f"Step {step} is not recorded in {str(self.path)!r}. Recorded "
+                f"steps: {self.recorded_steps()}."
+            )
+        return read_record(self.record_path(step), gradients=gradients)
+
+    def load_parameters(
+        self,
+        step: int,
+        *,
+        device: str | torch.device | None = None,
+        flat: bool = False,
+    ) -> list[Tensor] | Tensor:
+        """Return the parameters recorded at a step.
+
+        Args:
+            step: A step from :meth:`recorded_steps`.
+            device: Where to put them (default: CPU).
+            flat: Return one vector (parameters flattened and concatenated in
+                model order) instead of a list.
+
+        Returns:
+            The parameters, in the order of ``model.parameters()``.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+        """
+        return _placed(self.load_record(step, gradients=False).parameters, device, flat)
+
+    def load_gradients(
+        self,
+        step: int,
+        *,
+        device: str | torch.device | None = None,
+        flat: bool = False,
+    ) -> list[Tensor] | Tensor:
+        """Return the gradient of the mean train loss recorded at a step.
+
+        It is the gradient over the whole train split (not a mini-batch), with
+        the model in eval mode.
+
+        Args:
+            step: A step from :meth:`recorded_steps`.
+            device: Where to put it (default: CPU).
+            flat: Return one vector instead of a list.
+
+        Returns:
+            The gradient, shaped like the parameters.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+            ValueError: If the run did not record gradients.
+        """
+        record = self.load_record(step)
+        if record.gradients is None:
+            raise ValueError(
+                f"The run in {str(self.path)!r} did not record gradients "
+                "(record_gradients: false)."
+            )
+        return _placed(record.gradients, device, flat)
+
+    def load_state_dict(self, step: int) -> dict[str, Tensor]:
+        """Return the model's ``state_dict`` (parameters and buffers) at a step.
+
+        Args:
+            step: A step from :meth:`recorded_steps`.
+
+        Returns:
+            Tensors by name, on the CPU.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+        """
+        record = self.load_record(step, gradients=False)
+        state = dict(zip(record.parameter_names, record.parameters, strict=True))
+        state.update(record.buffers)
+        return state
+
+    def load_into(self, model: nn.Module, step: int) -> nn.Module:
+        """Load the recorded parameters and buffers of a step into ``model``.
+
+        Args:
+            model: The problem's model (e.g. ``run.problem().model``).
+            step: A step from :meth:`recorded_steps`.
+
+        Returns:
+            ``model``, changed in place.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+        """
+        model.load_state_dict(self.load_state_dict(step), strict=True)
+        return model
+
+    def load_model(
+        self,
+        step: int,
+        *,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+    ) -> nn.Module:
+        """Rebuild the problem's model and load the record of a step into it.
+
+        Builds the whole problem (:meth:`problem`); when you need the data as
+        well, call :meth:`problem` once and :meth:`load_into` per step.
+
+        Args:
+            step: A step from :meth:`recorded_steps`.
+            device: Device of the model.
+            data_dir: Data folder of file-based problems (default: the one
+                the training used).
+
+        Returns:
+            The model in eval mode.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+        """
+        if not self.is_done("train", step):
+            self.load_record(step)  # raises MissingStepError
+        model = self.problem(device=device, data_dir=data_dir).model
+        return self.load_into(model, step).eval()
+
+    def problem(
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+        batch_size: int | None = None,
+    ):
+        """Build the run's problem: fresh model, loss and the same data splits.
+
+        Args:
+            device: Device of model and data.
+            data_dir: Data folder of file-based problems; default: the one the
+                latest training invocation used.
+            batch_size: Batch size of the splits; default: the config's
+                ``eval_batch_size`` (the problem's default when unset).
+
+        Returns:
+            The :class:`~curvlab.problems.Problem`, model at its initialisation.
+        """
+        from curvlab import problems
+
+        config = self.config
+        if data_dir is None:
+            for invocation in reversed(self.invocations("train")):
+                if invocation.get("data_dir"):
+                    data_dir = invocation["data_dir"]
+                    break
+        return problems.get(
+            config.problem,
+            seed=config.seed,
+            batch_size=config.eval_batch_size if batch_size is None else batch_size,
+            num_samples=config.num_samples,
+            dtype=config.torch_dtype,
+            device=device,
+            data_dir=data_dir,
+        )
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Return the metrics of the recorded steps, one dict per step, in order.
+
+        Returns:
+            ``step``, ``train_loss``, ``train_accuracy``, ``test_loss``,
+            ``test_accuracy`` (``None`` for regression), ``gradient_norm``,
+            ``parameter_norm`` and timings, from the manifest.
+        """
+        rows = []
+        for step in self.recorded_steps():
+            entry = self.entry("train", step) or {}
+            rows.append({"step": step, **entry.get("info", {})})
+        return rows
+
+    def write_metrics(self) -> Path:
+        """Rewrite ``metrics.csv`` from the manifest.
+
+        Returns:
+            Its path.
+        """
+        return self.write_table(_METRICS, self.metrics())
+
+
+def _check_stage(stage: str) -> None:
+    if not isinstance(stage, str) or not _STAGE_PATTERN.match(stage):
+        raise ValueError(
+            "A stage name must start with a letter or digit and hold only letters, "
+            f"digits, '_', '.' and '-'. Got {stage!r}."
+        )
+
+
+def _placed(
+    tensors: list[Tensor], device: str | torch.device | None, flat: bool
+) -> list[Tensor] | Tensor:
+    if device is not None:
+        tensors = [t.to(device) for t in tensors]
+    if flat:
+        return torch.cat([t.reshape(-1) for t in tensors])
+    return tensors

@@ -1,0 +1,517 @@
+r"""How well do diagonal curvature estimates match the exact Hessian diagonal?
+
+The approximation-quality study of HesScale (Elsayed & Mahmood, 2022, arXiv
+2210.11639; Elsayed, Farrahi, Dangel & Mahmood, ICML 2024, arXiv 2406.03276),
+on scikit-learn's 8x8 digits instead of MNIST.
+
+A tanh MLP (64-64-64-64-10 by default: the paper's 784-64-64-64-10 with the
+digits' 64 inputs) is trained for a few epochs with SGD on cross-entropy; then,
+on each of the first ``num_samples`` train examples alone (batch size 1), every
+estimator's error against the exact Hessian diagonal is measured per parameter,
+
+.. math::
+    e_{\text{method}, p} = \sum_i \bigl|\operatorname{diag}(H)_{p,i}
+        - \hat h_{\text{method}, p, i}\bigr| ,
+
+summed over the weight and bias of each layer, and over all layers for the
+total. Errors are averaged over samples and seeds and *normalised by
+HesScale's mean total error* (as in the paper's plot code: the mean of a
+method's totals over the mean of HesScale's), so HesScale's total is 1 and
+each layer's entry is its share on that scale.
+
+Estimators (:data:`METHODS`):
+
+- ``HesScale``, ``HesScaleGN``, ``BL89``: the backpropagated diagonals of
+  :func:`curvlab.diagonal.hesscale_batch` with ``variant`` ``"hessian"``,
+  ``"ggn"`` and ``"bl89"``;
+- ``GGN-MC(1)``: :func:`curvlab.diagonal.mc_ggn_diagonal` with one sampled label;
+- ``Hutchinson(1)``: :math:`v \odot Hv` with one Rademacher vector :math:`v`
+  (the unbiased estimator; AdaHessian's code uses :math:`|Hv|` instead);
+- ``g²``: the squared gradient;
+- ``zero``: the all-zeros estimate, whose error is
+  :math:`\sum |\operatorname{diag}(H)|`.
+
+The exact diagonal comes from :func:`sequential_hessian_diagonal` (Hessian
+backpropagation, exact and fast for MLPs; cross-checked against
+:func:`curvlab.diagonal.exact_hessian_diagonal`, which other models use). Nothing
+here prints or writes: :func:`hesscale_quality` returns a :class:`QualityResult`
+of plain lists and dicts, which ``curvlab hesscale-quality`` renders.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from curvlab.diagonal import (
+    exact_hessian_diagonal,
+    hesscale_batch,
+    mc_ggn_diagonal,
+)
+from curvlab.operators import HessianOperator
+from curvlab.problems.data import load_digits
+from curvlab.problems.models import mlp
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_LR",
+    "DEFAULT_TRAIN_BATCH_SIZE",
+    "METHODS",
+    "NORMALIZER",
+    "QualityResult",
+    "estimate_errors",
+    "hesscale_quality",
+    "layer_names",
+    "quality_model",
+    "sequential_hessian_diagonal",
+]
+
+#: Estimators compared, in table order.
+METHODS = (
+    "HesScale",
+    "HesScaleGN",
+    "BL89",
+    "GGN-MC(1)",
+    "Hutchinson(1)",
+    "g²",
+    "zero",
+)
+#: The estimator whose mean total error is the unit.
+NORMALIZER = "HesScale"
+#: Training before the measurements (HesScale's setup: 2 epochs of SGD, lr 1e-3,
+#: batch size 64).
+DEFAULT_EPOCHS = 2
+DEFAULT_LR = 1e-3
+DEFAULT_TRAIN_BATCH_SIZE = 64
+
+_HESSCALE_VARIANTS = {"HesScale": "hessian", "HesScaleGN": "ggn", "BL89": "bl89"}
+
+ProgressCallback = Callable[[int, int, int], None]
+"""``callback(seed, completed, total)``: samples measured so far for ``seed``."""
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    """Errors of each estimator against the exact Hessian diagonal.
+
+    Attributes:
+        methods: Estimator names, :data:`METHODS` order.
+        layers: Layer names (``"layer 1"`` is the input layer).
+        seeds: The seeds, one run each.
+        num_samples: Samples (batch size 1) measured per seed.
+        errors: ``errors[method][s][l]``: L1 error of layer ``l`` (weight and
+            bias), averaged over the samples of seed ``seeds[s]``.
+        normalized: ``normalized[method][column]`` for each layer name and
+            ``"total"``: the mean error over seeds and samples divided by
+            HesScale's mean total error. HesScale's ``"total"`` is 1.
+        seed_ratios: ``seed_ratios[method][s]``: the method's total error over
+            HesScale's total error on seed ``seeds[s]`` alone.
+        config: The settings (architecture, training, data, dtype).
+    """
+
+    methods: tuple[str, ...]
+    layers: tuple[str, ...]
+    seeds: tuple[int, ...]
+    num_samples: int
+    errors: dict[str, list[list[float]]]
+    normalized: dict[str, dict[str, float]]
+    seed_ratios: dict[str, list[float]]
+    config: dict = field(default_factory=dict)
+
+    def mean_errors(self) -> dict[str, dict[str, float]]:
+        """Return the mean L1 errors, not normalised, per layer and ``"total"``.
+
+        Returns:
+            ``{method: {layer or "total": error}}``.
+        """
+        out = {}
+        for method in self.methods:
+            per_seed = self.errors[method]
+            row = {
+                layer: statistics.fmean(run[index] for run in per_seed)
+                for index, layer in enumerate(self.layers)
+            }
+            row["total"] = statistics.fmean(sum(run) for run in per_seed)
+            out[method] = row
+        return out
+
+    def ranking(self) -> list[str]:
+        """Return the estimators sorted by normalised total error, best first."""
+        return sorted(self.methods, key=lambda m: self.normalized[m]["total"])
+
+
+def quality_model(
+    width: int = 64,
+    *,
+    depth: int = 3,
+    in_features: int = 64,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Build the study's tanh MLP: ``in``, ``depth`` hidden layers of ``width``, out.
+
+    Args:
+        width: Units per hidden layer.
+        depth: Number of hidden layers.
+        in_features: Input dimension (64 for the digits).
+        num_classes: Output dimension.
+        seed: Seed of the initialisation (PyTorch's default for ``nn.Linear``).
+
+    Returns:
+        ``nn.Sequential`` of Linear and Tanh modules, float32.
+
+    Example:
+        >>> sum(p.numel() for p in quality_model().parameters())
+        13130
+    """
+    return mlp((in_features, *[width] * depth, num_classes), "tanh", seed=seed)
+
+
+def layer_names(model: nn.Module) -> tuple[list[str], list[int]]:
+    """Group a model's trainable parameters by the module that holds them.
+
+    Args:
+        model: The model.
+
+    Returns:
+        The layer names ``"layer 1"``, ``"layer 2"``, ... in parameter order, and
+        for each parameter the index of its layer.
+    """
+    prefixes: list[str] = []
+    index = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        prefix = name.rpartition(".")[0]
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+        index.append(prefixes.index(prefix))
+    return [f"layer {i + 1}" for i in range(len(prefixes))], index
+
+
+def _hutchinson(
+    model: nn.Module, loss_fn: nn.Module, X: Tensor, y: Tensor, seed: int
+) -> list[Tensor]:
+    """One-sample Hutchinson diagonal ``v * (H v)`` with a Rademacher ``v``."""
+    op = HessianOperator(
+        model, loss_fn, [(X, y)], num_data=len(y), check_deterministic=False
+    )
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randint(0, 2, (op.shape[0],), generator=generator).to(op.dtype)
+    v = (2 * v - 1).to(op.device)
+    estimate = v * (op @ v)
+    shapes = op.param_shapes
+    sizes = [s.numel() for s in shapes]
+    return [e.reshape(s) for e, s in zip(estimate.split(sizes), shapes, strict=True)]
+
+
+def _activation_derivatives(module: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
+    """First and second derivative of an element-wise activation at ``a``."""
+    if isinstance(module, nn.Tanh):
+        t = torch.tanh(a)
+        d1 = 1 - t**2
+        return d1, -2 * t * d1
+    if isinstance(module, nn.Sigmoid):
+        s = torch.sigmoid(a)
+        d1 = s * (1 - s)
+        return d1, d1 * (1 - 2 * s)
+    return (a > 0).to(a.dtype), torch.zeros_like(a)  # nn.ReLU
+
+
+_ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.ReLU)
+
+
+def sequential_hessian_diagonal(
+    model: nn.Module, loss_fn: nn.Module, X: Tensor, y: Tensor
+) -> list[Tensor] | None:
+    r"""Exact Hessian diagonal of an MLP on one batch, by Hessian backpropagation.
+
+    For ``nn.Sequential`` models of ``Linear`` layers and Tanh, Sigmoid or ReLU
+    activations, the full Hessian of each sample's loss with respect to every
+    layer output is propagated backwards (Dangel, Kunstner & Hennig 2020,
+    "BackPACK", ICLR: ``DiagHessian``), exactly:
+
+    .. math::
+        H_{x_{l-1}} = W_l^\top H_{a_l} W_l, \qquad
+        H_{a_l} = \sigma'(a_l) H_{x_l} \sigma'(a_l)
+            + \operatorname{diag}\bigl(\sigma''(a_l) \odot g_{x_l}\bigr),
+
+    starting from the loss Hessian with respect to the output. Since the
+    pre-activation is linear in the weights,
+    :math:`\partial^2 L / \partial W_{oi}^2 = [H_{a}]_{oo}\, x_i^2`, summed over
+    the samples. Each step costs :math:`O(B w^3)` for width :math:`w`, far less
+    than the ``D`` Hessian-vector products of
+    :func:`curvlab.diagonal.exact_hessian_diagonal` on small batches.
+
+    Args:
+        model: The model.
+        loss_fn: The loss, a function of the whole batch output.
+        X: Inputs ``(B, in)``.
+        y: Targets.
+
+    Returns:
+        The diagonal, shaped like the trainable parameters, or ``None`` if the
+        model is not such an MLP (or has frozen parameters).
+    """
+    modules = list(model) if isinstance(model, nn.Sequential) else [model]
+    if not all(isinstance(m, (nn.Linear, *_ACTIVATIONS)) for m in modules) or not all(
+        p.requires_grad for p in model.parameters()
+    ):
+        return None
+    inputs = []
+    with torch.no_grad():
+        x = X
+        for module in modules:
+            inputs.append(x)
+            x = module(x)
+    output = x.detach().requires_grad_(True)
+    loss = loss_fn(output, y)
+    (g,) = torch.autograd.grad(loss, output, create_graph=True)
+    rows = [
+        torch.autograd.grad(g[:, k].sum(), output, retain_graph=True)[0]
+        for k in range(output.shape[1])
+    ]
+    # H[b, k, j] = d^2 L / (d f_bk d f_bj): samples do not couple
+    H = torch.stack(rows, dim=1).detach()
+    g = g.detach()
+    diagonals: dict[int, Tensor] = {}
+    for module, x in zip(reversed(modules), reversed(inputs), strict=True):
+        if isinstance(module, nn.Linear):
+            h = H.diagonal(dim1=1, dim2=2)  # (B, out)
+            diagonals[id(module.weight)] = torch.einsum("bo,bi->oi", h, x**2)
+            if module.bias is not None:
+                diagonals[id(module.bias)] = h.sum(0)
+            W = module.weight.detach()
+            H = W.T @ H @ W
+            g = g @ W
+        else:
+            d1, d2 = _activation_derivatives(module, x)
+            H = d1[:, :, None] * H * d1[:, None, :] + torch.diag_embed(d2 * g)
+            g = g * d1
+    return [diagonals[id(p)] for p in model.parameters()]
+
+
+def estimate_errors(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Measure every estimator's L1 error per parameter on one batch.
+
+    Args:
+        model: The model; its ``.grad`` fields are left alone.
+        loss_fn: The loss (e.g. ``CrossEntropyLoss()``, mean reduction).
+        X: Inputs of the batch.
+        y: Targets of the batch.
+        seed: Seeds the Monte-Carlo label and the Rademacher vector.
+
+    Returns:
+        ``{method: [sum |diag(H) - estimate| for each trainable parameter]}``
+        for every name in :data:`METHODS` and ``"exact"`` (all zeros, a check
+        that the exact diagonal was compared with itself).
+    """
+    data = [(X, y)]
+    exact = sequential_hessian_diagonal(model, loss_fn, X, y)
+    if exact is None:
+        exact = exact_hessian_diagonal(model, loss_fn, data)
+    estimates: dict[str, list[Tensor]] = {}
+    gradients = None
+    for method, variant in _HESSCALE_VARIANTS.items():
+        batch = hesscale_batch(
+            model, loss_fn, X, y, variant=variant, accumulate_grad=False
+        )
+        estimates[method] = list(batch.diagonals)
+        gradients = list(batch.gradients)
+    estimates["GGN-MC(1)"] = list(
+        mc_ggn_diagonal(model, loss_fn, data, mc_samples=1, seed=seed)
+    )
+    estimates["Hutchinson(1)"] = _hutchinson(model, loss_fn, X, y, seed)
+    estimates["g²"] = [g**2 for g in gradients]
+    estimates["zero"] = [torch.zeros_like(h) for h in exact]
+    estimates["exact"] = list(exact)
+    return {
+        method: [float((h - e).abs().sum()) for h, e in zip(exact, values, strict=True)]
+        for method, values in estimates.items()
+    }
+
+
+def _train(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> None:
+    """Plain SGD on shuffled mini-batches, in place."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator).to(X.device)
+        for start in range(0, len(y), batch_size):
+            index = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(X[index]), y[index]).backward()
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sample_seed(seed: int, sample: int) -> int:
+    return (seed * 1_000_003 + sample) % (2**63)
+
+
+def hesscale_quality(
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    num_samples: int = 100,
+    width: int = 64,
+    depth: int = 3,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    train_batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
+    dtype: torch.dtype = torch.float64,
+    on_progress: ProgressCallback | None = None,
+) -> QualityResult:
+    """Run the approximation-quality study on the digits.
+
+    For each seed: split the digits 80/20 (seeded), build :func:`quality_model`
+    (seeded), train it with SGD for ``epochs`` epochs (mini-batch order seeded),
+    then call :func:`estimate_errors` on each of the first ``num_samples`` train
+    examples alone, in eval mode.
+
+    Args:
+        seeds: One run per seed.
+        num_samples: Train examples measured per seed (batch size 1), at most
+            1437.
+        width: Units per hidden layer.
+        depth: Number of hidden layers.
+        epochs: SGD epochs before the measurements (0: at initialisation).
+        lr: SGD learning rate.
+        train_batch_size: SGD mini-batch size.
+        dtype: Floating dtype of model and data (float64: the exact diagonal
+            is exact to round-off).
+        on_progress: Called after every sample, see :data:`ProgressCallback`.
+
+    Returns:
+        The errors per estimator, layer and seed, and their normalised means.
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example:
+        >>> result = hesscale_quality(seeds=[0], num_samples=2, width=4, epochs=0)
+        >>> result.normalized["HesScale"]["total"]
+        1.0
+    """
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed. Got none.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct. Got {list(seeds)}.")
+    for label, value, low in (
+        ("num_samples", num_samples, 1),
+        ("width", width, 1),
+        ("depth", depth, 0),
+        ("epochs", epochs, 0),
+        ("train_batch_size", train_batch_size, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an int >= {low}. Got {value!r}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive. Got {lr}.")
+
+    loss_fn = nn.CrossEntropyLoss()
+    per_seed: dict[str, list[list[float]]] = {m: [] for m in METHODS}
+    layers: list[str] = []
+    num_params = 0
+    for seed in seeds:
+        split = load_digits(seed, dtype=dtype)
+        X, y = split.X_train, split.y_train
+        if num_samples > len(y):
+            raise ValueError(
+                f"num_samples must be at most the {len(y)} train samples. "
+                f"Got {num_samples}."
+            )
+        model = quality_model(width, depth=depth, seed=seed).to(dtype)
+        num_params = sum(p.numel() for p in model.parameters())
+        if epochs:
+            model.train()
+            _train(
+                model,
+                loss_fn,
+                X,
+                y,
+                epochs=epochs,
+                lr=lr,
+                batch_size=train_batch_size,
+                seed=seed,
+            )
+        model.eval()
+        layers, layer_of = layer_names(model)
+        sums = {m: [0.0] * len(layers) for m in METHODS}
+        for n in range(num_samples):
+            errors = estimate_errors(
+                model,
+                loss_fn,
+                X[n : n + 1],
+                y[n : n + 1],
+                seed=_sample_seed(seed, n),
+            )
+            for method in METHODS:
+                for value, layer in zip(errors[method], layer_of, strict=True):
+                    sums[method][layer] += value
+            if on_progress is not None:
+                on_progress(seed, n + 1, num_samples)
+        for method in METHODS:
+            per_seed[method].append([s / num_samples for s in sums[method]])
+
+    totals = {m: [sum(run) for run in per_seed[m]] for m in METHODS}
+    unit = statistics.fmean(totals[NORMALIZER])
+    normalized = {}
+    for method in METHODS:
+        row = {
+            layer: _ratio(statistics.fmean(r[i] for r in per_seed[method]), unit)
+            for i, layer in enumerate(layers)
+        }
+        row["total"] = _ratio(statistics.fmean(totals[method]), unit)
+        normalized[method] = row
+    seed_ratios = {
+        m: [_ratio(a, b) for a, b in zip(totals[m], totals[NORMALIZER], strict=True)]
+        for m in METHODS
+    }
+    config = {
+        "data": "sklearn digits (N, 64), standardised, seeded 80/20 split",
+        "architecture": "-".join(str(d) for d in (64, *[width] * depth, 10))
+        + " tanh, biases",
+        "num_params": num_params,
+        "loss": "CrossEntropyLoss (mean)",
+        "training": f"{epochs} epochs SGD, lr {lr:g}, batch size {train_batch_size}",
+        "evaluation": f"first {num_samples} train samples, batch size 1",
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    return QualityResult(
+        methods=METHODS,
+        layers=tuple(layers),
+        seeds=seeds,
+        num_samples=num_samples,
+        errors=per_seed,
+        normalized=normalized,
+        seed_ratios=seed_ratios,
+        config=config,
+    )
+
+
+def _ratio(value: float, unit: float) -> float:
+    if unit == 0:
+        return float("inf") if value > 0 else float("nan")
+    return value / unit

@@ -11,7 +11,11 @@ span of a parameter mask, as points of the Grassmannian:
   :math:`\|U^\top V\|_F^2 / k`;
 - masks as sorted index tensors: :func:`magnitude_mask`, :func:`random_mask`,
   :func:`best_mask`, :func:`iou`, :func:`mask_overlap`, and
-  :func:`overlap_curve` for all mask sizes of one eigenbasis in one pass.
+  :func:`overlap_curve` for all mask sizes of one eigenbasis in one pass;
+- layerwise versus full spectra (:mod:`curvlab.subspace.spectra`):
+  :func:`layerwise_spectra`, :func:`ggn_residual_split`, and the distances
+  :func:`wasserstein_1`, :func:`density_wasserstein_1` and
+  :func:`layerhessians_match` (the published LayerHessians procedure).
 
 Bases are ``(D, k)`` tensors with orthonormal columns; the mask functions scale
 to eigenbases with millions of rows on any device.
@@ -35,6 +39,22 @@ from curvlab.subspace.masks import (
     overlap_curve,
     random_mask,
 )
+from curvlab.subspace.spectra import (
+    BlockSpectrum,
+    LayerwiseSpectra,
+    SplitSpectra,
+    block_operator,
+    block_spectrum,
+    default_blocks,
+    density_wasserstein_1,
+    ggn_residual_split,
+    layerhessians_density,
+    layerhessians_density_transform,
+    layerhessians_match,
+    layerwise_spectra,
+    spectrum_distance,
+    wasserstein_1,
+)
 
 __all__ = [
     "METRICS",
@@ -51,4 +71,18 @@ __all__ = [
     "overlap_curve",
     "principal_angles",
     "random_mask",
+    "BlockSpectrum",
+    "LayerwiseSpectra",
+    "SplitSpectra",
+    "block_operator",
+    "block_spectrum",
+    "default_blocks",
+    "density_wasserstein_1",
+    "ggn_residual_split",
+    "layerhessians_density",
+    "layerhessians_density_transform",
+    "layerhessians_match",
+    "layerwise_spectra",
+    "spectrum_distance",
+    "wasserstein_1",
 ]

@@ -1,0 +1,165 @@
+"""``curvlab plot``: figures from the results stored in a run folder.
+
+A Typer sub-app with one command per kind of figure, each a thin wrapper over a
+plotting function that reads the run folder and returns the files it wrote into
+``RUN_DIR/plots/``:
+
+- ``curvlab plot spectrum --run RUN_DIR``:
+  :func:`curvlab.experiments.spectrum_plots.plot_spectrum`;
+- ``curvlab plot match --run RUN_DIR``:
+  :func:`curvlab.experiments.spectrum_plots.plot_match`;
+- ``curvlab plot overlap --run RUN_DIR``: dispatches to
+  ``curvlab.experiments.overlap_plots.plot_overlap(run)`` when that module
+  exists.
+
+Plotting modules are imported inside the commands, so ``curvlab --help`` does
+not load matplotlib. :data:`app` is registered on the main app by
+:mod:`curvlab.cli.app`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
+
+__all__ = ["OVERLAP_MODULE", "app", "main"]
+
+#: Module whose ``plot_overlap(run)`` draws ``curvlab plot overlap``.
+OVERLAP_MODULE = "curvlab.experiments.overlap_plots"
+
+app = typer.Typer(
+    name="plot",
+    help="Draw figures from the results stored in a run folder (PNG files in "
+    "RUN_DIR/plots/).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RunOption = Annotated[
+    Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
+]
+
+
+def _spectrum(run: RunFolder, steps: str | None = None, operator=None):
+    from curvlab.experiments.spectrum_plots import plot_spectrum
+
+    chosen = None if steps is None else list(parse_steps(steps))
+    operators = None if operator is None else [operator]
+    return plot_spectrum(run, steps=chosen, operators=operators)
+
+
+def _match(run: RunFolder, step: int | None = None, operator: str = "hessian"):
+    from curvlab.experiments.spectrum_plots import plot_match
+
+    return plot_match(run, step=step, operator=operator)
+
+
+def _overlap(run: RunFolder):
+    if importlib.util.find_spec(OVERLAP_MODULE) is None:
+        raise ConfigError(
+            "`curvlab plot overlap` needs the overlap experiment "
+            f"({OVERLAP_MODULE}), which this installation does not have."
+        )
+    return importlib.import_module(OVERLAP_MODULE).plot_overlap(run)
+
+
+_PLOTS: dict[str, Callable] = {
+    "spectrum": _spectrum,
+    "match": _match,
+    "overlap": _overlap,
+}
+
+
+def main(
+    what: str,
+    *,
+    run: str | Path,
+    console: Console | None = None,
+    error_console: Console | None = None,
+    **options,
+) -> int:
+    """Draw one kind of figure for a run and print the files written.
+
+    Args:
+        what: ``"spectrum"``, ``"match"`` or ``"overlap"``.
+        run: The run folder.
+        console: Where to print (default: standard output).
+        error_console: Where to print errors (default: standard error).
+        **options: Options of the plotting function (``steps``, ``step``,
+            ``operator``).
+
+    Returns:
+        The exit code: 0 on success, 2 for an unknown figure, a missing run or
+        missing results.
+    """
+    console = console or Console()
+    error_console = error_console or Console(stderr=True)
+    try:
+        if what not in _PLOTS:
+            raise ConfigError(f"Unknown figure {what!r}. Choose from {list(_PLOTS)}.")
+        folder = RunFolder.open(run)
+        files = _PLOTS[what](folder, **options)
+    except (ConfigError, FileNotFoundError, MissingStepError, ValueError) as error:
+        error_console.print(f"[bold red]Error:[/] {escape(str(error))}")
+        return 2
+    for path in files:
+        console.print(escape(str(path)), soft_wrap=True)
+    return 0
+
+
+@app.command("spectrum")
+def spectrum(
+    run: RunOption,
+    steps: Annotated[
+        str | None, typer.Option(help="Steps to draw, e.g. 0,100. [all stored]")
+    ] = None,
+    operator: Annotated[
+        str | None,
+        typer.Option(help="hessian, ggn or residual. [all stored]"),
+    ] = None,
+) -> None:
+    """Spectral densities over training: one panel per layer and the full one.
+
+    Log-scale density against the eigenvalue, one curve per stored step (from
+    `curvlab spectrum`), per operator; and the extreme eigenvalues against the
+    step.
+    """
+    raise typer.Exit(main("spectrum", run=run, steps=steps, operator=operator))
+
+
+@app.command("match")
+def match(
+    run: RunOption,
+    step: Annotated[
+        int | None,
+        typer.Option(help="Step of the per-step figure. [last stored]"),
+    ] = None,
+    operator: Annotated[
+        str, typer.Option(help="hessian, ggn or residual.")
+    ] = "hessian",
+) -> None:
+    """Layer-vs-full spectrum distances against depth (needs `spectrum --layers`).
+
+    At one step (match_distros_peak.png) and summed over the stored steps
+    (match_distros_wasserstein.png), each normalised by its maximum over
+    layers: the Wasserstein-1 distance between the spectra next to the
+    published LayerHessians matching procedure; all values in
+    match_distances.csv.
+    """
+    raise typer.Exit(main("match", run=run, step=step, operator=operator))
+
+
+@app.command("overlap")
+def overlap(run: RunOption) -> None:
+    """Overlap figures of the overlap experiment (if installed)."""
+    raise typer.Exit(main("overlap", run=run))

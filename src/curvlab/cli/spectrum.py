@@ -1,0 +1,348 @@
+"""``curvlab spectrum``: Hessian spectra at the recorded steps of a run.
+
+The work is :func:`curvlab.experiments.spectrum.spectrum_run`; this module turns
+the options into :class:`~curvlab.experiments.spectrum.SpectrumSettings`, shows a
+progress bar (one tick per spectrum) and prints a table of the full Hessian's
+extreme eigenvalues and trace per step. Running the command again skips the
+steps that are done with the same settings; ``--force`` recomputes them.
+
+:func:`command` holds the option definitions and is registered on the Typer app
+by :mod:`curvlab.cli.app`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from curvlab.experiments.spectrum import (
+    STAGE,
+    SpectrumEvent,
+    SpectrumSettings,
+    SpectrumSettingsError,
+    read_spectrum,
+    spectrum_run,
+)
+from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
+
+__all__ = ["command", "main", "render_spectra"]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.5g}"
+
+
+def render_spectra(run: RunFolder, steps: list[int], console: Console) -> None:
+    """Print the full Hessian's extreme eigenvalues and trace per step.
+
+    Args:
+        run: The run folder.
+        steps: Steps with stored spectra.
+        console: Where to print.
+    """
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"Hessian spectrum of {run.config.problem} ({escape(str(run.path))})",
+        caption="λ by |λ|: top eigenvalues by magnitude; SLQ traces are "
+        "Hutchinson estimates.",
+    )
+    for header in ("step", "method", "D", "λ by |λ|", "λ_min", "trace", "products"):
+        table.add_column(header, justify="right")
+    table.add_column("seconds", justify="right")
+    for step in steps:
+        stored = read_spectrum(run, step)
+        full = stored.spectra["hessian"].full
+        top = full.top_eigenvalues
+        bottom = full.bottom_eigenvalues
+        products = sum(s.num_matvecs for s in stored.spectra.values())
+        table.add_row(
+            str(step),
+            full.method,
+            str(full.dim),
+            "-" if top is None else ", ".join(f"{v:.4g}" for v in top[:3].tolist()),
+            _number(None if bottom is None or not len(bottom) else float(bottom[0])),
+            _number(full.trace),
+            str(products),
+            f"{stored.seconds:.1f}",
+        )
+    console.print(table)
+
+
+def main(
+    *,
+    run: str | Path,
+    steps: str | None = None,
+    settings: SpectrumSettings | None = None,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    console: Console | None = None,
+    error_console: Console | None = None,
+) -> int:
+    """Compute the spectra of a run with a progress bar; print a summary table.
+
+    Args:
+        run: The run folder.
+        steps: Steps to do, e.g. ``"0,100"`` or ``"0:1000:100"``; ``None`` for
+            all recorded steps.
+        settings: What to compute (default
+            :class:`~curvlab.experiments.spectrum.SpectrumSettings`).
+        device: Device of the products.
+        data_dir: Data folder of file-based problems.
+        threads: PyTorch CPU threads (restored afterwards).
+        force: Recompute steps that are done.
+        console: Where to print (default: standard output).
+        error_console: Where to print errors (default: standard error).
+
+    Returns:
+        The exit code: 0 on success, 2 for invalid options, a missing run or
+        step or a settings mismatch, 130 when interrupted.
+    """
+    console = console or Console()
+    error_console = error_console or Console(stderr=True)
+
+    def fail(message: str, code: int = 2) -> int:
+        error_console.print(f"[bold red]Error:[/] {escape(message)}")
+        return code
+
+    try:
+        folder = RunFolder.open(run)
+        requested = None if steps is None else list(parse_steps(steps))
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1. Got {threads}.")
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"Device {device!r} was asked for; CUDA is unavailable.")
+    except (FileNotFoundError, ConfigError, RuntimeError) as error:
+        return fail(str(error))
+    settings = settings or SpectrumSettings()
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(folder, requested, settings, device, data_dir, force, console, fail)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(run, steps, settings, device, data_dir, force, console, fail) -> int:
+    start = time.perf_counter()
+    console.print(
+        f"Spectra of [bold]{escape(run.config.problem)}[/] in "
+        f"{escape(str(run.path))}: method {settings.method}"
+        f"{', layers' if settings.layers else ''}"
+        f"{', GGN/residual split' if settings.split_ggn else ''}, "
+        f"{settings.samples_per_class} samples per class, {device}, "
+        f"{torch.get_num_threads()} CPU thread(s)."
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("spectra", total=None)
+
+        def on_progress(event: SpectrumEvent) -> None:
+            values = event.values
+            if event.kind == "start":
+                progress.update(task, total=event.total, completed=0)
+                if values["skipped"]:
+                    progress.console.print(
+                        f"Already done: steps {list(values['skipped'])}."
+                    )
+            elif event.kind == "step":
+                progress.update(task, description=f"step {event.step}")
+            elif event.kind == "spectrum":
+                progress.update(
+                    task,
+                    completed=event.completed,
+                    description=f"step {event.step}: {values['operator']} "
+                    f"{values['block']}",
+                )
+            elif event.kind == "saved":
+                progress.console.print(
+                    f"step {event.step}: D={values['dim']} ({values['method']}), "
+                    f"largest |λ| {_number(values['top_eigenvalue'])}, trace "
+                    f"{_number(values['trace'])}, {values['num_matvecs']} products, "
+                    f"{values['seconds']:.1f} s"
+                )
+
+        try:
+            result = spectrum_run(
+                run,
+                settings,
+                steps=steps,
+                device=device,
+                data_dir=data_dir,
+                force=force,
+                on_progress=on_progress,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                "[yellow]Interrupted.[/] Finished steps are kept; run the same "
+                "command again to resume."
+            )
+            return 130
+        except (MissingStepError, SpectrumSettingsError, ConfigError) as error:
+            return fail(str(error))
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            return fail(str(error))
+    if not result.computed:
+        console.print("Nothing to do: every requested step is done.")
+    shown = sorted(set(result.computed) | set(result.skipped))
+    if shown:
+        render_spectra(run, shown, console)
+    console.print(
+        f"Spectra in {escape(str(run.path / STAGE))}. Done in "
+        f"{time.perf_counter() - start:.1f} s."
+    )
+    return 0
+
+
+def command(
+    run: Annotated[
+        Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
+    ],
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Recorded steps, e.g. 0,100 or 0:1000:100 (stop included). "
+            "[all recorded]"
+        ),
+    ] = None,
+    layers: Annotated[
+        bool,
+        typer.Option(
+            "--layers/--no-layers", help="Also the spectrum of every layer's block."
+        ),
+    ] = False,
+    blocks: Annotated[
+        str,
+        typer.Option(
+            help="Layer blocks: 'modules' (a layer's weight with its bias) or "
+            "'weights' (Linear/conv weights only, as LayerHessians)."
+        ),
+    ] = "modules",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="exact (dense eigh), lanczos (extreme eigenvalues only), slq "
+            "(density by stochastic Lanczos quadrature) or auto (exact up to "
+            "--max-exact-dim, else slq)."
+        ),
+    ] = "auto",
+    split_ggn: Annotated[
+        bool,
+        typer.Option(
+            "--split-ggn/--no-split-ggn",
+            help="Also the spectra of the GGN G and the residual H - G.",
+        ),
+    ] = False,
+    samples_per_class: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Hessian samples per class (seeded by the run's seed)."
+        ),
+    ] = 10,
+    top_k: Annotated[
+        int, typer.Option(min=0, help="Eigenvalues of largest magnitude.")
+    ] = 10,
+    bottom_k: Annotated[
+        int, typer.Option(min=0, help="Most negative eigenvalues.")
+    ] = 3,
+    num_probes: Annotated[int, typer.Option(min=1, help="SLQ probes.")] = 1,
+    num_steps: Annotated[
+        int, typer.Option(min=1, help="SLQ Lanczos steps per probe.")
+    ] = 128,
+    grid_points: Annotated[
+        int, typer.Option(min=2, help="Points of the stored densities.")
+    ] = 1024,
+    max_exact_dim: Annotated[
+        int, typer.Option(min=1, help="Largest block with a dense eigh.")
+    ] = 4096,
+    tol: Annotated[
+        float, typer.Option(help="Relative tolerance of the Lanczos eigensolves.")
+    ] = 1e-6,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of probes and start vectors. [run's]")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 or float64. [run's]")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute steps that are done.")
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
+    ] = "cpu",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder with the data files of file-based problems."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="PyTorch CPU threads.")
+    ] = None,
+) -> None:
+    """Hessian spectra at the recorded steps of a run, full and per layer.
+
+    At each recorded step, on a class-balanced subset of the train split: the
+    full Hessian's extreme eigenvalues (Lanczos, or exact) and its spectral
+    density (exact eigenvalues or SLQ); with --layers the same for each layer's
+    diagonal block, with --split-ggn also for the GGN and H - G. Results go to
+    RUN_DIR/spectrum/step_XXXXXXXX.json; run again to resume. Plot them with
+    `curvlab plot spectrum` and `curvlab plot match`.
+    """
+    try:
+        settings = SpectrumSettings(
+            method=method,
+            layers=layers,
+            blocks=blocks,
+            split_ggn=split_ggn,
+            samples_per_class=samples_per_class,
+            top_k=top_k,
+            bottom_k=bottom_k,
+            num_probes=num_probes,
+            num_steps=num_steps,
+            grid_points=grid_points,
+            max_exact_dim=max_exact_dim,
+            tol=tol,
+            seed=seed,
+            dtype=dtype,
+        )
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(
+        main(
+            run=run,
+            steps=steps,
+            settings=settings,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+            force=force,
+        )
+    )

@@ -1,0 +1,610 @@
+r"""Hessian spectra over training: full and layerwise, with the GGN/residual split.
+
+:func:`spectrum_run` reads a run folder written by ``curvlab train`` and, at each
+recorded step, computes on a class-balanced subset of the train split
+(:func:`hessian_data`):
+
+- the full Hessian's spectrum (:func:`curvlab.subspace.spectra.block_spectrum`):
+  its ``top_k`` eigenvalues of largest magnitude and ``bottom_k`` most negative
+  ones, and its spectral measure and density, exact for :math:`D \le`
+  ``max_exact_dim`` (``method="exact"``/``"auto"``) or by stochastic Lanczos
+  quadrature (``"slq"``; ``"lanczos"`` gives the extreme eigenvalues only);
+- with ``layers=True`` the same for every layer's diagonal block :math:`H_l`
+  (Sankar et al. 2021), one block per module with its bias
+  (``blocks="modules"``) or per Linear/conv weight (``blocks="weights"``, the
+  paper's convention);
+- with ``split_ggn=True`` the same for the Gauss-Newton part :math:`G` and the
+  residual :math:`H - G` (:func:`curvlab.subspace.spectra.ggn_residual_split`).
+
+The Hessian data follow LayerHessians (``examples_per_class = 10``): the first
+``samples_per_class`` samples of each class in a permutation of the train split
+seeded by the run's seed (``numpy.random.SeedSequence(seed, spawn_key=(2,))``),
+so every step, rerun and machine uses the same samples. The data form one batch.
+
+**Files.** One JSON file per step, ``spectrum/step_XXXXXXXX.json``, written
+atomically and then marked done in the manifest (stage ``"spectrum"``)::
+
+    {"format": "curvlab-spectrum", "format_version": 1, "step": 100,
+     "settings": {...SpectrumSettings...}, "num_samples": 100, "dim": 3190,
+     "dtype": "float32", "device": "cpu", "seconds": 12.3,
+     "spectra": {"hessian": {"full": BLOCK, "blocks": {"0": BLOCK, ...}},
+                 "ggn": ..., "residual": ...}}
+
+where ``BLOCK`` is :meth:`BlockSpectrum.to_dict
+<curvlab.subspace.spectra.BlockSpectrum.to_dict>`: ``name``, ``param_names``,
+``dim``, ``method``, ``nodes`` and ``weights`` (the spectral measure: all
+eigenvalues with weight :math:`1/D`, or the SLQ quadrature), ``top_eigenvalues``,
+``bottom_eigenvalues``, ``converged``, ``grid`` and ``density`` (1024 points,
+smoothed as LayerHessians does), ``kernel_width``, ``trace``, ``num_matvecs``,
+``seconds``. JSON keeps float64 values exactly; :func:`read_spectrum` turns a
+file back into records.
+
+**Resuming.** A step whose file is done (manifest entry, sizes intact) with the
+same settings is skipped; other settings raise :class:`SpectrumSettingsError`
+unless ``force=True`` recomputes. Library functions print nothing; progress goes
+to an optional callback (:class:`SpectrumEvent`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+from torch import nn
+
+from curvlab.problems.data import BatchedData, balanced_subset
+from curvlab.runs.environment import machine_info, package_versions
+from curvlab.runs.folder import MissingStepError, RunFolder
+from curvlab.subspace.spectra import (
+    MAX_EXACT_DIM,
+    METHODS,
+    BlockSpectrum,
+    LayerwiseSpectra,
+    default_blocks,
+    ggn_residual_split,
+    layerwise_spectra,
+)
+
+__all__ = [
+    "OPERATORS",
+    "SPECTRUM_FORMAT",
+    "SPECTRUM_FORMAT_VERSION",
+    "STAGE",
+    "SpectrumEvent",
+    "SpectrumResult",
+    "SpectrumSettings",
+    "SpectrumSettingsError",
+    "SpectrumStep",
+    "compute_spectra",
+    "hessian_data",
+    "read_spectrum",
+    "spectrum_run",
+    "subset_indices",
+]
+
+STAGE = "spectrum"
+SPECTRUM_FORMAT = "curvlab-spectrum"
+SPECTRUM_FORMAT_VERSION = 1
+
+#: Operators a spectrum file may hold: the Hessian, the GGN and the residual H - G.
+OPERATORS = ("hessian", "ggn", "residual")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class SpectrumSettingsError(ValueError):
+    """A step was computed with other settings than the ones requested."""
+
+
+@dataclass(frozen=True)
+class SpectrumSettings:
+    """What :func:`spectrum_run` computes at each step.
+
+    Attributes:
+        method: ``"auto"``, ``"exact"``, ``"lanczos"`` or ``"slq"``
+            (:func:`~curvlab.subspace.spectra.block_spectrum`).
+        layers: Also compute every layer's diagonal block.
+        blocks: ``"modules"`` (one block per module, bias with weight) or
+            ``"weights"`` (LayerHessians: Linear/conv weights only).
+        split_ggn: Also compute the GGN and the residual :math:`H - G`.
+        samples_per_class: Hessian samples per class (regression: in total).
+        top_k: Eigenvalues of largest magnitude per spectrum.
+        bottom_k: Most negative eigenvalues per spectrum.
+        num_probes: SLQ probes.
+        num_steps: SLQ Lanczos steps per probe.
+        grid_points: Points of the stored densities.
+        kernel_resolution: Sets the density's kernel width (LayerHessians: 128).
+        max_exact_dim: Largest block with a dense eigendecomposition.
+        tol: Relative tolerance of the Lanczos eigensolves.
+        block_size: Columns per product in the Lanczos eigensolves.
+        seed: Seed of the Lanczos start vectors and SLQ probes; ``None`` for
+            the run's seed.
+        dtype: ``"float32"`` or ``"float64"`` for model and products; ``None``
+            for the run's dtype.
+    """
+
+    method: str = "auto"
+    layers: bool = False
+    blocks: str = "modules"
+    split_ggn: bool = False
+    samples_per_class: int = 10
+    top_k: int = 10
+    bottom_k: int = 3
+    num_probes: int = 1
+    num_steps: int = 128
+    grid_points: int = 1024
+    kernel_resolution: int = 128
+    max_exact_dim: int = MAX_EXACT_DIM
+    tol: float = 1e-6
+    block_size: int = 1
+    seed: int | None = None
+    dtype: str | None = None
+
+    def __post_init__(self):
+        """Check the values.
+
+        Raises:
+            ValueError: For an unknown method, blocks or dtype, or counts out of
+                range.
+        """
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}. Got {self.method!r}.")
+        if self.blocks not in ("modules", "weights"):
+            raise ValueError(
+                f"blocks must be 'modules' or 'weights'. Got {self.blocks!r}."
+            )
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise ValueError(
+                f"dtype must be one of {tuple(_DTYPES)} or None. Got {self.dtype!r}."
+            )
+        minimum = {
+            "samples_per_class": 1,
+            "top_k": 0,
+            "bottom_k": 0,
+            "num_probes": 1,
+            "num_steps": 1,
+            "grid_points": 2,
+            "kernel_resolution": 10,
+            "max_exact_dim": 1,
+            "block_size": 1,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}. Got {value!r}.")
+        if self.method == "lanczos" and self.top_k == 0 and self.bottom_k == 0:
+            raise ValueError("method 'lanczos' needs top_k > 0 or bottom_k > 0.")
+        if not self.tol > 0:
+            raise ValueError(f"tol must be > 0. Got {self.tol!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def spectrum_options(self, seed: int) -> dict[str, Any]:
+        """Keyword options of :func:`~curvlab.subspace.spectra.block_spectrum`.
+
+        Args:
+            seed: The seed to use when :attr:`seed` is ``None``.
+
+        Returns:
+            The options.
+        """
+        return {
+            "top_k": self.top_k,
+            "bottom_k": self.bottom_k,
+            "max_exact_dim": self.max_exact_dim,
+            "num_probes": self.num_probes,
+            "num_steps": self.num_steps,
+            "tol": self.tol,
+            "block_size": self.block_size,
+            "grid_points": self.grid_points,
+            "kernel_resolution": self.kernel_resolution,
+            "seed": seed if self.seed is None else self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class SpectrumEvent:
+    """Progress of :func:`spectrum_run`, passed to the callback.
+
+    Attributes:
+        kind: ``"start"`` (``values``: ``todo`` and ``skipped`` steps), ``"step"``
+            (a step starts; ``values["num_samples"]``), ``"spectrum"`` (one
+            spectrum is done; ``values``: ``operator``, ``block``, ``dim``,
+            ``method``, ``seconds``), ``"saved"`` (a step's file is written;
+            ``values``: its summary) or ``"done"``.
+        step: The training step (``None`` for ``"start"``/``"done"``).
+        completed: Spectra finished so far in this call.
+        total: Spectra this call computes.
+        values: Details, see ``kind``.
+    """
+
+    kind: str
+    step: int | None
+    completed: int
+    total: int
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpectrumStep:
+    """The spectra of one step, as stored.
+
+    Attributes:
+        step: The training step.
+        settings: The settings they were computed with.
+        spectra: Operator name (:data:`OPERATORS`) -> its layerwise spectra.
+        num_samples: Samples of the Hessian data.
+        dim: Parameters ``D``.
+        seconds: Wall time of the step.
+    """
+
+    step: int
+    settings: SpectrumSettings
+    spectra: dict[str, LayerwiseSpectra]
+    num_samples: int
+    dim: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SpectrumResult:
+    """What one call of :func:`spectrum_run` did.
+
+    Attributes:
+        run: The run folder.
+        computed: Steps computed by this call.
+        skipped: Steps already done with the same settings.
+        seconds: Wall time.
+    """
+
+    run: RunFolder
+    computed: tuple[int, ...]
+    skipped: tuple[int, ...]
+    seconds: float
+
+
+ProgressCallback = Callable[[SpectrumEvent], None]
+
+
+# ----------------------------------------------------------------- data
+def _seed_from(seed: int, *key: int) -> int:
+    state = numpy.random.SeedSequence(seed, spawn_key=key).generate_state(2)
+    return (int(state[0]) << 32) | int(state[1])
+
+
+def subset_indices(
+    y: torch.Tensor, num_classes: int | None, samples_per_class: int, seed: int
+) -> torch.Tensor:
+    """Pick the Hessian samples: a class-balanced subset, seeded.
+
+    Args:
+        y: Train targets, ``(N,)`` class labels or ``(N, C)`` regression targets.
+        num_classes: Number of classes; ``None`` for regression.
+        samples_per_class: Samples per class (regression: in total).
+        seed: The run's seed.
+
+    Returns:
+        Sorted indices into the train split (CPU, int64): the first
+        ``samples_per_class`` of each class in the permutation drawn from
+        ``SeedSequence(seed, spawn_key=(2,))`` (regression: the first
+        ``samples_per_class`` of it).
+
+    Raises:
+        ValueError: If a class has too few samples.
+    """
+    y = y.detach().cpu()
+    generator = torch.Generator().manual_seed(_seed_from(seed, 2))
+    order = torch.randperm(y.shape[0], generator=generator)
+    if num_classes is None:
+        if samples_per_class > y.shape[0]:
+            raise ValueError(
+                f"samples_per_class must be at most the {y.shape[0]} train samples "
+                f"(regression: the total). Got {samples_per_class}."
+            )
+        chosen = order[:samples_per_class]
+    else:
+        picked = balanced_subset(y[order], samples_per_class * num_classes, num_classes)
+        chosen = order[picked]
+    return torch.sort(chosen).values
+
+
+def hessian_data(problem, samples_per_class: int, seed: int) -> BatchedData:
+    """The Hessian data of a problem: :func:`subset_indices` as one batch.
+
+    Args:
+        problem: A :class:`~curvlab.problems.Problem` (``run.problem()``).
+        samples_per_class: Samples per class (regression: in total).
+        seed: The run's seed.
+
+    Returns:
+        One batch holding the subset, on the problem's device.
+    """
+    train = problem.train_data
+    indices = subset_indices(train.y, problem.num_classes, samples_per_class, seed)
+    indices = indices.to(train.X.device)
+    return BatchedData(train.X[indices], train.y[indices], len(indices))
+
+
+# ----------------------------------------------------------------- compute
+def _blocks(settings: SpectrumSettings, hessian) -> dict:
+    if not settings.layers:
+        return {}
+    return default_blocks(hessian, biases=settings.blocks == "modules")
+
+
+def compute_spectra(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data,
+    settings: SpectrumSettings,
+    *,
+    seed: int = 0,
+    on_spectrum: Callable[[str, BlockSpectrum], None] | None = None,
+) -> dict[str, LayerwiseSpectra]:
+    """Compute the spectra of one model, as :func:`spectrum_run` does per step.
+
+    Args:
+        model: The model (its dtype sets the products' dtype).
+        loss_fn: The loss.
+        data: The Hessian data (:func:`hessian_data`).
+        settings: What to compute.
+        seed: Seed of the probes when ``settings.seed`` is ``None``.
+        on_spectrum: Called with ``(operator, spectrum)`` for each spectrum.
+
+    Returns:
+        ``{"hessian": ...}``, plus ``"ggn"`` and ``"residual"`` with
+        ``split_ggn``.
+    """
+    from curvlab.operators import GGNOperator, HessianOperator
+
+    options = settings.spectrum_options(seed)
+    hessian = HessianOperator(model, loss_fn, data)
+    blocks = _blocks(settings, hessian)
+    if settings.split_ggn:
+        ggn = GGNOperator(model, loss_fn, data)
+        split = ggn_residual_split(
+            hessian,
+            ggn,
+            blocks,
+            settings.method,
+            on_spectrum=on_spectrum,
+            **options,
+        )
+        return dict(split.items())
+
+    def report(spectrum: BlockSpectrum) -> None:
+        if on_spectrum is not None:
+            on_spectrum("hessian", spectrum)
+
+    spectra = layerwise_spectra(
+        hessian, blocks, settings.method, on_spectrum=report, **options
+    )
+    return {"hessian": spectra}
+
+
+def _count_spectra(model: nn.Module, loss_fn: nn.Module, data, settings) -> int:
+    from curvlab.operators import HessianOperator
+
+    blocks = _blocks(settings, HessianOperator(model, loss_fn, data))
+    return (1 + len(blocks)) * (3 if settings.split_ggn else 1)
+
+
+def _summary(spectra: dict[str, LayerwiseSpectra]) -> dict[str, Any]:
+    full = spectra["hessian"].full
+    top = full.top_eigenvalues
+    bottom = full.bottom_eigenvalues
+    return {
+        "dim": full.dim,
+        "method": full.method,
+        "top_eigenvalue": None if top is None or not len(top) else float(top[0]),
+        "min_eigenvalue": None
+        if bottom is None or not len(bottom)
+        else float(bottom[0]),
+        "trace": full.trace,
+        "num_matvecs": sum(s.num_matvecs for s in spectra.values()),
+    }
+
+
+def spectrum_run(
+    run: RunFolder,
+    settings: SpectrumSettings | None = None,
+    *,
+    steps: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> SpectrumResult:
+    """Compute and store the spectra at recorded steps of a run, resumably.
+
+    Args:
+        run: The run folder (``curvlab train`` wrote it).
+        settings: What to compute (default :class:`SpectrumSettings`).
+        steps: Recorded steps to do; ``None`` for all.
+        device: Device of the model, data and products.
+        data_dir: Data folder of file-based problems (default: training's).
+        force: Recompute steps that are done (with any settings).
+        on_progress: Called with a :class:`SpectrumEvent` as work progresses.
+
+    Returns:
+        What this call did.
+
+    Raises:
+        MissingStepError: If a requested step is not recorded.
+        SpectrumSettingsError: If a requested step is done with other settings
+            and ``force`` is false.
+    """
+    settings = settings or SpectrumSettings()
+    recorded = run.recorded_steps()
+    if steps is None:
+        steps = recorded
+    missing = [s for s in steps if s not in recorded]
+    if missing:
+        raise MissingStepError(
+            f"Steps {missing} are not recorded in {str(run.path)!r}. Recorded "
+            f"steps: {recorded}."
+        )
+    steps = sorted(set(steps))
+    wanted = settings.to_dict()
+    skipped = []
+    for step in steps:
+        if force or not run.is_done(STAGE, step):
+            continue
+        stored = run.entry(STAGE, step)["info"].get("settings")
+        if stored != wanted:
+            changed = sorted(
+                k for k in wanted if stored is None or stored.get(k) != wanted[k]
+            )
+            raise SpectrumSettingsError(
+                f"Step {step} of {str(run.path)!r} was computed with other "
+                f"settings ({', '.join(f'{k}: {stored.get(k)!r}' for k in changed)}"
+                f"; requested {', '.join(f'{k}: {wanted[k]!r}' for k in changed)}). "
+                "Pass force=True (--force) to recompute."
+            )
+        skipped.append(step)
+    todo = [s for s in steps if s not in skipped]
+    invocation = run.start_invocation(
+        STAGE,
+        request=wanted,
+        steps=todo,
+        skipped=skipped,
+        device=str(device),
+        versions=package_versions(),
+        machine=machine_info(str(device)),
+    )
+    start = time.perf_counter()
+    try:
+        computed = _run(run, settings, todo, skipped, device, data_dir, on_progress)
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(status, error=f"{type(error).__name__}: {error}")
+        raise
+    invocation.finish("finished", computed=list(computed))
+    return SpectrumResult(
+        run, tuple(computed), tuple(skipped), time.perf_counter() - start
+    )
+
+
+def _run(run, settings, todo, skipped, device, data_dir, on_progress) -> list[int]:
+    counter = {"completed": 0, "total": 0}
+
+    def report(kind: str, step: int | None, **values: Any) -> None:
+        if on_progress is not None:
+            on_progress(
+                SpectrumEvent(
+                    kind, step, counter["completed"], counter["total"], values
+                )
+            )
+
+    if not todo:
+        report("start", None, todo=(), skipped=tuple(skipped))
+        report("done", None)
+        return []
+    config = run.config
+    problem = run.problem(device=device, data_dir=data_dir)
+    model, loss_fn = problem.model, problem.loss_fn
+    if settings.dtype is not None:
+        model.to(_DTYPES[settings.dtype])
+    data = hessian_data(problem, settings.samples_per_class, config.seed)
+    counter["total"] = _count_spectra(model, loss_fn, data, settings) * len(todo)
+    report("start", None, todo=tuple(todo), skipped=tuple(skipped))
+    computed = []
+    for step in todo:
+        run.load_into(model, step)
+        model.eval()
+        report("step", step, num_samples=data.num_samples)
+        tic = time.perf_counter()
+
+        def on_spectrum(operator: str, spectrum: BlockSpectrum, step=step) -> None:
+            counter["completed"] += 1
+            report(
+                "spectrum",
+                step,
+                operator=operator,
+                block=spectrum.name,
+                dim=spectrum.dim,
+                method=spectrum.method,
+                seconds=spectrum.seconds,
+            )
+
+        spectra = compute_spectra(
+            model,
+            loss_fn,
+            data,
+            settings,
+            seed=config.seed,
+            on_spectrum=on_spectrum,
+        )
+        seconds = time.perf_counter() - tic
+        dtype = next(model.parameters()).dtype
+        content = {
+            "format": SPECTRUM_FORMAT,
+            "format_version": SPECTRUM_FORMAT_VERSION,
+            "step": step,
+            "settings": settings.to_dict(),
+            "num_samples": data.num_samples,
+            "dim": spectra["hessian"].full.dim,
+            "dtype": str(dtype).removeprefix("torch."),
+            "device": str(device),
+            "seconds": seconds,
+            "spectra": {name: s.to_dict() for name, s in spectra.items()},
+        }
+        path = run.path_for(STAGE, step, ".json")
+        run.write_json(path, content)
+        summary = {**_summary(spectra), "seconds": seconds}
+        run.mark_done(
+            STAGE,
+            step,
+            files=[path],
+            info={**summary, "settings": settings.to_dict()},
+        )
+        computed.append(step)
+        report("saved", step, **summary)
+    report("done", None)
+    return computed
+
+
+# ----------------------------------------------------------------- reading
+def read_spectrum(run: RunFolder, step: int) -> SpectrumStep:
+    """Read the spectra stored for a step.
+
+    Args:
+        run: The run folder.
+        step: A step done by :func:`spectrum_run`.
+
+    Returns:
+        The stored spectra.
+
+    Raises:
+        MissingStepError: If the step is not done.
+        ValueError: If the file is not a spectrum file of a known version.
+    """
+    if not run.is_done(STAGE, step):
+        raise MissingStepError(
+            f"No spectrum for step {step} in {str(run.path)!r}; done steps: "
+            f"{run.done_steps(STAGE)}. Run `curvlab spectrum --run RUN_DIR`."
+        )
+    data = run.read_json(run.path_for(STAGE, step, ".json"))
+    if data.get("format") != SPECTRUM_FORMAT or data.get("format_version") != 1:
+        raise ValueError(
+            f"{run.path_for(STAGE, step, '.json')} is not a curvlab spectrum file "
+            f"of version {SPECTRUM_FORMAT_VERSION}."
+        )
+    return SpectrumStep(
+        step=data["step"],
+        settings=SpectrumSettings(**data["settings"]),
+        spectra={
+            name: LayerwiseSpectra.from_dict(s) for name, s in data["spectra"].items()
+        },
+        num_samples=data["num_samples"],
+        dim=data["dim"],
+        seconds=data["seconds"],
+    )

@@ -1,0 +1,397 @@
+r"""Plots of the stored spectra: densities over training and layer-vs-full distances.
+
+Reads what :func:`curvlab.experiments.spectrum.spectrum_run` stored in a run
+folder and writes PNG files (matplotlib's Agg backend, no display needed) into
+``RUN_DIR/plots/``, each atomically:
+
+- :func:`plot_spectrum`: ``spectrum_<operator>.png``, one panel per layer block and
+  one for the full operator, each the log-scale density against the eigenvalue
+  with one curve per stored step (LayerHessians'
+  ``plot_training_eigenspectrum.py``); and ``spectrum_extremes.png``, the
+  extreme eigenvalues of the full operators against the step (points; lines
+  through the largest magnitude and the most negative one).
+- :func:`plot_match`: the distance between each layer's spectrum and the full one
+  against depth (LayerHessians' ``match_distros.py``), normalised by its maximum
+  over layers as in the paper: ``match_distros_peak.png`` at one step and
+  ``match_distros_wasserstein.png`` summed over all stored steps. Each figure
+  shows the Wasserstein-1 distance between the spectra (on the eigenvalues, and
+  on the smoothed densities) next to the published matching procedure
+  (:func:`~curvlab.subspace.spectra.layerhessians_match`, quirk included), with
+  the table of all distances in ``match_distances.csv``.
+
+For another operator than the Hessian the file names get a suffix
+(``match_distros_peak_ggn.png``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy
+from matplotlib import cm, colors, ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from curvlab.experiments.spectrum import OPERATORS, STAGE, SpectrumStep, read_spectrum
+from curvlab.runs.folder import MissingStepError, RunFolder
+from curvlab.subspace.spectra import spectrum_distance
+
+__all__ = [
+    "PLOTS",
+    "load_spectra",
+    "match_rows",
+    "plot_match",
+    "plot_spectrum",
+]
+
+#: Folder of the plots inside the run folder.
+PLOTS = "plots"
+
+_DPI = 110
+_LOG_FLOOR = 1e-7  # densities below this fraction of a panel's maximum are clipped
+
+
+def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
+    """Read the stored spectra of a run.
+
+    Args:
+        run: The run folder.
+        steps: Steps to read; ``None`` for all done steps.
+
+    Returns:
+        Step -> :class:`~curvlab.experiments.spectrum.SpectrumStep`, by step.
+
+    Raises:
+        MissingStepError: If no step is stored, or a requested one is not.
+    """
+    done = run.done_steps(STAGE)
+    if not done:
+        raise MissingStepError(
+            f"No spectra stored in {str(run.path)!r}. Run `curvlab spectrum --run "
+            f"{run.path}` first."
+        )
+    return {
+        step: read_spectrum(run, step) for step in (done if steps is None else steps)
+    }
+
+
+def _save(run: RunFolder, figure: Figure, name: str) -> Path:
+    path = run.resolve(Path(PLOTS) / name)
+    with run.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=_DPI)
+    return path
+
+
+def _suffix(operator: str) -> str:
+    return "" if operator == "hessian" else f"_{operator}"
+
+
+def _title(run: RunFolder) -> str:
+    config = run.config
+    return (
+        f"{config.problem} ({config.optimizer}, lr {config.lr:g}, seed {config.seed})"
+    )
+
+
+def _step_colors(steps: list[int]):
+    low, high = min(steps), max(steps)
+    norm = colors.Normalize(vmin=low, vmax=high if high > low else low + 1)
+    cmap = cm.viridis
+    return norm, cmap, {s: cmap(norm(s)) for s in steps}
+
+
+def plot_spectrum(
+    run: RunFolder,
+    *,
+    steps: Sequence[int] | None = None,
+    operators: Sequence[str] | None = None,
+) -> list[Path]:
+    """Draw the stored densities over training, one panel per layer and the full one.
+
+    Args:
+        run: The run folder.
+        steps: Steps to draw; ``None`` for all stored.
+        operators: Subset of ``("hessian", "ggn", "residual")``; ``None`` for all
+            stored.
+
+    Returns:
+        The PNG files written.
+
+    Raises:
+        MissingStepError: If nothing is stored.
+        ValueError: For an operator that is not stored.
+    """
+    spectra = load_spectra(run, steps)
+    stored = [op for op in OPERATORS if op in next(iter(spectra.values())).spectra]
+    operators = stored if operators is None else list(operators)
+    unknown = [op for op in operators if op not in stored]
+    if unknown:
+        raise ValueError(
+            f"Operators {unknown} are not stored (stored: {stored}); compute them "
+            "with `curvlab spectrum --split-ggn`."
+        )
+    files = []
+    for operator in operators:
+        path = _plot_densities(run, spectra, operator)
+        if path is not None:
+            files.append(path)
+    files.append(_plot_extremes(run, spectra, operators))
+    return files
+
+
+def _panels(step: SpectrumStep, operator: str) -> list[tuple[str, object]]:
+    layerwise = step.spectra[operator]
+    return [("full", layerwise.full), *layerwise.blocks.items()]
+
+
+def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
+    steps = sorted(spectra)
+    first = spectra[steps[0]]
+    names = [
+        name for name, spectrum in _panels(first, operator) if spectrum.has_measure
+    ]
+    if not names:
+        return None
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
+    width, height = 3.6 * columns + 1.2, 2.9 * rows + 0.5
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    # a fixed layout: constrained layout costs seconds on log axes
+    figure.subplots_adjust(
+        left=0.9 / width,
+        right=1 - 1.3 / width,
+        bottom=0.55 / height,
+        top=1 - 0.6 / height,
+        wspace=0.35,
+        hspace=0.55,
+    )
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    norm, cmap, color = _step_colors(steps)
+    for ax, name in zip(axes, names, strict=False):
+        curves = []
+        for step in steps:
+            panels = dict(_panels(spectra[step], operator))
+            spectrum = panels.get(name)
+            if spectrum is None or not spectrum.has_measure:
+                continue
+            curves.append((step, spectrum))
+        peak = max(float(s.density.max()) for _, s in curves)
+        floor = peak * _LOG_FLOOR
+        for step, spectrum in curves:
+            ax.semilogy(
+                spectrum.grid.numpy(),
+                numpy.maximum(spectrum.density.numpy(), floor),
+                color=color[step],
+                linewidth=0.9,
+            )
+        ax.set_ylim(floor, peak * 3)
+        ax.minorticks_off()
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+        dim = curves[0][1].dim
+        label = "full" if name == "full" else f"layer {name}"
+        ax.set_title(f"{label} (D={dim}, {curves[0][1].method})", fontsize="medium")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density")
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
+    bar = figure.colorbar(
+        cm.ScalarMappable(norm=norm, cmap=cmap),
+        cax=figure.add_axes(
+            (1 - 0.95 / width, 0.55 / height, 0.15 / width, 1 - 1.15 / height)
+        ),
+    )
+    bar.set_label("training step")
+    figure.suptitle(
+        f"{_title(run)}: {operator} spectral density per layer and full, "
+        f"{len(steps)} step(s)"
+    )
+    return _save(run, figure, f"spectrum_{operator}.png")
+
+
+def _plot_extremes(run, spectra: dict[int, SpectrumStep], operators: list[str]):
+    steps = sorted(spectra)
+    figure = Figure(figsize=(4.5 * len(operators), 3.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(operators), squeeze=False).ravel()
+    for ax, operator in zip(axes, operators, strict=True):
+        fulls = [spectra[s].spectra[operator].full for s in steps]
+        for key, color, marker, label in (
+            ("top_eigenvalues", "C0", "o", "largest |λ|"),
+            ("bottom_eigenvalues", "C3", "v", "most negative"),
+        ):
+            values = [getattr(f, key) for f in fulls]
+            if any(v is None or not len(v) for v in values):
+                continue
+            xs = [s for s, v in zip(steps, values, strict=True) for _ in v]
+            ys = [float(x) for v in values for x in v]
+            ax.scatter(xs, ys, s=14, color=color, marker=marker, label=label)
+            ax.plot(steps, [float(v[0]) for v in values], color=color, linewidth=0.8)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_title(f"{operator}: extreme eigenvalues (full)", fontsize="medium")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("eigenvalue")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    figure.suptitle(_title(run))
+    return _save(run, figure, "spectrum_extremes.png")
+
+
+def match_rows(
+    spectra: dict[int, SpectrumStep], operator: str = "hessian"
+) -> list[dict]:
+    """Distances between each layer's spectrum and the full one, per step.
+
+    Args:
+        spectra: Stored spectra by step (:func:`load_spectra`).
+        operator: ``"hessian"``, ``"ggn"`` or ``"residual"``.
+
+    Returns:
+        One row per step and layer: ``step``, ``layer``, ``depth`` (index),
+        ``dim``, ``wasserstein`` (:math:`W_1` between the spectral measures),
+        ``density_wasserstein`` (between the smoothed densities) and
+        ``layerhessians`` (the published matching procedure).
+
+    Raises:
+        ValueError: If the operator or the layer blocks are not stored, or a
+            spectrum has no measure (``method="lanczos"``).
+    """
+    rows = []
+    for step in sorted(spectra):
+        if operator not in spectra[step].spectra:
+            raise ValueError(
+                f"Operator {operator!r} is not stored for step {step}; compute it "
+                "with `curvlab spectrum --split-ggn`."
+            )
+        layerwise = spectra[step].spectra[operator]
+        if not layerwise.blocks:
+            raise ValueError(
+                f"No layer spectra stored for step {step}; compute them with "
+                "`curvlab spectrum --layers`."
+            )
+        for depth, (name, block) in enumerate(layerwise.blocks.items()):
+            rows.append(
+                {
+                    "step": step,
+                    "layer": name,
+                    "depth": depth,
+                    "dim": block.dim,
+                    "wasserstein": spectrum_distance(layerwise.full, block),
+                    "density_wasserstein": spectrum_distance(
+                        layerwise.full, block, "density_wasserstein"
+                    ),
+                    "layerhessians": spectrum_distance(
+                        layerwise.full, block, "layerhessians"
+                    ),
+                }
+            )
+    return rows
+
+
+def _normalised(values: list[float]) -> tuple[numpy.ndarray, float]:
+    array = numpy.asarray(values, dtype=float)
+    peak = float(array.max())
+    return (array / peak if peak > 0 else array), peak
+
+
+def _match_figure(run, layers, values: dict[str, list[float]], title: str) -> Figure:
+    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    depth = numpy.arange(len(layers)) / max(len(layers) - 1, 1)
+    panels = (
+        (
+            left,
+            "Wasserstein-1 between spectra",
+            [
+                ("wasserstein", "-", "eigenvalues"),
+                ("density_wasserstein", "--", "densities"),
+            ],
+        ),
+        (
+            right,
+            "LayerHessians matching (as published)",
+            [("layerhessians", "-", "match_distros.py")],
+        ),
+    )
+    for ax, heading, curves in panels:
+        for i, (key, style, label) in enumerate(curves):
+            normed, peak = _normalised(values[key])
+            ax.plot(
+                depth,
+                normed,
+                style,
+                marker="o",
+                color=f"C{i}",
+                label=f"{label} (max {peak:.3g})",
+            )
+        ax.set_xticks(depth, layers, rotation=45 if len(layers) > 6 else 0)
+        ax.set_xlabel("layer (depth 1 ... L)")
+        ax.set_ylabel("distance / max over layers")
+        ax.set_ylim(-0.03, 1.08)
+        ax.set_title(heading, fontsize="medium")
+        ax.legend(fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
+def plot_match(
+    run: RunFolder,
+    *,
+    step: int | None = None,
+    operator: str = "hessian",
+) -> list[Path]:
+    """Draw the layer-vs-full distances against depth, at a step and over training.
+
+    Args:
+        run: The run folder.
+        step: The step of the "peak" figure (the paper hand-picks one epoch per
+            model); ``None`` for the last stored step.
+        operator: ``"hessian"``, ``"ggn"`` or ``"residual"``.
+
+    Returns:
+        The files written: ``match_distros_peak.png``,
+        ``match_distros_wasserstein.png`` and ``match_distances.csv`` (suffixed
+        by the operator unless it is the Hessian).
+
+    Raises:
+        MissingStepError: If nothing is stored or ``step`` is not.
+        ValueError: If layer spectra or the operator are not stored.
+    """
+    spectra = load_spectra(run)
+    if step is None:
+        step = max(spectra)
+    if step not in spectra:
+        raise MissingStepError(
+            f"No spectrum stored for step {step}; stored steps: {sorted(spectra)}."
+        )
+    rows = match_rows(spectra, operator)
+    suffix = _suffix(operator)
+    table = run.write_table(Path(PLOTS) / f"match_distances{suffix}.csv", rows)
+    layers = list(dict.fromkeys(row["layer"] for row in rows))
+    keys = ("wasserstein", "density_wasserstein", "layerhessians")
+    at_step = {k: [r[k] for r in rows if r["step"] == step] for k in keys}
+    summed = {
+        k: [sum(r[k] for r in rows if r["layer"] == layer) for layer in layers]
+        for k in keys
+    }
+    peak = _match_figure(
+        run,
+        layers,
+        at_step,
+        f"{_title(run)}: layer vs full {operator} spectrum at step {step}",
+    )
+    total = _match_figure(
+        run,
+        layers,
+        summed,
+        f"{_title(run)}: layer vs full {operator} spectrum, summed over "
+        f"{len(spectra)} step(s)",
+    )
+    return [
+        _save(run, peak, f"match_distros_peak{suffix}.png"),
+        _save(run, total, f"match_distros_wasserstein{suffix}.png"),
+        table,
+    ]

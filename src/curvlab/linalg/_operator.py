@@ -128,8 +128,10 @@ class _TensorMap:
         self.dtype = matrix.dtype
         self.device = matrix.device
         square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
+        # NaN/Inf entries are left to the product check, which names the step.
         self.is_symmetric = square and bool(
-            torch.allclose(matrix, matrix.mT, rtol=1e-12, atol=0)
+            torch.allclose(matrix, matrix.mT, rtol=1e-12, atol=0, equal_nan=True)
+            or not torch.isfinite(matrix).all()
         )
 
     def __matmul__(self, X: Tensor) -> Tensor:

@@ -62,7 +62,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,18 +227,38 @@ class _Collector:
     def has_selected(self, module: nn.Module) -> bool:
         return any(id(p) in self.ids for p in module.parameters())
 
-    def add(self, p: Tensor, grad: Tensor, diag: Tensor) -> None:
+    def add(self, p: Tensor, *values: Tensor) -> None:
+        """Store (or add to) the results of ``p``, e.g. its gradient and diagonal."""
         if id(p) in self.results:  # a parameter shared by two modules
-            self.results[id(p)][0].add_(grad)
-            self.results[id(p)][1].add_(diag)
+            for total, value in zip(self.results[id(p)], values, strict=True):
+                total.add_(value)
         else:
-            self.results[id(p)] = [grad, diag]
+            self.results[id(p)] = list(values)
 
 
-def _backward(
-    steps: list, g: Tensor, h: Tensor, need_input: bool, collector: _Collector
-) -> tuple[Tensor, Tensor]:
-    """Walk ``steps`` backwards; return ``(g, h)`` at their input if needed."""
+StepBackward = Callable[[_Step, tuple, bool, _Collector], tuple]
+"""``apply(step, state, need_input, collector)``: one module's backward.
+
+Maps the backpropagated tensors ``state`` at the module's output to those at its
+input (``None`` entries when ``need_input`` is false) and hands the results for
+the module's parameters to ``collector``."""
+
+
+def _walk_backward(
+    steps: list,
+    state: tuple,
+    need_input: bool,
+    collector: _Collector,
+    apply: StepBackward,
+) -> tuple:
+    r"""Walk ``steps`` backwards with ``apply``; return ``state`` at their input.
+
+    The walk stops early once no earlier step holds a selected parameter (and
+    the input is not needed). A :class:`Residual` step sends ``state`` through
+    its block and adds the result to ``state`` itself, the transposed Jacobian
+    :math:`(I + J_f)^\top` of :math:`y = x + f(x)` for the linear parts of the
+    state.
+    """
     has = [collector.has_selected(step.module) for step in steps]
     earlier = [False] * len(steps)
     for i in range(1, len(steps)):
@@ -249,25 +269,40 @@ def _backward(
         if not (need or has[i]):
             break
         if isinstance(step, _ResidualStep):
-            g_block, h_block = _backward(step.steps, g, h, need, collector)
+            block = _walk_backward(step.steps, state, need, collector, apply)
             if need:
-                g, h = g + g_block, h + h_block
+                state = tuple(a + b for a, b in zip(state, block, strict=True))
             continue
-        out = step.rule.backward(
-            step.module,
-            step.x,
-            step.y,
-            step.ctx,
-            g,
-            h,
-            second_order=collector.second_order,
-            need_input=need,
-            selected=collector.selected,
-        )
-        for p, grad, diag in out.params:
-            collector.add(p, grad, diag)
-        g, h = out.g, out.h
-    return g, h
+        state = apply(step, state, need, collector)
+    return state
+
+
+def _hesscale_step(
+    step: _Step, state: tuple, need_input: bool, collector: _Collector
+) -> tuple:
+    """HesScale's backward of one module: ``state`` is ``(g, h)``."""
+    g, h = state
+    out = step.rule.backward(
+        step.module,
+        step.x,
+        step.y,
+        step.ctx,
+        g,
+        h,
+        second_order=collector.second_order,
+        need_input=need_input,
+        selected=collector.selected,
+    )
+    for p, grad, diag in out.params:
+        collector.add(p, grad, diag)
+    return out.g, out.h
+
+
+def _backward(
+    steps: list, g: Tensor, h: Tensor, need_input: bool, collector: _Collector
+) -> tuple[Tensor, Tensor]:
+    """Walk ``steps`` backwards; return ``(g, h)`` at their input if needed."""
+    return _walk_backward(steps, (g, h), need_input, collector, _hesscale_step)
 
 
 # ------------------------------------------------------------------ the loss

@@ -18,22 +18,39 @@ parameters and :math:`w_b` the batch weight (``B_b/N`` for ``mean``, 1 for
 - MSE: :math:`S = \sqrt{2}\, I`; BCE with logits:
   :math:`S = \mathrm{diag}(\sqrt{s(1 - s)})`, :math:`s = \sigma(f)`;
 
-each times :math:`\sqrt c`. The ``K`` products per sample run vectorised
-(``torch.func.vmap`` over samples and columns), so the cost is about ``K``
-backward passes. **Monte-Carlo GGN diagonal**: the columns are replaced by
+each times :math:`\sqrt c`. Two methods compute the sum:
+
+- *factor backpropagation* (:mod:`curvlab.diagonal.ggn_backprop`, BackPACK's
+  ``DiagGGNExact``): :math:`S` travels backwards through the network once as a
+  ``(K, B, ...)`` tensor, and each layer squares its per-sample gradients, or,
+  for a Linear layer on ``(B, in)`` inputs, multiplies the squares of
+  :math:`S` and of its input directly. Used for the models HesScale supports
+  (``nn.Sequential`` with :class:`~curvlab.diagonal.Residual` blocks, see
+  :mod:`curvlab.diagonal.backprop`) in which no parameter is used twice;
+- otherwise, the generic method: the ``K`` vector-Jacobian products per sample
+  run vectorised (``torch.func.vmap`` over samples and columns), about ``K``
+  backward passes with all per-sample parameter gradients materialised.
+
+**Monte-Carlo GGN diagonal**: the columns are replaced by
 :math:`\sqrt{c/m}\,\nabla_f \ell(f_n, \hat y_s)` for ``m`` labels
 :math:`\hat y_s` drawn from the model's likelihood, an unbiased estimate whose
 error falls like :math:`1/\sqrt m`; labels of batch ``i`` come from a generator
 seeded by ``(seed, i)``, as in
-:class:`~curvlab.operators.fisher.FisherOperator`, whose diagonal it equals.
+:class:`~curvlab.operators.fisher.FisherOperator`, whose diagonal it equals. The
+same two methods apply (the labels drawn do not depend on the method).
 
-**Hessian diagonal.** :math:`H_{ii} = e_i^\top H e_i` from Hessian products with
-unit vectors in chunks (:class:`~curvlab.operators.hessian.HessianOperator`):
-exact for any model and loss, at the cost of ``D`` Hessian-vector products.
+**Hessian diagonal.** For MLP-like ``nn.Sequential`` models (Linear, element-wise
+activations, Flatten, eval-mode BatchNorm and Dropout) the per-sample Hessian
+with respect to every layer output is backpropagated exactly
+(:mod:`curvlab.diagonal.hessian_backprop`, BackPACK's ``DiagHessian``).
+Otherwise :math:`H_{ii} = e_i^\top H e_i` from Hessian products with unit
+vectors in chunks (:class:`~curvlab.operators.hessian.HessianOperator`): exact
+for any model and loss, at the cost of ``D`` Hessian-vector products.
 
 All three work for any model that ``torch.func`` can differentiate (residual
 connections and eval-mode BatchNorm included), with Dropout and BatchNorm in
-eval mode.
+eval mode; the backpropagation methods are only faster, not different (they
+agree with the generic ones to round-off).
 """
 
 from __future__ import annotations
@@ -47,13 +64,18 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 from curvlab._typing import TensorList
+from curvlab.diagonal import ggn_backprop, hessian_backprop
 from curvlab.diagonal._common import check_eval_mode, prepare_batch
+from curvlab.diagonal.backprop import _check_output, _forward
 from curvlab.operators.hessian import HessianOperator
 from curvlab.operators.losses import OutputSpaceLoss
 from curvlab.operators.params import resolve_params
 
-#: Elements of per-sample, per-column parameter gradients held at once.
+#: Elements of per-sample, per-column parameter gradients (generic method),
+#: backpropagated factors or per-sample Hessians (backpropagation) held at once.
 _MEMORY_BUDGET = 2**24
+
+_BACKPROP_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
 
 
 def _factor_columns(output_loss: OutputSpaceLoss, output: Tensor) -> Tensor:
@@ -142,17 +164,23 @@ def _ggn_diagonal(model, loss_fn, data, params, mc_samples, seed) -> TensorList:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
     output_loss = OutputSpaceLoss(loss_fn)
+    reduction = output_loss.reduction
     names, tensors = resolve_params(model, params)
     check_eval_mode(model)
+    fast = ggn_backprop.supported(model)
     primals = tuple(t.detach() for t in tensors)
     total: TensorList | None = None
     num_data = 0
     with torch.no_grad():  # keeps unselected parameters out of any graph
         for index, batch in enumerate(data):
             X, _ = prepare_batch(batch, index, tensors[0])
-            output = functional_call(
-                model, dict(zip(names, primals, strict=True)), (X,)
-            )
+            steps: list = []
+            if fast:
+                output = _forward(model, X, steps)
+            else:
+                output = functional_call(
+                    model, dict(zip(names, primals, strict=True)), (X,)
+                )
             c = output_loss.batch_scale(output)
             if mc_samples is None:
                 S = _factor_columns(output_loss, output) * c**0.5
@@ -160,18 +188,32 @@ def _ggn_diagonal(model, loss_fn, data, params, mc_samples, seed) -> TensorList:
                 generator = _generator(seed, index, output.device)
                 G = output_loss.sampled_gradients(output, mc_samples, generator)
                 S = G * (c / mc_samples) ** 0.5
-            diag = _squared_vjp_sum(model, names, primals, X, S)
-            weight = X.shape[0] if output_loss.reduction == "mean" else 1.0
-            num_data += X.shape[0]
-            if total is None:
-                total = [weight * d for d in diag]
+            if fast:
+                diag = ggn_backprop.factor_diagonal(
+                    steps, tensors, S, budget=_MEMORY_BUDGET
+                )
             else:
-                for t, d in zip(total, diag, strict=True):
-                    t.add_(d, alpha=weight)
+                diag = _squared_vjp_sum(model, names, primals, X, S)
+            total, num_data = _accumulate(total, num_data, diag, X.shape[0], reduction)
+    return _finish(total, num_data, reduction)
+
+
+def _accumulate(total, num_data, diag, batch_size, reduction):
+    """Add a batch's diagonal with weight ``B_b`` (``mean``) or 1 (``sum``)."""
+    weight = batch_size if reduction == "mean" else 1.0
+    if total is None:
+        return [weight * d for d in diag], num_data + batch_size
+    for t, d in zip(total, diag, strict=True):
+        t.add_(d, alpha=weight)
+    return total, num_data + batch_size
+
+
+def _finish(total, num_data, reduction) -> TensorList:
+    """Divide by ``N`` for ``mean``; refuse empty data."""
     if total is None:
         raise ValueError("data must yield at least one (X, y) batch. Got none.")
-    if output_loss.reduction == "mean":
-        total = [t / num_data for t in total]
+    if reduction == "mean":
+        return [t / num_data for t in total]
     return total
 
 
@@ -185,8 +227,11 @@ def exact_ggn_diagonal(
     r"""Exact diagonal of the generalized Gauss-Newton matrix over a data set.
 
     Uses the symmetric factorisation of the loss Hessian at the output (module
-    docstring): about ``K`` backward passes for ``K`` outputs per sample
-    (``K = C`` classes for cross-entropy on ``(B, C)`` logits).
+    docstring), ``K`` columns for ``K`` outputs per sample (``K = C`` classes for
+    cross-entropy on ``(B, C)`` logits). For models the HesScale walk supports the
+    factor is backpropagated through the network once (BackPACK's
+    ``DiagGGNExact``), otherwise ``K`` vector-Jacobian products per sample run
+    vectorised; both are exact.
 
     Args:
         model: Any model that ``torch.func`` can differentiate, without Dropout or
@@ -237,7 +282,9 @@ def mc_ggn_diagonal(
     gradients at ``mc_samples`` labels drawn from the model's likelihood; the
     result is the diagonal of the Monte-Carlo Fisher
     (:class:`~curvlab.operators.fisher.FisherOperator` with the same
-    ``mc_samples`` and ``seed``), unbiased for the GGN diagonal.
+    ``mc_samples`` and ``seed``), unbiased for the GGN diagonal. The sampled
+    gradients are backpropagated like the exact factor in
+    :func:`exact_ggn_diagonal` (same two methods).
 
     Args:
         model: Any model that ``torch.func`` can differentiate, in eval mode.
@@ -261,6 +308,56 @@ def mc_ggn_diagonal(
     return _ggn_diagonal(model, loss_fn, data, params, mc_samples, int(seed))
 
 
+def _backprop_loss(model: nn.Module, loss_fn: nn.Module) -> OutputSpaceLoss | None:
+    """The loss's derivatives if Hessian backpropagation handles the problem."""
+    if not (
+        isinstance(model, nn.Module)
+        and type(loss_fn) in _BACKPROP_LOSSES
+        and hessian_backprop.supported(model)
+    ):
+        return None
+    try:
+        return OutputSpaceLoss(loss_fn)
+    except (NotImplementedError, ValueError):
+        return None
+
+
+def _hessian_backprop_diagonal(
+    model: nn.Module,
+    output_loss: OutputSpaceLoss,
+    data: Iterable,
+    params: Sequence[Tensor | str] | None,
+) -> TensorList | None:
+    """The data set's Hessian diagonal by Hessian backpropagation.
+
+    Returns ``None`` (before any work beyond the first forward pass) if the first
+    batch needs a per-sample Hessian with more than ``MAX_FEATURES`` rows.
+    """
+    _, tensors = resolve_params(model, params)
+    reduction = output_loss.reduction
+    total: TensorList | None = None
+    num_data = 0
+    with torch.no_grad():
+        for index, batch in enumerate(data):
+            X, y = prepare_batch(batch, index, tensors[0])
+            steps: list = []
+            output = _forward(model, X, steps)
+            _check_output(output_loss, output, y)
+            diag = hessian_backprop.hessian_diagonal(
+                steps,
+                output_loss,
+                output,
+                y,
+                tensors,
+                budget=_MEMORY_BUDGET,
+                max_features=hessian_backprop.MAX_FEATURES if index == 0 else None,
+            )
+            if diag is None:
+                return None
+            total, num_data = _accumulate(total, num_data, diag, X.shape[0], reduction)
+    return _finish(total, num_data, reduction)
+
+
 def exact_hessian_diagonal(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -270,14 +367,23 @@ def exact_hessian_diagonal(
     chunk_size: int = 64,
     max_dim: int = 20_000,
 ) -> TensorList:
-    r"""Exact diagonal of the Hessian over a data set, from ``D`` Hessian products.
+    r"""Exact diagonal of the Hessian over a data set.
 
-    :math:`H_{ii} = e_i^\top H e_i`, with the unit vectors multiplied in chunks of
-    ``chunk_size`` columns; each chunk is one pass over the data with a batched
-    double-backward product
+    **Hessian backpropagation** (:mod:`curvlab.diagonal.hessian_backprop`) when
+    :func:`curvlab.diagonal.hessian_backprop.supported` accepts the model (an
+    ``nn.Sequential`` of Linear, element-wise activations, Flatten and eval-mode
+    BatchNorm and Dropout, no parameter used twice), the loss is
+    ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``, and no formed
+    per-sample Hessian has more than
+    :data:`~curvlab.diagonal.hessian_backprop.MAX_FEATURES` rows (checked on the
+    first batch): one pass over the data (``chunk_size`` unused).
+
+    **Otherwise** :math:`H_{ii} = e_i^\top H e_i`, with the unit vectors
+    multiplied in chunks of ``chunk_size`` columns; each chunk is one pass over
+    the data with a batched double-backward product
     (:class:`~curvlab.operators.hessian.HessianOperator`). Exact for any model and
-    any loss with ``mean`` or ``sum`` reduction, but costs about ``D`` Hessian-vector
-    products, hence the ``max_dim`` guard.
+    any loss with ``mean`` or ``sum`` reduction, but costs about ``D``
+    Hessian-vector products, hence the ``max_dim`` guard.
 
     Args:
         model: The model, without Dropout or BatchNorm in training mode.
@@ -285,15 +391,20 @@ def exact_hessian_diagonal(
         data: Re-iterable ``(X, y)`` batches (iterated once per chunk).
         params: ``None`` for all trainable parameters, or a list of the model's
             parameter tensors or names.
-        chunk_size: Unit vectors per pass over the data (memory grows with it).
-        max_dim: Largest ``D`` accepted; raise it deliberately for larger models.
+        chunk_size: Unit vectors per pass over the data (memory grows with it)
+            for Hessian-vector products.
+        max_dim: Largest ``D`` accepted (by both methods, although Hessian
+            backpropagation costs far less than ``D`` products); raise it
+            deliberately for larger models.
 
     Returns:
         The diagonal, a list shaped like the selected parameters.
 
     Raises:
         ValueError: If ``D > max_dim``, ``chunk_size`` is not a positive int, for
-            modules in training mode, a bad parameter selection or empty data.
+            modules in training mode, bad targets, a bad parameter selection or
+            empty data.
+        TypeError: If a batch is not an ``(X, y)`` pair of tensors.
 
     Example:
         >>> import torch
@@ -315,6 +426,21 @@ def exact_hessian_diagonal(
     ):
         raise ValueError(f"chunk_size must be a positive int. Got {chunk_size!r}.")
     check_eval_mode(model)
+    output_loss = _backprop_loss(model, loss_fn)
+    if output_loss is not None:
+        _, tensors = resolve_params(model, params)
+        dim = sum(t.numel() for t in tensors)
+        if dim > max_dim:
+            raise ValueError(
+                f"exact_hessian_diagonal needs D={dim} diagonal entries, above "
+                f"max_dim={max_dim}. For this model they come from Hessian "
+                "backpropagation (one pass over the data, per-sample Hessians of "
+                f"the layer outputs), not D Hessian-vector products: pass "
+                f"max_dim={dim} (or more) to run it."
+            )
+        diag = _hessian_backprop_diagonal(model, output_loss, data, params)
+        if diag is not None:
+            return diag
     op = HessianOperator(model, loss_fn, data, params=params, max_cols=chunk_size)
     dim = op.shape[0]
     if dim > max_dim:

@@ -31,9 +31,9 @@ Estimators (:data:`METHODS`):
 - ``zero``: the all-zeros estimate, whose error is
   :math:`\sum |\operatorname{diag}(H)|`.
 
-The exact diagonal comes from :func:`sequential_hessian_diagonal` (Hessian
-backpropagation, exact and fast for MLPs; cross-checked against
-:func:`curvlab.diagonal.exact_hessian_diagonal`, which other models use). Nothing
+The exact diagonal comes from :func:`curvlab.diagonal.exact_hessian_diagonal`,
+which backpropagates the per-sample Hessian for MLPs (exact, and fast at these
+widths) and falls back to ``D`` Hessian-vector products for other models. Nothing
 here prints or writes: :func:`hesscale_quality` returns a :class:`QualityResult`
 of plain lists and dicts, which ``curvlab hesscale-quality`` renders.
 """
@@ -209,90 +209,37 @@ def _hutchinson(
     return [e.reshape(s) for e, s in zip(estimate.split(sizes), shapes, strict=True)]
 
 
-def _activation_derivatives(module: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
-    """First and second derivative of an element-wise activation at ``a``."""
-    if isinstance(module, nn.Tanh):
-        t = torch.tanh(a)
-        d1 = 1 - t**2
-        return d1, -2 * t * d1
-    if isinstance(module, nn.Sigmoid):
-        s = torch.sigmoid(a)
-        d1 = s * (1 - s)
-        return d1, d1 * (1 - 2 * s)
-    return (a > 0).to(a.dtype), torch.zeros_like(a)  # nn.ReLU
-
-
 _ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.ReLU)
 
 
 def sequential_hessian_diagonal(
     model: nn.Module, loss_fn: nn.Module, X: Tensor, y: Tensor
 ) -> list[Tensor] | None:
-    r"""Exact Hessian diagonal of an MLP on one batch, by Hessian backpropagation.
+    r"""Exact Hessian diagonal of a Linear/Tanh/Sigmoid/ReLU MLP on one batch.
 
-    For ``nn.Sequential`` models of ``Linear`` layers and Tanh, Sigmoid or ReLU
-    activations, the full Hessian of each sample's loss with respect to every
-    layer output is propagated backwards (Dangel, Kunstner & Hennig 2020,
-    "BackPACK", ICLR: ``DiagHessian``), exactly:
-
-    .. math::
-        H_{x_{l-1}} = W_l^\top H_{a_l} W_l, \qquad
-        H_{a_l} = \sigma'(a_l) H_{x_l} \sigma'(a_l)
-            + \operatorname{diag}\bigl(\sigma''(a_l) \odot g_{x_l}\bigr),
-
-    starting from the loss Hessian with respect to the output. Since the
-    pre-activation is linear in the weights,
-    :math:`\partial^2 L / \partial W_{oi}^2 = [H_{a}]_{oo}\, x_i^2`, summed over
-    the samples. Each step costs :math:`O(B w^3)` for width :math:`w`, far less
-    than the ``D`` Hessian-vector products of
-    :func:`curvlab.diagonal.exact_hessian_diagonal` on small batches.
+    Kept for existing callers: the computation is
+    :func:`curvlab.diagonal.exact_hessian_diagonal`, which backpropagates the
+    per-sample Hessian exactly for such models (Dangel, Kunstner & Hennig 2020,
+    "BackPACK", ICLR: ``DiagHessian``; :mod:`curvlab.diagonal.hessian_backprop`)
+    and handles more activations and models.
 
     Args:
         model: The model.
-        loss_fn: The loss, a function of the whole batch output.
+        loss_fn: ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``.
         X: Inputs ``(B, in)``.
         y: Targets.
 
     Returns:
-        The diagonal, shaped like the trainable parameters, or ``None`` if the
-        model is not such an MLP (or has frozen parameters).
+        The diagonal of the batch loss's Hessian, shaped like the trainable
+        parameters, or ``None`` if the model is not an ``nn.Sequential`` of
+        Linear, Tanh, Sigmoid and ReLU modules with all parameters trainable.
     """
     modules = list(model) if isinstance(model, nn.Sequential) else [model]
     if not all(isinstance(m, (nn.Linear, *_ACTIVATIONS)) for m in modules) or not all(
         p.requires_grad for p in model.parameters()
     ):
         return None
-    inputs = []
-    with torch.no_grad():
-        x = X
-        for module in modules:
-            inputs.append(x)
-            x = module(x)
-    output = x.detach().requires_grad_(True)
-    loss = loss_fn(output, y)
-    (g,) = torch.autograd.grad(loss, output, create_graph=True)
-    rows = [
-        torch.autograd.grad(g[:, k].sum(), output, retain_graph=True)[0]
-        for k in range(output.shape[1])
-    ]
-    # H[b, k, j] = d^2 L / (d f_bk d f_bj): samples do not couple
-    H = torch.stack(rows, dim=1).detach()
-    g = g.detach()
-    diagonals: dict[int, Tensor] = {}
-    for module, x in zip(reversed(modules), reversed(inputs), strict=True):
-        if isinstance(module, nn.Linear):
-            h = H.diagonal(dim1=1, dim2=2)  # (B, out)
-            diagonals[id(module.weight)] = torch.einsum("bo,bi->oi", h, x**2)
-            if module.bias is not None:
-                diagonals[id(module.bias)] = h.sum(0)
-            W = module.weight.detach()
-            H = W.T @ H @ W
-            g = g @ W
-        else:
-            d1, d2 = _activation_derivatives(module, x)
-            H = d1[:, :, None] * H * d1[:, None, :] + torch.diag_embed(d2 * g)
-            g = g * d1
-    return [diagonals[id(p)] for p in model.parameters()]
+    return exact_hessian_diagonal(model, loss_fn, [(X, y)])
 
 
 def estimate_errors(
@@ -318,9 +265,7 @@ def estimate_errors(
         that the exact diagonal was compared with itself).
     """
     data = [(X, y)]
-    exact = sequential_hessian_diagonal(model, loss_fn, X, y)
-    if exact is None:
-        exact = exact_hessian_diagonal(model, loss_fn, data)
+    exact = exact_hessian_diagonal(model, loss_fn, data)
     estimates: dict[str, list[Tensor]] = {}
     gradients = None
     for method, variant in _HESSCALE_VARIANTS.items():

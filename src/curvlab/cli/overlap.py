@@ -1,0 +1,370 @@
+"""``curvlab overlap``: magnitude masks against the top Hessian eigenspace.
+
+The work is :func:`curvlab.experiments.overlap.overlap_run`; this module parses
+the options, shows a progress bar (one tick per step, the current phase beside
+it) and prints a table of the stored results. Running the same command again
+skips the finished steps; ``curvlab overlap --run RUN_DIR`` alone resumes with
+the stored settings. ``curvlab plot overlap --run RUN_DIR`` draws the results.
+
+:func:`command` holds the option definitions and is registered on the Typer app
+by :mod:`curvlab.cli.app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from curvlab.experiments.overlap import (
+    DEFAULT_MAX_COLS,
+    DEFAULT_MAX_EXACT_DIM,
+    METHODS,
+    SPLITS,
+    TEST_MATRICES,
+    OverlapEvent,
+    OverlapRunResult,
+    OverlapSettings,
+    OverlapSettingsError,
+    overlap_run,
+)
+from curvlab.runs import ConfigError, MissingStepError, RunFolder
+
+__all__ = ["command", "main", "render_overlap"]
+
+
+def _table_ks(num_outer: int) -> list[int]:
+    """A few mask sizes for the table: the paper's 10, 50, 100 and ``K``."""
+    return sorted({k for k in (10, 50, 100) if k < num_outer} | {num_outer})
+
+
+def render_overlap(run: RunFolder, result: OverlapRunResult, console: Console) -> None:
+    """Print the stored results of an overlap run as a table.
+
+    Args:
+        run: The run folder (the per-step tables are read from it).
+        result: What :func:`~curvlab.experiments.overlap.overlap_run` returned.
+        console: Where to print.
+    """
+    settings = result.settings
+    K = settings.num_outer
+    ks = _table_ks(K)
+    how = (
+        "exact eigh"
+        if settings.method == "exact"
+        else f"SEIGH ({settings.num_inner} products, {settings.test_matrix})"
+    )
+    error_kind = (
+        "exact"
+        if settings.method == "exact"
+        else f"estimated from {settings.num_probes} Gaussian probes"
+    )
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=(
+            f"{result.stage}: top {K} eigenpairs by |λ|, {how}, "
+            f"{settings.samples_per_class} samples per class, seed {settings.seed}"
+        ),
+        caption=(
+            "ov@k: magnitude-mask overlap ‖Q[S_k, :k]‖²/k; best mask and chance "
+            f"k/D at k={K}; err: ‖H − QΛQᵀ‖_F/‖H‖_F ({error_kind})."
+        ),
+    )
+    for header in ("step", "λ1", "λ2", "λ3", "err"):
+        table.add_column(header, justify="right")
+    for k in ks:
+        table.add_column(f"ov@{k}", justify="right")
+    for header in (f"best@{K}", f"chance@{K}", "ov/chance", "s"):
+        table.add_column(header, justify="right")
+    for step, summary in sorted(result.summaries.items()):
+        values = summary["eigenvalues"] + [None, None, None]
+        at = summary["overlap_at_num_outer"]
+        rows = run.read_table(run.path_for(result.stage, step, ".csv"))
+        by_k = {row["k"]: row["magnitude"] for row in rows}
+        table.add_row(
+            str(step),
+            *(_number(v) for v in values[:3]),
+            _number(summary["a_posteriori"]["relative_error"]),
+            *(_number(by_k.get(k)) for k in ks),
+            _number(at["best"]),
+            _number(at["chance"]),
+            f"{at['ratio']:.2f}",
+            f"{summary['seconds']['total']:.1f}",
+        )
+    console.print(table)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def main(
+    *,
+    run: str | Path,
+    steps: str | None = None,
+    settings: OverlapSettings | None = None,
+    force: bool = False,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    threads: int | None = None,
+    max_cols: int | None = DEFAULT_MAX_COLS,
+    console: Console | None = None,
+    error_console: Console | None = None,
+) -> int:
+    """Measure the overlap at the run's recorded steps, with a progress bar.
+
+    Args:
+        run: The run folder.
+        steps: Steps to measure (``"0,100:1000:100"``); default all recorded.
+        settings: The options given (unset fields: stored settings, defaults).
+        force: Recompute finished steps.
+        device: Device of model, data and products.
+        data_dir: Data folder of file-based problems.
+        threads: PyTorch CPU threads (restored afterwards).
+        max_cols: Hessian columns per pass over the data.
+        console: Where to print (default: standard output).
+        error_console: Where to print errors (default: standard error).
+
+    Returns:
+        The exit code: 0 on success, 1 if a product was NaN/Inf, 2 for invalid
+        options, missing steps or settings that differ from the stored ones,
+        130 when interrupted.
+    """
+    console = console or Console()
+    error_console = error_console or Console(stderr=True)
+
+    def fail(message: str, code: int = 2) -> int:
+        error_console.print(f"[bold red]Error:[/] {escape(message)}")
+        return code
+
+    try:
+        folder = RunFolder.open(run)
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"Device {device!r} was asked for; CUDA is unavailable.")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1. Got {threads}.")
+    except (FileNotFoundError, ConfigError, RuntimeError) as error:
+        return fail(str(error))
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(
+            folder, steps, settings, force, resolved, data_dir, max_cols, console, fail
+        )
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(folder, steps, settings, force, device, data_dir, max_cols, console, fail):
+    state: dict[str, Any] = {"step": None}
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("overlap", total=None)
+
+        def on_progress(event: OverlapEvent) -> None:
+            state["step"] = event.step
+            if event.kind == "start":
+                progress.update(task, total=event.total, completed=0)
+                if event.values["skipped"]:
+                    progress.console.print(
+                        f"Already done: steps {list(event.values['skipped'])}."
+                    )
+            elif event.kind == "phase":
+                progress.update(
+                    task, description=f"step {event.step}: {event.values['phase']}"
+                )
+            elif event.kind == "step":
+                summary = event.values
+                at = summary["overlap_at_num_outer"]
+                progress.update(task, completed=event.index)
+                progress.console.print(
+                    f"step {event.step}: λ1 {summary['eigenvalues'][0]:.4g}, "
+                    f"overlap@{at['k']} {at['magnitude']:.4g} "
+                    f"({at['ratio']:.2f}x chance), "
+                    f"{summary['seconds']['total']:.1f} s"
+                )
+            elif event.kind == "done":
+                progress.update(task, description="done", completed=event.total)
+
+        try:
+            result = overlap_run(
+                folder,
+                settings,
+                steps,
+                force=force,
+                device=device,
+                data_dir=data_dir,
+                max_cols=max_cols,
+                on_progress=on_progress,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                f"[yellow]Interrupted at step {state['step']}.[/] Finished steps are "
+                "stored; run the same command again to resume."
+            )
+            return 130
+        except FloatingPointError as error:
+            return fail(str(error), 1)
+        except (
+            OverlapSettingsError,
+            MissingStepError,
+            ConfigError,
+            ValueError,
+            TypeError,
+            FileNotFoundError,
+        ) as error:
+            return fail(str(error))
+    if not result.computed:
+        console.print("Nothing to do: every requested step is done.")
+    render_overlap(folder, result, console)
+    console.print(
+        f"Tables in {escape(str(folder.path / result.stage))}; plot with "
+        f"`curvlab plot overlap --run {escape(str(folder.path))}`. "
+        f"Done in {result.seconds:.1f} s."
+    )
+    return 0
+
+
+def command(
+    run: Annotated[
+        Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
+    ],
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Recorded steps to measure, e.g. 0,100 or 0:1000:100 (stop "
+            "included). [all recorded]"
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help=f"One of: {', '.join(METHODS)}. auto: the dense eigh when "
+            f"D <= --max-exact-dim, SEIGH otherwise. [auto]"
+        ),
+    ] = None,
+    num_outer: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Eigenpairs K and largest mask size. [5% of D, at most 1000]"
+        ),
+    ] = None,
+    num_inner: Annotated[
+        int | None,
+        typer.Option(min=1, help="SEIGH: Hessian-vector products s >= K. [2K]"),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help=f"Split of the Hessian: {', '.join(SPLITS)}. [train]"),
+    ] = None,
+    samples_per_class: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Hessian samples per class (lowest indices; regression: in "
+            "total). [50]",
+        ),
+    ] = None,
+    num_random: Annotated[
+        int | None, typer.Option(min=0, help="Random masks per step. [10]")
+    ] = None,
+    test_matrix: Annotated[
+        str | None,
+        typer.Option(help=f"SEIGH test matrix: {', '.join(TEST_MATRICES)}. [ssrft]"),
+    ] = None,
+    num_probes: Annotated[
+        int | None,
+        typer.Option(min=1, help="SEIGH: Gaussian probes of the error. [30]"),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Seed of sketch, probes and masks. [the run's]"),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="float32 or float64 for the products. [the run's]"),
+    ] = None,
+    max_exact_dim: Annotated[
+        int,
+        typer.Option(min=1, help="Largest D of the dense eigh."),
+    ] = DEFAULT_MAX_EXACT_DIM,
+    max_cols: Annotated[
+        int, typer.Option(min=1, help="Hessian columns per pass over the data.")
+    ] = DEFAULT_MAX_COLS,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Recompute the requested finished steps, also with other "
+            "settings (options not given keep their stored values).",
+        ),
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
+    ] = "cpu",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder with the data files of file-based problems."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="PyTorch CPU threads.")
+    ] = None,
+) -> None:
+    """Overlap of magnitude masks with the top Hessian eigenspace over training.
+
+    At each recorded step: the Hessian of the mean loss on a class-balanced
+    subset of --split, its top --num-outer eigenpairs by |λ| (dense eigh, or
+    SEIGH with an a-posteriori error estimate), and for k = 1..K the overlap
+    of the k largest-magnitude parameters with the top-k eigenspace, the
+    best mask, random masks and chance k/D. Stored in RUN_DIR/overlap_<split>/;
+    rerunning skips finished steps.
+    """
+    settings = OverlapSettings(
+        split=split,
+        method=method,
+        num_outer=num_outer,
+        num_inner=num_inner,
+        samples_per_class=samples_per_class,
+        num_random=num_random,
+        test_matrix=test_matrix,
+        num_probes=num_probes,
+        seed=seed,
+        dtype=dtype,
+        max_exact_dim=max_exact_dim,
+    )
+    raise typer.Exit(
+        main(
+            run=run,
+            steps=steps,
+            settings=settings,
+            force=force,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+            max_cols=max_cols,
+        )
+    )

@@ -1,0 +1,765 @@
+r"""The exhaustive check: sketched against exact eigendecomposition along training.
+
+The "mnist_mini exhaustive test" of Fernandez, Schneider, Mahsereci & Hennig
+(2025; the ``12a``/``12b`` scripts of their repository, reference notes
+``papers.md`` §1.6): at each recorded step, for a problem small enough for a
+dense ``eigh``, compute the Hessian :math:`H` on the class-balanced subset (as
+:mod:`curvlab.experiments.overlap`), its exact eigendecomposition, and SEIGH
+with ``K = num_outer`` outer and ``s = num_inner`` inner measurements
+(Hessian-vector products, exactly as ``curvlab overlap`` takes them), and
+compare:
+
+- **eigenvalues**: :math:`\lambda_i` (exact) against :math:`\hat\lambda_i`
+  (sketch), both the ``K`` largest in magnitude, with absolute and relative
+  errors;
+- **eigenbases**: for every ``k`` the overlap of the top-``k`` exact and
+  sketched eigenspaces :math:`\frac1k \|Q_{:, :k}^\top W_{:, :k}\|_F^2`, and the
+  principal angles between the two ``K``-dimensional eigenspaces
+  (:func:`~curvlab.subspace.principal_angles`);
+- **mask overlaps**: the magnitude-mask overlap curve
+  :math:`\frac1k \|\,\cdot_{S_k, :k}\|_F^2` of each basis;
+- **the a-posteriori certificate**: the Gaussian-probe estimate of
+  :math:`\|H - \hat H\|_F` (TYUC2019 §6) against its exact value from the dense
+  :math:`H`, and the exact error of the best rank-``K`` approximation
+  :math:`(\sum_{i > K} \lambda_i^2)^{1/2}` for reference.
+
+Unlike the seed script's ``eigvec_resnorm`` (which compared eigenvectors sorted
+by :math:`|\lambda|` with ones sorted ascending, ``papers.md`` §1.6), both bases
+here are sorted by descending :math:`|\lambda|`.
+
+**Stored** in the run folder (stage ``exhaustive_<split>``), atomically, each
+step marked done in the manifest; rerunning skips finished steps::
+
+    exhaustive_train/step_00000100.csv   one row per k = 1..K: step, k,
+                                         eigenvalue_exact, eigenvalue_sketch,
+                                         abs_error, rel_error, basis_overlap,
+                                         magnitude_exact, magnitude_sketch,
+                                         chance
+    exhaustive_train/step_00000100.json  summary (:func:`exhaustive_at_step`)
+    exhaustive_train/all.csv             rows of every finished step
+    exhaustive_train/summary.csv         one row per finished step
+
+References:
+    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
+      magnitudes and Hessian eigenspaces at scale using sketched methods.
+      TMLR; arXiv 2504.14701.
+    - Tropp, Yurtsever, Udell & Cevher (2019). Streaming low-rank matrix
+      approximation with an application to scientific simulation. SIAM J. Sci.
+      Comput. 41(4) (arXiv 1902.08651).
+    - Knyazev & Argentati (2002). Principal angles between subspaces in an
+      A-based scalar product. SIAM J. Sci. Comput. 23(6).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from curvlab.experiments.overlap import (
+    DEFAULT_MAX_COLS,
+    DEFAULT_MAX_EXACT_DIM,
+    DEFAULT_NUM_PROBES,
+    DEFAULT_SAMPLES_PER_CLASS,
+    SPLITS,
+    TEST_MATRICES,
+    OverlapSettingsError,
+    default_num_outer,
+    exact_eigenbasis,
+    hessian_at_step,
+    select_steps,
+    sketched_eigenbasis,
+)
+from curvlab.problems import Problem
+from curvlab.runs import RunFolder
+from curvlab.runs.environment import machine_info, package_versions
+from curvlab.subspace import overlap_curve, principal_angles
+
+__all__ = [
+    "ExhaustiveEvent",
+    "ExhaustiveRunResult",
+    "ExhaustiveSettings",
+    "StepExhaustive",
+    "basis_overlaps",
+    "exhaustive_at_step",
+    "exhaustive_run",
+    "exhaustive_stage",
+    "load_exhaustive",
+    "resolve_exhaustive_settings",
+]
+
+_COLUMNS = (
+    "step",
+    "k",
+    "eigenvalue_exact",
+    "eigenvalue_sketch",
+    "abs_error",
+    "rel_error",
+    "basis_overlap",
+    "magnitude_exact",
+    "magnitude_sketch",
+    "chance",
+)
+
+
+@dataclass(frozen=True)
+class ExhaustiveSettings:
+    """What the exhaustive check computes; ``None`` means "not given".
+
+    Attributes:
+        split: ``"train"`` or ``"test"``.
+        num_outer: ``K``, eigenpairs compared (default: 5% of ``D``, at most
+            1000, below ``D``).
+        num_inner: ``s``, sketch products, ``K <= s <= D`` (default
+            ``min(2K, D)``).
+        samples_per_class: Hessian samples per class (default 50).
+        test_matrix: ``"ssrft"`` (default), ``"gaussian"`` or ``"rademacher"``.
+        num_probes: Gaussian probes of the a-posteriori estimate (default 30).
+        seed: Seed of sketch and probes (default: the run's seed).
+        dtype: Dtype of model, data and products (default: the run's).
+        max_dim: Largest ``D`` for which the dense Hessian is built (default
+            8000); larger problems are refused. Not stored.
+    """
+
+    split: str | None = None
+    num_outer: int | None = None
+    num_inner: int | None = None
+    samples_per_class: int | None = None
+    test_matrix: str | None = None
+    num_probes: int | None = None
+    seed: int | None = None
+    dtype: str | None = None
+    max_dim: int | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """Return the fields that decide the numbers (kept in the manifest).
+
+        Returns:
+            Every field except ``max_dim``.
+        """
+        return {
+            name: getattr(self, name)
+            for name in (
+                "split",
+                "num_outer",
+                "num_inner",
+                "samples_per_class",
+                "test_matrix",
+                "num_probes",
+                "seed",
+                "dtype",
+            )
+        }
+
+
+def exhaustive_stage(split: str) -> str:
+    """Return the stage name of the exhaustive check on a split.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        ``"exhaustive_<split>"``.
+
+    Raises:
+        ValueError: For another split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}. Got {split!r}.")
+    return f"exhaustive_{split}"
+
+
+def _stored(run: RunFolder, stage: str) -> dict[str, Any]:
+    done = run.done_steps(stage)
+    if not done:
+        return {}
+    entry = run.entry(stage, done[-1]) or {}
+    return dict(entry.get("info", {}).get("settings") or {})
+
+
+def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must lie in {bound}. Got {value}.")
+    return value
+
+
+def resolve_exhaustive_settings(
+    run: RunFolder,
+    requested: ExhaustiveSettings | None = None,
+    *,
+    num_params: int | None = None,
+    stored: Mapping[str, Any] | None = None,
+) -> ExhaustiveSettings:
+    """Fill the unset fields (stored settings of the stage, then defaults), check.
+
+    Args:
+        run: The run folder.
+        requested: The settings asked for.
+        num_params: ``D`` (default: from the run's problem).
+        stored: Settings to resume with (default: the stage's).
+
+    Returns:
+        Settings with every field set.
+
+    Raises:
+        ValueError: If ``D > max_dim`` (the problem is too large for a dense
+            ``eigh``) or a value is out of range.
+        TypeError: If a value has the wrong type.
+    """
+    requested = requested or ExhaustiveSettings()
+    split = requested.split or "train"
+    stage = exhaustive_stage(split)
+    stored = dict(_stored(run, stage) if stored is None else stored)
+    if num_params is None:
+        num_params = run.problem().num_params
+    dim = num_params
+    max_dim = _int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
+    if dim > max_dim:
+        raise ValueError(
+            f"The exhaustive check builds the dense {dim}x{dim} Hessian of "
+            f"{run.config.problem!r} and runs a full eigh on it; D={dim} is above "
+            f"the limit max_dim={max_dim} ({dim * dim * 8 / 2**30:.1f} GiB in "
+            "float64). Use `curvlab overlap --method sketch` on this problem, or "
+            "raise the limit deliberately (--max-dim)."
+        )
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(requested, name)
+        if value is not None:
+            return value
+        return stored[name] if stored.get(name) is not None else default
+
+    num_outer = _int("num_outer", pick("num_outer", default_num_outer(dim)), 1, dim - 1)
+    num_inner = _int(
+        "num_inner", pick("num_inner", min(2 * num_outer, dim)), num_outer, dim
+    )
+    test_matrix = pick("test_matrix", "ssrft")
+    if test_matrix not in TEST_MATRICES:
+        raise ValueError(
+            f"test_matrix must be one of {', '.join(TEST_MATRICES)}. Got "
+            f"{test_matrix!r}."
+        )
+    dtype = pick("dtype", run.config.dtype)
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64. Got {dtype!r}.")
+    return ExhaustiveSettings(
+        split=split,
+        num_outer=num_outer,
+        num_inner=num_inner,
+        samples_per_class=_int(
+            "samples_per_class",
+            pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
+            1,
+        ),
+        test_matrix=test_matrix,
+        num_probes=_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1),
+        seed=_int("seed", pick("seed", run.config.seed), 0),
+        dtype=dtype,
+        max_dim=max_dim,
+    )
+
+
+def basis_overlaps(Q: Tensor, W: Tensor) -> Tensor:
+    r"""Overlaps of the top-``k`` spans of two bases, for every ``k``.
+
+    .. math::
+        \operatorname{ov}(k) = \frac1k \|Q_{:, :k}^\top W_{:, :k}\|_F^2
+        = \frac1k \sum_{\max(i, j) < k} (Q^\top W)_{ij}^2,
+
+    all ``k`` at once from the ``K x K`` matrix :math:`Q^\top W`: cumulative sums
+    over the "shells" :math:`\max(i, j) = k - 1`. In float64.
+
+    Args:
+        Q: ``(D, K)`` orthonormal.
+        W: ``(D, K)`` orthonormal, same device.
+
+    Returns:
+        ``(K,)`` float64 on the CPU; entry ``k - 1`` is :math:`\operatorname{ov}(k)`.
+
+    Raises:
+        ValueError: If the shapes differ.
+
+    Example:
+        >>> Q = torch.eye(3, dtype=torch.float64)
+        >>> W = Q[:, [1, 0, 2]]
+        >>> basis_overlaps(Q, W).tolist()
+        [0.0, 1.0, 1.0]
+    """
+    if Q.shape != W.shape or Q.ndim != 2:
+        raise ValueError(
+            f"Q and W must have the same shape (D, K). Got {tuple(Q.shape)} and "
+            f"{tuple(W.shape)}."
+        )
+    block = (Q.to(torch.float64).mT @ W.to(torch.float64)).square()
+    shells = block.tril().sum(1) + block.triu(1).sum(0)
+    ks = torch.arange(1, Q.shape[1] + 1, dtype=torch.float64)
+    return shells.cumsum(0).cpu() / ks
+
+
+@dataclass(frozen=True)
+class StepExhaustive:
+    """The exhaustive check at one step.
+
+    Attributes:
+        step: The training step.
+        settings: The resolved settings.
+        rows: One dict per ``k`` (columns in the module docstring), as stored.
+        summary: The JSON summary, as stored.
+        angles: ``(K,)`` principal angles (radians, ascending) between the exact
+            and the sketched ``K``-dimensional eigenspaces.
+    """
+
+    step: int
+    settings: ExhaustiveSettings
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    angles: Tensor
+
+
+def _quantiles(values: Tensor) -> dict[str, float]:
+    values = values.to(torch.float64)
+    qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    median, q90 = torch.quantile(values, qs).tolist()
+    return {
+        "min": float(values.min()),
+        "median": median,
+        "q90": q90,
+        "max": float(values.max()),
+    }
+
+
+def exhaustive_at_step(
+    run: RunFolder,
+    step: int,
+    settings: ExhaustiveSettings | None = None,
+    *,
+    problem: Problem | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    max_cols: int | None = DEFAULT_MAX_COLS,
+    on_phase: Callable[[str], None] | None = None,
+) -> StepExhaustive:
+    r"""Compare SEIGH with the exact eigendecomposition at one step (not stored).
+
+    Args:
+        run: The run folder.
+        step: A recorded step.
+        settings: What to compute (unset fields resolved by
+            :func:`resolve_exhaustive_settings`).
+        problem: The run's problem on ``device`` (built when ``None``).
+        device: Device of model, data and products.
+        data_dir: Data folder of file-based problems.
+        max_cols: Hessian columns per pass over the data.
+        on_phase: Called with ``"hessian"``, ``"eigh"``, ``"sketch"`` and
+            ``"compare"``.
+
+    Returns:
+        The rows per ``k``, the principal angles and the summary:
+        ``eigenvalues_exact``/``eigenvalues_sketch`` (``K`` each),
+        ``eigenvalue_errors`` (max relative error of the top 1, 3, 10 and
+        ``K``), ``basis_overlap`` (at ``K``, and min over ``k``),
+        ``principal_angles_degrees`` (min, median, 90% quantile, max),
+        ``magnitude_overlap`` (exact and sketch at ``K``), ``a_posteriori``
+        (estimate, exact error of the sketch, ratio, best rank-``K`` error),
+        ``trace``, ``fraction_negative``, ``num_matvecs``, ``seconds``.
+
+    Raises:
+        ValueError: If the problem is too large for the dense check or the
+            settings are invalid.
+        MissingStepError: If the step is not recorded.
+    """
+    phase = on_phase or (lambda name: None)
+    phase("hessian")
+    start = time.perf_counter()
+    if problem is None:
+        problem = run.problem(device=device, data_dir=data_dir)
+    settings = resolve_exhaustive_settings(run, settings, num_params=problem.num_params)
+    K = settings.num_outer
+    op, params, indices = hessian_at_step(
+        run,
+        step,
+        problem,
+        settings.split,
+        settings.samples_per_class,
+        dtype=settings.dtype,
+        max_cols=max_cols,
+    )
+    phase("eigh")
+    exact = exact_eigenbasis(op, K, max_dim=settings.max_dim, keep_dense=True)
+    phase("sketch")
+    sketch = sketched_eigenbasis(
+        op,
+        K,
+        settings.num_inner,
+        test_matrix=settings.test_matrix,
+        seed=settings.seed,
+        num_probes=settings.num_probes,
+    )
+    phase("compare")
+    compare_start = time.perf_counter()
+    H = exact.dense.to(torch.float64)
+    W = sketch.eigenvectors.to(torch.float64)
+    lam_sketch = sketch.eigenvalues.to(torch.float64)
+    true_error = float(torch.linalg.matrix_norm(H - (W * lam_sketch) @ W.mT).cpu())
+    del H
+    Q = exact.eigenvectors.to(torch.float64)
+    lam_exact = exact.eigenvalues.to(torch.float64).cpu()
+    lam_sketch = lam_sketch.cpu()
+    abs_error = (lam_sketch - lam_exact).abs()
+    scale = lam_exact.abs()
+    rel_error = torch.where(scale > 0, abs_error / scale, abs_error)
+    overlaps = basis_overlaps(Q, W)
+    angles = principal_angles(Q, W, orthonormalize=True).cpu()
+    ks = range(1, K + 1)
+    flat = params.to(device=Q.device, dtype=torch.float64)
+    mag_exact = overlap_curve(flat, Q, ks, best=False, num_random=0).magnitude
+    mag_sketch = overlap_curve(
+        flat, W, ks, best=False, num_random=0, orthonormalize=True
+    ).magnitude
+    dim = op.shape[0]
+    rows = [
+        {
+            "step": step,
+            "k": k,
+            "eigenvalue_exact": float(lam_exact[k - 1]),
+            "eigenvalue_sketch": float(lam_sketch[k - 1]),
+            "abs_error": float(abs_error[k - 1]),
+            "rel_error": float(rel_error[k - 1]),
+            "basis_overlap": float(overlaps[k - 1]),
+            "magnitude_exact": float(mag_exact[k - 1]),
+            "magnitude_sketch": float(mag_sketch[k - 1]),
+            "chance": k / dim,
+        }
+        for k in ks
+    ]
+    estimate = sketch.a_posteriori
+    op_norm = math.sqrt(exact.a_posteriori["op_norm_sq"])
+    seconds = {
+        **exact.seconds,
+        **sketch.seconds,
+        "compare": time.perf_counter() - compare_start,
+        "total": time.perf_counter() - start,
+    }
+    matvecs = {
+        "dense": exact.num_matvecs["eigendecomposition"],
+        "sketch": sketch.num_matvecs["eigendecomposition"],
+        "a_posteriori": sketch.num_matvecs["a_posteriori"],
+    }
+    matvecs["total"] = sum(matvecs.values())
+    summary = {
+        "stage": exhaustive_stage(settings.split),
+        "step": step,
+        "problem": run.config.problem,
+        "num_params": dim,
+        "settings": settings.stored(),
+        "hessian": {
+            "split": settings.split,
+            "num_samples": int(indices.numel()),
+            "samples_per_class": settings.samples_per_class,
+            "indices": indices.tolist(),
+        },
+        "eigenvalues_exact": lam_exact.tolist(),
+        "eigenvalues_sketch": lam_sketch.tolist(),
+        "eigenvalue_errors": {
+            f"max_rel_top_{n}": float(rel_error[:n].max())
+            for n in sorted({1, min(3, K), min(10, K), K})
+        },
+        "basis_overlap": {
+            "at_num_outer": float(overlaps[-1]),
+            "min": float(overlaps.min()),
+            "mean": float(overlaps.mean()),
+        },
+        "principal_angles_degrees": _quantiles(torch.rad2deg(angles)),
+        "magnitude_overlap": {
+            "k": K,
+            "exact": float(mag_exact[-1]),
+            "sketch": float(mag_sketch[-1]),
+            "chance": K / dim,
+            "max_abs_difference": float((mag_exact - mag_sketch).abs().max()),
+        },
+        "a_posteriori": {
+            "estimate": estimate["error"],
+            "exact": true_error,
+            "estimate_over_exact": estimate["error"] / true_error
+            if true_error > 0
+            else None,
+            "relative_estimate": estimate["relative_error"],
+            "relative_exact": true_error / op_norm if op_norm > 0 else None,
+            "best_rank_k_error": exact.a_posteriori["error"],
+            "frobenius_norm": op_norm,
+            "frobenius_norm_estimate": math.sqrt(estimate["op_norm_sq"]),
+            "num_probes": estimate["num_probes"],
+            "bounds": estimate["bounds"],
+        },
+        "trace": exact.trace,
+        "fraction_negative": exact.fraction_negative,
+        "fraction_negative_beyond_rounding": (exact.fraction_negative_beyond_rounding),
+        "num_matvecs": matvecs,
+        "seconds": seconds,
+    }
+    return StepExhaustive(step, settings, rows, summary, angles)
+
+
+@dataclass(frozen=True)
+class ExhaustiveEvent:
+    """Progress of :func:`exhaustive_run`, like ``OverlapEvent`` of the overlap.
+
+    Attributes:
+        kind: ``"start"``, ``"phase"``, ``"step"`` or ``"done"``.
+        step: The step concerned (``None`` for ``"start"``/``"done"``).
+        index: Steps finished by this call so far.
+        total: Steps this call computes.
+        values: Details (``"start"``: ``todo``, ``skipped``, ``settings``;
+            ``"phase"``: ``phase``; ``"step"``: the summary).
+    """
+
+    kind: str
+    step: int | None
+    index: int
+    total: int
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExhaustiveRunResult:
+    """What one call of :func:`exhaustive_run` did.
+
+    Attributes:
+        stage: ``exhaustive_<split>``.
+        settings: The resolved settings.
+        computed: Steps computed by this call.
+        skipped: Requested steps already finished.
+        summaries: Summaries of all requested steps, by step.
+        seconds: Wall time.
+    """
+
+    stage: str
+    settings: ExhaustiveSettings
+    computed: tuple[int, ...]
+    skipped: tuple[int, ...]
+    summaries: dict[int, dict[str, Any]]
+    seconds: float
+
+
+def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
+    errors = summary["eigenvalue_errors"]
+    post = summary["a_posteriori"]
+    return {
+        "step": summary["step"],
+        "num_params": summary["num_params"],
+        "num_outer": summary["settings"]["num_outer"],
+        "num_inner": summary["settings"]["num_inner"],
+        "lambda_1_exact": summary["eigenvalues_exact"][0],
+        "lambda_1_sketch": summary["eigenvalues_sketch"][0],
+        "max_rel_error_top_3": errors.get("max_rel_top_3", errors.get("max_rel_top_1")),
+        "max_rel_error_top_k": max(errors.values()),
+        "basis_overlap": summary["basis_overlap"]["at_num_outer"],
+        "basis_overlap_min": summary["basis_overlap"]["min"],
+        "angle_median_degrees": summary["principal_angles_degrees"]["median"],
+        "angle_max_degrees": summary["principal_angles_degrees"]["max"],
+        "magnitude_exact": summary["magnitude_overlap"]["exact"],
+        "magnitude_sketch": summary["magnitude_overlap"]["sketch"],
+        "error_estimate": post["estimate"],
+        "error_exact": post["exact"],
+        "best_rank_k_error": post["best_rank_k_error"],
+        "trace": summary["trace"],
+        "fraction_negative": summary["fraction_negative"],
+        "seconds": summary["seconds"]["total"],
+    }
+
+
+def _write_combined(run: RunFolder, stage: str) -> None:
+    rows, scalars = [], []
+    for step in run.done_steps(stage):
+        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
+        scalars.append(_summary_row(run.read_json(run.path_for(stage, step, ".json"))))
+    run.write_table(run.path_for(stage, None, ".csv"), rows, columns=_COLUMNS)
+    run.write_table(run.path / stage / "summary.csv", scalars)
+
+
+def exhaustive_run(
+    run: RunFolder | str | Path,
+    settings: ExhaustiveSettings | None = None,
+    steps: str | Iterable[int] | None = None,
+    *,
+    force: bool = False,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    max_cols: int | None = DEFAULT_MAX_COLS,
+    on_progress: Callable[[ExhaustiveEvent], None] | None = None,
+) -> ExhaustiveRunResult:
+    """Run and store the exhaustive check at recorded steps, skipping finished ones.
+
+    Refuses problems with ``D > max_dim`` before any work. Each step's CSV and
+    JSON are written atomically, then its manifest entry; an interruption keeps
+    the finished steps and a new call resumes (unset settings come from the
+    stage's stored ones). The call is recorded in ``invocations/``.
+
+    Args:
+        run: The run folder (or its path).
+        settings: What to compute (:class:`ExhaustiveSettings`).
+        steps: Steps (default: every recorded one), list or string
+            (``"0,100:1000:100"``).
+        force: Recompute the requested finished steps, also with other settings
+            (unset fields still come from the stored settings).
+        device: Device of model, data and products.
+        data_dir: Data folder of file-based problems.
+        max_cols: Hessian columns per pass over the data.
+        on_progress: Called with an :class:`ExhaustiveEvent`.
+
+    Returns:
+        Stage, settings, computed and skipped steps, and the summaries.
+
+    Raises:
+        ValueError: If the problem is too large or a setting is invalid.
+        OverlapSettingsError: If finished steps were computed with other
+            settings and ``force`` is false.
+        MissingStepError: If a requested step is not recorded.
+    """
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    notify = on_progress or (lambda event: None)
+    begin = time.perf_counter()
+    device = torch.device(device)
+    chosen = select_steps(run, steps)
+    problem = run.problem(device=device, data_dir=data_dir)
+    requested = settings or ExhaustiveSettings()
+    stage = exhaustive_stage(requested.split or "train")
+    resolved = resolve_exhaustive_settings(
+        run, requested, num_params=problem.num_params
+    )
+    wanted = resolved.stored()
+    todo, skipped = [], []
+    for step in chosen:
+        if force or not run.is_done(stage, step):
+            todo.append(step)
+            continue
+        have = (run.entry(stage, step) or {}).get("info", {}).get("settings", {})
+        differences = [
+            (name, have.get(name), value)
+            for name, value in wanted.items()
+            if have.get(name) != value
+        ]
+        if differences:
+            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
+            raise OverlapSettingsError(
+                f"Step {step} of {stage} in {str(run.path)!r} was computed with "
+                f"other settings ({listed}). Pass force=True (--force) to recompute "
+                "the finished steps.",
+                differences,
+            )
+        skipped.append(step)
+    notify(
+        ExhaustiveEvent(
+            "start",
+            None,
+            0,
+            len(todo),
+            {"todo": todo, "skipped": skipped, "settings": wanted},
+        )
+    )
+    invocation = run.start_invocation(
+        "exhaustive",
+        request={"settings": wanted, "steps": chosen, "force": force},
+        device=str(device),
+        data_dir=None if data_dir is None else str(data_dir),
+        versions=package_versions(),
+        machine=machine_info(str(device)),
+    )
+    computed: list[int] = []
+    summaries: dict[int, dict[str, Any]] = {}
+    try:
+        for index, step in enumerate(todo):
+
+            def on_phase(name: str, step=step, index=index) -> None:
+                notify(
+                    ExhaustiveEvent("phase", step, index, len(todo), {"phase": name})
+                )
+
+            result = exhaustive_at_step(
+                run,
+                step,
+                resolved,
+                problem=problem,
+                device=device,
+                max_cols=max_cols,
+                on_phase=on_phase,
+            )
+            run.unmark(stage, step)
+            csv_path = run.write_table(
+                run.path_for(stage, step, ".csv"), result.rows, columns=_COLUMNS
+            )
+            json_path = run.write_json(
+                run.path_for(stage, step, ".json"), result.summary
+            )
+            row = _summary_row(result.summary)
+            row.pop("step")
+            run.mark_done(
+                stage,
+                step,
+                files=[csv_path, json_path],
+                info={"settings": wanted, **row},
+            )
+            _write_combined(run, stage)
+            computed.append(step)
+            summaries[step] = result.summary
+            notify(ExhaustiveEvent("step", step, index + 1, len(todo), result.summary))
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(
+            status, computed=computed, error=f"{type(error).__name__}: {error}"
+        )
+        raise
+    for step in skipped:
+        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
+    if not todo and skipped:
+        _write_combined(run, stage)
+    seconds = time.perf_counter() - begin
+    invocation.finish("finished", computed=computed, skipped=skipped)
+    notify(ExhaustiveEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
+    return ExhaustiveRunResult(
+        stage=stage,
+        settings=resolved,
+        computed=tuple(computed),
+        skipped=tuple(skipped),
+        summaries={s: summaries[s] for s in chosen},
+        seconds=seconds,
+    )
+
+
+def load_exhaustive(
+    run: RunFolder | str | Path, split: str = "train"
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Read the stored exhaustive check of a split.
+
+    Args:
+        run: The run folder (or its path).
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        The rows of every finished step and the summaries by step.
+
+    Raises:
+        FileNotFoundError: If no step is finished.
+    """
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    stage = exhaustive_stage(split)
+    steps = run.done_steps(stage)
+    if not steps:
+        raise FileNotFoundError(
+            f"No exhaustive check on the {split} split in {str(run.path)!r}. Run "
+            f"`curvlab exhaustive --run {run.path} --split {split}` first."
+        )
+    rows, summaries = [], {}
+    for step in steps:
+        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
+        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
+    return rows, summaries

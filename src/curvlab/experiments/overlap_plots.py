@@ -1,0 +1,247 @@
+r"""Figures of the stored mask/eigenspace overlaps of a run (the paper's figures).
+
+:func:`plot_overlap` reads what :func:`curvlab.experiments.overlap.overlap_run`
+stored (every finished step of ``overlap_train`` and ``overlap_test``) and
+draws, per split, into ``RUN_DIR/plots/`` (each PNG written atomically):
+
+- ``overlap_<split>_vs_k.png``: the overlap
+  :math:`\operatorname{ov}(k) = \|Q_{S_k, :k}\|_F^2 / k` against the mask size
+  ``k``, one curve per step (colour: step), for the magnitude mask (left) and
+  the best mask (right, the largest overlap any mask of size ``k`` reaches),
+  with the chance level :math:`k/D` and the mean of the random masks;
+- ``overlap_<split>_vs_step.png``: the overlap against the training step at a
+  few ``k`` (the paper's 10, 50, 100 and the largest ``K``), magnitude mask
+  (solid), best mask (dashed) and chance (dotted);
+- ``overlap_<split>_ratio.png``: the magnitude-mask overlap over chance,
+  :math:`\operatorname{ov}(k) / (k/D)`, against ``k`` per step, on a log
+  scale, with the random masks' ratio for reference (1 is chance).
+
+Matplotlib's object interface with the Agg canvas is used (no ``pyplot``
+state), so plotting works without a display and from threads.
+
+References:
+    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
+      magnitudes and Hessian eigenspaces at scale using sketched methods.
+      TMLR; arXiv 2504.14701 (Figures 1 and 4-6: overlap against k and step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
+
+from curvlab.experiments.overlap import SPLITS, load_overlap, overlap_stage
+from curvlab.runs import RunFolder
+
+__all__ = ["PLOTS_FOLDER", "plot_overlap", "plot_overlap_split"]
+
+#: Folder of the figures inside the run folder.
+PLOTS_FOLDER = "plots"
+
+_DPI = 120
+
+
+def _by_step(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, list]]:
+    """Columns per step: ``{step: {column: [values by k]}}``."""
+    out: dict[int, dict[str, list]] = {}
+    for row in rows:
+        columns = out.setdefault(int(row["step"]), {})
+        for key, value in row.items():
+            columns.setdefault(key, []).append(
+                math.nan if value is None else float(value)
+            )
+    return out
+
+
+def _step_colors(steps: Sequence[int]) -> dict[int, Any]:
+    cmap = colormaps["viridis"]
+    low, high = min(steps), max(steps)
+    norm = Normalize(vmin=low, vmax=high if high > low else low + 1)
+    return {s: cmap(0.9 * norm(s)) for s in steps}
+
+
+def _colorbar(figure: Figure, axes, steps: Sequence[int]) -> None:
+    """A colour bar of the training step (the colours of :func:`_step_colors`)."""
+    low, high = min(steps), max(steps)
+    norm = Normalize(vmin=low, vmax=high if high > low else low + 1)
+    base = colormaps["viridis"]
+    cmap = ListedColormap([base(0.9 * i / 255) for i in range(256)])
+    bar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, pad=0.02)
+    bar.set_label("training step")
+
+
+def _title(summary: Mapping[str, Any], split: str) -> str:
+    settings = summary["settings"]
+    how = (
+        "exact eigh"
+        if settings["method"] == "exact"
+        else f"SEIGH, {settings['num_inner']} products"
+    )
+    return (
+        f"{summary['problem']} (D={summary['num_params']}): Hessian on "
+        f"{summary['hessian']['num_samples']} {split} samples, top "
+        f"{settings['num_outer']} eigenpairs by |λ| ({how})"
+    )
+
+
+def _save(run: RunFolder, figure: Figure, name: str) -> Path:
+    path = run.resolve(Path(PLOTS_FOLDER) / name)
+    FigureCanvasAgg(figure)
+    with run.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=_DPI)
+    return path
+
+
+def _pick_ks(num_outer: int) -> list[int]:
+    ks = [k for k in (10, 50, 100) if k < num_outer]
+    if len(ks) < 2:
+        ks = sorted({max(1, round(num_outer * f)) for f in (0.1, 0.5)} - {num_outer})
+    return [*ks, num_outer]
+
+
+def _plot_vs_k(run, split, data, summaries) -> Path:
+    steps = sorted(data)
+    colors = _step_colors(steps)
+    first = summaries[steps[0]]
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    left, right = figure.subplots(1, 2, sharey=True)
+    for step in steps:
+        columns = data[step]
+        ks = columns["k"]
+        left.plot(ks, columns["magnitude"], color=colors[step], lw=1.4)
+        right.plot(ks, columns["best"], color=colors[step], lw=1.4)
+        left.plot(ks, columns["random_mean"], color="0.6", lw=0.8, alpha=0.6)
+    ks = data[steps[-1]]["k"]
+    for axes in (left, right):
+        axes.plot(ks, data[steps[-1]]["chance"], "k--", lw=1.2, label="chance k/D")
+        axes.set_xlabel("k (mask size = eigenspace dimension)")
+        axes.grid(alpha=0.3)
+    left.plot([], [], color="0.6", lw=0.8, label="random masks (mean)")
+    left.plot([], [], color=colors[steps[-1]], lw=1.4, label="magnitude mask")
+    right.plot([], [], color=colors[steps[-1]], lw=1.4, label="best mask")
+    left.set_ylabel(r"overlap $\|Q_{S,:k}\|_F^2 / k$")
+    left.set_title("magnitude mask (k largest |θ|)")
+    right.set_title("best mask (k largest row norms of Q[:, :k])")
+    left.legend(loc="upper left", fontsize=8)
+    right.legend(loc="upper left", fontsize=8)
+    left.set_ylim(bottom=0)
+    _colorbar(figure, [left, right], steps)
+    figure.suptitle(_title(first, split), fontsize=10)
+    return _save(run, figure, f"overlap_{split}_vs_k.png")
+
+
+def _plot_vs_step(run, split, data, summaries) -> Path:
+    steps = sorted(data)
+    num_outer = int(max(max(data[step]["k"]) for step in steps))
+    ks = _pick_ks(num_outer)
+    cmap = colormaps["tab10"]
+    figure = Figure(figsize=(8, 5.4), layout="constrained")
+    axes = figure.subplots()
+    for i, k in enumerate(ks):
+        color = cmap(i % 10)
+        magnitude, best, chance = [], [], []
+        for step in steps:
+            columns = data[step]
+            if float(k) not in columns["k"]:  # a step measured with a smaller K
+                magnitude.append(math.nan)
+                best.append(math.nan)
+                chance.append(math.nan)
+                continue
+            j = columns["k"].index(float(k))
+            magnitude.append(columns["magnitude"][j])
+            best.append(columns["best"][j])
+            chance.append(columns["chance"][j])
+        axes.plot(steps, magnitude, "-o", color=color, ms=4, label=f"k={k} magnitude")
+        axes.plot(steps, best, "--", color=color, lw=1.0, label=f"k={k} best")
+        axes.plot(steps, chance, ":", color=color, lw=1.2, label=f"k={k} chance")
+    axes.set_yscale("log")
+    axes.set_xlabel("training step")
+    axes.set_ylabel(r"overlap $\|Q_{S,:k}\|_F^2 / k$")
+    axes.grid(alpha=0.3, which="both")
+    figure.legend(fontsize=7, ncol=len(ks), loc="outside lower center")
+    figure.suptitle(_title(summaries[steps[0]], split), fontsize=10)
+    return _save(run, figure, f"overlap_{split}_vs_step.png")
+
+
+def _plot_ratio(run, split, data, summaries) -> Path:
+    steps = sorted(data)
+    colors = _step_colors(steps)
+    figure = Figure(figsize=(8, 4.8), layout="constrained")
+    axes = figure.subplots()
+    for step in steps:
+        columns = data[step]
+        ks = columns["k"]
+        pairs = zip(columns["random_mean"], columns["chance"], strict=True)
+        random = [r / c for r, c in pairs]
+        axes.plot(ks, columns["ratio"], color=colors[step], lw=1.4)
+        axes.plot(ks, random, color="0.6", lw=0.8, alpha=0.6)
+    axes.axhline(1.0, color="k", ls="--", lw=1.2, label="chance (ratio 1)")
+    axes.plot([], [], color="0.6", lw=0.8, label="random masks (mean)")
+    axes.plot([], [], color=colors[steps[-1]], lw=1.4, label="magnitude mask")
+    axes.set_yscale("log")
+    axes.set_xlabel("k (mask size = eigenspace dimension)")
+    axes.set_ylabel("overlap / chance  =  ov(k) / (k/D)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8, loc="upper right")
+    _colorbar(figure, axes, steps)
+    figure.suptitle(_title(summaries[steps[0]], split), fontsize=10)
+    return _save(run, figure, f"overlap_{split}_ratio.png")
+
+
+def plot_overlap_split(run: RunFolder | str | Path, split: str = "train") -> list[Path]:
+    """Draw the three overlap figures of one split (module docstring).
+
+    Args:
+        run: The run folder (or its path).
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        The PNG files, in ``RUN_DIR/plots/``.
+
+    Raises:
+        FileNotFoundError: If the split has no finished overlap step.
+    """
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    rows, summaries = load_overlap(run, split)
+    data = _by_step(rows)
+    return [
+        _plot_vs_k(run, split, data, summaries),
+        _plot_vs_step(run, split, data, summaries),
+        _plot_ratio(run, split, data, summaries),
+    ]
+
+
+def plot_overlap(run: RunFolder | str | Path) -> list[Path]:
+    """Draw the overlap figures of every split measured in a run.
+
+    ``curvlab plot overlap --run RUN_DIR`` calls this.
+
+    Args:
+        run: The run folder (or its path).
+
+    Returns:
+        The PNG files written (three per split), in ``RUN_DIR/plots/``.
+
+    Raises:
+        FileNotFoundError: If the folder is no run folder or holds no overlap
+            results (run ``curvlab overlap --run RUN_DIR`` first).
+    """
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    paths: list[Path] = []
+    for split in SPLITS:
+        if run.done_steps(overlap_stage(split)):
+            paths.extend(plot_overlap_split(run, split))
+    if not paths:
+        raise FileNotFoundError(
+            f"No overlap results in {str(run.path)!r}. Run `curvlab overlap --run "
+            f"{run.path}` first."
+        )
+    return paths

@@ -16,7 +16,8 @@ def test_quickstart_runs(capsys):
     assert "HessianOperator(D=3190" in out
     H = namespace["H"]
     top = namespace["top"]
-    assert bool(top.converged.all()) and top.eigenvalues[0] > 0
+    assert bool(top.converged.all())
+    assert top.eigenvalues[0] > 0
     curve = namespace["curve"]
     assert len(curve.magnitude) == 2
     assert H.param_names[0] == "0.weight"

@@ -99,25 +99,33 @@ def test_check_fails_when_an_operator_fails(monkeypatch):
     assert "[changed]" in result.output  # messages are not read as markup
 
 
-def test_demo_prints_the_table():
+def test_demo_quick_writes_the_report(tmp_path):
     threads = torch.get_num_threads()
-    result = runner.invoke(
-        app, ["demo", "--steps", "10", "--record-every", "10", "--threads", "1"]
-    )
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--out", str(out), "--threads", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert torch.get_num_threads() == threads
-    lines = result.output.splitlines()
-    header = next(line for line in lines if "λ1" in line)
-    for column in ("step", "loss", "λ5", "tr H"):
-        assert column in header
-    rows = [line.split() for line in lines if line.split()[:1] in (["0"], ["10"])]
-    assert [row[0] for row in rows] == ["0", "10"]
-    assert all(len(row) == 12 for row in rows)
+    assert (out / "report.md").is_file()
+    assert (out / "report.html").is_file()
+    for stage in ("train", "spectra", "overlap", "exhaustive check", "HesScale"):
+        assert stage in result.output
+    assert "times chance" in result.output
     assert "Done in" in result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "skipped" in again.output
+
+
+def test_demo_refuses_a_folder_of_another_run(tmp_path):
+    out = tmp_path / "demo"
+    assert runner.invoke(app, ["demo", "--quick", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--seed", "1"])
+    assert result.exit_code == 2
 
 
 @pytest.mark.parametrize(
-    "args", [["--record-every", "0"], ["--steps", "-1"], ["--dtype", "float16"]]
+    "args", [["--steps", "0"], ["--threads", "0"], ["--dtype", "float16"]]
 )
 def test_demo_rejects_bad_values(args):
     result = runner.invoke(app, ["demo", *args])

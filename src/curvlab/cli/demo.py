@@ -1,18 +1,19 @@
-"""``curvlab demo``: train ``digits_mlp`` with SGD and watch its Hessian.
+"""``curvlab demo``: every experiment on ``digits_mlp``, recorded, with a report.
 
-The work is :func:`curvlab.experiments.train.run_demo`; this module shows its
-progress (SGD steps, eigensolver products, trace columns) as Rich progress bars
-and prints the records as a table.
+The work is :func:`curvlab.experiments.demo.demo_run`; this module shows one
+Rich progress bar per stage (training, spectra, overlap, exhaustive check,
+HesScale comparison, report), then prints the headline findings, the per-stage
+wall times and where the report is.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from pathlib import Path
 
 import torch
-from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,94 +26,51 @@ from rich.progress import (
 from rich.table import Table
 
 from curvlab.cli.check import DTYPES
-from curvlab.experiments.train import (
-    DEMO_BATCH_SIZE,
-    DEMO_LR,
-    DEMO_PROBLEM,
-    TrainRecord,
-    run_demo,
-)
+from curvlab.experiments.demo import DemoEvent, DemoSettings, demo_run, quick_settings
+from curvlab.experiments.overlap import OverlapSettingsError
+from curvlab.experiments.report import fmt
+from curvlab.experiments.spectrum import SpectrumSettingsError
+from curvlab.runs import ConfigError, ConfigMismatchError
 
-__all__ = ["main", "render_records"]
+__all__ = ["main"]
 
-_STAGE_LABELS = {"eigsh": "eigsh (top 5, LA)", "trace": "trace (exact)"}
-
-
-def _accuracy(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def render_records(
-    records: Sequence[TrainRecord], console: Console, *, title: str = ""
-) -> None:
-    """Print training records as a table, one row per recorded step.
-
-    Args:
-        records: Records from :func:`~curvlab.experiments.train.train_and_record`.
-        console: Where to print.
-        title: Title of the table.
-    """
-    num_eigvals = max((len(r.eigvals) for r in records), default=0)
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        padding=0,
-        pad_edge=False,
-        title=title or None,
-        caption=(
-            "λᵢ: largest Hessian eigenvalues (eigsh, which='LA', seeded start "
-            "vector); tr H: exact trace, the sum of eᵢᵀHeᵢ over all D columns; "
-            "#mv: products eigsh used; s: seconds for eigsh and trace."
-        ),
-    )
-    for header in ("step", "train loss", "train acc", "test acc"):
-        table.add_column(header, justify="right")
-    for i in range(num_eigvals):
-        table.add_column(f"λ{i + 1}", justify="right")
-    for header in ("tr H", "#mv", "s"):
-        table.add_column(header, justify="right")
-    for r in records:
-        eigvals = [f"{e:.4g}" for e in r.eigvals]
-        eigvals += [""] * (num_eigvals - len(eigvals))
-        table.add_row(
-            str(r.step),
-            f"{r.train_loss:.4f}",
-            _accuracy(r.train_accuracy),
-            _accuracy(r.test_accuracy),
-            *eigvals,
-            f"{r.trace:.4g}",
-            str(r.num_matvecs),
-            f"{r.seconds:.1f}",
-        )
-    console.print(table)
+_LABELS = {
+    "train": "train",
+    "spectrum": "spectra",
+    "overlap": "overlap",
+    "exhaustive": "exhaustive check",
+    "hesscale": "HesScale",
+    "report": "report",
+}
 
 
 def main(
     *,
+    out: str | Path = "runs/demo",
     steps: int = 1000,
-    record_every: int = 250,
     seed: int = 0,
     dtype: str = "float32",
     threads: int | None = 1,
+    quick: bool = False,
     console: Console | None = None,
     error_console: Console | None = None,
 ) -> int:
-    """Run the demo with progress bars and print its table.
+    """Run the demo with progress bars and print where the report is.
 
     Args:
-        steps: Number of SGD steps.
-        record_every: Measure the Hessian every this many steps (and at the end).
-        seed: Seeds the problem, the mini-batches and the eigensolver.
-        dtype: ``"float32"`` (default, about twice as fast) or ``"float64"``.
+        out: The run folder (resumed when it holds this demo's run).
+        steps: SGD steps (ignored with ``quick``).
+        seed: Seeds the model, split, batches, eigensolvers and sketches.
+        dtype: ``"float32"`` (default) or ``"float64"``.
         threads: PyTorch CPU threads during the demo (restored afterwards);
-            ``None`` keeps the current setting. The products are small, so one
-            thread (the default) loses little on an idle machine and does not
-            slow down by an order of magnitude when other processes share the
-            cores, as several threads do.
+            ``None`` keeps the current setting.
+        quick: A tiny configuration that runs in seconds (for tests).
         console: Where to print (default: standard output).
         error_console: Where to print errors (default: standard error).
 
     Returns:
-        The exit code: 0 on success, 2 for invalid arguments.
+        The exit code: 0 on success, 2 for invalid arguments or a run folder
+        that holds another run.
     """
     console = console or Console()
     error_console = error_console or Console(stderr=True)
@@ -121,27 +79,43 @@ def main(
             f"[bold red]Error:[/] dtype must be one of {list(DTYPES)}. Got {dtype!r}."
         )
         return 2
-    if steps < 0 or record_every < 1 or (threads is not None and threads < 1):
+    if steps < 1 or (threads is not None and threads < 1):
         error_console.print(
-            "[bold red]Error:[/] --steps must be at least 0, --record-every and "
-            f"--threads at least 1. Got {steps}, {record_every} and {threads}."
+            "[bold red]Error:[/] --steps and --threads must be at least 1. Got "
+            f"{steps} and {threads}."
         )
         return 2
+    settings = (
+        quick_settings(seed=seed, dtype=dtype)
+        if quick
+        else DemoSettings(steps=steps, seed=seed, dtype=dtype)
+    )
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(steps, record_every, seed, dtype, console)
+        return _run(Path(out), settings, console)
+    except (
+        ConfigMismatchError,
+        ConfigError,
+        SpectrumSettingsError,
+        OverlapSettingsError,
+        FileExistsError,
+    ) as error:
+        error_console.print(
+            f"[bold red]Error:[/] {escape(str(error))}\nChoose another --out or "
+            "delete the folder."
+        )
+        return 2
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(steps: int, record_every: int, seed: int, dtype: str, console: Console) -> int:
+def _run(out: Path, settings: DemoSettings, console: Console) -> int:
     console.print(
-        f"Training [bold]{DEMO_PROBLEM}[/] with SGD (lr {DEMO_LR}, batch "
-        f"{DEMO_BATCH_SIZE}, {steps} steps, seed {seed}, {dtype}, "
-        f"{torch.get_num_threads()} CPU thread(s)); measuring the Hessian of the "
-        f"mean train loss every {record_every} steps."
+        f"curvlab demo on [bold]{settings.problem}[/] into [bold]{escape(str(out))}"
+        f"[/] ({settings.dtype}, {torch.get_num_threads()} CPU thread(s)); "
+        "finished stages are skipped."
     )
     start = time.perf_counter()
     with Progress(
@@ -152,40 +126,69 @@ def _run(steps: int, record_every: int, seed: int, dtype: str, console: Console)
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        train_task = progress.add_task("SGD steps", total=steps)
-        tasks: dict[tuple[str, int], TaskID] = {}
-        completed_by_task: dict[TaskID, int] = {}
+        tasks: dict[str, TaskID] = {}
 
-        def finish_all() -> None:
-            for task_id, done in completed_by_task.items():
-                progress.update(task_id, total=done, completed=done)
+        def on_progress(event: DemoEvent) -> None:
+            label = _LABELS.get(event.stage, event.stage)
+            if event.kind == "start":
+                progress.console.print(
+                    f"[bold]{label}[/]: {escape(event.message)}", highlight=False
+                )
+                tasks[event.stage] = progress.add_task(label, total=event.total)
+            elif event.kind == "progress":
+                progress.update(
+                    tasks[event.stage], completed=event.completed, total=event.total
+                )
+            elif event.kind == "done":
+                task = progress.tasks[tasks[event.stage]]
+                done = task.total if task.total is not None else task.completed
+                progress.update(tasks[event.stage], total=done, completed=done)
+                status = event.values.get("status")
+                progress.console.print(
+                    f"  {label}: {escape(event.message)} "
+                    f"({'skipped, ' if status == 'skipped' else ''}"
+                    f"{event.values.get('seconds', 0.0):.1f} s)",
+                    highlight=False,
+                )
 
-        def on_progress(stage: str, step: int, completed: int, total: int | None):
-            if stage == "train":
-                progress.update(train_task, completed=completed)
-                return
-            key = (stage, step)
-            if key not in tasks:
-                finish_all()  # a new stage starts when the previous one is done
-                label = f"{_STAGE_LABELS.get(stage, stage)} at step {step}"
-                tasks[key] = progress.add_task(label, total=total)
-            completed_by_task[tasks[key]] = completed
-            progress.update(tasks[key], completed=completed, total=total)
-
-        problem, records = run_demo(
-            steps=steps,
-            record_every=record_every,
-            seed=seed,
-            dtype=DTYPES[dtype],
-            on_progress=on_progress,
-        )
-        finish_all()
+        report, summary = demo_run(out, settings, on_progress=on_progress)
     seconds = time.perf_counter() - start
-    title = (
-        f"{DEMO_PROBLEM}: D = {problem.num_params:,}, "
-        f"N = {problem.train_data.num_samples:,} train / "
-        f"{problem.test_data.num_samples:,} test, {dtype}"
-    )
-    render_records(records, console, title=title)
+    _print_findings(summary, console)
+    table = Table(title="Wall time of this call", show_header=True)
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    for name, stage in summary["stages"].items():
+        table.add_row(
+            _LABELS.get(name, name), stage["status"], f"{stage['seconds']:.1f}"
+        )
+    console.print(table)
+    console.print(f"Report: [bold]{escape(str(report))}[/]")
+    console.print(f"HTML:   {escape(str(summary['html']))}")
     console.print(f"Done in {seconds:.1f} s.")
     return 0
+
+
+def _print_findings(summary: dict, console: Console) -> None:
+    findings = summary["findings"]
+    last = str(findings["steps"][-1])
+    first = str(findings["steps"][0])
+    top = findings["spectrum"]["top_eigenvalue"]
+    overlap = findings["overlap"]
+    exhaustive = findings["exhaustive"]
+    lines = [
+        f"Top Hessian eigenvalue: {fmt(top[first])} at step {first}, "
+        f"{fmt(top[last])} at step {last}.",
+        f"Layer closest to the full spectrum at step {last}: "
+        f"{findings['layers']['closest_layer']}; farthest: "
+        f"{findings['layers']['farthest_layer']}.",
+        f"Magnitude mask of size {overlap['k']} vs top-{overlap['k']} eigenspace at "
+        f"step {last}: {fmt(overlap['overlap_ratio'][last])} times chance.",
+        f"Sketch vs exact λ₁ at step {last}: {fmt(exhaustive['lambda_1_sketch'][last])}"
+        f" vs {fmt(exhaustive['lambda_1_exact'][last])}; eigenspace overlap "
+        f"{fmt(exhaustive['basis_overlap'][last])}.",
+        "Diagonal estimators, best first: "
+        f"{', '.join(findings['hesscale']['ranking'])}.",
+    ]
+    for line in lines:
+        console.print(f"• {escape(line)}", highlight=False)

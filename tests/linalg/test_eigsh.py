@@ -84,7 +84,8 @@ def _check_against_dense(res: EigshResult, A, lam, U, which, k):
         Uc = U[:, cluster]
         sine = torch.linalg.vector_norm(X[:, i] - Uc @ (Uc.T @ X[:, i]))
         assert float(sine) < VEC_TOL, (i, float(sine))
-    # The cheap residuals are the true ones up to rounding of O(eps ||A||).
+    # The cheap residuals are the true ones up to rounding: a product in D
+    # dimensions errs by ~sqrt(D) eps ||A|| (~15 eps here); 1e3 eps leaves margin.
     true = torch.linalg.vector_norm(A @ X - X * res.eigenvalues, dim=0)
     assert float((true - res.residual_norms).abs().max()) < 1e3 * EPS64 * norm
 
@@ -116,7 +117,6 @@ def digits_hessian():
     """Dense float64 Hessian of digits_mlp (D = 3190) on a balanced 50-sample
     subset (the full set costs minutes of dense differentiation), built with
     torch.func independently of curvlab's operators, and the problem itself."""
-    torch.set_num_threads(1)
     problem = cl.problems.get("digits_mlp", num_samples=50, dtype=torch.float64)
     data = list(problem.train_data)
     names = [n for n, _ in problem.model.named_parameters()]
@@ -138,12 +138,14 @@ def test_digits_mlp_hessian_top10(digits_hessian):
     )
     for res in (dense, matrix_free):
         assert res.all_converged, res.summary()
+        # 1e-8 as asked of the solver (measured ~1e-14: the top-10 of this
+        # Hessian are clustered, |λ| 0.27-0.35, so errors stay at rounding).
         torch.testing.assert_close(
             res.eigenvalues, expected, rtol=1e-8, atol=RTOL * norm
         )
         X = res.eigenvectors
         true = torch.linalg.vector_norm(H @ X - X * res.eigenvalues, dim=0)
-        assert float(true.max()) < 1e3 * EPS64 * norm
+        assert float(true.max()) < 1e3 * EPS64 * norm  # rounding, sqrt(D) eps
 
 
 # -------------------------------------------------------------- against ARPACK
@@ -208,6 +210,8 @@ def test_tiny_budget_returns_unconverged_pairs():
     true = torch.linalg.vector_norm(
         A @ res.eigenvectors - res.eigenvectors * res.eigenvalues, dim=0
     )
+    # Far from convergence the residuals (~1e-3) dwarf the rounding (~1e-15) by
+    # which estimate and true residual differ.
     torch.testing.assert_close(true, res.residual_norms, rtol=1e-8, atol=1e-13)
     assert "converged=" in repr(res)
     assert "NO" in res.summary()
@@ -218,6 +222,7 @@ def test_zero_matrix_breaks_down_gracefully():
     res = eigsh(torch.zeros(30, 30, dtype=torch.float64), 3)
     assert res.all_converged
     assert bool((res.eigenvalues == 0).all())
+    assert res.num_breakdowns > 0
     torch.testing.assert_close(
         res.eigenvectors.T @ res.eigenvectors, torch.eye(3, dtype=torch.float64)
     )
@@ -229,6 +234,7 @@ def test_start_on_an_eigenvector_breaks_down_gracefully():
     v0[0] = 1.0  # eigenvector of the smallest eigenvalue: instant breakdown
     res = eigsh(torch.diag(d), 4, which="LA", v0=v0)
     assert res.all_converged
+    assert res.num_breakdowns >= 1
     torch.testing.assert_close(
         res.eigenvalues, torch.tensor([40.0, 39, 38, 37]).double()
     )
@@ -301,6 +307,12 @@ def test_float32():
         torch.testing.assert_close(res.eigenvalues, lam[:5], rtol=1e-5, atol=1e-6)
 
 
+def test_numpy_integers_are_accepted():
+    A, lam = synthetic.indefinite(D, 12, decay=0.8, seed=5)
+    res = eigsh(A, np.int64(3), block_size=np.int64(2), max_matvecs=np.int64(400))
+    torch.testing.assert_close(res.eigenvalues, lam[:3], rtol=RTOL, atol=0)
+
+
 def test_result_record():
     A, _ = synthetic.indefinite(D, 12, decay=0.8, seed=5)
     res = eigsh(A, 5)
@@ -334,6 +346,10 @@ def test_rejects_bad_input():
         eigsh(A, 2, tol=-1.0)
     with pytest.raises(ValueError, match=r"v0 must have shape .*Got \(19,\)"):
         eigsh(A, 2, v0=torch.ones(19, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"v0 must have shape .*Got \(\)"):
+        eigsh(A, 2, v0=torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(TypeError, match="v0 must be a tensor"):
+        eigsh(A, 2, v0=[1.0] * 20)
     with pytest.raises(ValueError, match="v0 must be finite and nonzero"):
         eigsh(A, 2, v0=torch.zeros(20, dtype=torch.float64))
     with pytest.raises(ValueError, match="must be square"):

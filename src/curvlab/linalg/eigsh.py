@@ -9,6 +9,7 @@ and dtype, and with a block variant that feeds the operator several columns at o
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,8 @@ class EigshResult:
         num_matvecs: Columns the operator was applied to (a block of ``b``
             columns counts ``b``).
         num_restarts: Thick restarts performed.
+        num_breakdowns: Fresh random directions drawn because the Krylov space
+            became invariant (0 for most operators).
         tol: The relative tolerance used.
         which: Which end of the spectrum.
         block_size: Columns per operator call.
@@ -57,6 +60,7 @@ class EigshResult:
     converged: Tensor
     num_matvecs: int
     num_restarts: int
+    num_breakdowns: int
     tol: float
     which: str
     block_size: int
@@ -138,24 +142,33 @@ def eigsh(
 
     Every new block is orthogonalised against the whole basis twice (full
     reorthogonalisation, "twice is enough"; Parlett, 1998, §6.9), with the DGKS test
-    deciding when a direction is rounding noise. Such a breakdown (an invariant
-    subspace, e.g. an exactly low-rank matrix or a repeated eigenvalue) continues
-    from a fresh random direction orthogonal to the basis, which is how a
-    single-vector iteration finds every copy of a repeated eigenvalue.
+    deciding when a direction is rounding noise. Such a breakdown (the Krylov
+    space became invariant, e.g. for an exactly low-rank matrix or a small ``D``)
+    continues from a fresh random direction orthogonal to the basis
+    (:attr:`EigshResult.num_breakdowns` counts them).
+
+    A single-vector Krylov space holds one direction per distinct eigenvalue in
+    exact arithmetic, so with ``block_size=1`` a repeated eigenvalue shows up once
+    unless a breakdown restarts the iteration (ARPACK behaves alike); a block of
+    ``b`` columns resolves multiplicities up to ``b``.
 
     With ``block_size = b > 1`` the operator multiplies ``b`` columns per call (block
     Lanczos; Golub & Underwood, 1977; block Krylov-Schur: Zhou & Saad, 2008).
     Block Krylov spaces need more columns than single-vector ones for the same
     accuracy, but batched products of curvature operators cost several times less
-    per column, so a block of 8 to 16 usually wins in wall time, and it resolves
-    eigenvalues of multiplicity up to ``b`` directly.
+    per column, so a block of 8 to 16 usually wins in wall time when one product
+    of ``b`` columns costs little more than one of a single column.
 
     A pair is converged when ``residual <= tol * max(|θ|, eps^(2/3) ||A||)``, with
     ``||A||`` estimated by the largest Ritz value magnitude: ARPACK's test, made
     relative to the operator's scale for eigenvalues near zero. The iteration
     stops when all ``k`` wanted pairs converged, or when the next block would
-    exceed ``max_matvecs``. Convergence is first tested once the basis has been
-    full (as ARPACK does), then after every block.
+    exceed ``max_matvecs``. Convergence is first tested once the basis holds
+    ``max(2k + 1, 20)`` columns (ARPACK's basis) or is full, then after every block.
+
+    Memory: the basis, ``D x ncv`` entries of ``op``'s dtype, plus a few ``D x b``
+    blocks. Work besides products: ``O(D ncv b)`` per block (orthogonalisation)
+    and an ``ncv x ncv`` symmetric eigenproblem per convergence test.
 
     Args:
         op: The symmetric operator: a :class:`~curvlab.operators.CurvatureOperator`,
@@ -172,9 +185,9 @@ def eigsh(
             not met (see :attr:`EigshResult.all_converged`); no warning is issued.
         block_size: Columns per operator call, ``b >= 1``.
         ncv: Basis size before a restart (columns), ``k + b <= ncv <= D - b``.
-            ``None``: ``max(2k + 1, 20)`` like ARPACK for ``b = 1``; for blocks also
-            at least ``k + 3b``, rounded to whole blocks past ``k``. Capped at
-            ``D - b``.
+            ``None``: ``max(2k + 1, 20)`` like ARPACK for ``b = 1``, and
+            ``max(2k + 1, 20, k + 12b)`` for blocks (a block Krylov space of ``m``
+            columns has polynomial degree ``m / b`` only); capped at ``D - b``.
         v0: Optional start vector ``(D,)`` or start columns ``(D, c)``, ``c <= b``;
             missing columns are random.
         seed: Seed (or ``torch.Generator``) of the random start block and of fresh
@@ -189,7 +202,8 @@ def eigsh(
             ``ncv`` or ``v0`` is out of range, or ``op`` is not square or declares
             itself non-symmetric.
         TypeError: If ``op`` lacks ``shape``/``dtype``/``device``/``@`` or is not
-            floating point, or an integer argument is not an int.
+            floating point, an integer argument is not an int, or ``v0`` is
+            not a tensor.
         FloatingPointError: If a product returns NaN or Inf (the message names the
             Lanczos step).
 
@@ -227,6 +241,7 @@ def eigsh(
     D = A.dim
     _check_int(k, "k")
     _check_int(block_size, "block_size")
+    k, block_size = int(k), int(block_size)
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}. Got {which!r}.")
     if block_size < 1:
@@ -243,6 +258,7 @@ def eigsh(
         ncv = min(default_ncv(k, block_size), D - block_size)
     else:
         _check_int(ncv, "ncv")
+        ncv = int(ncv)
         if not k + block_size <= ncv <= D - block_size:
             raise ValueError(
                 f"ncv must satisfy k + block_size <= ncv <= D - block_size, i.e. "
@@ -258,6 +274,7 @@ def eigsh(
         max_matvecs = max(100 * ncv, min_matvecs)
     else:
         _check_int(max_matvecs, "max_matvecs")
+        max_matvecs = int(max_matvecs)
         if max_matvecs < min_matvecs:
             raise ValueError(
                 f"max_matvecs must be at least {min_matvecs} (k={k} rounded up to "
@@ -267,8 +284,8 @@ def eigsh(
     if v0 is not None:
         if not isinstance(v0, Tensor):
             raise TypeError(f"v0 must be a tensor. Got {type(v0).__name__}.")
-        cols = 1 if v0.ndim == 1 else (v0.shape[1] if v0.ndim == 2 else -1)
-        if v0.shape[0] != D or not 1 <= cols <= block_size:
+        cols = v0.shape[1] if v0.ndim == 2 else 1
+        if v0.ndim not in (1, 2) or v0.shape[0] != D or not 1 <= cols <= block_size:
             raise ValueError(
                 f"v0 must have shape (D,) or (D, c) with D={D} and "
                 f"1 <= c <= block_size={block_size}. Got {tuple(v0.shape)}."
@@ -294,6 +311,7 @@ def eigsh(
         converged=out.converged,
         num_matvecs=A.num_matvecs,
         num_restarts=out.num_restarts,
+        num_breakdowns=out.num_fresh,
         tol=float(tol),
         which=which,
         block_size=block_size,
@@ -302,5 +320,5 @@ def eigsh(
 
 
 def _check_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")

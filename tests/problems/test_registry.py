@@ -156,7 +156,7 @@ def test_file_based_problem_names_missing_files(tmp_path):
 
 def test_file_based_problem_without_torchvision(data_dir, no_torchvision):
     with pytest.raises(ImportError, match=re.escape("pip install curvlab[vision]")):
-        problems.get("mnist_lenet5", data_dir=data_dir)
+        problems.get("cifar10_lenet5", data_dir=data_dir)  # MNIST needs none
 
 
 def test_mnist_mini_from_files(data_dir, fake_torchvision):

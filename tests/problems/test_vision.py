@@ -39,7 +39,7 @@ def test_load_vision_reports_only_the_missing_files(data_dir, no_torchvision):
 
 def test_unimportable_torchvision_gives_install_hint(data_dir, no_torchvision):
     with pytest.raises(ImportError, match=re.escape("pip install curvlab[vision]")):
-        vision.load_vision("mnist", data_dir)
+        vision.load_vision("cifar10", data_dir)  # MNIST needs no torchvision
 
 
 def test_unknown_dataset(tmp_path):

@@ -6,6 +6,13 @@ before torchvision is imported, so a missing file gives a clear
 ``FileNotFoundError`` even without torchvision, and curvlab never downloads
 anything unless asked to with ``download=True``. Only the file reading depends
 on torchvision: the arrays are converted to tensors without its transforms.
+
+MNIST and Fashion-MNIST need no torchvision: when it is missing or fails to
+import, or when the files are not in torchvision's layout, their IDX files are
+read by :mod:`curvlab.problems.idx`, which returns the same ``uint8`` arrays, so
+the tensors are the same. Their files may sit in torchvision's layout
+(``MNIST/raw/<file>``, ``FashionMNIST/raw/<file>``) or directly in
+``data_dir``, plain or gzipped.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab.problems import idx
 from curvlab.problems.data import DataSplit, resize_images
 
 __all__ = [
@@ -33,15 +41,14 @@ class _VisionSpec(NamedTuple):
     files: tuple[str, ...]
 
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+_MNIST_FILES = idx.IDX_FILES
+# Data sets stored as IDX files, readable without torchvision.
+_IDX_DATASETS = ("mnist", "fashion_mnist")
 
 #: The data sets :func:`load_vision` reads, with the files it expects under
-#: ``data_dir`` (the layout torchvision writes when it downloads them).
+#: ``data_dir`` (the layout torchvision writes when it downloads them). MNIST and
+#: Fashion-MNIST are also read from a flat folder and gzipped files (see
+#: :func:`curvlab.problems.idx.find_idx_files`).
 VISION_DATASETS: dict[str, _VisionSpec] = {
     "mnist": _VisionSpec("MNIST", tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES)),
     "fashion_mnist": _VisionSpec(
@@ -74,13 +81,17 @@ def load_vision(
     The official train and test splits are used as they are (MNIST 60k/10k,
     CIFAR 50k/10k, SVHN 73,257/26,032), in file order, with no augmentation.
     Pixels are scaled to ``[0, 1]`` and shaped ``(N, C, H, W)``; only the file
-    reading goes through torchvision.
+    reading goes through torchvision (MNIST and Fashion-MNIST: through
+    :mod:`curvlab.problems.idx` when torchvision cannot be imported or the files
+    are flat or gzipped; the tensors are the same).
 
     Args:
         dataset: One of ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
             ``"cifar100"``, ``"svhn"``.
         data_dir: Folder holding the files listed in :data:`VISION_DATASETS`
-            (the layout torchvision's ``root`` argument uses).
+            (the layout torchvision's ``root`` argument uses). For MNIST and
+            Fashion-MNIST the four IDX files may also sit directly in it, and
+            may be gzipped.
         size: If given, resize to ``size x size`` with :func:`resize_images`.
         standardize: Standardise each channel with the mean and standard
             deviation of the train split.
@@ -93,9 +104,11 @@ def load_vision(
         The train and test tensors.
 
     Raises:
-        ValueError: If ``dataset`` is unknown.
+        ValueError: If ``dataset`` is unknown, or an IDX file of MNIST or
+            Fashion-MNIST is malformed.
         FileNotFoundError: If ``download`` is off and files are missing.
-        ImportError: If torchvision cannot be imported.
+        ImportError: If torchvision cannot be imported (not for MNIST and
+            Fashion-MNIST unless ``download`` is on).
     """
     if dataset not in VISION_DATASETS:
         raise ValueError(
@@ -127,6 +140,13 @@ def check_files(dataset: str, data_dir: Path) -> None:
         FileNotFoundError: Naming the folder and the missing files.
     """
     spec = VISION_DATASETS[dataset]
+    if dataset in _IDX_DATASETS:
+        _, missing = idx.find_idx_files(data_dir, spec.torchvision_name)
+        if missing:
+            raise FileNotFoundError(
+                idx.missing_message(data_dir, spec.torchvision_name, missing)
+            )
+        return
     missing = [name for name in spec.files if not (data_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -165,8 +185,18 @@ def _vision_arrays(
     dataset: str, root: str, train: bool, download: bool
 ) -> tuple[Tensor, Tensor]:
     """Raw ``uint8`` images and ``int64`` labels of one split, cached."""
-    datasets = import_torchvision_datasets()
     spec = VISION_DATASETS[dataset]
+    if dataset in _IDX_DATASETS and not download:
+        # torchvision reads only the plain files of its own layout; the IDX
+        # reader reads those too, and the flat and gzipped ones.
+        if not all((Path(root) / name).is_file() for name in spec.files):
+            return idx.load_idx_split(root, spec.torchvision_name, train=train)
+        try:
+            datasets = import_torchvision_datasets()
+        except ImportError:
+            return idx.load_idx_split(root, spec.torchvision_name, train=train)
+    else:
+        datasets = import_torchvision_datasets()
     cls = getattr(datasets, spec.torchvision_name)
     if dataset == "svhn":
         split = "train" if train else "test"

@@ -22,6 +22,7 @@ from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
 from curvlab.cli import spectrum as spectrum_command
 from curvlab.cli import train as train_command
+from curvlab.cli._common import DataDirOption, DeviceOption
 
 __all__ = ["app", "main"]
 
@@ -76,13 +77,8 @@ def check(
     dtype: Annotated[
         DType, typer.Option(help="Floating dtype of model, data and products.")
     ] = DType.float32,
-    device: Annotated[
-        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
-    ] = "cpu",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder with the data files of file-based problems."),
-    ] = None,
+    device: DeviceOption = "cpu",
+    data_dir: DataDirOption = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the problem, random vector and MC labels.")
     ] = 0,

@@ -14,17 +14,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
+from curvlab.cli._common import progress_bar, torch_threads
 from curvlab.cli.check import DTYPES
 from curvlab.experiments.demo import DemoEvent, DemoSettings, demo_run, quick_settings
 from curvlab.experiments.overlap import OverlapSettingsError
@@ -90,25 +83,21 @@ def main(
         if quick
         else DemoSettings(steps=steps, seed=seed, dtype=dtype)
     )
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run(Path(out), settings, console)
-    except (
-        ConfigMismatchError,
-        ConfigError,
-        SpectrumSettingsError,
-        OverlapSettingsError,
-        FileExistsError,
-    ) as error:
-        error_console.print(
-            f"[bold red]Error:[/] {escape(str(error))}\nChoose another --out or "
-            "delete the folder."
-        )
-        return 2
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(threads):
+        try:
+            return _run(Path(out), settings, console)
+        except (
+            ConfigMismatchError,
+            ConfigError,
+            SpectrumSettingsError,
+            OverlapSettingsError,
+            FileExistsError,
+        ) as error:
+            error_console.print(
+                f"[bold red]Error:[/] {escape(str(error))}\nChoose another --out or "
+                "delete the folder."
+            )
+            return 2
 
 
 def _run(out: Path, settings: DemoSettings, console: Console) -> int:
@@ -118,14 +107,7 @@ def _run(out: Path, settings: DemoSettings, console: Console) -> int:
         "finished stages are skipped."
     )
     start = time.perf_counter()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console) as progress:
         tasks: dict[str, TaskID] = {}
 
         def on_progress(event: DemoEvent) -> None:

@@ -13,30 +13,34 @@ by :mod:`curvlab.cli.app`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import torch
 import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
+from curvlab.cli._common import (
+    DataDirOption,
+    DeviceOption,
+    ForceStepsOption,
+    MaxColsOption,
+    RunDtypeOption,
+    RunOption,
+    ThreadsOption,
+    check_device,
+    check_threads,
+    error_printer,
+    run_steps,
+    torch_threads,
+)
 from curvlab.experiments.overlap import (
     DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
     METHODS,
     SPLITS,
     TEST_MATRICES,
-    OverlapEvent,
     OverlapRunResult,
     OverlapSettings,
     OverlapSettingsError,
@@ -112,6 +116,16 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _step_line(step: int, summary: dict) -> str:
+    at = summary["overlap_at_num_outer"]
+    return (
+        f"step {step}: λ1 {summary['eigenvalues'][0]:.4g}, "
+        f"overlap@{at['k']} {at['magnitude']:.4g} "
+        f"({at['ratio']:.2f}x chance), "
+        f"{summary['seconds']['total']:.1f} s"
+    )
+
+
 def main(
     *,
     run: str | Path,
@@ -145,99 +159,46 @@ def main(
         130 when interrupted.
     """
     console = console or Console()
-    error_console = error_console or Console(stderr=True)
-
-    def fail(message: str, code: int = 2) -> int:
-        error_console.print(f"[bold red]Error:[/] {escape(message)}")
-        return code
-
+    fail = error_printer(error_console or Console(stderr=True))
     try:
         folder = RunFolder.open(run)
-        resolved = torch.device(device)
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"Device {device!r} was asked for; CUDA is unavailable.")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be at least 1. Got {threads}.")
+        resolved = check_device(device)
+        check_threads(threads)
     except (FileNotFoundError, ConfigError, RuntimeError) as error:
         return fail(str(error))
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(
             folder, steps, settings, force, resolved, data_dir, max_cols, console, fail
         )
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(folder, steps, settings, force, device, data_dir, max_cols, console, fail):
-    state: dict[str, Any] = {"step": None}
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("overlap", total=None)
-
-        def on_progress(event: OverlapEvent) -> None:
-            state["step"] = event.step
-            if event.kind == "start":
-                progress.update(task, total=event.total, completed=0)
-                if event.values["skipped"]:
-                    progress.console.print(
-                        f"Already done: steps {list(event.values['skipped'])}."
-                    )
-            elif event.kind == "phase":
-                progress.update(
-                    task, description=f"step {event.step}: {event.values['phase']}"
-                )
-            elif event.kind == "step":
-                summary = event.values
-                at = summary["overlap_at_num_outer"]
-                progress.update(task, completed=event.index)
-                progress.console.print(
-                    f"step {event.step}: λ1 {summary['eigenvalues'][0]:.4g}, "
-                    f"overlap@{at['k']} {at['magnitude']:.4g} "
-                    f"({at['ratio']:.2f}x chance), "
-                    f"{summary['seconds']['total']:.1f} s"
-                )
-            elif event.kind == "done":
-                progress.update(task, description="done", completed=event.total)
-
-        try:
-            result = overlap_run(
-                folder,
-                settings,
-                steps,
-                force=force,
-                device=device,
-                data_dir=data_dir,
-                max_cols=max_cols,
-                on_progress=on_progress,
-            )
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print(
-                f"[yellow]Interrupted at step {state['step']}.[/] Finished steps are "
-                "stored; run the same command again to resume."
-            )
-            return 130
-        except FloatingPointError as error:
-            return fail(str(error), 1)
-        except (
+    result = run_steps(
+        "overlap",
+        lambda on_progress: overlap_run(
+            folder,
+            settings,
+            steps,
+            force=force,
+            device=device,
+            data_dir=data_dir,
+            max_cols=max_cols,
+            on_progress=on_progress,
+        ),
+        _step_line,
+        console,
+        fail,
+        (
             OverlapSettingsError,
             MissingStepError,
             ConfigError,
             ValueError,
             TypeError,
             FileNotFoundError,
-        ) as error:
-            return fail(str(error))
+        ),
+    )
+    if isinstance(result, int):
+        return result
     if not result.computed:
         console.print("Nothing to do: every requested step is done.")
     render_overlap(folder, result, console)
@@ -250,9 +211,7 @@ def _run(folder, steps, settings, force, device, data_dir, max_cols, console, fa
 
 
 def command(
-    run: Annotated[
-        Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
-    ],
+    run: RunOption,
     steps: Annotated[
         str | None,
         typer.Option(
@@ -304,35 +263,16 @@ def command(
         int | None,
         typer.Option(min=0, help="Seed of sketch, probes and masks. [the run's]"),
     ] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(help="float32 or float64 for the products. [the run's]"),
-    ] = None,
+    dtype: RunDtypeOption = None,
     max_exact_dim: Annotated[
         int,
         typer.Option(min=1, help="Largest D of the dense eigh."),
     ] = DEFAULT_MAX_EXACT_DIM,
-    max_cols: Annotated[
-        int, typer.Option(min=1, help="Hessian columns per pass over the data.")
-    ] = DEFAULT_MAX_COLS,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Recompute the requested finished steps, also with other "
-            "settings (options not given keep their stored values).",
-        ),
-    ] = False,
-    device: Annotated[
-        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
-    ] = "cpu",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder with the data files of file-based problems."),
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="PyTorch CPU threads.")
-    ] = None,
+    max_cols: MaxColsOption = DEFAULT_MAX_COLS,
+    force: ForceStepsOption = False,
+    device: DeviceOption = "cpu",
+    data_dir: DataDirOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Overlap of magnitude masks with the top Hessian eigenspace over training.
 

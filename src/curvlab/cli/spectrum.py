@@ -21,17 +21,20 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from curvlab.cli._common import (
+    DataDirOption,
+    DeviceOption,
+    RunOption,
+    ThreadsOption,
+    check_device,
+    check_threads,
+    error_printer,
+    print_skipped,
+    progress_bar,
+    torch_threads,
+)
 from curvlab.experiments.spectrum import (
     STAGE,
     SpectrumEvent,
@@ -117,30 +120,17 @@ def main(
         step or a settings mismatch, 130 when interrupted.
     """
     console = console or Console()
-    error_console = error_console or Console(stderr=True)
-
-    def fail(message: str, code: int = 2) -> int:
-        error_console.print(f"[bold red]Error:[/] {escape(message)}")
-        return code
-
+    fail = error_printer(error_console or Console(stderr=True))
     try:
         folder = RunFolder.open(run)
         requested = None if steps is None else list(parse_steps(steps))
-        if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be at least 1. Got {threads}.")
-        resolved = torch.device(device)
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"Device {device!r} was asked for; CUDA is unavailable.")
+        check_threads(threads)
+        check_device(device)
     except (FileNotFoundError, ConfigError, RuntimeError) as error:
         return fail(str(error))
     settings = settings or SpectrumSettings()
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(folder, requested, settings, device, data_dir, force, console, fail)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(run, steps, settings, device, data_dir, force, console, fail) -> int:
@@ -153,25 +143,14 @@ def _run(run, steps, settings, device, data_dir, force, console, fail) -> int:
         f"{settings.samples_per_class} samples per class, {device}, "
         f"{torch.get_num_threads()} CPU thread(s)."
     )
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console, remaining=True) as progress:
         task = progress.add_task("spectra", total=None)
 
         def on_progress(event: SpectrumEvent) -> None:
             values = event.values
             if event.kind == "start":
                 progress.update(task, total=event.total, completed=0)
-                if values["skipped"]:
-                    progress.console.print(
-                        f"Already done: steps {list(values['skipped'])}."
-                    )
+                print_skipped(progress, values["skipped"])
             elif event.kind == "step":
                 progress.update(task, description=f"step {event.step}")
             elif event.kind == "spectrum":
@@ -223,9 +202,7 @@ def _run(run, steps, settings, device, data_dir, force, console, fail) -> int:
 
 
 def command(
-    run: Annotated[
-        Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
-    ],
+    run: RunOption,
     steps: Annotated[
         str | None,
         typer.Option(
@@ -295,16 +272,9 @@ def command(
     force: Annotated[
         bool, typer.Option("--force", help="Recompute steps that are done.")
     ] = False,
-    device: Annotated[
-        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
-    ] = "cpu",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder with the data files of file-based problems."),
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="PyTorch CPU threads.")
-    ] = None,
+    device: DeviceOption = "cpu",
+    data_dir: DataDirOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Hessian spectra at the recorded steps of a run, full and per layer.
 

@@ -26,17 +26,18 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from curvlab.cli._common import (
+    DataDirOption,
+    DeviceOption,
+    ThreadsOption,
+    check_threads,
+    error_printer,
+    print_skipped,
+    progress_bar,
+    torch_threads,
+)
 from curvlab.experiments.training import TrainEvent, derived_seeds, train_run
 from curvlab.runs import (
     ConfigError,
@@ -137,12 +138,7 @@ def main(
         130 when interrupted.
     """
     console = console or Console()
-    error_console = error_console or Console(stderr=True)
-
-    def fail(message: str, code: int = 2) -> int:
-        error_console.print(f"[bold red]Error:[/] {escape(message)}")
-        return code
-
+    fail = error_printer(error_console or Console(stderr=True))
     out = Path(out)
     try:
         stored = None
@@ -150,8 +146,7 @@ def main(
             stored = RunFolder.open(out).config
         config = resolve_config(options, file=config_file, stored=stored)
         resolved = _check_device(device)
-        if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be at least 1. Got {threads}.")
+        check_threads(threads)
         run = RunFolder.create(
             out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
         )
@@ -160,13 +155,8 @@ def main(
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
         return fail(str(error))
 
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(run, config, resolved, data_dir, deterministic, console, fail)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(
@@ -186,15 +176,7 @@ def _run(
     )
     start = time.perf_counter()
     state: dict[str, Any] = {"step": None}
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console, remaining=True) as progress:
         task = progress.add_task("steps", total=config.steps)
 
         def on_progress(event: TrainEvent) -> None:
@@ -202,10 +184,7 @@ def _run(
             values = event.values
             if event.kind == "start":
                 progress.update(task, total=event.total, completed=event.step)
-                if values["skipped"]:
-                    progress.console.print(
-                        f"Already recorded: steps {list(values['skipped'])}."
-                    )
+                print_skipped(progress, values["skipped"], "Already recorded")
                 if values["resumed_from"] is not None:
                     step = values["resumed_from"]
                     progress.console.print(
@@ -328,16 +307,9 @@ def command(
         bool,
         typer.Option("--force", help="Delete an existing run in --out and restart."),
     ] = False,
-    device: Annotated[
-        str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")
-    ] = "cpu",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder with the data files of file-based problems."),
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="PyTorch CPU threads.")
-    ] = None,
+    device: DeviceOption = "cpu",
+    data_dir: DataDirOption = None,
+    threads: ThreadsOption = None,
     deterministic: Annotated[
         bool,
         typer.Option(

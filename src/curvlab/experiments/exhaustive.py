@@ -69,16 +69,16 @@ from curvlab.experiments.overlap import (
     DEFAULT_SAMPLES_PER_CLASS,
     SPLITS,
     TEST_MATRICES,
-    OverlapSettingsError,
+    _stored_settings,
     default_num_outer,
     exact_eigenbasis,
     hessian_at_step,
+    run_stage_steps,
     select_steps,
     sketched_eigenbasis,
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
-from curvlab.runs.environment import machine_info, package_versions
 from curvlab.subspace import overlap_curve, principal_angles
 
 __all__ = [
@@ -175,14 +175,6 @@ def exhaustive_stage(split: str) -> str:
     return f"exhaustive_{split}"
 
 
-def _stored(run: RunFolder, stage: str) -> dict[str, Any]:
-    done = run.done_steps(stage)
-    if not done:
-        return {}
-    entry = run.entry(stage, done[-1]) or {}
-    return dict(entry.get("info", {}).get("settings") or {})
-
-
 def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
@@ -218,7 +210,7 @@ def resolve_exhaustive_settings(
     requested = requested or ExhaustiveSettings()
     split = requested.split or "train"
     stage = exhaustive_stage(split)
-    stored = dict(_stored(run, stage) if stored is None else stored)
+    stored = dict((_stored_settings(run, stage) or {}) if stored is None else stored)
     if num_params is None:
         num_params = run.problem().num_params
     dim = num_params
@@ -637,94 +629,31 @@ def exhaustive_run(
         run, requested, num_params=problem.num_params
     )
     wanted = resolved.stored()
-    todo, skipped = [], []
-    for step in chosen:
-        if force or not run.is_done(stage, step):
-            todo.append(step)
-            continue
-        have = (run.entry(stage, step) or {}).get("info", {}).get("settings", {})
-        differences = [
-            (name, have.get(name), value)
-            for name, value in wanted.items()
-            if have.get(name) != value
-        ]
-        if differences:
-            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-            raise OverlapSettingsError(
-                f"Step {step} of {stage} in {str(run.path)!r} was computed with "
-                f"other settings ({listed}). Pass force=True (--force) to recompute "
-                "the finished steps.",
-                differences,
-            )
-        skipped.append(step)
-    notify(
-        ExhaustiveEvent(
-            "start",
-            None,
-            0,
-            len(todo),
-            {"todo": todo, "skipped": skipped, "settings": wanted},
-        )
-    )
-    invocation = run.start_invocation(
+    computed, skipped, summaries, seconds = run_stage_steps(
+        run,
         "exhaustive",
-        request={"settings": wanted, "steps": chosen, "force": force},
-        device=str(device),
-        data_dir=None if data_dir is None else str(data_dir),
-        versions=package_versions(),
-        machine=machine_info(str(device)),
+        stage,
+        chosen,
+        wanted,
+        lambda step, on_phase: exhaustive_at_step(
+            run,
+            step,
+            resolved,
+            problem=problem,
+            device=device,
+            max_cols=max_cols,
+            on_phase=on_phase,
+        ),
+        event=ExhaustiveEvent,
+        columns=_COLUMNS,
+        summary_row=_summary_row,
+        write_combined=_write_combined,
+        force=force,
+        device=device,
+        data_dir=data_dir,
+        notify=notify,
+        begin=begin,
     )
-    computed: list[int] = []
-    summaries: dict[int, dict[str, Any]] = {}
-    try:
-        for index, step in enumerate(todo):
-
-            def on_phase(name: str, step=step, index=index) -> None:
-                notify(
-                    ExhaustiveEvent("phase", step, index, len(todo), {"phase": name})
-                )
-
-            result = exhaustive_at_step(
-                run,
-                step,
-                resolved,
-                problem=problem,
-                device=device,
-                max_cols=max_cols,
-                on_phase=on_phase,
-            )
-            run.unmark(stage, step)
-            csv_path = run.write_table(
-                run.path_for(stage, step, ".csv"), result.rows, columns=_COLUMNS
-            )
-            json_path = run.write_json(
-                run.path_for(stage, step, ".json"), result.summary
-            )
-            row = _summary_row(result.summary)
-            row.pop("step")
-            run.mark_done(
-                stage,
-                step,
-                files=[csv_path, json_path],
-                info={"settings": wanted, **row},
-            )
-            _write_combined(run, stage)
-            computed.append(step)
-            summaries[step] = result.summary
-            notify(ExhaustiveEvent("step", step, index + 1, len(todo), result.summary))
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(
-            status, computed=computed, error=f"{type(error).__name__}: {error}"
-        )
-        raise
-    for step in skipped:
-        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
-    if not todo and skipped:
-        _write_combined(run, stage)
-    seconds = time.perf_counter() - begin
-    invocation.finish("finished", computed=computed, skipped=skipped)
-    notify(ExhaustiveEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
     return ExhaustiveRunResult(
         stage=stage,
         settings=resolved,

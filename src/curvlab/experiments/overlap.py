@@ -113,6 +113,7 @@ __all__ = [
     "overlap_stage",
     "overlap_stages",
     "resolve_overlap_settings",
+    "run_stage_steps",
     "select_steps",
     "sketched_eigenbasis",
 ]
@@ -1109,6 +1110,76 @@ def overlap_run(
     stage = overlap_stage(split)
     resolved = resolve_overlap_settings(run, requested, num_params=problem.num_params)
     wanted = resolved.stored()
+    computed, skipped, summaries, seconds = run_stage_steps(
+        run,
+        "overlap",
+        stage,
+        chosen,
+        wanted,
+        lambda step, on_phase: overlap_at_step(
+            run,
+            step,
+            resolved,
+            problem=problem,
+            device=device,
+            max_cols=max_cols,
+            on_phase=on_phase,
+        ),
+        event=OverlapEvent,
+        columns=_CURVE_COLUMNS,
+        summary_row=_summary_row,
+        write_combined=_write_combined,
+        force=force,
+        device=device,
+        data_dir=data_dir,
+        notify=notify,
+        begin=begin,
+    )
+    return OverlapRunResult(
+        stage=stage,
+        settings=resolved,
+        computed=tuple(computed),
+        skipped=tuple(skipped),
+        summaries={s: summaries[s] for s in chosen},
+        seconds=seconds,
+    )
+
+
+def run_stage_steps(
+    run: RunFolder,
+    command: str,
+    stage: str,
+    chosen: list[int],
+    wanted: dict[str, Any],
+    compute: Callable[[int, Callable[[str], None]], Any],
+    *,
+    event: Callable[..., Any],
+    columns: Sequence[str],
+    summary_row: Callable[[Mapping[str, Any]], dict[str, Any]],
+    write_combined: Callable[[RunFolder, str], None],
+    force: bool,
+    device: torch.device,
+    data_dir: str | Path | None,
+    notify: Callable[[Any], None],
+    begin: float,
+) -> tuple[list[int], list[int], dict[int, dict[str, Any]], float]:
+    """Compute and store a per-step stage, skipping finished steps.
+
+    Shared by :func:`overlap_run` and the exhaustive check: checks that the
+    finished steps have the ``wanted`` settings, records the call in
+    ``invocations/``, computes each step to do (``compute(step, on_phase)``
+    returns an object with ``rows`` and ``summary``), writes its CSV and JSON,
+    marks it done and rewrites the combined tables, and notifies ``event``
+    objects (``"start"``, ``"phase"``, ``"step"``, ``"done"``).
+
+    Returns:
+        The steps computed and skipped, every chosen step's summary by step,
+        and the wall time since ``begin``.
+
+    Raises:
+        OverlapSettingsError: If finished steps were computed with other
+            settings and ``force`` is false.
+    """
     todo, skipped = [], []
     for step in chosen:
         if force or not run.is_done(stage, step):
@@ -1127,7 +1198,7 @@ def overlap_run(
             )
         skipped.append(step)
     notify(
-        OverlapEvent(
+        event(
             "start",
             None,
             0,
@@ -1136,7 +1207,7 @@ def overlap_run(
         )
     )
     invocation = run.start_invocation(
-        "overlap",
+        command,
         request={"settings": wanted, "steps": chosen, "force": force},
         device=str(device),
         data_dir=None if data_dir is None else str(data_dir),
@@ -1149,37 +1220,24 @@ def overlap_run(
         for index, step in enumerate(todo):
 
             def on_phase(name: str, step=step, index=index) -> None:
-                notify(OverlapEvent("phase", step, index, len(todo), {"phase": name}))
+                notify(event("phase", step, index, len(todo), {"phase": name}))
 
-            result = overlap_at_step(
-                run,
-                step,
-                resolved,
-                problem=problem,
-                device=device,
-                max_cols=max_cols,
-                on_phase=on_phase,
-            )
+            result = compute(step, on_phase)
             run.unmark(stage, step)
             csv_path = run.write_table(
-                run.path_for(stage, step, ".csv"), result.rows, columns=_CURVE_COLUMNS
+                run.path_for(stage, step, ".csv"), result.rows, columns=columns
             )
             json_path = run.write_json(
                 run.path_for(stage, step, ".json"), result.summary
             )
-            info = {
-                "settings": wanted,
-                **{
-                    k: v
-                    for k, v in _summary_row(result.summary).items()
-                    if k not in ("step",)
-                },
-            }
+            row = summary_row(result.summary)
+            row.pop("step")
+            info = {"settings": wanted, **row}
             run.mark_done(stage, step, files=[csv_path, json_path], info=info)
-            _write_combined(run, stage)
+            write_combined(run, stage)
             computed.append(step)
             summaries[step] = result.summary
-            notify(OverlapEvent("step", step, index + 1, len(todo), result.summary))
+            notify(event("step", step, index + 1, len(todo), result.summary))
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         invocation.finish(
@@ -1189,18 +1247,11 @@ def overlap_run(
     for step in skipped:
         summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
     if not todo and skipped:
-        _write_combined(run, stage)
+        write_combined(run, stage)
     seconds = time.perf_counter() - begin
     invocation.finish("finished", computed=computed, skipped=skipped)
-    notify(OverlapEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
-    return OverlapRunResult(
-        stage=stage,
-        settings=resolved,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        summaries={s: summaries[s] for s in chosen},
-        seconds=seconds,
-    )
+    notify(event("done", None, len(todo), len(todo), {"seconds": seconds}))
+    return computed, skipped, summaries, seconds
 
 
 def load_overlap(

@@ -1,0 +1,192 @@
+"""Pieces shared by the ``curvlab`` commands.
+
+Typer option types used by several commands (``--run``, ``--device``,
+``--data-dir``, ``--threads``, ...), the Rich progress bar, the error printer,
+a context manager for the PyTorch CPU threads, and :func:`run_steps`, which
+runs a per-step experiment with a progress bar and turns its errors into exit
+codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from curvlab.runs import ConfigError
+
+__all__ = [
+    "DataDirOption",
+    "DeviceOption",
+    "ForceStepsOption",
+    "MaxColsOption",
+    "RunDtypeOption",
+    "RunOption",
+    "ThreadsOption",
+    "check_device",
+    "check_threads",
+    "error_printer",
+    "print_skipped",
+    "progress_bar",
+    "run_steps",
+    "torch_threads",
+]
+
+RunOption = Annotated[
+    Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
+]
+DeviceOption = Annotated[str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Folder with the data files of file-based problems."),
+]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")]
+RunDtypeOption = Annotated[
+    str | None,
+    typer.Option(help="float32 or float64 for the products. [the run's]"),
+]
+MaxColsOption = Annotated[
+    int, typer.Option(min=1, help="Hessian columns per pass over the data.")
+]
+ForceStepsOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Recompute the requested finished steps, also with other "
+        "settings (options not given keep their stored values).",
+    ),
+]
+
+Fail = Callable[..., int]
+
+
+def error_printer(error_console: Console) -> Fail:
+    """A ``fail(message, code=2)`` that prints the error and returns ``code``."""
+
+    def fail(message: str, code: int = 2) -> int:
+        error_console.print(f"[bold red]Error:[/] {escape(message)}")
+        return code
+
+    return fail
+
+
+def check_device(device: str) -> torch.device:
+    """The device, or :class:`ConfigError` if CUDA was asked for but is missing."""
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Device {device!r} was asked for; CUDA is unavailable.")
+    return resolved
+
+
+def check_threads(threads: int | None) -> None:
+    """Raise :class:`ConfigError` unless ``threads`` is ``None`` or positive."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1. Got {threads}.")
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` PyTorch CPU threads (``None``: keep), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def progress_bar(console: Console, *, remaining: bool = False) -> Progress:
+    """The commands' progress bar; ``remaining`` adds the time-remaining column."""
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console)
+
+
+def print_skipped(
+    progress: Progress, skipped: Any, label: str = "Already done"
+) -> None:
+    """Print the steps that were skipped, if any."""
+    if skipped:
+        progress.console.print(f"{label}: steps {list(skipped)}.")
+
+
+def run_steps(
+    name: str,
+    call: Callable[[Callable[[Any], None]], Any],
+    step_line: Callable[[int, dict[str, Any]], str],
+    console: Console,
+    fail: Fail,
+    errors: tuple[type[BaseException], ...],
+) -> Any:
+    """Run a per-step experiment with a progress bar; map errors to exit codes.
+
+    Args:
+        name: The progress bar's first description.
+        call: Runs the experiment, given the ``on_progress`` callback; its
+            events have ``kind`` ``"start"``, ``"phase"``, ``"step"`` or
+            ``"done"``.
+        step_line: The line printed after a step, from its step and summary.
+        console: Where to print.
+        fail: Prints an error and returns its exit code.
+        errors: Exceptions reported with exit code 2.
+
+    Returns:
+        What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
+        product, 2 for ``errors``, 130 when interrupted.
+    """
+    state: dict[str, Any] = {"step": None}
+    with progress_bar(console) as progress:
+        task = progress.add_task(name, total=None)
+
+        def on_progress(event: Any) -> None:
+            state["step"] = event.step
+            if event.kind == "start":
+                progress.update(task, total=event.total, completed=0)
+                print_skipped(progress, event.values["skipped"])
+            elif event.kind == "phase":
+                progress.update(
+                    task, description=f"step {event.step}: {event.values['phase']}"
+                )
+            elif event.kind == "step":
+                line = step_line(event.step, event.values)
+                progress.update(task, completed=event.index)
+                progress.console.print(line)
+            elif event.kind == "done":
+                progress.update(task, description="done", completed=event.total)
+
+        try:
+            return call(on_progress)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                f"[yellow]Interrupted at step {state['step']}.[/] Finished steps are "
+                "stored; run the same command again to resume."
+            )
+            return 130
+        except FloatingPointError as error:
+            return fail(str(error), 1)
+        except errors as error:
+            return fail(str(error))

@@ -191,7 +191,11 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
         ax.minorticks_off()
         ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
         dim = curves[0][1].dim
-        label = "full" if name == "full" else f"layer {name}"
+        # layers numbered 1..L in depth order as in the report, module name beside
+        depth = (
+            [n for n in names if n != "full"].index(name) + 1 if name != "full" else 0
+        )
+        label = "full" if name == "full" else f"layer {depth} (module {name})"
         ax.set_title(f"{label} (D={dim}, {curves[0][1].method})", fontsize="medium")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density")

@@ -23,7 +23,7 @@ demo: venv
 	$(BIN)/curvlab demo
 
 test: venv lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --doctest-modules src/curvlab tests
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow

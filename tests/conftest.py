@@ -179,6 +179,9 @@ def pytest_collection_modifyitems(config, items):
     """Put the tests of ``ONE_THREAD_FOLDERS`` on one thread."""
     root = Path(__file__).parent
     for item in items:
-        parts = Path(item.fspath).relative_to(root).parts
+        path = Path(item.fspath)
+        if not path.is_relative_to(root):  # doctests in src/
+            continue
+        parts = path.relative_to(root).parts
         if parts and parts[0] in ONE_THREAD_FOLDERS:
             item.fixturenames.insert(0, "one_thread")

@@ -43,6 +43,7 @@ __all__ = [
     "error_printer",
     "print_skipped",
     "progress_bar",
+    "run_stage_command",
     "run_steps",
     "torch_threads",
 ]
@@ -190,3 +191,77 @@ def run_steps(
             return fail(str(error), 1)
         except errors as error:
             return fail(str(error))
+
+
+def run_stage_command(
+    name: str,
+    stage_run: Callable[..., Any],
+    step_line: Callable[[int, dict[str, Any]], str],
+    render: Callable[[Any, Any], str],
+    *,
+    run: str | Path,
+    steps: str | None,
+    settings: Any,
+    force: bool,
+    device: str,
+    data_dir: str | Path | None,
+    threads: int | None,
+    max_cols: int | None,
+    console: Console | None,
+    error_console: Console | None,
+) -> int:
+    """Open a run folder, run one per-step stage on it and print its results.
+
+    The body shared by ``curvlab overlap`` and ``curvlab exhaustive``: check the
+    folder, device and threads, call ``stage_run(folder, settings, steps, force=,
+    device=, data_dir=, max_cols=, on_progress=)`` under :func:`run_steps`, say when
+    nothing was left to do, then print what ``render(folder, result)`` returns
+    after drawing its tables.
+
+    Returns:
+        The exit code of :func:`run_steps` (0 on success).
+    """
+    from curvlab.experiments.overlap import OverlapSettingsError
+    from curvlab.runs import MissingStepError, RunFolder
+
+    console = console or Console()
+    fail = error_printer(error_console or Console(stderr=True))
+    try:
+        folder = RunFolder.open(run)
+        resolved = check_device(device)
+        check_threads(threads)
+    except (FileNotFoundError, ConfigError, RuntimeError) as error:
+        return fail(str(error))
+    errors = (
+        OverlapSettingsError,
+        MissingStepError,
+        ConfigError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+    )
+    with torch_threads(threads):
+        result = run_steps(
+            name,
+            lambda on_progress: stage_run(
+                folder,
+                settings,
+                steps,
+                force=force,
+                device=resolved,
+                data_dir=data_dir,
+                max_cols=max_cols,
+                on_progress=on_progress,
+            ),
+            step_line,
+            console,
+            fail,
+            errors,
+        )
+    if isinstance(result, int):
+        return result
+    if not result.computed:
+        console.print("Nothing to do: every requested step is done.")
+    tail = render(folder, result)
+    console.print(f"{tail} Done in {result.seconds:.1f} s.")
+    return 0

@@ -31,11 +31,7 @@ from curvlab.cli._common import (
     RunDtypeOption,
     RunOption,
     ThreadsOption,
-    check_device,
-    check_threads,
-    error_printer,
-    run_steps,
-    torch_threads,
+    run_stage_command,
 )
 from curvlab.experiments.exhaustive import (
     ExhaustiveRunResult,
@@ -47,9 +43,7 @@ from curvlab.experiments.overlap import (
     DEFAULT_MAX_EXACT_DIM,
     SPLITS,
     TEST_MATRICES,
-    OverlapSettingsError,
 )
-from curvlab.runs import ConfigError, MissingStepError, RunFolder
 
 __all__ = ["command", "main", "render_exhaustive"]
 
@@ -167,54 +161,27 @@ def main(
         settings that differ from the stored ones, 130 when interrupted.
     """
     console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
-    try:
-        folder = RunFolder.open(run)
-        resolved = check_device(device)
-        check_threads(threads)
-    except (FileNotFoundError, ConfigError, RuntimeError) as error:
-        return fail(str(error))
-    with torch_threads(threads):
-        return _run(
-            folder, steps, settings, force, resolved, data_dir, max_cols, console, fail
-        )
 
+    def render(folder, result):
+        render_exhaustive(result, console)
+        return f"Tables in {escape(str(folder.path / result.stage))}."
 
-def _run(folder, steps, settings, force, device, data_dir, max_cols, console, fail):
-    result = run_steps(
+    return run_stage_command(
         "exhaustive",
-        lambda on_progress: exhaustive_run(
-            folder,
-            settings,
-            steps,
-            force=force,
-            device=device,
-            data_dir=data_dir,
-            max_cols=max_cols,
-            on_progress=on_progress,
-        ),
+        exhaustive_run,
         _step_line,
-        console,
-        fail,
-        (
-            OverlapSettingsError,
-            MissingStepError,
-            ConfigError,
-            ValueError,
-            TypeError,
-            FileNotFoundError,
-        ),
+        render,
+        run=run,
+        steps=steps,
+        settings=settings,
+        force=force,
+        device=device,
+        data_dir=data_dir,
+        threads=threads,
+        max_cols=max_cols,
+        console=console,
+        error_console=error_console,
     )
-    if isinstance(result, int):
-        return result
-    if not result.computed:
-        console.print("Nothing to do: every requested step is done.")
-    render_exhaustive(result, console)
-    console.print(
-        f"Tables in {escape(str(folder.path / result.stage))}. Done in "
-        f"{result.seconds:.1f} s."
-    )
-    return 0
 
 
 def command(

@@ -29,11 +29,7 @@ from curvlab.cli._common import (
     RunDtypeOption,
     RunOption,
     ThreadsOption,
-    check_device,
-    check_threads,
-    error_printer,
-    run_steps,
-    torch_threads,
+    run_stage_command,
 )
 from curvlab.experiments.overlap import (
     DEFAULT_MAX_COLS,
@@ -43,10 +39,9 @@ from curvlab.experiments.overlap import (
     TEST_MATRICES,
     OverlapRunResult,
     OverlapSettings,
-    OverlapSettingsError,
     overlap_run,
 )
-from curvlab.runs import ConfigError, MissingStepError, RunFolder
+from curvlab.runs import RunFolder
 
 __all__ = ["command", "main", "render_overlap"]
 
@@ -159,55 +154,30 @@ def main(
         130 when interrupted.
     """
     console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
-    try:
-        folder = RunFolder.open(run)
-        resolved = check_device(device)
-        check_threads(threads)
-    except (FileNotFoundError, ConfigError, RuntimeError) as error:
-        return fail(str(error))
-    with torch_threads(threads):
-        return _run(
-            folder, steps, settings, force, resolved, data_dir, max_cols, console, fail
+
+    def render(folder, result):
+        render_overlap(folder, result, console)
+        return (
+            f"Tables in {escape(str(folder.path / result.stage))}; plot with "
+            f"`curvlab plot overlap --run {escape(str(folder.path))}`."
         )
 
-
-def _run(folder, steps, settings, force, device, data_dir, max_cols, console, fail):
-    result = run_steps(
+    return run_stage_command(
         "overlap",
-        lambda on_progress: overlap_run(
-            folder,
-            settings,
-            steps,
-            force=force,
-            device=device,
-            data_dir=data_dir,
-            max_cols=max_cols,
-            on_progress=on_progress,
-        ),
+        overlap_run,
         _step_line,
-        console,
-        fail,
-        (
-            OverlapSettingsError,
-            MissingStepError,
-            ConfigError,
-            ValueError,
-            TypeError,
-            FileNotFoundError,
-        ),
+        render,
+        run=run,
+        steps=steps,
+        settings=settings,
+        force=force,
+        device=device,
+        data_dir=data_dir,
+        threads=threads,
+        max_cols=max_cols,
+        console=console,
+        error_console=error_console,
     )
-    if isinstance(result, int):
-        return result
-    if not result.computed:
-        console.print("Nothing to do: every requested step is done.")
-    render_overlap(folder, result, console)
-    console.print(
-        f"Tables in {escape(str(folder.path / result.stage))}; plot with "
-        f"`curvlab plot overlap --run {escape(str(folder.path))}`. "
-        f"Done in {result.seconds:.1f} s."
-    )
-    return 0
 
 
 def command(

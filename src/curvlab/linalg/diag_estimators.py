@@ -36,11 +36,10 @@ from torch import Tensor
 
 from curvlab.linalg._operator import CountedOperator
 from curvlab.linalg.trace import (
-    _apply,
     _block_size,
     _blocks,
     _check_budget,
-    _exchangeable_basis,
+    _exchangeable_sketch,
     _ProbeStream,
 )
 
@@ -206,20 +205,10 @@ def xdiag(
         True
     """
     A = CountedOperator(op, symmetric=True)
-    D = A.dim
-    m = _check_budget(
-        "xdiag",
-        num_matvecs,
-        f"an even num_matvecs >= 2 with num_matvecs / 2 <= D = {D}",
-        lambda b: b >= 2 and b % 2 == 0 and b // 2 <= D,
+    Om, Y, Qr, Ry, S, Z = _exchangeable_sketch(
+        A, "xdiag", num_matvecs, distribution, seed, block_size
     )
-    n = m // 2
-    size = _block_size(block_size, n)
-    probes = _ProbeStream(distribution, D, seed, 0, dtype=A.dtype, device=A.device)
-    Om = probes.draw(0, n)
-    Y = _apply(A, Om, size, "xdiag sketch")
-    Qr, Ry, S = _exchangeable_basis(Y)
-    Z = _apply(A, Qr, size, "xdiag range")
+    n = Om.shape[1]
     QS = Qr @ S
     # (I - P_i) A ω_i = Y_i - Q_r (I - s_i s_i^T) Q_r^T Y_i, column by column
     residual = Y - Qr @ Ry + QS * (S * Ry).sum(0)

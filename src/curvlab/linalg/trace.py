@@ -381,6 +381,42 @@ def _exchangeable_basis(Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return Qr, Qr.T @ Y, S
 
 
+def _exchangeable_sketch(
+    A: CountedOperator,
+    method: str,
+    num_matvecs,
+    distribution: str,
+    seed,
+    block_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""The products XTrace and XDiag share: half the budget each on Y and Z.
+
+    Draws ``n = m / 2`` probes :math:`\Omega`, forms :math:`Y = A\Omega`, its
+    leave-one-out basis (:func:`_exchangeable_basis`) and :math:`Z = A Q_r`.
+
+    Returns:
+        ``(Omega, Y, Q_r, R_y, S, Z)``.
+
+    Raises:
+        ValueError: If the budget is odd, below 2, or ``m / 2 > D``.
+    """
+    D = A.dim
+    m = _check_budget(
+        method,
+        num_matvecs,
+        f"an even num_matvecs >= 2 with num_matvecs / 2 <= D = {D}",
+        lambda b: b >= 2 and b % 2 == 0 and b // 2 <= D,
+    )
+    n = m // 2
+    size = _block_size(block_size, n)
+    probes = _ProbeStream(distribution, D, seed, 0, dtype=A.dtype, device=A.device)
+    Om = probes.draw(0, n)
+    Y = _apply(A, Om, size, f"{method} sketch")
+    Qr, Ry, S = _exchangeable_basis(Y)
+    Z = _apply(A, Qr, size, f"{method} range")
+    return Om, Y, Qr, Ry, S, Z
+
+
 def xtrace(
     op,
     num_matvecs: int,
@@ -448,19 +484,9 @@ def xtrace(
     """
     A = CountedOperator(op)
     D = A.dim
-    m = _check_budget(
-        "xtrace",
-        num_matvecs,
-        f"an even num_matvecs >= 2 with num_matvecs / 2 <= D = {D}",
-        lambda b: b >= 2 and b % 2 == 0 and b // 2 <= D,
+    Om, Y, Qr, Ry, S, Z = _exchangeable_sketch(
+        A, "xtrace", num_matvecs, distribution, seed, block_size
     )
-    n = m // 2
-    size = _block_size(block_size, n)
-    probes = _ProbeStream(distribution, D, seed, 0, dtype=A.dtype, device=A.device)
-    Om = probes.draw(0, n)
-    Y = _apply(A, Om, size, "xtrace sketch")
-    Qr, Ry, S = _exchangeable_basis(Y)
-    Z = _apply(A, Qr, size, "xtrace range")
     H = Qr.T @ Z
     W = Qr.T @ Om
     T = Z.T @ Om

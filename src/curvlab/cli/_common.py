@@ -9,7 +9,8 @@ codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,11 +42,14 @@ __all__ = [
     "check_device",
     "check_threads",
     "error_printer",
+    "markdown_table",
+    "print_written",
     "print_skipped",
     "progress_bar",
     "run_stage_command",
     "run_steps",
     "torch_threads",
+    "write_study_files",
 ]
 
 RunOption = Annotated[
@@ -265,3 +269,62 @@ def run_stage_command(
     tail = render(folder, result)
     console.print(f"{tail} Done in {result.seconds:.1f} s.")
     return 0
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Format a markdown table, the first column left-aligned, the rest right.
+
+    Args:
+        header: Column titles.
+        rows: Cells, as strings.
+
+    Returns:
+        The table, one line per row.
+    """
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_study_files(
+    out: Path,
+    names: tuple[str, str, str],
+    markdown: str,
+    write_csv: Callable[[Path], Any],
+    plot: Callable[[Path], Any],
+) -> None:
+    """Write a study's CSV table, markdown and PNG figure into ``out``.
+
+    Args:
+        out: The output folder.
+        names: File names of the CSV, the markdown and the PNG.
+        markdown: The markdown text.
+        write_csv: Writes the CSV to the path it is given.
+        plot: Draws the PNG to the path it is given.
+    """
+    csv_name, markdown_name, png_name = names
+    write_csv(out / csv_name)
+    (out / markdown_name).write_text(markdown + "\n")
+    plot(out / png_name)
+
+
+def print_written(
+    console: Console, out: Path, names: tuple[str, str, str], start: float
+) -> None:
+    """Say which study files were written where, and how long it all took.
+
+    Args:
+        console: Where to print.
+        out: The output folder.
+        names: File names of the CSV, the markdown and the PNG.
+        start: ``time.perf_counter()`` when the command started.
+    """
+    csv_name, markdown_name, png_name = names
+    console.print(
+        f"Wrote {csv_name}, {markdown_name} and {png_name} to {out} "
+        f"in {time.perf_counter() - start:.1f} s.",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

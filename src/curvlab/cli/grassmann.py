@@ -18,16 +18,20 @@ import csv
 import math
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from curvlab.cli._common import (
+    markdown_table,
+    print_written,
+    torch_threads,
+    write_study_files,
+)
 from curvlab.experiments.grassmann import (
     DEFAULT_DIMS,
     DEFAULT_PLANTED,
@@ -54,6 +58,7 @@ __all__ = [
 CSV_NAME = "grassmann.csv"
 MARKDOWN_NAME = "grassmann.md"
 PNG_NAME = "grassmann.png"
+FILE_NAMES = (CSV_NAME, MARKDOWN_NAME, PNG_NAME)
 #: The ratio whose chance values the paper reports.
 CHANCE_RATIO = 0.2
 
@@ -81,24 +86,6 @@ def parse_numbers(text: str, name: str, kind: type = float) -> list:
         raise ValueError(
             f"{name} must be a comma-separated list of {kind.__name__}s. Got {text!r}."
         ) from None
-
-
-@contextmanager
-def _threads(count: int | None):
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    align = ["---"] * left + ["---:"] * (len(header) - left)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -138,7 +125,7 @@ def grassmann_markdown(result: GrassmannResult) -> str:
             f"Chance values at k/D = {CHANCE_RATIO} (D = {D}, k = "
             f"{round(CHANCE_RATIO * D)}) against papers.md §1.2:",
             "",
-            _table(["quantity", "paper", "random pair", "random mask"], rows),
+            markdown_table(["quantity", "paper", "random pair", "random mask"], rows),
             "",
         ]
     header = ["scenario", "k/D", "D", "k", *QUANTITIES]
@@ -152,7 +139,7 @@ def grassmann_markdown(result: GrassmannResult) -> str:
         ]
         for cell in result.cells
     ]
-    lines += ["All cells:", "", _table(header, rows)]
+    lines += ["All cells:", "", markdown_table(header, rows)]
     if result.skipped:
         lines += ["", "Skipped: " + "; ".join(result.skipped) + "."]
     return "\n".join(lines)
@@ -299,7 +286,7 @@ def main(
     try:
         out.mkdir(parents=True, exist_ok=True)
         with (
-            _threads(threads_count),
+            torch_threads(threads_count),
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -322,18 +309,16 @@ def main(
                 on_progress=on_progress,
             )
         markdown = grassmann_markdown(result)
-        write_grassmann_csv(result, out / CSV_NAME)
-        (out / MARKDOWN_NAME).write_text(markdown + "\n")
-        plot_grassmann(result, out / PNG_NAME)
+        write_study_files(
+            out,
+            FILE_NAMES,
+            markdown,
+            lambda path: write_grassmann_csv(result, path),
+            lambda path: plot_grassmann(result, path),
+        )
     except (ValueError, OSError) as error:
         error_console.print(f"[bold red]Error:[/] {escape(str(error))}")
         return 2
     console.print(markdown, markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        f"Wrote {CSV_NAME}, {MARKDOWN_NAME} and {PNG_NAME} to {out} "
-        f"in {time.perf_counter() - start:.1f} s.",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    print_written(console, out, FILE_NAMES, start)
     return 0

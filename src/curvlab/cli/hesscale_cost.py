@@ -31,7 +31,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from curvlab.cli.hesscale_quality import markdown_table, threads
+from curvlab.cli._common import (
+    markdown_table,
+    print_written,
+    torch_threads,
+    write_study_files,
+)
 from curvlab.experiments.hesscale_cost import (
     DEFAULT_DEPTHS,
     UNIT,
@@ -53,6 +58,7 @@ __all__ = [
 CSV_NAME = "hesscale_cost.csv"
 MARKDOWN_NAME = "hesscale_cost.md"
 PNG_NAME = "hesscale_cost.png"
+FILE_NAMES = (CSV_NAME, MARKDOWN_NAME, PNG_NAME)
 
 
 def parse_list(text: str, label: str) -> list[str]:
@@ -254,7 +260,7 @@ def main(
     try:
         out.mkdir(parents=True, exist_ok=True)
         with (
-            threads(threads_count),
+            torch_threads(threads_count),
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -288,14 +294,12 @@ def main(
         return 2
     markdown = cost_markdown(result)
     console.print(markdown, markup=False, highlight=False, soft_wrap=True)
-    write_cost_csv(result, out / CSV_NAME)
-    (out / MARKDOWN_NAME).write_text(markdown + "\n")
-    plot_cost(result, out / PNG_NAME)
-    console.print(
-        f"Wrote {CSV_NAME}, {MARKDOWN_NAME} and {PNG_NAME} to {out} "
-        f"in {time.perf_counter() - start:.1f} s.",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+    write_study_files(
+        out,
+        FILE_NAMES,
+        markdown,
+        lambda path: write_cost_csv(result, path),
+        lambda path: plot_cost(result, path),
     )
+    print_written(console, out, FILE_NAMES, start)
     return 0

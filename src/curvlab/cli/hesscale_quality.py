@@ -16,11 +16,8 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.console import Console
@@ -33,6 +30,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from curvlab.cli._common import (
+    markdown_table,
+    print_written,
+    torch_threads,
+    write_study_files,
+)
 from curvlab.experiments.hesscale_quality import (
     NORMALIZER,
     QualityResult,
@@ -44,51 +47,15 @@ __all__ = [
     "MARKDOWN_NAME",
     "PNG_NAME",
     "main",
-    "markdown_table",
     "plot_quality",
     "quality_markdown",
-    "threads",
     "write_quality_csv",
 ]
 
 CSV_NAME = "hesscale_quality.csv"
 MARKDOWN_NAME = "hesscale_quality.md"
 PNG_NAME = "hesscale_quality.png"
-
-
-@contextmanager
-def threads(count: int | None):
-    """Run a block on ``count`` PyTorch CPU threads, then restore the setting.
-
-    Args:
-        count: Number of threads; ``None`` keeps the current setting.
-
-    Yields:
-        Nothing.
-    """
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Format a markdown table, the first column left-aligned, the rest right.
-
-    Args:
-        header: Column titles.
-        rows: Cells, as strings.
-
-    Returns:
-        The table, one line per row.
-    """
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+FILE_NAMES = (CSV_NAME, MARKDOWN_NAME, PNG_NAME)
 
 
 def _number(value: float) -> str:
@@ -278,7 +245,7 @@ def main(
     try:
         out.mkdir(parents=True, exist_ok=True)
         with (
-            threads(threads_count),
+            torch_threads(threads_count),
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -309,14 +276,12 @@ def main(
         return 2
     markdown = quality_markdown(result)
     console.print(markdown, markup=False, highlight=False, soft_wrap=True)
-    write_quality_csv(result, out / CSV_NAME)
-    (out / MARKDOWN_NAME).write_text(markdown + "\n")
-    plot_quality(result, out / PNG_NAME)
-    console.print(
-        f"Wrote {CSV_NAME}, {MARKDOWN_NAME} and {PNG_NAME} to {out} "
-        f"in {time.perf_counter() - start:.1f} s.",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+    write_study_files(
+        out,
+        FILE_NAMES,
+        markdown,
+        lambda path: write_quality_csv(result, path),
+        lambda path: plot_quality(result, path),
     )
+    print_written(console, out, FILE_NAMES, start)
     return 0

@@ -16,7 +16,6 @@ import typer
 
 from curvlab import __version__
 from curvlab.cli import check as check_command
-from curvlab.cli import demo as demo_command
 from curvlab.cli import exhaustive as exhaustive_command
 from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
@@ -137,6 +136,9 @@ def demo(
     sketch-vs-exact check and a HesScale comparison, and writes report.md and
     report.html with the figures. A few minutes on 2 CPU cores.
     """
+    # imported here: the report's plotting stack loads only for this command
+    from curvlab.cli import demo as demo_command
+
     raise typer.Exit(
         demo_command.main(
             out=out,

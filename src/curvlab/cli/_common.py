@@ -225,8 +225,8 @@ def run_stage_command(
     Returns:
         The exit code of :func:`run_steps` (0 on success).
     """
-    from curvlab.experiments.overlap import OverlapSettingsError
     from curvlab.runs import MissingStepError, RunFolder
+    from curvlab.runs.stage import SettingsConflictError
 
     console = console or Console()
     fail = error_printer(error_console or Console(stderr=True))
@@ -237,7 +237,7 @@ def run_stage_command(
     except (FileNotFoundError, ConfigError, RuntimeError) as error:
         return fail(str(error))
     errors = (
-        OverlapSettingsError,
+        SettingsConflictError,
         MissingStepError,
         ConfigError,
         ValueError,

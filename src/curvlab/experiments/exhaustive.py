@@ -55,36 +55,43 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from curvlab.experiments.overlap import (
+from curvlab._checks import check_choice, check_int
+from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
     DEFAULT_NUM_PROBES,
     DEFAULT_SAMPLES_PER_CLASS,
     SPLITS,
     TEST_MATRICES,
-    _stored_settings,
     default_num_outer,
     exact_eigenbasis,
     hessian_at_step,
-    run_stage_steps,
-    select_steps,
     sketched_eigenbasis,
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
+from curvlab.runs.stage import (
+    StageEvent,
+    StageRunResult,
+    TableStage,
+    pick_setting,
+    run_stage,
+    stored_settings,
+)
 from curvlab.subspace import overlap_curve, principal_angles
 
 __all__ = [
     "ExhaustiveEvent",
     "ExhaustiveRunResult",
     "ExhaustiveSettings",
+    "ExhaustiveStage",
     "StepExhaustive",
     "basis_overlaps",
     "exhaustive_at_step",
@@ -170,18 +177,7 @@ def exhaustive_stage(split: str) -> str:
     Raises:
         ValueError: For another split.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}. Got {split!r}.")
-    return f"exhaustive_{split}"
-
-
-def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must lie in {bound}. Got {value}.")
-    return value
+    return f"exhaustive_{check_choice('split', split, SPLITS)}"
 
 
 def resolve_exhaustive_settings(
@@ -210,11 +206,11 @@ def resolve_exhaustive_settings(
     requested = requested or ExhaustiveSettings()
     split = requested.split or "train"
     stage = exhaustive_stage(split)
-    stored = dict((_stored_settings(run, stage) or {}) if stored is None else stored)
+    stored = dict(stored_settings(run, stage) if stored is None else stored)
     if num_params is None:
         num_params = run.problem().num_params
     dim = num_params
-    max_dim = _int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
+    max_dim = check_int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
     if dim > max_dim:
         raise ValueError(
             f"The exhaustive check builds the dense {dim}x{dim} Hessian of "
@@ -225,36 +221,32 @@ def resolve_exhaustive_settings(
         )
 
     def pick(name: str, default: Any) -> Any:
-        value = getattr(requested, name)
-        if value is not None:
-            return value
-        return stored[name] if stored.get(name) is not None else default
+        return pick_setting(name, getattr(requested, name), stored, default)
 
-    num_outer = _int("num_outer", pick("num_outer", default_num_outer(dim)), 1, dim - 1)
-    num_inner = _int(
+    num_outer = check_int(
+        "num_outer", pick("num_outer", default_num_outer(dim)), 1, dim - 1
+    )
+    num_inner = check_int(
         "num_inner", pick("num_inner", min(2 * num_outer, dim)), num_outer, dim
     )
-    test_matrix = pick("test_matrix", "ssrft")
-    if test_matrix not in TEST_MATRICES:
-        raise ValueError(
-            f"test_matrix must be one of {', '.join(TEST_MATRICES)}. Got "
-            f"{test_matrix!r}."
-        )
-    dtype = pick("dtype", run.config.dtype)
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64. Got {dtype!r}.")
+    test_matrix = check_choice(
+        "test_matrix", pick("test_matrix", "ssrft"), TEST_MATRICES
+    )
+    dtype = check_choice(
+        "dtype", pick("dtype", run.config.dtype), ("float32", "float64")
+    )
     return ExhaustiveSettings(
         split=split,
         num_outer=num_outer,
         num_inner=num_inner,
-        samples_per_class=_int(
+        samples_per_class=check_int(
             "samples_per_class",
             pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
             1,
         ),
         test_matrix=test_matrix,
-        num_probes=_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1),
-        seed=_int("seed", pick("seed", run.config.seed), 0),
+        num_probes=check_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1),
+        seed=check_int("seed", pick("seed", run.config.seed), 0),
         dtype=dtype,
         max_dim=max_dim,
     )
@@ -369,12 +361,24 @@ def exhaustive_at_step(
             settings are invalid.
         MissingStepError: If the step is not recorded.
     """
-    phase = on_phase or (lambda name: None)
-    phase("hessian")
-    start = time.perf_counter()
     if problem is None:
         problem = run.problem(device=device, data_dir=data_dir)
     settings = resolve_exhaustive_settings(run, settings, num_params=problem.num_params)
+    return _measure(run, step, settings, problem, max_cols, on_phase)
+
+
+def _measure(
+    run: RunFolder,
+    step: int,
+    settings: ExhaustiveSettings,
+    problem: Problem,
+    max_cols: int | None,
+    on_phase: Callable[[str], None] | None,
+) -> StepExhaustive:
+    """:func:`exhaustive_at_step` with resolved settings and a built problem."""
+    phase = on_phase or (lambda name: None)
+    phase("hessian")
+    start = time.perf_counter()
     K = settings.num_outer
     op, params, indices = hessian_at_step(
         run,
@@ -501,45 +505,11 @@ def exhaustive_at_step(
     return StepExhaustive(step, settings, rows, summary, angles)
 
 
-@dataclass(frozen=True)
-class ExhaustiveEvent:
-    """Progress of :func:`exhaustive_run`, like ``OverlapEvent`` of the overlap.
+#: Progress events of :func:`exhaustive_run`.
+ExhaustiveEvent = StageEvent
 
-    Attributes:
-        kind: ``"start"``, ``"phase"``, ``"step"`` or ``"done"``.
-        step: The step concerned (``None`` for ``"start"``/``"done"``).
-        index: Steps finished by this call so far.
-        total: Steps this call computes.
-        values: Details (``"start"``: ``todo``, ``skipped``, ``settings``;
-            ``"phase"``: ``phase``; ``"step"``: the summary).
-    """
-
-    kind: str
-    step: int | None
-    index: int
-    total: int
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ExhaustiveRunResult:
-    """What one call of :func:`exhaustive_run` did.
-
-    Attributes:
-        stage: ``exhaustive_<split>``.
-        settings: The resolved settings.
-        computed: Steps computed by this call.
-        skipped: Requested steps already finished.
-        summaries: Summaries of all requested steps, by step.
-        seconds: Wall time.
-    """
-
-    stage: str
-    settings: ExhaustiveSettings
-    computed: tuple[int, ...]
-    skipped: tuple[int, ...]
-    summaries: dict[int, dict[str, Any]]
-    seconds: float
+#: What :func:`exhaustive_run` returns.
+ExhaustiveRunResult = StageRunResult
 
 
 def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -567,15 +537,6 @@ def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
         "fraction_negative": summary["fraction_negative"],
         "seconds": summary["seconds"]["total"],
     }
-
-
-def _write_combined(run: RunFolder, stage: str) -> None:
-    rows, scalars = [], []
-    for step in run.done_steps(stage):
-        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
-        scalars.append(_summary_row(run.read_json(run.path_for(stage, step, ".json"))))
-    run.write_table(run.path_for(stage, None, ".csv"), rows, columns=_COLUMNS)
-    run.write_table(run.path / stage / "summary.csv", scalars)
 
 
 def exhaustive_run(
@@ -618,50 +579,58 @@ def exhaustive_run(
         MissingStepError: If a requested step is not recorded.
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    notify = on_progress or (lambda event: None)
-    begin = time.perf_counter()
-    device = torch.device(device)
-    chosen = select_steps(run, steps)
-    problem = run.problem(device=device, data_dir=data_dir)
-    requested = settings or ExhaustiveSettings()
-    stage = exhaustive_stage(requested.split or "train")
-    resolved = resolve_exhaustive_settings(
-        run, requested, num_params=problem.num_params
-    )
-    wanted = resolved.stored()
-    computed, skipped, summaries, seconds = run_stage_steps(
-        run,
-        "exhaustive",
+    problem = run.problem(device=torch.device(device), data_dir=data_dir)
+    stage = ExhaustiveStage(run, settings, problem, max_cols=max_cols)
+    return run_stage(
         stage,
-        chosen,
-        wanted,
-        lambda step, on_phase: exhaustive_at_step(
-            run,
-            step,
-            resolved,
-            problem=problem,
-            device=device,
-            max_cols=max_cols,
-            on_phase=on_phase,
-        ),
-        event=ExhaustiveEvent,
-        columns=_COLUMNS,
-        summary_row=_summary_row,
-        write_combined=_write_combined,
+        steps,
         force=force,
         device=device,
         data_dir=data_dir,
-        notify=notify,
-        begin=begin,
+        on_progress=on_progress,
     )
-    return ExhaustiveRunResult(
-        stage=stage,
-        settings=resolved,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        summaries={s: summaries[s] for s in chosen},
-        seconds=seconds,
-    )
+
+
+class ExhaustiveStage(TableStage):
+    """The exhaustive check as a resumable stage (:func:`exhaustive_run` runs it).
+
+    Args:
+        run: The run folder.
+        settings: What to compute; resolved once here
+            (:func:`resolve_exhaustive_settings`).
+        problem: The run's problem on the device of the products.
+        max_cols: Hessian columns per pass over the data.
+    """
+
+    command = "exhaustive"
+    columns = _COLUMNS
+
+    def __init__(
+        self,
+        run: RunFolder,
+        settings: ExhaustiveSettings | None,
+        problem: Problem,
+        *,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+    ):
+        super().__init__(run)
+        self.settings = resolve_exhaustive_settings(
+            run, settings, num_params=problem.num_params
+        )
+        self.stored = self.settings.stored()
+        self.name = exhaustive_stage(self.settings.split)
+        self.problem = problem
+        self.max_cols = max_cols
+
+    def compute(self, step: int, on_phase: Callable[[str], None]) -> StepExhaustive:
+        """Check one step (:func:`exhaustive_at_step`)."""
+        return _measure(
+            self.run, step, self.settings, self.problem, self.max_cols, on_phase
+        )
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``."""
+        return _summary_row(summary)
 
 
 def load_exhaustive(

@@ -73,8 +73,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,30 +82,42 @@ import numpy
 import torch
 from torch import Tensor
 
-from curvlab.linalg import a_posteriori_error, sketched_eigh
-from curvlab.operators import HessianOperator
-from curvlab.problems import BatchedData, Problem, balanced_subset
-from curvlab.runs import MissingStepError, RunFolder, parse_steps
-from curvlab.runs.environment import machine_info, package_versions
+from curvlab._checks import check_choice, check_int
+from curvlab.experiments.eigenbasis import (
+    DEFAULT_MAX_COLS,
+    DEFAULT_MAX_EXACT_DIM,
+    DEFAULT_NUM_PROBES,
+    DEFAULT_SAMPLES_PER_CLASS,
+    SPLITS,
+    TEST_MATRICES,
+    Eigenbasis,
+    default_num_outer,
+    exact_eigenbasis,
+    hessian_at_step,
+    sketched_eigenbasis,
+)
+from curvlab.problems import Problem
+from curvlab.runs import RunFolder
+from curvlab.runs.stage import (
+    SettingsConflictError,
+    StageEvent,
+    StageRunResult,
+    TableStage,
+    pick_setting,
+    run_stage,
+    stored_settings,
+)
 from curvlab.subspace import OverlapCurve, overlap_curve
 
 __all__ = [
-    "DEFAULT_MAX_EXACT_DIM",
-    "DEFAULT_SAMPLES_PER_CLASS",
     "METHODS",
-    "SPLITS",
-    "TEST_MATRICES",
-    "Eigenbasis",
     "OverlapEvent",
     "OverlapRunResult",
     "OverlapSettings",
     "OverlapSettingsError",
     "StepOverlap",
+    "OverlapStage",
     "curve_rows",
-    "default_num_outer",
-    "exact_eigenbasis",
-    "hessian_at_step",
-    "hessian_subset",
     "load_overlap",
     "mask_seed",
     "overlap_at_step",
@@ -113,35 +125,13 @@ __all__ = [
     "overlap_stage",
     "overlap_stages",
     "resolve_overlap_settings",
-    "run_stage_steps",
-    "select_steps",
-    "sketched_eigenbasis",
 ]
 
 #: Ways to find the eigenbasis: ``"auto"`` is exact up to ``max_exact_dim``.
 METHODS = ("exact", "sketch", "auto")
 
-#: Splits the Hessian can be taken on.
-SPLITS = ("train", "test")
-
-#: Test matrices of the sketch.
-TEST_MATRICES = ("ssrft", "gaussian", "rademacher")
-
-#: Largest ``D`` for which ``method="auto"`` materialises the Hessian: a
-#: ``(D, D)`` float64 matrix of 0.5 GB and a dense ``eigh`` of a minute or two.
-DEFAULT_MAX_EXACT_DIM = 8000
-
-#: The paper's Hessian subsets: 500 samples of 10 classes (papers.md §1.5).
-DEFAULT_SAMPLES_PER_CLASS = 50
-
 #: Default number of random masks per step (the paper's mnist_mini study).
 DEFAULT_NUM_RANDOM = 10
-
-#: Default number of Gaussian probes of the a-posteriori error (TYUC2019, paper).
-DEFAULT_NUM_PROBES = 30
-
-#: Default columns per pass over the data (memory of the Hessian products).
-DEFAULT_MAX_COLS = 128
 
 _CURVE_COLUMNS = (
     "step",
@@ -158,17 +148,14 @@ _CURVE_COLUMNS = (
     "best_ratio",
 )
 
+#: Finished steps computed with other settings (the framework's one error type).
+OverlapSettingsError = SettingsConflictError
 
-class OverlapSettingsError(ValueError):
-    """Settings differ from those the finished steps of a stage were computed with.
+#: Progress events of :func:`overlap_run`.
+OverlapEvent = StageEvent
 
-    Attributes:
-        differences: ``(field, stored, requested)`` for each differing field.
-    """
-
-    def __init__(self, message: str, differences: list[tuple[str, Any, Any]]):
-        super().__init__(message)
-        self.differences = differences
+#: What :func:`overlap_run` returns.
+OverlapRunResult = StageRunResult
 
 
 # ------------------------------------------------------------------- settings
@@ -225,40 +212,6 @@ class OverlapSettings:
         return values
 
 
-def default_num_outer(num_params: int) -> int:
-    """Default number of eigenpairs: 5% of ``D``, between 1 and 1000.
-
-    The paper measures ``K = 355`` of ``D = 7030`` (mnist_mini) and ``K = 1000``
-    or ``1500`` of ``D ~ 10^6..10^7`` (papers.md §1.4).
-
-    Args:
-        num_params: ``D``.
-
-    Returns:
-        ``min(max(1, round(0.05 D)), 1000)``, and below ``D``.
-
-    Example:
-        >>> default_num_outer(7030), default_num_outer(650), default_num_outer(10**6)
-        (352, 32, 1000)
-    """
-    return max(1, min(round(0.05 * num_params), 1000, num_params - 1))
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | numpy.integer):
-        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must lie in {bound}. Got {value}.")
-    return int(value)
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}. Got {value!r}.")
-    return value
-
-
 def overlap_stage(split: str) -> str:
     """Return the stage name of the overlap on a split.
 
@@ -271,7 +224,7 @@ def overlap_stage(split: str) -> str:
     Raises:
         ValueError: For another split.
     """
-    return f"overlap_{_check_choice('split', split, SPLITS)}"
+    return f"overlap_{check_choice('split', split, SPLITS)}"
 
 
 def overlap_stages(run: RunFolder) -> list[str]:
@@ -289,15 +242,6 @@ def overlap_stages(run: RunFolder) -> list[str]:
         if run.done_steps(stage):
             stages.append(stage)
     return sorted(stages)
-
-
-def _stored_settings(run: RunFolder, stage: str) -> dict[str, Any] | None:
-    """Settings of the latest finished step of a stage, or ``None``."""
-    done = run.done_steps(stage)
-    if not done:
-        return None
-    entry = run.entry(stage, done[-1]) or {}
-    return entry.get("info", {}).get("settings")
 
 
 def resolve_overlap_settings(
@@ -330,25 +274,20 @@ def resolve_overlap_settings(
     requested = requested or OverlapSettings()
     config = run.config
     split = requested.split or "train"
-    _check_choice("split", split, SPLITS)
+    check_choice("split", split, SPLITS)
     if stored is None:
-        stored = _stored_settings(run, overlap_stage(split))
+        stored = stored_settings(run, overlap_stage(split))
     stored = dict(stored or {})
     if num_params is None:
         num_params = run.problem().num_params
     dim = num_params
 
     def pick(name: str, default: Any) -> Any:
-        value = getattr(requested, name)
-        if value is not None:
-            return value
-        if stored.get(name) is not None:
-            return stored[name]
-        return default
+        return pick_setting(name, getattr(requested, name), stored, default)
 
     max_exact_dim = requested.max_exact_dim or DEFAULT_MAX_EXACT_DIM
-    _check_int("max_exact_dim", max_exact_dim, 1)
-    method = _check_choice("method", pick("method", "auto"), METHODS)
+    check_int("max_exact_dim", max_exact_dim, 1)
+    method = check_choice("method", pick("method", "auto"), METHODS)
     if method == "auto":
         method = "exact" if dim <= max_exact_dim else "sketch"
     if method == "exact" and dim > max_exact_dim:
@@ -359,22 +298,22 @@ def resolve_overlap_settings(
         )
     num_outer = pick("num_outer", default_num_outer(dim))
     high = dim if method == "exact" else dim - 1
-    num_outer = _check_int("num_outer", num_outer, 1, high)
-    samples = _check_int(
+    num_outer = check_int("num_outer", num_outer, 1, high)
+    samples = check_int(
         "samples_per_class", pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS), 1
     )
-    num_random = _check_int("num_random", pick("num_random", DEFAULT_NUM_RANDOM), 0)
-    seed = _check_int("seed", pick("seed", config.seed), 0)
-    dtype = _check_choice("dtype", pick("dtype", config.dtype), ("float32", "float64"))
+    num_random = check_int("num_random", pick("num_random", DEFAULT_NUM_RANDOM), 0)
+    seed = check_int("seed", pick("seed", config.seed), 0)
+    dtype = check_choice("dtype", pick("dtype", config.dtype), ("float32", "float64"))
     num_inner = test_matrix = num_probes = None
     if method == "sketch":
-        num_inner = _check_int(
+        num_inner = check_int(
             "num_inner", pick("num_inner", min(2 * num_outer, dim)), num_outer, dim
         )
-        test_matrix = _check_choice(
+        test_matrix = check_choice(
             "test_matrix", pick("test_matrix", "ssrft"), TEST_MATRICES
         )
-        num_probes = _check_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1)
+        num_probes = check_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1)
     return OverlapSettings(
         split=split,
         method=method,
@@ -388,16 +327,6 @@ def resolve_overlap_settings(
         dtype=dtype,
         max_exact_dim=max_exact_dim,
     )
-
-
-def _differences(
-    stored: Mapping[str, Any], settings: Mapping[str, Any]
-) -> list[tuple[str, Any, Any]]:
-    return [
-        (name, stored.get(name), value)
-        for name, value in settings.items()
-        if stored.get(name) != value
-    ]
 
 
 def mask_seed(seed: int, step: int) -> int:
@@ -414,340 +343,6 @@ def mask_seed(seed: int, step: int) -> int:
     return (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
 
 
-def select_steps(run: RunFolder, steps: str | Iterable[int] | None) -> list[int]:
-    """Pick recorded steps.
-
-    Args:
-        run: The run folder.
-        steps: ``None`` for every recorded step, or a step list
-            (:func:`~curvlab.runs.parse_steps` syntax: ``"0,100:1000:100"``).
-
-    Returns:
-        The steps, sorted.
-
-    Raises:
-        MissingStepError: If a step is not recorded, or the run has none.
-        ConfigError: If ``steps`` is malformed.
-    """
-    recorded = run.recorded_steps()
-    if not recorded:
-        raise MissingStepError(
-            f"The run in {str(run.path)!r} has no recorded steps. Train it first "
-            "(`curvlab train --out RUN_DIR ...`)."
-        )
-    if steps is None:
-        return recorded
-    chosen = list(parse_steps(steps))
-    missing = [s for s in chosen if s not in recorded]
-    if missing:
-        raise MissingStepError(
-            f"Steps {missing} are not recorded in {str(run.path)!r}. Recorded "
-            f"steps: {recorded}."
-        )
-    return chosen
-
-
-# -------------------------------------------------------------------- Hessian
-def hessian_subset(
-    problem: Problem,
-    split: str,
-    samples_per_class: int,
-    *,
-    dtype: torch.dtype | None = None,
-) -> tuple[BatchedData, Tensor]:
-    """The class-balanced subset of a split on which the Hessian is taken.
-
-    Classification: the first ``samples_per_class`` examples of every class, in
-    the split's order (:func:`~curvlab.problems.balanced_subset`, as the paper's
-    ``SubsetSampler.get_balanced(random=False)``). Regression: the first
-    ``samples_per_class`` samples.
-
-    Args:
-        problem: The run's problem (:meth:`~curvlab.runs.RunFolder.problem`).
-        split: ``"train"`` or ``"test"``.
-        samples_per_class: Samples per class (regression: in total).
-        dtype: Convert the inputs to this dtype (default: keep).
-
-    Returns:
-        The batches (the problem's batch size) and the chosen indices into the
-        split.
-
-    Raises:
-        ValueError: If the split is unknown or too small.
-    """
-    _check_choice("split", split, SPLITS)
-    data = problem.train_data if split == "train" else problem.test_data
-    y = data.y
-    if problem.num_classes is None:
-        if samples_per_class > data.num_samples:
-            raise ValueError(
-                f"The {split} split of {problem.name!r} has {data.num_samples} "
-                f"samples; samples_per_class={samples_per_class} asks for more."
-            )
-        indices = torch.arange(samples_per_class, device=y.device)
-    else:
-        counts = torch.bincount(y, minlength=problem.num_classes)
-        fewest = int(counts.min())
-        if samples_per_class > fewest:
-            raise ValueError(
-                f"The {split} split of {problem.name!r} has only {fewest} examples "
-                f"of its smallest class (class {int(counts.argmin())}); "
-                f"samples_per_class={samples_per_class} is too many. Pass at most "
-                f"{fewest}."
-            )
-        num = samples_per_class * problem.num_classes
-        indices = balanced_subset(y, num, problem.num_classes)
-    subset = data.subset(indices)
-    if dtype is not None and subset.X.is_floating_point() and subset.X.dtype != dtype:
-        subset = BatchedData(subset.X.to(dtype), subset.y, subset.batch_size)
-    return subset, indices.cpu()
-
-
-def hessian_at_step(
-    run: RunFolder,
-    step: int,
-    problem: Problem,
-    split: str,
-    samples_per_class: int,
-    *,
-    dtype: str | torch.dtype | None = None,
-    max_cols: int | None = DEFAULT_MAX_COLS,
-) -> tuple[HessianOperator, Tensor, Tensor]:
-    """Load a step into the problem's model and build its Hessian operator.
-
-    Args:
-        run: The run folder.
-        step: A recorded step.
-        problem: The run's problem, built once (:meth:`RunFolder.problem`); its
-            model is changed in place (the step's parameters, ``dtype``).
-        split: ``"train"`` or ``"test"``.
-        samples_per_class: See :func:`hessian_subset`.
-        dtype: Dtype of model and data (default: the model's).
-        max_cols: Columns per pass over the data.
-
-    Returns:
-        The Hessian of the mean loss over the subset, the flat parameter
-        vector (in the operator's order, its dtype and device) and the subset's
-        indices.
-
-    Raises:
-        MissingStepError: If the step is not recorded.
-        ValueError: If the subset cannot be drawn.
-    """
-    model = problem.model
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    run.load_into(model, step)
-    if dtype is not None:
-        model.to(dtype)
-    model.eval()
-    param_dtype = next(model.parameters()).dtype
-    data, indices = hessian_subset(problem, split, samples_per_class, dtype=param_dtype)
-    op = HessianOperator(model, problem.loss_fn, data, max_cols=max_cols)
-    params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return op, params, indices
-
-
-# --------------------------------------------------------------- eigenbases
-@dataclass(frozen=True)
-class Eigenbasis:
-    r"""The top eigenpairs by :math:`|\lambda|` of a Hessian, with diagnostics.
-
-    Attributes:
-        method: ``"exact"`` or ``"sketch"``.
-        eigenvalues: ``(K,)`` by descending magnitude.
-        eigenvectors: ``(D, K)`` orthonormal.
-        a_posteriori: The error of :math:`Q_K \Lambda_K Q_K^\top` (JSON-ready):
-            ``kind`` (``"exact"`` or ``"estimate"``), ``error``, ``error_sq``,
-            ``relative_error``, ``op_norm_sq``, ``num_probes``, ``bounds``
-            (``[{"epsilon", "p_under", "p_over"}]``, estimate only),
-            ``scree_lower``, ``scree_upper`` (``K + 1`` values each, equal for
-            the exact method).
-        trace: :math:`\operatorname{tr} H` (exact method), else ``None``.
-        fraction_negative: Fraction of the ``D`` eigenvalues below 0 (exact
-            method; the paper's statistic, ``papers.md`` §1.6), else ``None``.
-            Eigenvalues that are zero up to rounding count half the time.
-        fraction_negative_beyond_rounding: Fraction below
-            ``-negative_tolerance`` (exact method), else ``None``.
-        negative_tolerance: ``D * eps * max|λ|`` of the product dtype (exact).
-        all_eigenvalues: All ``D`` eigenvalues by descending magnitude (exact
-            method, CPU float64), else ``None``.
-        dense: The dense ``(D, D)`` Hessian (exact method), else ``None``.
-        num_matvecs: ``{"eigendecomposition": D or s, "a_posteriori": p}``.
-        seconds: Timings: ``hessian`` (dense), ``eigh``, ``sketch``,
-            ``a_posteriori``.
-    """
-
-    method: str
-    eigenvalues: Tensor
-    eigenvectors: Tensor
-    a_posteriori: dict[str, Any]
-    trace: float | None = None
-    fraction_negative: float | None = None
-    fraction_negative_beyond_rounding: float | None = None
-    negative_tolerance: float | None = None
-    all_eigenvalues: Tensor | None = None
-    dense: Tensor | None = None
-    num_matvecs: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _exact_error(values_by_magnitude: Tensor, num_outer: int) -> dict[str, Any]:
-    squares = values_by_magnitude.to(torch.float64).square()
-    total = float(squares.sum())
-    tails = squares.flip(0).cumsum(0).flip(0)  # tails[r] = sum_{i >= r}
-    tail = torch.cat([tails, squares.new_zeros(1)])[: num_outer + 1]
-    scree = (tail / total if total > 0 else torch.zeros_like(tail)).tolist()
-    error_sq = float(tail[num_outer])
-    return {
-        "kind": "exact",
-        "error": math.sqrt(error_sq),
-        "error_sq": error_sq,
-        "relative_error": math.sqrt(error_sq / total) if total > 0 else 0.0,
-        "op_norm_sq": total,
-        "num_probes": 0,
-        "bounds": [],
-        "scree_lower": scree,
-        "scree_upper": scree,
-    }
-
-
-def exact_eigenbasis(
-    op: HessianOperator,
-    num_outer: int,
-    *,
-    max_dim: int = DEFAULT_MAX_EXACT_DIM,
-    keep_dense: bool = False,
-) -> Eigenbasis:
-    r"""Top eigenpairs by :math:`|\lambda|` from the dense matrix.
-
-    Materialises :math:`H` from ``D`` products (identity columns in chunks of
-    the operator's ``max_cols``), symmetrises it, and runs a dense ``eigh`` in
-    float64. The error of the rank-``K`` truncation is exact:
-    :math:`\|H - Q_K \Lambda_K Q_K^\top\|_F^2 = \sum_{i > K} \lambda_i^2`.
-
-    Args:
-        op: The Hessian (any symmetric curvature operator).
-        num_outer: ``K``, ``1 <= K <= D``.
-        max_dim: Refuse ``D > max_dim``.
-        keep_dense: Keep the dense matrix (on the operator's device, its dtype)
-            in the result.
-
-    Returns:
-        The eigenbasis (float64, on the operator's device), trace, fraction of
-        negative eigenvalues, the full spectrum and the exact error.
-
-    Raises:
-        ValueError: If ``D > max_dim`` or ``num_outer`` is out of range.
-    """
-    dim = op.shape[0]
-    if dim > max_dim:
-        raise ValueError(
-            f"The exact eigendecomposition needs the dense {dim}x{dim} Hessian, above "
-            f"max_dim={max_dim}. Use the sketch, or raise the limit deliberately."
-        )
-    _check_int("num_outer", num_outer, 1, dim)
-    start = time.perf_counter()
-    dense = op.to_dense(max_dim=max_dim, chunk_size=op.max_cols or 256)
-    hessian_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    eps = torch.finfo(dense.dtype).eps
-    H = dense.to(torch.float64, copy=True)
-    if not keep_dense:
-        del dense
-        dense = None
-    H = H.add_(H.mT.clone()).mul_(0.5)  # symmetrise against rounding
-    values, vectors = torch.linalg.eigh(H)
-    eigh_seconds = time.perf_counter() - start
-    del H
-    order = torch.argsort(values.abs(), descending=True, stable=True)
-    values, top = values[order], order[:num_outer]
-    biggest = float(values.abs().max()) if dim else 0.0
-    tolerance = dim * eps * biggest
-    return Eigenbasis(
-        method="exact",
-        eigenvalues=values[:num_outer],
-        eigenvectors=vectors[:, top],
-        a_posteriori=_exact_error(values.cpu(), num_outer),
-        trace=float(values.sum()),
-        fraction_negative=float((values < 0).double().mean()),
-        fraction_negative_beyond_rounding=float((values < -tolerance).double().mean()),
-        negative_tolerance=tolerance,
-        all_eigenvalues=values.cpu(),
-        dense=dense,
-        num_matvecs={"eigendecomposition": dim, "a_posteriori": 0},
-        seconds={"hessian": hessian_seconds, "eigh": eigh_seconds},
-    )
-
-
-def sketched_eigenbasis(
-    op,
-    num_outer: int,
-    num_inner: int,
-    *,
-    test_matrix: str = "ssrft",
-    seed: int = 0,
-    num_probes: int = DEFAULT_NUM_PROBES,
-) -> Eigenbasis:
-    r"""Top eigenpairs by :math:`|\lambda|` by SEIGH, with the a-posteriori error.
-
-    :func:`~curvlab.linalg.sketched_eigh` (``num_inner`` products; Fernandez et
-    al. 2025, Alg. 2), then ``num_probes`` Gaussian probes estimate
-    :math:`\|H - W \Lambda W^\top\|_F^2` and :math:`\|H\|_F^2`
-    (:func:`~curvlab.linalg.a_posteriori_error`; TYUC2019 §6), with the
-    probabilities that the estimate is off by a factor :math:`1 \pm \varepsilon`
-    and the scree bounds.
-
-    Args:
-        op: The Hessian (any symmetric operator).
-        num_outer: ``K``, ``1 <= K < D``.
-        num_inner: ``s``, ``K <= s <= D``.
-        test_matrix: ``"ssrft"``, ``"gaussian"`` or ``"rademacher"``.
-        seed: Seed of the test matrices and the probes (independent streams).
-        num_probes: Gaussian probes, at least 1.
-
-    Returns:
-        The eigenbasis (operator's dtype and device) and its error estimate.
-
-    Raises:
-        ValueError: If a size is out of range.
-        FloatingPointError: If a product is NaN or Inf.
-    """
-    start = time.perf_counter()
-    sketch = sketched_eigh(op, num_outer, num_inner, test_matrix=test_matrix, seed=seed)
-    sketch_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
-    a_posteriori_seconds = time.perf_counter() - start
-    error = {
-        "kind": "estimate",
-        "error": cert.error,
-        "error_sq": cert.error_sq,
-        "relative_error": cert.relative_error,
-        "op_norm_sq": cert.op_norm_sq,
-        "approx_norm_sq": cert.approx_norm_sq,
-        "num_probes": cert.num_probes,
-        "bounds": [
-            {"epsilon": e, "p_under": under, "p_over": over}
-            for e, under, over in cert.bounds
-        ],
-        "scree_lower": cert.scree_lower.tolist(),
-        "scree_upper": cert.scree_upper.tolist(),
-    }
-    return Eigenbasis(
-        method="sketch",
-        eigenvalues=sketch.eigenvalues,
-        eigenvectors=sketch.eigenvectors,
-        a_posteriori=error,
-        num_matvecs={
-            "eigendecomposition": sketch.num_matvecs,
-            "a_posteriori": cert.num_matvecs,
-        },
-        seconds={"sketch": sketch_seconds, "a_posteriori": a_posteriori_seconds},
-    )
-
-
-# ------------------------------------------------------------------- one step
 @dataclass(frozen=True)
 class StepOverlap:
     """The overlap measurement of one step.
@@ -898,13 +493,24 @@ def overlap_at_step(
         MissingStepError: If the step is not recorded.
         ValueError: If the settings are invalid or the subset cannot be drawn.
     """
+    if problem is None:
+        problem = run.problem(device=device, data_dir=data_dir)
+    settings = resolve_overlap_settings(run, settings, num_params=problem.num_params)
+    return _measure(run, step, settings, problem, max_cols, on_phase)
+
+
+def _measure(
+    run: RunFolder,
+    step: int,
+    settings: OverlapSettings,
+    problem: Problem,
+    max_cols: int | None,
+    on_phase: Callable[[str], None] | None,
+) -> StepOverlap:
+    """:func:`overlap_at_step` with resolved settings and a built problem."""
     phase = on_phase or (lambda name: None)
     phase("hessian")
     start = time.perf_counter()
-    if problem is None:
-        problem = run.problem(device=device, data_dir=data_dir)
-    # idempotent on resolved settings
-    settings = resolve_overlap_settings(run, settings, num_params=problem.num_params)
     op, params, indices = hessian_at_step(
         run,
         step,
@@ -951,62 +557,6 @@ def overlap_at_step(
     rows = curve_rows(step, curve, basis.eigenvalues)
     summary = _summary(run, step, settings, basis, curve, indices, seconds)
     return StepOverlap(step, settings, basis, curve, rows, summary)
-
-
-# ------------------------------------------------------------------ the run
-@dataclass(frozen=True)
-class OverlapEvent:
-    """Progress of :func:`overlap_run`, passed to the callback.
-
-    Attributes:
-        kind: ``"start"`` (``values``: ``todo`` and ``skipped`` steps,
-            ``settings``), ``"phase"`` (``values["phase"]``: ``"hessian"``,
-            ``"eigh"``, ``"sketch"``, ``"overlap"``), ``"step"`` (the step is
-            stored; ``values`` is its summary) or ``"done"``.
-        step: The step concerned (``None`` for ``"start"``/``"done"``).
-        index: Steps finished by this call so far.
-        total: Steps this call computes.
-        values: Details, see ``kind``.
-    """
-
-    kind: str
-    step: int | None
-    index: int
-    total: int
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OverlapRunResult:
-    """What one call of :func:`overlap_run` did.
-
-    Attributes:
-        stage: The stage, ``overlap_<split>``.
-        settings: The resolved settings.
-        computed: Steps computed and stored by this call.
-        skipped: Requested steps that were already finished.
-        summaries: The summaries of all requested steps, by step (read back
-            for the skipped ones).
-        seconds: Wall time.
-    """
-
-    stage: str
-    settings: OverlapSettings
-    computed: tuple[int, ...]
-    skipped: tuple[int, ...]
-    summaries: dict[int, dict[str, Any]]
-    seconds: float
-
-
-def _write_combined(run: RunFolder, stage: str) -> None:
-    """Rewrite ``<stage>/all.csv`` and ``<stage>/summary.csv`` from done steps."""
-    rows, scalars = [], []
-    for step in run.done_steps(stage):
-        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
-        summary = run.read_json(run.path_for(stage, step, ".json"))
-        scalars.append(_summary_row(summary))
-    run.write_table(run.path_for(stage, None, ".csv"), rows, columns=_CURVE_COLUMNS)
-    run.write_table(run.path / stage / "summary.csv", scalars)
 
 
 def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -1100,158 +650,58 @@ def overlap_run(
         (0, 2)
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    notify = on_progress or (lambda event: None)
-    begin = time.perf_counter()
-    device = torch.device(device)
-    chosen = select_steps(run, steps)
-    problem = run.problem(device=device, data_dir=data_dir)
-    requested = settings or OverlapSettings()
-    split = requested.split or "train"
-    stage = overlap_stage(split)
-    resolved = resolve_overlap_settings(run, requested, num_params=problem.num_params)
-    wanted = resolved.stored()
-    computed, skipped, summaries, seconds = run_stage_steps(
-        run,
-        "overlap",
+    problem = run.problem(device=torch.device(device), data_dir=data_dir)
+    stage = OverlapStage(run, settings, problem, max_cols=max_cols)
+    return run_stage(
         stage,
-        chosen,
-        wanted,
-        lambda step, on_phase: overlap_at_step(
-            run,
-            step,
-            resolved,
-            problem=problem,
-            device=device,
-            max_cols=max_cols,
-            on_phase=on_phase,
-        ),
-        event=OverlapEvent,
-        columns=_CURVE_COLUMNS,
-        summary_row=_summary_row,
-        write_combined=_write_combined,
+        steps,
         force=force,
         device=device,
         data_dir=data_dir,
-        notify=notify,
-        begin=begin,
-    )
-    return OverlapRunResult(
-        stage=stage,
-        settings=resolved,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        summaries={s: summaries[s] for s in chosen},
-        seconds=seconds,
+        on_progress=on_progress,
     )
 
 
-def run_stage_steps(
-    run: RunFolder,
-    command: str,
-    stage: str,
-    chosen: list[int],
-    wanted: dict[str, Any],
-    compute: Callable[[int, Callable[[str], None]], Any],
-    *,
-    event: Callable[..., Any],
-    columns: Sequence[str],
-    summary_row: Callable[[Mapping[str, Any]], dict[str, Any]],
-    write_combined: Callable[[RunFolder, str], None],
-    force: bool,
-    device: torch.device,
-    data_dir: str | Path | None,
-    notify: Callable[[Any], None],
-    begin: float,
-) -> tuple[list[int], list[int], dict[int, dict[str, Any]], float]:
-    """Compute and store a per-step stage, skipping finished steps.
+class OverlapStage(TableStage):
+    """The overlap analysis as a resumable stage (:func:`overlap_run` runs it).
 
-    Shared by :func:`overlap_run` and the exhaustive check: checks that the
-    finished steps have the ``wanted`` settings, records the call in
-    ``invocations/``, computes each step to do (``compute(step, on_phase)``
-    returns an object with ``rows`` and ``summary``), writes its CSV and JSON,
-    marks it done and rewrites the combined tables, and notifies ``event``
-    objects (``"start"``, ``"phase"``, ``"step"``, ``"done"``).
-
-    Returns:
-        The steps computed and skipped, every chosen step's summary by step,
-        and the wall time since ``begin``.
-
-    Raises:
-        OverlapSettingsError: If finished steps were computed with other
-            settings and ``force`` is false.
+    Args:
+        run: The run folder.
+        settings: What to compute; resolved once here
+            (:func:`resolve_overlap_settings`).
+        problem: The run's problem on the device of the products.
+        max_cols: Hessian columns per pass over the data.
     """
-    todo, skipped = [], []
-    for step in chosen:
-        if force or not run.is_done(stage, step):
-            todo.append(step)
-            continue
-        entry = run.entry(stage, step) or {}
-        have = entry.get("info", {}).get("settings", {})
-        differences = _differences(have, wanted)
-        if differences:
-            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-            raise OverlapSettingsError(
-                f"Step {step} of {stage} in {str(run.path)!r} was computed with "
-                f"other settings ({listed}). Pass force=True (--force) to recompute "
-                "the finished steps.",
-                differences,
-            )
-        skipped.append(step)
-    notify(
-        event(
-            "start",
-            None,
-            0,
-            len(todo),
-            {"todo": todo, "skipped": skipped, "settings": wanted},
-        )
-    )
-    invocation = run.start_invocation(
-        command,
-        request={"settings": wanted, "steps": chosen, "force": force},
-        device=str(device),
-        data_dir=None if data_dir is None else str(data_dir),
-        versions=package_versions(),
-        machine=machine_info(str(device)),
-    )
-    computed: list[int] = []
-    summaries: dict[int, dict[str, Any]] = {}
-    try:
-        for index, step in enumerate(todo):
 
-            def on_phase(name: str, step=step, index=index) -> None:
-                notify(event("phase", step, index, len(todo), {"phase": name}))
+    command = "overlap"
+    columns = _CURVE_COLUMNS
 
-            result = compute(step, on_phase)
-            run.unmark(stage, step)
-            csv_path = run.write_table(
-                run.path_for(stage, step, ".csv"), result.rows, columns=columns
-            )
-            json_path = run.write_json(
-                run.path_for(stage, step, ".json"), result.summary
-            )
-            row = summary_row(result.summary)
-            row.pop("step")
-            info = {"settings": wanted, **row}
-            run.mark_done(stage, step, files=[csv_path, json_path], info=info)
-            write_combined(run, stage)
-            computed.append(step)
-            summaries[step] = result.summary
-            notify(event("step", step, index + 1, len(todo), result.summary))
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(
-            status, computed=computed, error=f"{type(error).__name__}: {error}"
+    def __init__(
+        self,
+        run: RunFolder,
+        settings: OverlapSettings | None,
+        problem: Problem,
+        *,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+    ):
+        super().__init__(run)
+        self.settings = resolve_overlap_settings(
+            run, settings, num_params=problem.num_params
         )
-        raise
-    for step in skipped:
-        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
-    if not todo and skipped:
-        write_combined(run, stage)
-    seconds = time.perf_counter() - begin
-    invocation.finish("finished", computed=computed, skipped=skipped)
-    notify(event("done", None, len(todo), len(todo), {"seconds": seconds}))
-    return computed, skipped, summaries, seconds
+        self.stored = self.settings.stored()
+        self.name = overlap_stage(self.settings.split)
+        self.problem = problem
+        self.max_cols = max_cols
+
+    def compute(self, step: int, on_phase: Callable[[str], None]) -> StepOverlap:
+        """Measure one step (:func:`overlap_at_step`)."""
+        return _measure(
+            self.run, step, self.settings, self.problem, self.max_cols, on_phase
+        )
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``."""
+        return _summary_row(summary)
 
 
 def load_overlap(

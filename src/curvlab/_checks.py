@@ -1,0 +1,69 @@
+"""Argument checks shared by every layer: one wording for one kind of mistake.
+
+Public entry points validate their arguments once, at the boundary (STYLE.md §6),
+with messages that say what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy
+
+__all__ = ["check_choice", "check_int"]
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an ``int`` if it is one in ``[low, high]``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value (``bool`` is refused; NumPy integers are accepted).
+        low: Smallest allowed value.
+        high: Largest allowed value, ``None`` for no bound.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        TypeError: If ``value`` is not an integer.
+        ValueError: If it lies outside the bounds.
+
+    Example:
+        >>> check_int("k", 3, 1, 10)
+        3
+        >>> check_int("k", 0, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: k must lie in >= 1. Got 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | numpy.integer):
+        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must lie in {bound}. Got {value}.")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value.
+        choices: The allowed values.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: If ``value`` is not among ``choices``.
+
+    Example:
+        >>> check_choice("split", "test", ("train", "test"))
+        'test'
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}. Got {value!r}.")
+    return value

@@ -1,0 +1,385 @@
+r"""The top Hessian eigenbasis at a recorded step: the science shared by stages.
+
+Both the overlap analysis (:mod:`curvlab.experiments.overlap`) and the exhaustive
+check (:mod:`curvlab.experiments.exhaustive`) take the Hessian of the mean loss
+over a fixed, class-balanced subset of a split at a recorded step
+(:func:`hessian_at_step`) and its ``K`` eigenpairs of largest :math:`|\lambda|`,
+either exactly from the dense matrix (:func:`exact_eigenbasis`) or by SEIGH with
+its a-posteriori error estimate (:func:`sketched_eigenbasis`); both return an
+:class:`Eigenbasis`.
+
+References:
+    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
+      magnitudes and Hessian eigenspaces at scale using sketched methods.
+      TMLR; arXiv 2504.14701.
+    - Tropp, Yurtsever, Udell & Cevher (2019). Streaming low-rank matrix
+      approximation with an application to scientific simulation. SIAM J. Sci.
+      Comput. 41(4) (arXiv 1902.08651), §6 (a-posteriori error, scree bounds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from curvlab._checks import check_choice, check_int
+from curvlab.linalg import a_posteriori_error, sketched_eigh
+from curvlab.operators import HessianOperator
+from curvlab.problems import BatchedData, Problem, balanced_subset
+from curvlab.runs import RunFolder
+
+__all__ = [
+    "DEFAULT_MAX_COLS",
+    "DEFAULT_MAX_EXACT_DIM",
+    "DEFAULT_NUM_PROBES",
+    "DEFAULT_SAMPLES_PER_CLASS",
+    "SPLITS",
+    "TEST_MATRICES",
+    "Eigenbasis",
+    "default_num_outer",
+    "exact_eigenbasis",
+    "hessian_at_step",
+    "hessian_subset",
+    "sketched_eigenbasis",
+]
+
+#: Splits the Hessian can be taken on.
+SPLITS = ("train", "test")
+
+#: Test matrices of the sketch.
+TEST_MATRICES = ("ssrft", "gaussian", "rademacher")
+
+#: Largest ``D`` for which the dense Hessian is built by default: a ``(D, D)``
+#: float64 matrix of 0.5 GB and a dense ``eigh`` of a minute or two.
+DEFAULT_MAX_EXACT_DIM = 8000
+
+#: The paper's Hessian subsets: 500 samples of 10 classes (papers.md §1.5).
+DEFAULT_SAMPLES_PER_CLASS = 50
+
+#: Default number of Gaussian probes of the a-posteriori error (TYUC2019, paper).
+DEFAULT_NUM_PROBES = 30
+
+#: Default columns per pass over the data (memory of the Hessian products).
+DEFAULT_MAX_COLS = 128
+
+
+def default_num_outer(num_params: int) -> int:
+    """Default number of eigenpairs: 5% of ``D``, between 1 and 1000.
+
+    The paper measures ``K = 355`` of ``D = 7030`` (mnist_mini) and ``K = 1000``
+    or ``1500`` of ``D ~ 10^6..10^7`` (papers.md §1.4).
+
+    Args:
+        num_params: ``D``.
+
+    Returns:
+        ``min(max(1, round(0.05 D)), 1000)``, and below ``D``.
+
+    Example:
+        >>> default_num_outer(7030), default_num_outer(650), default_num_outer(10**6)
+        (352, 32, 1000)
+    """
+    return max(1, min(round(0.05 * num_params), 1000, num_params - 1))
+
+
+def hessian_subset(
+    problem: Problem,
+    split: str,
+    samples_per_class: int,
+    *,
+    dtype: torch.dtype | None = None,
+) -> tuple[BatchedData, Tensor]:
+    """The class-balanced subset of a split on which the Hessian is taken.
+
+    Classification: the first ``samples_per_class`` examples of every class, in
+    the split's order (:func:`~curvlab.problems.balanced_subset`, as the paper's
+    ``SubsetSampler.get_balanced(random=False)``). Regression: the first
+    ``samples_per_class`` samples.
+
+    Args:
+        problem: The run's problem (:meth:`~curvlab.runs.RunFolder.problem`).
+        split: ``"train"`` or ``"test"``.
+        samples_per_class: Samples per class (regression: in total).
+        dtype: Convert the inputs to this dtype (default: keep).
+
+    Returns:
+        The batches (the problem's batch size) and the chosen indices into the
+        split.
+
+    Raises:
+        ValueError: If the split is unknown or too small.
+    """
+    check_choice("split", split, SPLITS)
+    data = problem.train_data if split == "train" else problem.test_data
+    y = data.y
+    if problem.num_classes is None:
+        if samples_per_class > data.num_samples:
+            raise ValueError(
+                f"The {split} split of {problem.name!r} has {data.num_samples} "
+                f"samples; samples_per_class={samples_per_class} asks for more."
+            )
+        indices = torch.arange(samples_per_class, device=y.device)
+    else:
+        counts = torch.bincount(y, minlength=problem.num_classes)
+        fewest = int(counts.min())
+        if samples_per_class > fewest:
+            raise ValueError(
+                f"The {split} split of {problem.name!r} has only {fewest} examples "
+                f"of its smallest class (class {int(counts.argmin())}); "
+                f"samples_per_class={samples_per_class} is too many. Pass at most "
+                f"{fewest}."
+            )
+        num = samples_per_class * problem.num_classes
+        indices = balanced_subset(y, num, problem.num_classes)
+    subset = data.subset(indices)
+    if dtype is not None and subset.X.is_floating_point() and subset.X.dtype != dtype:
+        subset = BatchedData(subset.X.to(dtype), subset.y, subset.batch_size)
+    return subset, indices.cpu()
+
+
+def hessian_at_step(
+    run: RunFolder,
+    step: int,
+    problem: Problem,
+    split: str,
+    samples_per_class: int,
+    *,
+    dtype: str | torch.dtype | None = None,
+    max_cols: int | None = DEFAULT_MAX_COLS,
+) -> tuple[HessianOperator, Tensor, Tensor]:
+    """Load a step into the problem's model and build its Hessian operator.
+
+    Args:
+        run: The run folder.
+        step: A recorded step.
+        problem: The run's problem, built once (:meth:`RunFolder.problem`); its
+            model is changed in place (the step's parameters, ``dtype``).
+        split: ``"train"`` or ``"test"``.
+        samples_per_class: See :func:`hessian_subset`.
+        dtype: Dtype of model and data (default: the model's).
+        max_cols: Columns per pass over the data.
+
+    Returns:
+        The Hessian of the mean loss over the subset, the flat parameter
+        vector (in the operator's order, its dtype and device) and the subset's
+        indices.
+
+    Raises:
+        MissingStepError: If the step is not recorded.
+        ValueError: If the subset cannot be drawn.
+    """
+    model = problem.model
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    run.load_into(model, step)
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    param_dtype = next(model.parameters()).dtype
+    data, indices = hessian_subset(problem, split, samples_per_class, dtype=param_dtype)
+    op = HessianOperator(model, problem.loss_fn, data, max_cols=max_cols)
+    params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return op, params, indices
+
+
+@dataclass(frozen=True)
+class Eigenbasis:
+    r"""The top eigenpairs by :math:`|\lambda|` of a Hessian, with diagnostics.
+
+    Attributes:
+        method: ``"exact"`` or ``"sketch"``.
+        eigenvalues: ``(K,)`` by descending magnitude.
+        eigenvectors: ``(D, K)`` orthonormal.
+        a_posteriori: The error of :math:`Q_K \Lambda_K Q_K^\top` (JSON-ready):
+            ``kind`` (``"exact"`` or ``"estimate"``), ``error``, ``error_sq``,
+            ``relative_error``, ``op_norm_sq``, ``num_probes``, ``bounds``
+            (``[{"epsilon", "p_under", "p_over"}]``, estimate only),
+            ``scree_lower``, ``scree_upper`` (``K + 1`` values each, equal for
+            the exact method).
+        trace: :math:`\operatorname{tr} H` (exact method), else ``None``.
+        fraction_negative: Fraction of the ``D`` eigenvalues below 0 (exact
+            method; the paper's statistic, ``papers.md`` §1.6), else ``None``.
+            Eigenvalues that are zero up to rounding count half the time.
+        fraction_negative_beyond_rounding: Fraction below
+            ``-negative_tolerance`` (exact method), else ``None``.
+        negative_tolerance: ``D * eps * max|λ|`` of the product dtype (exact).
+        all_eigenvalues: All ``D`` eigenvalues by descending magnitude (exact
+            method, CPU float64), else ``None``.
+        dense: The dense ``(D, D)`` Hessian (exact method), else ``None``.
+        num_matvecs: ``{"eigendecomposition": D or s, "a_posteriori": p}``.
+        seconds: Timings: ``hessian`` (dense), ``eigh``, ``sketch``,
+            ``a_posteriori``.
+    """
+
+    method: str
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    a_posteriori: dict[str, Any]
+    trace: float | None = None
+    fraction_negative: float | None = None
+    fraction_negative_beyond_rounding: float | None = None
+    negative_tolerance: float | None = None
+    all_eigenvalues: Tensor | None = None
+    dense: Tensor | None = None
+    num_matvecs: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _exact_error(values_by_magnitude: Tensor, num_outer: int) -> dict[str, Any]:
+    squares = values_by_magnitude.to(torch.float64).square()
+    total = float(squares.sum())
+    tails = squares.flip(0).cumsum(0).flip(0)  # tails[r] = sum_{i >= r}
+    tail = torch.cat([tails, squares.new_zeros(1)])[: num_outer + 1]
+    scree = (tail / total if total > 0 else torch.zeros_like(tail)).tolist()
+    error_sq = float(tail[num_outer])
+    return {
+        "kind": "exact",
+        "error": math.sqrt(error_sq),
+        "error_sq": error_sq,
+        "relative_error": math.sqrt(error_sq / total) if total > 0 else 0.0,
+        "op_norm_sq": total,
+        "num_probes": 0,
+        "bounds": [],
+        "scree_lower": scree,
+        "scree_upper": scree,
+    }
+
+
+def exact_eigenbasis(
+    op: HessianOperator,
+    num_outer: int,
+    *,
+    max_dim: int = DEFAULT_MAX_EXACT_DIM,
+    keep_dense: bool = False,
+) -> Eigenbasis:
+    r"""Top eigenpairs by :math:`|\lambda|` from the dense matrix.
+
+    Materialises :math:`H` from ``D`` products (identity columns in chunks of
+    the operator's ``max_cols``), symmetrises it, and runs a dense ``eigh`` in
+    float64. The error of the rank-``K`` truncation is exact:
+    :math:`\|H - Q_K \Lambda_K Q_K^\top\|_F^2 = \sum_{i > K} \lambda_i^2`.
+
+    Args:
+        op: The Hessian (any symmetric curvature operator).
+        num_outer: ``K``, ``1 <= K <= D``.
+        max_dim: Refuse ``D > max_dim``.
+        keep_dense: Keep the dense matrix (on the operator's device, its dtype)
+            in the result.
+
+    Returns:
+        The eigenbasis (float64, on the operator's device), trace, fraction of
+        negative eigenvalues, the full spectrum and the exact error.
+
+    Raises:
+        ValueError: If ``D > max_dim`` or ``num_outer`` is out of range.
+    """
+    dim = op.shape[0]
+    if dim > max_dim:
+        raise ValueError(
+            f"The exact eigendecomposition needs the dense {dim}x{dim} Hessian, above "
+            f"max_dim={max_dim}. Use the sketch, or raise the limit deliberately."
+        )
+    check_int("num_outer", num_outer, 1, dim)
+    start = time.perf_counter()
+    dense = op.to_dense(max_dim=max_dim, chunk_size=op.max_cols or 256)
+    hessian_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    eps = torch.finfo(dense.dtype).eps
+    H = dense.to(torch.float64, copy=True)
+    if not keep_dense:
+        del dense
+        dense = None
+    H = H.add_(H.mT.clone()).mul_(0.5)  # symmetrise against rounding
+    values, vectors = torch.linalg.eigh(H)
+    eigh_seconds = time.perf_counter() - start
+    del H
+    order = torch.argsort(values.abs(), descending=True, stable=True)
+    values, top = values[order], order[:num_outer]
+    biggest = float(values.abs().max()) if dim else 0.0
+    tolerance = dim * eps * biggest
+    return Eigenbasis(
+        method="exact",
+        eigenvalues=values[:num_outer],
+        eigenvectors=vectors[:, top],
+        a_posteriori=_exact_error(values.cpu(), num_outer),
+        trace=float(values.sum()),
+        fraction_negative=float((values < 0).double().mean()),
+        fraction_negative_beyond_rounding=float((values < -tolerance).double().mean()),
+        negative_tolerance=tolerance,
+        all_eigenvalues=values.cpu(),
+        dense=dense,
+        num_matvecs={"eigendecomposition": dim, "a_posteriori": 0},
+        seconds={"hessian": hessian_seconds, "eigh": eigh_seconds},
+    )
+
+
+def sketched_eigenbasis(
+    op,
+    num_outer: int,
+    num_inner: int,
+    *,
+    test_matrix: str = "ssrft",
+    seed: int = 0,
+    num_probes: int = DEFAULT_NUM_PROBES,
+) -> Eigenbasis:
+    r"""Top eigenpairs by :math:`|\lambda|` by SEIGH, with the a-posteriori error.
+
+    :func:`~curvlab.linalg.sketched_eigh` (``num_inner`` products; Fernandez et
+    al. 2025, Alg. 2), then ``num_probes`` Gaussian probes estimate
+    :math:`\|H - W \Lambda W^\top\|_F^2` and :math:`\|H\|_F^2`
+    (:func:`~curvlab.linalg.a_posteriori_error`; TYUC2019 §6), with the
+    probabilities that the estimate is off by a factor :math:`1 \pm \varepsilon`
+    and the scree bounds.
+
+    Args:
+        op: The Hessian (any symmetric operator).
+        num_outer: ``K``, ``1 <= K < D``.
+        num_inner: ``s``, ``K <= s <= D``.
+        test_matrix: ``"ssrft"``, ``"gaussian"`` or ``"rademacher"``.
+        seed: Seed of the test matrices and the probes (independent streams).
+        num_probes: Gaussian probes, at least 1.
+
+    Returns:
+        The eigenbasis (operator's dtype and device) and its error estimate.
+
+    Raises:
+        ValueError: If a size is out of range.
+        FloatingPointError: If a product is NaN or Inf.
+    """
+    start = time.perf_counter()
+    sketch = sketched_eigh(op, num_outer, num_inner, test_matrix=test_matrix, seed=seed)
+    sketch_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
+    a_posteriori_seconds = time.perf_counter() - start
+    error = {
+        "kind": "estimate",
+        "error": cert.error,
+        "error_sq": cert.error_sq,
+        "relative_error": cert.relative_error,
+        "op_norm_sq": cert.op_norm_sq,
+        "approx_norm_sq": cert.approx_norm_sq,
+        "num_probes": cert.num_probes,
+        "bounds": [
+            {"epsilon": e, "p_under": under, "p_over": over}
+            for e, under, over in cert.bounds
+        ],
+        "scree_lower": cert.scree_lower.tolist(),
+        "scree_upper": cert.scree_upper.tolist(),
+    }
+    return Eigenbasis(
+        method="sketch",
+        eigenvalues=sketch.eigenvalues,
+        eigenvectors=sketch.eigenvectors,
+        a_posteriori=error,
+        num_matvecs={
+            "eigendecomposition": sketch.num_matvecs,
+            "a_posteriori": cert.num_matvecs,
+        },
+        seconds={"sketch": sketch_seconds, "a_posteriori": a_posteriori_seconds},
+    )

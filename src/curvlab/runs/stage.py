@@ -1,0 +1,470 @@
+"""The one framework every resumable per-step experiment runs on.
+
+A *stage* computes something at recorded training steps of a run folder and
+stores it there (``overlap_train``, ``exhaustive_train``, ``spectrum``,
+``trace``, ...). Every stage has the same life cycle, written once here:
+
+1. **Settings, resolved once.** What decides a stage's numbers is a flat dict of
+   JSON values. A requested value wins over the value the stage's finished steps
+   were computed with, which wins over the default (:func:`pick_setting`,
+   :func:`stored_settings`). When a finished step was computed with other
+   settings, :func:`run_stage` raises :class:`SettingsConflictError`, which names
+   every conflicting setting, its stored and requested values, and how to
+   override (``force=True``, ``--force`` on the command line).
+2. **One step at a time.** :meth:`Stage.compute` returns a typed result for one
+   step; :meth:`Stage.write` stores it atomically (:meth:`RunFolder.write_json`,
+   :meth:`RunFolder.write_table`) and returns the files and the manifest info.
+3. **The runner** (:func:`run_stage`) selects the steps (:func:`select_steps`),
+   skips finished ones, records the call in ``invocations/``, computes, writes,
+   marks done in the manifest, lets the stage refresh its combined tables
+   (:meth:`Stage.finish`), and reports progress through one event type
+   (:class:`StageEvent`). An interruption (Ctrl-C, an error) is written into the
+   invocation record and re-raised; finished steps stay finished, so running
+   the same call again resumes. The command line turns Ctrl-C into exit code 130
+   (:func:`curvlab.cli._common.run_steps`).
+
+A stage subclass declares its name, the command that runs it, its resolved
+settings and the per-step work; nothing else. ``curvlab trace``
+(:mod:`curvlab.experiments.trace`) is the smallest complete example, and
+``docs/architecture.md`` walks through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curvlab.runs.config import parse_steps
+from curvlab.runs.environment import machine_info, package_versions
+from curvlab.runs.folder import MissingStepError, RunFolder
+
+__all__ = [
+    "SettingsConflictError",
+    "Stage",
+    "StageEvent",
+    "StageRunResult",
+    "TableStage",
+    "pick_setting",
+    "run_stage",
+    "select_steps",
+    "settings_differences",
+    "stored_settings",
+]
+
+
+class SettingsConflictError(ValueError):
+    """Finished steps of a stage were computed with other settings.
+
+    Attributes:
+        differences: ``(setting, stored, requested)`` for each differing setting.
+    """
+
+    def __init__(self, message: str, differences: list[tuple[str, Any, Any]]):
+        super().__init__(message)
+        self.differences = differences
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """Progress of :func:`run_stage`, passed to its callback.
+
+    Attributes:
+        kind: ``"start"`` (``values``: ``todo`` and ``skipped`` steps,
+            ``settings``), ``"phase"`` (``values["phase"]``: what the step is
+            doing now, named by the stage), ``"step"`` (a step is stored;
+            ``values`` is its summary) or ``"done"`` (``values["seconds"]``).
+        step: The step concerned (``None`` for ``"start"``/``"done"``).
+        index: Steps finished by this call so far.
+        total: Steps this call computes.
+        values: Details, see ``kind``.
+    """
+
+    kind: str
+    step: int | None
+    index: int
+    total: int
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageRunResult:
+    """What one call of :func:`run_stage` did.
+
+    Attributes:
+        stage: The stage name.
+        settings: The stage's resolved settings object.
+        computed: Steps computed and stored by this call.
+        skipped: Requested steps that were already finished.
+        results: The typed results of the computed steps, by step.
+        summaries: The summary of every requested step, by step (read back
+            from the run folder for the skipped ones).
+        seconds: Wall time.
+    """
+
+    stage: str
+    settings: Any
+    computed: tuple[int, ...]
+    skipped: tuple[int, ...]
+    results: dict[int, Any]
+    summaries: dict[int, dict[str, Any]]
+    seconds: float
+
+
+# ------------------------------------------------------------------ settings
+def stored_settings(run: RunFolder, stage: str) -> dict[str, Any]:
+    """Settings of the latest finished step of a stage (empty if none).
+
+    Args:
+        run: The run folder.
+        stage: The stage name.
+
+    Returns:
+        The ``settings`` kept in the manifest entry of the stage's last finished
+        step, or ``{}``.
+    """
+    done = run.done_steps(stage)
+    if not done:
+        return {}
+    entry = run.entry(stage, done[-1]) or {}
+    return dict(entry.get("info", {}).get("settings") or {})
+
+
+def pick_setting(
+    name: str, requested: Any, stored: Mapping[str, Any], default: Any
+) -> Any:
+    """Requested value, else the stored one, else the default.
+
+    Args:
+        name: The setting's name (its key in ``stored``).
+        requested: The value asked for, ``None`` when not given.
+        stored: Settings of the stage's finished steps (:func:`stored_settings`).
+        default: The default.
+
+    Returns:
+        The value to use.
+
+    Example:
+        >>> pick_setting("k", None, {"k": 5}, 10), pick_setting("k", 3, {"k": 5}, 10)
+        (5, 3)
+    """
+    if requested is not None:
+        return requested
+    if stored.get(name) is not None:
+        return stored[name]
+    return default
+
+
+def settings_differences(
+    stored: Mapping[str, Any], wanted: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """The settings whose stored value differs from the wanted one.
+
+    Args:
+        stored: Settings a step was computed with.
+        wanted: Settings of this call.
+
+    Returns:
+        ``(setting, stored, wanted)`` per differing setting, in ``wanted``'s order.
+    """
+    return [
+        (name, stored.get(name), value)
+        for name, value in wanted.items()
+        if stored.get(name) != value
+    ]
+
+
+def select_steps(run: RunFolder, steps: str | Iterable[int] | None) -> list[int]:
+    """Pick recorded steps.
+
+    Args:
+        run: The run folder.
+        steps: ``None`` for every recorded step, or a step list
+            (:func:`~curvlab.runs.parse_steps` syntax: ``"0,100:1000:100"``).
+
+    Returns:
+        The steps, sorted and distinct.
+
+    Raises:
+        MissingStepError: If a step is not recorded, or the run has none.
+        ConfigError: If ``steps`` is malformed.
+    """
+    recorded = run.recorded_steps()
+    if not recorded:
+        raise MissingStepError(
+            f"The run in {str(run.path)!r} has no recorded steps. Train it first "
+            "(`curvlab train --out RUN_DIR ...`)."
+        )
+    if steps is None:
+        return recorded
+    chosen = list(parse_steps(steps))
+    missing = [s for s in chosen if s not in recorded]
+    if missing:
+        raise MissingStepError(
+            f"Steps {missing} are not recorded in {str(run.path)!r}. Recorded "
+            f"steps: {recorded}."
+        )
+    return chosen
+
+
+# ------------------------------------------------------------------ stages
+class Stage:
+    """One resumable per-step experiment on a run folder.
+
+    A subclass sets :attr:`name` (the stage's folder and manifest name),
+    :attr:`command` (recorded in ``invocations/``), :attr:`settings` (the
+    resolved settings object) and :attr:`stored` (the JSON dict of the settings
+    that decide the numbers, compared with finished steps), and implements
+    :meth:`compute`, :meth:`write` and :meth:`read_summary`.
+
+    Attributes:
+        run: The run folder.
+    """
+
+    name: str
+    command: str
+    settings: Any
+    stored: dict[str, Any]
+
+    def __init__(self, run: RunFolder):
+        self.run = run
+
+    def compute(self, step: int, on_phase: Callable[[str], None]) -> Any:
+        """Compute one step (nothing is stored).
+
+        Args:
+            step: A recorded step.
+            on_phase: Call with a short name whenever a new phase starts.
+
+        Returns:
+            The step's typed result; it must have a ``summary`` dict.
+        """
+        raise NotImplementedError
+
+    def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]]:
+        """Store one step's result atomically.
+
+        Args:
+            step: The step.
+            result: What :meth:`compute` returned.
+
+        Returns:
+            The files written and the info kept in the manifest entry (it must
+            include ``"settings": self.stored``).
+        """
+        raise NotImplementedError
+
+    def read_summary(self, step: int) -> dict[str, Any]:
+        """Read a finished step's summary back.
+
+        Args:
+            step: A finished step.
+
+        Returns:
+            The summary, as :meth:`compute`'s result holds it.
+        """
+        raise NotImplementedError
+
+    def finish(self, computed: Sequence[int]) -> None:
+        """Refresh what is gathered over steps (combined tables); default none.
+
+        Args:
+            computed: Steps stored so far by this call.
+        """
+
+
+class TableStage(Stage):
+    """A stage that stores a table (CSV) and a summary (JSON) per step.
+
+    Besides the per-step files ``<stage>/step_XXXXXXXX.csv`` and ``.json`` it
+    keeps ``<stage>/all.csv`` (the rows of every finished step) and
+    ``<stage>/summary.csv`` (one row per finished step, :meth:`summary_row`).
+    A step's result must have ``rows`` (list of dicts) and ``summary``.
+
+    Attributes:
+        columns: Columns of the per-step tables.
+    """
+
+    columns: Sequence[str]
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """One row of ``summary.csv`` (with ``"step"``) from a step's summary.
+
+        Args:
+            summary: A step's summary.
+
+        Returns:
+            The row.
+        """
+        raise NotImplementedError
+
+    def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]]:
+        """Write the step's CSV and JSON; the manifest keeps the summary row.
+
+        Args:
+            step: The step.
+            result: With ``rows`` and ``summary``.
+
+        Returns:
+            The two files and ``{"settings", **summary_row without step}``.
+        """
+        run = self.run
+        csv_path = run.write_table(
+            run.path_for(self.name, step, ".csv"), result.rows, columns=self.columns
+        )
+        json_path = run.write_json(
+            run.path_for(self.name, step, ".json"), result.summary
+        )
+        row = self.summary_row(result.summary)
+        row.pop("step")
+        return [csv_path, json_path], {"settings": self.stored, **row}
+
+    def read_summary(self, step: int) -> dict[str, Any]:
+        """Read the step's JSON summary.
+
+        Args:
+            step: A finished step.
+
+        Returns:
+            The summary.
+        """
+        return self.run.read_json(self.run.path_for(self.name, step, ".json"))
+
+    def finish(self, computed: Sequence[int]) -> None:
+        """Rewrite ``all.csv`` and ``summary.csv`` from every finished step.
+
+        Args:
+            computed: Unused: the tables gather all finished steps.
+        """
+        run, rows, scalars = self.run, [], []
+        for step in run.done_steps(self.name):
+            rows.extend(run.read_table(run.path_for(self.name, step, ".csv")))
+            scalars.append(self.summary_row(self.read_summary(step)))
+        run.write_table(
+            run.path_for(self.name, None, ".csv"), rows, columns=self.columns
+        )
+        run.write_table(run.path / self.name / "summary.csv", scalars)
+
+
+# ------------------------------------------------------------------ runner
+def _check_finished(
+    run: RunFolder, stage: Stage, chosen: list[int], force: bool
+) -> tuple[list[int], list[int]]:
+    """Split the chosen steps into those to compute and those already done."""
+    todo, skipped = [], []
+    for step in chosen:
+        if force or not run.is_done(stage.name, step):
+            todo.append(step)
+            continue
+        entry = run.entry(stage.name, step) or {}
+        have = entry.get("info", {}).get("settings") or {}
+        differences = settings_differences(have, stage.stored)
+        if differences:
+            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
+            raise SettingsConflictError(
+                f"Step {step} of {stage.name} in {str(run.path)!r} was computed with "
+                f"other settings (stored -> requested: {listed}). Request the stored "
+                "values, or pass force=True (--force) to recompute the finished "
+                "steps.",
+                differences,
+            )
+        skipped.append(step)
+    return todo, skipped
+
+
+def run_stage(
+    stage: Stage,
+    steps: str | Iterable[int] | None = None,
+    *,
+    force: bool = False,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
+) -> StageRunResult:
+    """Compute and store a stage at recorded steps, skipping finished ones.
+
+    For each step to do: :meth:`Stage.compute`, the manifest entry removed (a
+    forced recomputation must not look finished halfway), :meth:`Stage.write`
+    (atomic files), the entry written with the files' sizes and the stage's
+    info, :meth:`Stage.finish`. The call is recorded in ``invocations/`` with
+    its outcome (``finished``, ``failed`` or ``interrupted``).
+
+    Args:
+        stage: The stage, with its resolved settings.
+        steps: Steps (default: every recorded one), a list or a string such as
+            ``"0,100:1000:100"``.
+        force: Recompute requested finished steps, also those computed with
+            other settings.
+        device: Recorded in the invocation.
+        data_dir: Recorded in the invocation.
+        on_progress: Called with a :class:`StageEvent` at the start, at each
+            phase of a step, after each stored step and at the end.
+
+    Returns:
+        The steps computed and skipped, the typed results of the computed ones
+        and every requested step's summary.
+
+    Raises:
+        SettingsConflictError: If finished steps were computed with other
+            settings and ``force`` is false.
+        MissingStepError: If a requested step is not recorded.
+    """
+    run = stage.run
+    notify = on_progress or (lambda event: None)
+    begin = time.perf_counter()
+    chosen = select_steps(run, steps)
+    todo, skipped = _check_finished(run, stage, chosen, force)
+    start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
+    notify(StageEvent("start", None, 0, len(todo), start))
+    invocation = run.start_invocation(
+        stage.command,
+        request={"settings": stage.stored, "steps": chosen, "force": force},
+        device=str(device),
+        data_dir=None if data_dir is None else str(data_dir),
+        versions=package_versions(),
+        machine=machine_info(str(device)),
+    )
+    computed: list[int] = []
+    results: dict[int, Any] = {}
+    summaries: dict[int, dict[str, Any]] = {}
+    try:
+        for index, step in enumerate(todo):
+
+            def on_phase(name: str, step=step, index=index) -> None:
+                notify(StageEvent("phase", step, index, len(todo), {"phase": name}))
+
+            result = stage.compute(step, on_phase)
+            run.unmark(stage.name, step)
+            files, info = stage.write(step, result)
+            run.mark_done(stage.name, step, files=files, info=info)
+            computed.append(step)
+            stage.finish(computed)
+            results[step] = result
+            summaries[step] = result.summary
+            notify(StageEvent("step", step, index + 1, len(todo), result.summary))
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(
+            status, computed=computed, error=f"{type(error).__name__}: {error}"
+        )
+        raise
+    for step in skipped:
+        summaries[step] = stage.read_summary(step)
+    if not todo and skipped:
+        stage.finish(computed)
+    seconds = time.perf_counter() - begin
+    invocation.finish("finished", computed=computed, skipped=skipped)
+    notify(StageEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
+    return StageRunResult(
+        stage=stage.name,
+        settings=stage.settings,
+        computed=tuple(computed),
+        skipped=tuple(skipped),
+        results=results,
+        summaries={s: summaries[s] for s in chosen},
+        seconds=seconds,
+    )

@@ -151,8 +151,9 @@ def run_steps(
     Args:
         name: The progress bar's first description.
         call: Runs the experiment, given the ``on_progress`` callback; its
-            events have ``kind`` ``"start"``, ``"phase"``, ``"step"`` or
-            ``"done"``.
+            events are :class:`~curvlab.runs.stage.StageEvent` objects
+            (``"start"``, ``"phase"``, ``"step"``, ``"done"``, and a stage's own
+            kinds for units of work inside a step).
         step_line: The line printed after a step, from its step and summary.
         console: Where to print.
         fail: Prints an error and returns its exit code.
@@ -163,7 +164,7 @@ def run_steps(
         product, 2 for ``errors``, 130 when interrupted.
     """
     state: dict[str, Any] = {"step": None}
-    with progress_bar(console) as progress:
+    with progress_bar(console, remaining=True) as progress:
         task = progress.add_task(name, total=None)
 
         def on_progress(event: Any) -> None:
@@ -181,6 +182,17 @@ def run_steps(
                 progress.console.print(line)
             elif event.kind == "done":
                 progress.update(task, description="done", completed=event.total)
+            else:  # a unit of work inside a step (a stage's own kind)
+                details = " ".join(
+                    str(event.values[key])
+                    for key in ("operator", "block")
+                    if key in event.values
+                )
+                progress.update(
+                    task,
+                    completed=event.index,
+                    description=f"step {event.step}: {details or event.kind}",
+                )
 
         try:
             return call(on_progress)

@@ -20,10 +20,9 @@ from rich.table import Table
 from curvlab.cli._common import progress_bar, torch_threads
 from curvlab.cli.check import DTYPES
 from curvlab.experiments.demo import DemoEvent, DemoSettings, demo_run, quick_settings
-from curvlab.experiments.overlap import OverlapSettingsError
 from curvlab.experiments.report import fmt
-from curvlab.experiments.spectrum import SpectrumSettingsError
 from curvlab.runs import ConfigError, ConfigMismatchError
+from curvlab.runs.stage import SettingsConflictError
 
 __all__ = ["main"]
 
@@ -89,8 +88,7 @@ def main(
         except (
             ConfigMismatchError,
             ConfigError,
-            SpectrumSettingsError,
-            OverlapSettingsError,
+            SettingsConflictError,
             FileExistsError,
         ) as error:
             error_console.print(

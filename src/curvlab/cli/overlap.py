@@ -55,7 +55,7 @@ def render_overlap(run: RunFolder, result: OverlapRunResult, console: Console) -
     """Print the stored results of an overlap run as a table.
 
     Args:
-        run: The run folder (the per-step tables are read from it).
+        run: The run folder (the tables of skipped steps are read from it).
         result: What :func:`~curvlab.experiments.overlap.overlap_run` returned.
         console: Where to print.
     """
@@ -92,7 +92,12 @@ def render_overlap(run: RunFolder, result: OverlapRunResult, console: Console) -
     for step, summary in sorted(result.summaries.items()):
         values = summary["eigenvalues"] + [None, None, None]
         at = summary["overlap_at_num_outer"]
-        rows = run.read_table(run.path_for(result.stage, step, ".csv"))
+        computed = result.results.get(step)
+        rows = (
+            computed.rows
+            if computed is not None
+            else run.read_table(run.path_for(result.stage, step, ".csv"))
+        )
         by_k = {row["k"]: row["magnitude"] for row in rows}
         table.add_row(
             str(step),

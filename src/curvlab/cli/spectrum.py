@@ -31,19 +31,18 @@ from curvlab.cli._common import (
     check_device,
     check_threads,
     error_printer,
-    print_skipped,
-    progress_bar,
+    run_steps,
     torch_threads,
 )
 from curvlab.experiments.spectrum import (
     STAGE,
-    SpectrumEvent,
+    SpectrumResult,
     SpectrumSettings,
-    SpectrumSettingsError,
     read_spectrum,
     spectrum_run,
 )
 from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
+from curvlab.runs.stage import SettingsConflictError
 
 __all__ = ["command", "main", "render_spectra"]
 
@@ -52,12 +51,12 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.5g}"
 
 
-def render_spectra(run: RunFolder, steps: list[int], console: Console) -> None:
+def render_spectra(run: RunFolder, result: SpectrumResult, console: Console) -> None:
     """Print the full Hessian's extreme eigenvalues and trace per step.
 
     Args:
-        run: The run folder.
-        steps: Steps with stored spectra.
+        run: The run folder (the spectra of skipped steps are read from it).
+        result: What :func:`~curvlab.experiments.spectrum.spectrum_run` returned.
         console: Where to print.
     """
     table = Table(
@@ -69,8 +68,8 @@ def render_spectra(run: RunFolder, steps: list[int], console: Console) -> None:
     for header in ("step", "method", "D", "λ by |λ|", "λ_min", "trace", "products"):
         table.add_column(header, justify="right")
     table.add_column("seconds", justify="right")
-    for step in steps:
-        stored = read_spectrum(run, step)
+    for step in sorted(set(result.computed) | set(result.skipped)):
+        stored = result.results.get(step) or read_spectrum(run, step)
         full = stored.spectra["hessian"].full
         top = full.top_eigenvalues
         bottom = full.bottom_eigenvalues
@@ -86,6 +85,14 @@ def render_spectra(run: RunFolder, steps: list[int], console: Console) -> None:
             f"{stored.seconds:.1f}",
         )
     console.print(table)
+
+
+def _step_line(step: int, summary: dict) -> str:
+    return (
+        f"step {step}: D={summary['dim']} ({summary['method']}), largest |λ| "
+        f"{_number(summary['top_eigenvalue'])}, trace {_number(summary['trace'])}, "
+        f"{summary['num_matvecs']} products, {summary['seconds']:.1f} s"
+    )
 
 
 def main(
@@ -129,73 +136,48 @@ def main(
     except (FileNotFoundError, ConfigError, RuntimeError) as error:
         return fail(str(error))
     settings = settings or SpectrumSettings()
-    with torch_threads(threads):
-        return _run(folder, requested, settings, device, data_dir, force, console, fail)
-
-
-def _run(run, steps, settings, device, data_dir, force, console, fail) -> int:
     start = time.perf_counter()
     console.print(
-        f"Spectra of [bold]{escape(run.config.problem)}[/] in "
-        f"{escape(str(run.path))}: method {settings.method}"
+        f"Spectra of [bold]{escape(folder.config.problem)}[/] in "
+        f"{escape(str(folder.path))}: method {settings.method}"
         f"{', layers' if settings.layers else ''}"
         f"{', GGN/residual split' if settings.split_ggn else ''}, "
         f"{settings.samples_per_class} samples per class, {device}, "
-        f"{torch.get_num_threads()} CPU thread(s)."
+        f"{threads or torch.get_num_threads()} CPU thread(s)."
     )
-    with progress_bar(console, remaining=True) as progress:
-        task = progress.add_task("spectra", total=None)
-
-        def on_progress(event: SpectrumEvent) -> None:
-            values = event.values
-            if event.kind == "start":
-                progress.update(task, total=event.total, completed=0)
-                print_skipped(progress, values["skipped"])
-            elif event.kind == "step":
-                progress.update(task, description=f"step {event.step}")
-            elif event.kind == "spectrum":
-                progress.update(
-                    task,
-                    completed=event.completed,
-                    description=f"step {event.step}: {values['operator']} "
-                    f"{values['block']}",
-                )
-            elif event.kind == "saved":
-                progress.console.print(
-                    f"step {event.step}: D={values['dim']} ({values['method']}), "
-                    f"largest |λ| {_number(values['top_eigenvalue'])}, trace "
-                    f"{_number(values['trace'])}, {values['num_matvecs']} products, "
-                    f"{values['seconds']:.1f} s"
-                )
-
-        try:
-            result = spectrum_run(
-                run,
+    errors = (
+        MissingStepError,
+        SettingsConflictError,
+        ConfigError,
+        ValueError,
+        FileNotFoundError,
+        ImportError,
+    )
+    with torch_threads(threads):
+        result = run_steps(
+            "spectra",
+            lambda on_progress: spectrum_run(
+                folder,
                 settings,
-                steps=steps,
+                steps=requested,
                 device=device,
                 data_dir=data_dir,
                 force=force,
                 on_progress=on_progress,
-            )
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print(
-                "[yellow]Interrupted.[/] Finished steps are kept; run the same "
-                "command again to resume."
-            )
-            return 130
-        except (MissingStepError, SpectrumSettingsError, ConfigError) as error:
-            return fail(str(error))
-        except (ValueError, FileNotFoundError, ImportError) as error:
-            return fail(str(error))
+            ),
+            _step_line,
+            console,
+            fail,
+            errors,
+        )
+    if isinstance(result, int):
+        return result
     if not result.computed:
         console.print("Nothing to do: every requested step is done.")
-    shown = sorted(set(result.computed) | set(result.skipped))
-    if shown:
-        render_spectra(run, shown, console)
+    if result.computed or result.skipped:
+        render_spectra(folder, result, console)
     console.print(
-        f"Spectra in {escape(str(run.path / STAGE))}. Done in "
+        f"Spectra in {escape(str(folder.path / STAGE))}. Done in "
         f"{time.perf_counter() - start:.1f} s."
     )
     return 0

@@ -80,6 +80,7 @@ from curvlab.runs import RunFolder
 from curvlab.runs.stage import (
     StageEvent,
     StageRunResult,
+    StepProgress,
     TableStage,
     pick_setting,
     run_stage,
@@ -622,10 +623,10 @@ class ExhaustiveStage(TableStage):
         self.problem = problem
         self.max_cols = max_cols
 
-    def compute(self, step: int, on_phase: Callable[[str], None]) -> StepExhaustive:
+    def compute(self, step: int, progress: StepProgress) -> StepExhaustive:
         """Check one step (:func:`exhaustive_at_step`)."""
         return _measure(
-            self.run, step, self.settings, self.problem, self.max_cols, on_phase
+            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
         )
 
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -102,6 +102,7 @@ from curvlab.runs.stage import (
     SettingsConflictError,
     StageEvent,
     StageRunResult,
+    StepProgress,
     TableStage,
     pick_setting,
     run_stage,
@@ -693,10 +694,10 @@ class OverlapStage(TableStage):
         self.problem = problem
         self.max_cols = max_cols
 
-    def compute(self, step: int, on_phase: Callable[[str], None]) -> StepOverlap:
+    def compute(self, step: int, progress: StepProgress) -> StepOverlap:
         """Measure one step (:func:`overlap_at_step`)."""
         return _measure(
-            self.run, step, self.settings, self.problem, self.max_cols, on_phase
+            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
         )
 
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:

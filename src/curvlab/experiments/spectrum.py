@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,15 @@ import torch
 from torch import nn
 
 from curvlab.problems.data import BatchedData, balanced_subset
-from curvlab.runs.environment import machine_info, package_versions
 from curvlab.runs.folder import MissingStepError, RunFolder
+from curvlab.runs.stage import (
+    SettingsConflictError,
+    Stage,
+    StageEvent,
+    StageRunResult,
+    StepProgress,
+    run_stage,
+)
 from curvlab.subspace.spectra import (
     MAX_EXACT_DIM,
     METHODS,
@@ -80,6 +87,7 @@ __all__ = [
     "SpectrumResult",
     "SpectrumSettings",
     "SpectrumSettingsError",
+    "SpectrumStage",
     "SpectrumStep",
     "compute_spectra",
     "hessian_data",
@@ -98,8 +106,8 @@ OPERATORS = ("hessian", "ggn", "residual")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class SpectrumSettingsError(ValueError):
-    """A step was computed with other settings than the ones requested."""
+#: A step was computed with other settings (the framework's one error type).
+SpectrumSettingsError = SettingsConflictError
 
 
 @dataclass(frozen=True)
@@ -210,27 +218,15 @@ class SpectrumSettings:
         }
 
 
-@dataclass(frozen=True)
-class SpectrumEvent:
-    """Progress of :func:`spectrum_run`, passed to the callback.
+#: Progress events of :func:`spectrum_run`: ``"start"``, ``"phase"`` (a step
+#: starts, ``values["phase"] == "spectra"``), ``"spectrum"`` (one spectrum is
+#: done; ``values``: ``operator``, ``block``, ``dim``, ``method``, ``seconds``),
+#: ``"step"`` (a step's file is written; ``values``: its summary) and ``"done"``;
+#: ``index``/``total`` count spectra.
+SpectrumEvent = StageEvent
 
-    Attributes:
-        kind: ``"start"`` (``values``: ``todo`` and ``skipped`` steps), ``"step"``
-            (a step starts; ``values["num_samples"]``), ``"spectrum"`` (one
-            spectrum is done; ``values``: ``operator``, ``block``, ``dim``,
-            ``method``, ``seconds``), ``"saved"`` (a step's file is written;
-            ``values``: its summary) or ``"done"``.
-        step: The training step (``None`` for ``"start"``/``"done"``).
-        completed: Spectra finished so far in this call.
-        total: Spectra this call computes.
-        values: Details, see ``kind``.
-    """
-
-    kind: str
-    step: int | None
-    completed: int
-    total: int
-    values: Mapping[str, Any] = field(default_factory=dict)
+#: What :func:`spectrum_run` returns.
+SpectrumResult = StageRunResult
 
 
 @dataclass(frozen=True)
@@ -253,25 +249,18 @@ class SpectrumStep:
     dim: int
     seconds: float
 
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The step's scalars, as kept in the manifest.
 
-@dataclass(frozen=True)
-class SpectrumResult:
-    """What one call of :func:`spectrum_run` did.
-
-    Attributes:
-        run: The run folder.
-        computed: Steps computed by this call.
-        skipped: Steps already done with the same settings.
-        seconds: Wall time.
-    """
-
-    run: RunFolder
-    computed: tuple[int, ...]
-    skipped: tuple[int, ...]
-    seconds: float
+        ``dim``, ``method``, ``top_eigenvalue``, ``min_eigenvalue``, ``trace``
+        and ``seconds`` of the full Hessian's spectrum, and ``num_matvecs`` of
+        all spectra.
+        """
+        return {**_summary(self.spectra), "seconds": self.seconds}
 
 
-ProgressCallback = Callable[[SpectrumEvent], None]
+ProgressCallback = Callable[[StageEvent], None]
 
 
 # ----------------------------------------------------------------- data
@@ -435,99 +424,83 @@ def spectrum_run(
         on_progress: Called with a :class:`SpectrumEvent` as work progresses.
 
     Returns:
-        What this call did.
+        What this call did; ``results`` holds the computed :class:`SpectrumStep`
+        records.
 
     Raises:
         MissingStepError: If a requested step is not recorded.
         SpectrumSettingsError: If a requested step is done with other settings
             and ``force`` is false.
     """
-    settings = settings or SpectrumSettings()
-    recorded = run.recorded_steps()
-    if steps is None:
-        steps = recorded
-    missing = [s for s in steps if s not in recorded]
-    if missing:
-        raise MissingStepError(
-            f"Steps {missing} are not recorded in {str(run.path)!r}. Recorded "
-            f"steps: {recorded}."
-        )
-    steps = sorted(set(steps))
-    wanted = settings.to_dict()
-    skipped = []
-    for step in steps:
-        if force or not run.is_done(STAGE, step):
-            continue
-        stored = run.entry(STAGE, step)["info"].get("settings")
-        if stored != wanted:
-            changed = sorted(
-                k for k in wanted if stored is None or stored.get(k) != wanted[k]
-            )
-            raise SpectrumSettingsError(
-                f"Step {step} of {str(run.path)!r} was computed with other "
-                f"settings ({', '.join(f'{k}: {stored.get(k)!r}' for k in changed)}"
-                f"; requested {', '.join(f'{k}: {wanted[k]!r}' for k in changed)}). "
-                "Pass force=True (--force) to recompute."
-            )
-        skipped.append(step)
-    todo = [s for s in steps if s not in skipped]
-    invocation = run.start_invocation(
-        STAGE,
-        request=wanted,
-        steps=todo,
-        skipped=skipped,
-        device=str(device),
-        versions=package_versions(),
-        machine=machine_info(str(device)),
-    )
-    start = time.perf_counter()
-    try:
-        computed = _run(run, settings, todo, skipped, device, data_dir, on_progress)
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(status, error=f"{type(error).__name__}: {error}")
-        raise
-    invocation.finish("finished", computed=list(computed))
-    return SpectrumResult(
-        run, tuple(computed), tuple(skipped), time.perf_counter() - start
+    stage = SpectrumStage(run, settings, device=device, data_dir=data_dir)
+    return run_stage(
+        stage,
+        None if steps is None else sorted(set(steps)),
+        force=force,
+        device=device,
+        data_dir=data_dir,
+        on_progress=on_progress,
     )
 
 
-def _run(run, settings, todo, skipped, device, data_dir, on_progress) -> list[int]:
-    counter = {"completed": 0, "total": 0}
+class SpectrumStage(Stage):
+    """The spectra over training as a resumable stage (:func:`spectrum_run`).
 
-    def report(kind: str, step: int | None, **values: Any) -> None:
-        if on_progress is not None:
-            on_progress(
-                SpectrumEvent(
-                    kind, step, counter["completed"], counter["total"], values
-                )
+    The problem, its Hessian data and the model's dtype are prepared once, when
+    the first step is computed.
+
+    Args:
+        run: The run folder.
+        settings: What to compute (default :class:`SpectrumSettings`).
+        device: Device of the model, data and products.
+        data_dir: Data folder of file-based problems.
+    """
+
+    name = STAGE
+    command = STAGE
+
+    def __init__(
+        self,
+        run: RunFolder,
+        settings: SpectrumSettings | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+    ):
+        super().__init__(run)
+        self.settings = settings or SpectrumSettings()
+        self.stored = self.settings.to_dict()
+        self.device = device
+        self.data_dir = data_dir
+        self._prepared: tuple[Any, BatchedData] | None = None
+
+    def _prepare(self) -> tuple[Any, BatchedData]:
+        if self._prepared is None:
+            problem = self.run.problem(device=self.device, data_dir=self.data_dir)
+            if self.settings.dtype is not None:
+                problem.model.to(_DTYPES[self.settings.dtype])
+            data = hessian_data(
+                problem, self.settings.samples_per_class, self.run.config.seed
             )
+            self._prepared = (problem, data)
+        return self._prepared
 
-    if not todo:
-        report("start", None, todo=(), skipped=tuple(skipped))
-        report("done", None)
-        return []
-    config = run.config
-    problem = run.problem(device=device, data_dir=data_dir)
-    model, loss_fn = problem.model, problem.loss_fn
-    if settings.dtype is not None:
-        model.to(_DTYPES[settings.dtype])
-    data = hessian_data(problem, settings.samples_per_class, config.seed)
-    counter["total"] = _count_spectra(model, loss_fn, data, settings) * len(todo)
-    report("start", None, todo=tuple(todo), skipped=tuple(skipped))
-    computed = []
-    for step in todo:
-        run.load_into(model, step)
-        model.eval()
-        report("step", step, num_samples=data.num_samples)
+    def num_units(self, todo: Sequence[int]) -> int:
+        """Spectra to compute: (1 + layers) x (3 with the GGN split) per step."""
+        problem, data = self._prepare()
+        per_step = _count_spectra(problem.model, problem.loss_fn, data, self.settings)
+        return per_step * len(todo)
+
+    def compute(self, step: int, progress: StepProgress) -> SpectrumStep:
+        """Compute the spectra of one step."""
+        problem, data = self._prepare()
+        model = self.run.load_into(problem.model, step).eval()
+        progress.phase("spectra")
         tic = time.perf_counter()
 
-        def on_spectrum(operator: str, spectrum: BlockSpectrum, step=step) -> None:
-            counter["completed"] += 1
-            report(
+        def on_spectrum(operator: str, spectrum: BlockSpectrum) -> None:
+            progress.advance(
                 "spectrum",
-                step,
                 operator=operator,
                 block=spectrum.name,
                 dim=spectrum.dim,
@@ -537,39 +510,44 @@ def _run(run, settings, todo, skipped, device, data_dir, on_progress) -> list[in
 
         spectra = compute_spectra(
             model,
-            loss_fn,
+            problem.loss_fn,
             data,
-            settings,
-            seed=config.seed,
+            self.settings,
+            seed=self.run.config.seed,
             on_spectrum=on_spectrum,
         )
-        seconds = time.perf_counter() - tic
-        dtype = next(model.parameters()).dtype
+        return SpectrumStep(
+            step=step,
+            settings=self.settings,
+            spectra=spectra,
+            num_samples=data.num_samples,
+            dim=spectra["hessian"].full.dim,
+            seconds=time.perf_counter() - tic,
+        )
+
+    def write(self, step: int, result: SpectrumStep) -> tuple[list[Path], dict]:
+        """Write the step's JSON file; the manifest keeps its summary."""
+        dtype = next(self._prepare()[0].model.parameters()).dtype
         content = {
             "format": SPECTRUM_FORMAT,
             "format_version": SPECTRUM_FORMAT_VERSION,
             "step": step,
-            "settings": settings.to_dict(),
-            "num_samples": data.num_samples,
-            "dim": spectra["hessian"].full.dim,
+            "settings": self.stored,
+            "num_samples": result.num_samples,
+            "dim": result.dim,
             "dtype": str(dtype).removeprefix("torch."),
-            "device": str(device),
-            "seconds": seconds,
-            "spectra": {name: s.to_dict() for name, s in spectra.items()},
+            "device": str(self.device),
+            "seconds": result.seconds,
+            "spectra": {name: s.to_dict() for name, s in result.spectra.items()},
         }
-        path = run.path_for(STAGE, step, ".json")
-        run.write_json(path, content)
-        summary = {**_summary(spectra), "seconds": seconds}
-        run.mark_done(
-            STAGE,
-            step,
-            files=[path],
-            info={**summary, "settings": settings.to_dict()},
-        )
-        computed.append(step)
-        report("saved", step, **summary)
-    report("done", None)
-    return computed
+        path = self.run.write_json(self.run.path_for(STAGE, step, ".json"), content)
+        return [path], {**result.summary, "settings": self.stored}
+
+    def read_summary(self, step: int) -> dict[str, Any]:
+        """The summary kept in the step's manifest entry."""
+        info = dict((self.run.entry(STAGE, step) or {}).get("info", {}))
+        info.pop("settings", None)
+        return info
 
 
 # ----------------------------------------------------------------- reading

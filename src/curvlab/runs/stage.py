@@ -48,6 +48,7 @@ __all__ = [
     "Stage",
     "StageEvent",
     "StageRunResult",
+    "StepProgress",
     "TableStage",
     "pick_setting",
     "run_stage",
@@ -77,10 +78,13 @@ class StageEvent:
         kind: ``"start"`` (``values``: ``todo`` and ``skipped`` steps,
             ``settings``), ``"phase"`` (``values["phase"]``: what the step is
             doing now, named by the stage), ``"step"`` (a step is stored;
-            ``values`` is its summary) or ``"done"`` (``values["seconds"]``).
+            ``values`` is its summary), ``"done"`` (``values["seconds"]``), or
+            a kind a stage names for a unit of work inside a step (``spectrum``
+            reports ``"spectrum"`` for every spectrum it finishes).
         step: The step concerned (``None`` for ``"start"``/``"done"``).
-        index: Steps finished by this call so far.
-        total: Steps this call computes.
+        index: Units of work finished by this call so far: steps, unless the
+            stage counts finer units (:meth:`Stage.num_units`).
+        total: Units of work this call does.
         values: Details, see ``kind``.
     """
 
@@ -212,6 +216,45 @@ def select_steps(run: RunFolder, steps: str | Iterable[int] | None) -> list[int]
 
 
 # ------------------------------------------------------------------ stages
+class StepProgress:
+    """What a stage's :meth:`Stage.compute` reports while it works on a step.
+
+    Args:
+        notify: The callback of :func:`run_stage`.
+        step: The step being computed.
+        counter: ``{"done": units so far, "total": units}``, shared over steps.
+    """
+
+    def __init__(
+        self, notify: Callable[[StageEvent], None], step: int, counter: dict[str, int]
+    ):
+        self._notify = notify
+        self._step = step
+        self._counter = counter
+
+    def phase(self, name: str) -> None:
+        """Report that a phase of the step starts.
+
+        Args:
+            name: A short name, e.g. ``"hessian"``.
+        """
+        self._emit("phase", {"phase": name})
+
+    def advance(self, kind: str, **values: Any) -> None:
+        """Report that one unit of work is finished (stages that count units).
+
+        Args:
+            kind: The event kind, e.g. ``"spectrum"``.
+            **values: Details for the callback.
+        """
+        self._counter["done"] += 1
+        self._emit(kind, values)
+
+    def _emit(self, kind: str, values: Mapping[str, Any]) -> None:
+        done, total = self._counter["done"], self._counter["total"]
+        self._notify(StageEvent(kind, self._step, done, total, values))
+
+
 class Stage:
     """One resumable per-step experiment on a run folder.
 
@@ -233,17 +276,30 @@ class Stage:
     def __init__(self, run: RunFolder):
         self.run = run
 
-    def compute(self, step: int, on_phase: Callable[[str], None]) -> Any:
+    def compute(self, step: int, progress: StepProgress) -> Any:
         """Compute one step (nothing is stored).
 
         Args:
             step: A recorded step.
-            on_phase: Call with a short name whenever a new phase starts.
+            progress: Call ``progress.phase(name)`` whenever a new phase starts
+                (and ``progress.advance(kind, **values)`` after each unit, for a
+                stage that counts units, :meth:`num_units`).
 
         Returns:
             The step's typed result; it must have a ``summary`` dict.
         """
         raise NotImplementedError
+
+    def num_units(self, todo: Sequence[int]) -> int | None:
+        """Units of work for the steps to do; ``None`` (default): one per step.
+
+        Args:
+            todo: The steps this call computes (never empty).
+
+        Returns:
+            The count, or ``None`` to count steps.
+        """
+        return None
 
     def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]]:
         """Store one step's result atomically.
@@ -418,8 +474,6 @@ def run_stage(
     begin = time.perf_counter()
     chosen = select_steps(run, steps)
     todo, skipped = _check_finished(run, stage, chosen, force)
-    start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
-    notify(StageEvent("start", None, 0, len(todo), start))
     invocation = run.start_invocation(
         stage.command,
         request={"settings": stage.stored, "steps": chosen, "force": force},
@@ -431,13 +485,13 @@ def run_stage(
     computed: list[int] = []
     results: dict[int, Any] = {}
     summaries: dict[int, dict[str, Any]] = {}
+    units = stage.num_units(todo) if todo else None
+    counter = {"done": 0, "total": len(todo) if units is None else units}
+    start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
+    notify(StageEvent("start", None, 0, counter["total"], start))
     try:
-        for index, step in enumerate(todo):
-
-            def on_phase(name: str, step=step, index=index) -> None:
-                notify(StageEvent("phase", step, index, len(todo), {"phase": name}))
-
-            result = stage.compute(step, on_phase)
+        for step in todo:
+            result = stage.compute(step, StepProgress(notify, step, counter))
             run.unmark(stage.name, step)
             files, info = stage.write(step, result)
             run.mark_done(stage.name, step, files=files, info=info)
@@ -445,7 +499,10 @@ def run_stage(
             stage.finish(computed)
             results[step] = result
             summaries[step] = result.summary
-            notify(StageEvent("step", step, index + 1, len(todo), result.summary))
+            if units is None:
+                counter["done"] += 1
+            done, total = counter["done"], counter["total"]
+            notify(StageEvent("step", step, done, total, result.summary))
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         invocation.finish(
@@ -458,7 +515,8 @@ def run_stage(
         stage.finish(computed)
     seconds = time.perf_counter() - begin
     invocation.finish("finished", computed=computed, skipped=skipped)
-    notify(StageEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
+    done, total = counter["done"], counter["total"]
+    notify(StageEvent("done", None, done, total, {"seconds": seconds}))
     return StageRunResult(
         stage=stage.name,
         settings=stage.settings,

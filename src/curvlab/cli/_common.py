@@ -10,7 +10,7 @@ codes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,22 +38,40 @@ __all__ = [
     "MaxColsOption",
     "RunDtypeOption",
     "RunOption",
+    "SamplesPerClassOption",
+    "SeedOption",
+    "StepsOption",
     "ThreadsOption",
     "check_device",
     "check_threads",
     "error_printer",
+    "fmt",
     "markdown_table",
     "print_written",
     "print_skipped",
     "progress_bar",
     "run_stage_command",
     "run_steps",
+    "summary_line",
     "torch_threads",
     "write_study_files",
 ]
 
 RunOption = Annotated[
     Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
+]
+StepsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Recorded steps, e.g. 0,100 or 0:1000:100 (stop included). [all]"
+    ),
+]
+SamplesPerClassOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Samples per class of the train subset. [50]"),
+]
+SeedOption = Annotated[
+    int | None, typer.Option(min=0, help="Seed of the probes. [the run's]")
 ]
 DeviceOption = Annotated[str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")]
 DataDirOption = Annotated[
@@ -78,6 +96,23 @@ ForceStepsOption = Annotated[
 ]
 
 Fail = Callable[..., int]
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number in a table or a line: ``digits`` significant digits, ``-`` if absent.
+
+    Args:
+        value: The number, or ``None``.
+        digits: Significant digits.
+
+    Returns:
+        The text.
+
+    Example:
+        >>> fmt(3.14159), fmt(None), fmt(2.5e-7, 3)
+        ('3.142', '-', '2.5e-07')
+    """
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
 def error_printer(error_console: Console) -> Fail:
@@ -209,36 +244,54 @@ def run_steps(
             return fail(str(error))
 
 
+def summary_line(step: int, summary: Mapping[str, Any]) -> str:
+    """The line printed after a step: its scalar results, numbers to 4 digits.
+
+    Args:
+        step: The step.
+        summary: The step's summary; ``settings`` and nested values are left out.
+
+    Returns:
+        ``"step S: name value, ..."``.
+    """
+    items = [
+        f"{name} {fmt(value)}"
+        for name, value in summary.items()
+        if name not in ("step", "settings") and not isinstance(value, dict | list)
+    ]
+    return f"step {step}: " + ", ".join(items)
+
+
 def run_stage_command(
     name: str,
-    stage_run: Callable[..., Any],
-    step_line: Callable[[int, dict[str, Any]], str],
-    render: Callable[[Any, Any], str],
+    make_stage: Callable[[Any, Any], Any],
     *,
     run: str | Path,
     steps: str | None,
-    settings: Any,
     force: bool,
     device: str,
     data_dir: str | Path | None,
     threads: int | None,
-    max_cols: int | None,
-    console: Console | None,
-    error_console: Console | None,
+    step_line: Callable[[int, dict[str, Any]], str] = summary_line,
+    render: Callable[[Any, Any], str] | None = None,
+    console: Console | None = None,
+    error_console: Console | None = None,
 ) -> int:
-    """Open a run folder, run one per-step stage on it and print its results.
+    """Open a run folder, run one stage on it and print its results.
 
-    The body shared by ``curvlab overlap`` and ``curvlab exhaustive``: check the
-    folder, device and threads, call ``stage_run(folder, settings, steps, force=,
-    device=, data_dir=, max_cols=, on_progress=)`` under :func:`run_steps`, say when
-    nothing was left to do, then print what ``render(folder, result)`` returns
-    after drawing its tables.
+    The body of every per-step stage command (``name`` is the progress bar's
+    first description): check the folder, device and
+    threads, build the run's problem on the device, build the stage with
+    ``make_stage(folder, problem)`` (which resolves its settings once), run it
+    with :func:`~curvlab.runs.stage.run_stage` under :func:`run_steps` (progress
+    bar, Ctrl-C, exit codes), say when nothing was left to do, then print what
+    ``render(folder, result)`` returns (after drawing its tables or figures).
 
     Returns:
         The exit code of :func:`run_steps` (0 on success).
     """
     from curvlab.runs import MissingStepError, RunFolder
-    from curvlab.runs.stage import SettingsConflictError
+    from curvlab.runs.stage import SettingsConflictError, run_stage
 
     console = console or Console()
     fail = error_printer(error_console or Console(stderr=True))
@@ -256,29 +309,27 @@ def run_stage_command(
         TypeError,
         FileNotFoundError,
     )
-    with torch_threads(threads):
-        result = run_steps(
-            name,
-            lambda on_progress: stage_run(
-                folder,
-                settings,
-                steps,
-                force=force,
-                device=resolved,
-                data_dir=data_dir,
-                max_cols=max_cols,
-                on_progress=on_progress,
-            ),
-            step_line,
-            console,
-            fail,
-            errors,
+
+    def call(on_progress: Callable[[Any], None]) -> Any:
+        problem = folder.problem(device=resolved, data_dir=data_dir)
+        stage = make_stage(folder, problem)
+        return run_stage(
+            stage,
+            steps,
+            force=force,
+            device=resolved,
+            data_dir=data_dir,
+            on_progress=on_progress,
         )
+
+    with torch_threads(threads):
+        result = run_steps(name, call, step_line, console, fail, errors)
     if isinstance(result, int):
         return result
     if not result.computed:
         console.print("Nothing to do: every requested step is done.")
-    tail = render(folder, result)
+    tail = render(folder, result) if render else ""
+    tail = tail or f"Tables in {escape(str(folder.path / result.stage))}."
     console.print(f"{tail} Done in {result.seconds:.1f} s.")
     return 0
 

@@ -20,6 +20,7 @@ from curvlab.cli import exhaustive as exhaustive_command
 from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
 from curvlab.cli import spectrum as spectrum_command
+from curvlab.cli import trace as trace_command
 from curvlab.cli import train as train_command
 from curvlab.cli._common import DataDirOption, DeviceOption
 
@@ -319,6 +320,7 @@ app.command("exhaustive")(exhaustive_command.command)
 
 # options and help live in curvlab.cli.spectrum and curvlab.cli.plot
 app.command("spectrum")(spectrum_command.command)
+app.command("trace")(trace_command.command)
 app.add_typer(plot_command.app, name="plot")
 
 

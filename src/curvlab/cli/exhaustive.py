@@ -31,25 +31,22 @@ from curvlab.cli._common import (
     RunDtypeOption,
     RunOption,
     ThreadsOption,
+    fmt,
     run_stage_command,
 )
-from curvlab.experiments.exhaustive import (
-    ExhaustiveRunResult,
-    ExhaustiveSettings,
-    exhaustive_run,
-)
-from curvlab.experiments.overlap import (
+from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
     SPLITS,
     TEST_MATRICES,
 )
+from curvlab.experiments.exhaustive import (
+    ExhaustiveRunResult,
+    ExhaustiveSettings,
+    ExhaustiveStage,
+)
 
 __all__ = ["command", "main", "render_exhaustive"]
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 def _step_line(step: int, summary: dict) -> str:
@@ -111,18 +108,18 @@ def render_exhaustive(result: ExhaustiveRunResult, console: Console) -> None:
         post = summary["a_posteriori"]
         table.add_row(
             str(step),
-            _number(summary["eigenvalues_exact"][0]),
-            _number(summary["eigenvalues_sketch"][0]),
-            _number(errors.get("max_rel_top_3", errors["max_rel_top_1"])),
-            _number(max(errors.values())),
+            fmt(summary["eigenvalues_exact"][0], 3),
+            fmt(summary["eigenvalues_sketch"][0], 3),
+            fmt(errors.get("max_rel_top_3", errors["max_rel_top_1"]), 3),
+            fmt(max(errors.values()), 3),
             f"{summary['basis_overlap']['at_num_outer']:.4f}",
-            _number(angles["median"]),
-            _number(angles["max"]),
-            _number(mask["exact"]),
-            _number(mask["sketch"]),
-            _number(post["estimate"]),
-            _number(post["exact"]),
-            _number(post["best_rank_k_error"]),
+            fmt(angles["median"], 3),
+            fmt(angles["max"], 3),
+            fmt(mask["exact"], 3),
+            fmt(mask["sketch"], 3),
+            fmt(post["estimate"], 3),
+            fmt(post["exact"], 3),
+            fmt(post["best_rank_k_error"], 3),
             f"{summary['seconds']['total']:.1f}",
         )
     console.print(table)
@@ -168,17 +165,17 @@ def main(
 
     return run_stage_command(
         "exhaustive",
-        exhaustive_run,
-        _step_line,
-        render,
+        lambda folder, problem: ExhaustiveStage(
+            folder, settings, problem, max_cols=max_cols
+        ),
+        step_line=_step_line,
+        render=render,
         run=run,
         steps=steps,
-        settings=settings,
         force=force,
         device=device,
         data_dir=data_dir,
         threads=threads,
-        max_cols=max_cols,
         console=console,
         error_console=error_console,
     )

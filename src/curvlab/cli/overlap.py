@@ -29,6 +29,7 @@ from curvlab.cli._common import (
     RunDtypeOption,
     RunOption,
     ThreadsOption,
+    fmt,
     run_stage_command,
 )
 from curvlab.experiments.overlap import (
@@ -39,7 +40,7 @@ from curvlab.experiments.overlap import (
     TEST_MATRICES,
     OverlapRunResult,
     OverlapSettings,
-    overlap_run,
+    OverlapStage,
 )
 from curvlab.runs import RunFolder
 
@@ -101,19 +102,15 @@ def render_overlap(run: RunFolder, result: OverlapRunResult, console: Console) -
         by_k = {row["k"]: row["magnitude"] for row in rows}
         table.add_row(
             str(step),
-            *(_number(v) for v in values[:3]),
-            _number(summary["a_posteriori"]["relative_error"]),
-            *(_number(by_k.get(k)) for k in ks),
-            _number(at["best"]),
-            _number(at["chance"]),
+            *(fmt(v) for v in values[:3]),
+            fmt(summary["a_posteriori"]["relative_error"]),
+            *(fmt(by_k.get(k)) for k in ks),
+            fmt(at["best"]),
+            fmt(at["chance"]),
             f"{at['ratio']:.2f}",
             f"{summary['seconds']['total']:.1f}",
         )
     console.print(table)
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
 
 
 def _step_line(step: int, summary: dict) -> str:
@@ -169,17 +166,17 @@ def main(
 
     return run_stage_command(
         "overlap",
-        overlap_run,
-        _step_line,
-        render,
+        lambda folder, problem: OverlapStage(
+            folder, settings, problem, max_cols=max_cols
+        ),
+        step_line=_step_line,
+        render=render,
         run=run,
         steps=steps,
-        settings=settings,
         force=force,
         device=device,
         data_dir=data_dir,
         threads=threads,
-        max_cols=max_cols,
         console=console,
         error_console=error_console,
     )

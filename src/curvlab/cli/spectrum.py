@@ -31,6 +31,7 @@ from curvlab.cli._common import (
     check_device,
     check_threads,
     error_printer,
+    fmt,
     run_steps,
     torch_threads,
 )
@@ -45,10 +46,6 @@ from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
 from curvlab.runs.stage import SettingsConflictError
 
 __all__ = ["command", "main", "render_spectra"]
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.5g}"
 
 
 def render_spectra(run: RunFolder, result: SpectrumResult, console: Console) -> None:
@@ -79,8 +76,8 @@ def render_spectra(run: RunFolder, result: SpectrumResult, console: Console) -> 
             full.method,
             str(full.dim),
             "-" if top is None else ", ".join(f"{v:.4g}" for v in top[:3].tolist()),
-            _number(None if bottom is None or not len(bottom) else float(bottom[0])),
-            _number(full.trace),
+            fmt(None if bottom is None or not len(bottom) else float(bottom[0]), 5),
+            fmt(full.trace, 5),
             str(products),
             f"{stored.seconds:.1f}",
         )
@@ -90,7 +87,7 @@ def render_spectra(run: RunFolder, result: SpectrumResult, console: Console) -> 
 def _step_line(step: int, summary: dict) -> str:
     return (
         f"step {step}: D={summary['dim']} ({summary['method']}), largest |λ| "
-        f"{_number(summary['top_eigenvalue'])}, trace {_number(summary['trace'])}, "
+        f"{fmt(summary['top_eigenvalue'], 5)}, trace {fmt(summary['trace'], 5)}, "
         f"{summary['num_matvecs']} products, {summary['seconds']:.1f} s"
     )
 

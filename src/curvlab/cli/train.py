@@ -34,6 +34,7 @@ from curvlab.cli._common import (
     ThreadsOption,
     check_threads,
     error_printer,
+    fmt,
     print_skipped,
     progress_bar,
     torch_threads,
@@ -53,10 +54,6 @@ __all__ = ["command", "main", "render_metrics"]
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
 
 
 def render_metrics(run: RunFolder, console: Console) -> None:
@@ -85,7 +82,7 @@ def render_metrics(run: RunFolder, console: Console) -> None:
             _percent(row.get("train_accuracy")),
             f"{row['test_loss']:.4f}",
             _percent(row.get("test_accuracy")),
-            _number(row.get("gradient_norm")),
+            fmt(row.get("gradient_norm")),
         )
     console.print(table)
 

@@ -376,7 +376,7 @@ def demo_run(
     def on_spectrum(event) -> None:
         if event.kind in ("start", "spectrum"):
             notify(
-                DemoEvent("spectrum", "progress", event.completed, event.total or None)
+                DemoEvent("spectrum", "progress", event.index, event.total or None)
             )
 
     spectra = spectrum_run(

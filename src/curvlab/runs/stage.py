@@ -49,8 +49,10 @@ __all__ = [
     "StageEvent",
     "StageRunResult",
     "StepProgress",
+    "StepTable",
     "TableStage",
     "pick_setting",
+    "resolve_settings",
     "run_stage",
     "select_steps",
     "settings_differences",
@@ -161,6 +163,30 @@ def pick_setting(
     if stored.get(name) is not None:
         return stored[name]
     return default
+
+
+def resolve_settings(
+    requested: Any, stored: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every setting of ``defaults``, resolved by :func:`pick_setting`.
+
+    Args:
+        requested: An object with one attribute per setting (``None``: not given).
+        stored: Settings of the stage's finished steps.
+        defaults: The defaults, one per setting.
+
+    Returns:
+        ``{setting: value}`` in ``defaults``' order.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> resolve_settings(SimpleNamespace(a=None, b=2), {"a": 1}, {"a": 0, "b": 0})
+        {'a': 1, 'b': 2}
+    """
+    return {
+        name: pick_setting(name, getattr(requested, name), stored, default)
+        for name, default in defaults.items()
+    }
 
 
 def settings_differences(
@@ -333,13 +359,27 @@ class Stage:
         """
 
 
+@dataclass(frozen=True)
+class StepTable:
+    """A table stage's result for one step, when it needs nothing more.
+
+    Attributes:
+        rows: The step's table, one dict per row.
+        summary: The step's JSON summary (with ``"step"`` and ``"settings"``).
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
 class TableStage(Stage):
     """A stage that stores a table (CSV) and a summary (JSON) per step.
 
     Besides the per-step files ``<stage>/step_XXXXXXXX.csv`` and ``.json`` it
     keeps ``<stage>/all.csv`` (the rows of every finished step) and
     ``<stage>/summary.csv`` (one row per finished step, :meth:`summary_row`).
-    A step's result must have ``rows`` (list of dicts) and ``summary``.
+    A step's result must have ``rows`` (list of dicts) and ``summary``, as
+    :class:`StepTable` has.
 
     Attributes:
         columns: Columns of the per-step tables.
@@ -354,9 +394,9 @@ class TableStage(Stage):
             summary: A step's summary.
 
         Returns:
-            The row.
+            The row; by default the summary without its ``"settings"``.
         """
-        raise NotImplementedError
+        return {key: value for key, value in summary.items() if key != "settings"}
 
     def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]]:
         """Write the step's CSV and JSON; the manifest keeps the summary row.

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from curvlab.experiments.eigenbasis import default_num_outer
 from curvlab.experiments.overlap import (
     OverlapSettings,
     OverlapSettingsError,
     curve_rows,
-    default_num_outer,
     load_overlap,
     mask_seed,
     overlap_at_step,

@@ -32,12 +32,14 @@ from curvlab.cli._common import (
     fmt,
     run_stage_command,
 )
-from curvlab.experiments.overlap import (
+from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
-    METHODS,
     SPLITS,
     TEST_MATRICES,
+)
+from curvlab.experiments.overlap import (
+    METHODS,
     OverlapRunResult,
     OverlapSettings,
     OverlapStage,

@@ -58,11 +58,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-import numpy
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
+from curvlab._seeds import derive_seed
 from curvlab._typing import TensorList
 from curvlab.diagonal import ggn_backprop, hessian_backprop
 from curvlab.diagonal._common import check_eval_mode, prepare_batch
@@ -155,8 +155,7 @@ def _check_mc_samples(mc_samples) -> None:
 def _generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of batch ``index``, as the Monte-Carlo Fisher seeds it."""
     generator = torch.Generator(device=device)
-    state = numpy.random.SeedSequence([seed, index]).generate_state(2)
-    generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+    generator.manual_seed(derive_seed(seed, index))
     return generator
 
 

@@ -375,9 +375,7 @@ def demo_run(
 
     def on_spectrum(event) -> None:
         if event.kind in ("start", "spectrum"):
-            notify(
-                DemoEvent("spectrum", "progress", event.index, event.total or None)
-            )
+            notify(DemoEvent("spectrum", "progress", event.index, event.total or None))
 
     spectra = spectrum_run(
         run, settings.spectrum, steps=record_steps, on_progress=on_spectrum

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ from curvlab.linalg import a_posteriori_error, sketched_eigh
 from curvlab.operators import HessianOperator
 from curvlab.problems import BatchedData, Problem, balanced_subset
 from curvlab.runs import RunFolder
+from curvlab.runs.stage import StageRunResult, StepProgress, TableStage, run_stage
 
 __all__ = [
     "DEFAULT_MAX_COLS",
@@ -41,10 +44,12 @@ __all__ = [
     "SPLITS",
     "TEST_MATRICES",
     "Eigenbasis",
+    "HessianStage",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
     "hessian_subset",
+    "resolve_eigenbasis_settings",
     "sketched_eigenbasis",
 ]
 
@@ -85,6 +90,58 @@ def default_num_outer(num_params: int) -> int:
         (352, 32, 1000)
     """
     return max(1, min(round(0.05 * num_params), 1000, num_params - 1))
+
+
+def resolve_eigenbasis_settings(
+    pick: Callable[[str, Any], Any],
+    dim: int,
+    run: RunFolder,
+    *,
+    sketch: bool,
+    max_num_outer: int,
+) -> dict[str, Any]:
+    """Resolve and check the settings every top-eigenbasis stage shares.
+
+    Args:
+        pick: ``pick(name, default)``: the requested, else stored, else default
+            value (:func:`~curvlab.runs.stage.pick_setting`).
+        dim: ``D``.
+        run: The run folder (its seed and dtype are the defaults).
+        sketch: Whether SEIGH is used (else the sketch-only fields are ``None``).
+        max_num_outer: Largest ``K`` allowed.
+
+    Returns:
+        ``num_outer`` (default :func:`default_num_outer`), ``num_inner``
+        (``min(2K, D)``), ``samples_per_class`` (50), ``test_matrix``
+        (``"ssrft"``), ``num_probes`` (30), ``seed`` and ``dtype`` (the run's).
+
+    Raises:
+        ValueError: If a value is out of range.
+        TypeError: If a value has the wrong type.
+    """
+    num_outer = check_int(
+        "num_outer", pick("num_outer", default_num_outer(dim)), 1, max_num_outer
+    )
+    samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
+    values = {
+        "num_outer": num_outer,
+        "num_inner": None,
+        "samples_per_class": check_int("samples_per_class", samples, 1),
+        "test_matrix": None,
+        "num_probes": None,
+        "seed": check_int("seed", pick("seed", run.config.seed), 0),
+        "dtype": check_choice(
+            "dtype", pick("dtype", run.config.dtype), ("float32", "float64")
+        ),
+    }
+    if sketch:
+        num_inner = pick("num_inner", min(2 * num_outer, dim))
+        test_matrix = pick("test_matrix", "ssrft")
+        num_probes = pick("num_probes", DEFAULT_NUM_PROBES)
+        values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
+        values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
+        values["num_probes"] = check_int("num_probes", num_probes, 1)
+    return values
 
 
 def hessian_subset(
@@ -383,3 +440,87 @@ def sketched_eigenbasis(
         },
         seconds={"sketch": sketch_seconds, "a_posteriori": a_posteriori_seconds},
     )
+
+
+class HessianStage(TableStage):
+    """A table stage measured on the Hessian of each recorded step.
+
+    The overlap and the exhaustive check differ only in what they resolve,
+    measure and summarise; a subclass names those functions:
+
+    - ``resolve(run, settings, num_params=D)``: the resolved settings (with
+      ``split`` and ``stored()``);
+    - ``stage_name(split)``: the stage's name;
+    - ``measure(run, step, settings, problem, max_cols, on_phase)``: one step's
+      result (``rows``, ``summary``);
+    - ``row(summary)``: its row of ``summary.csv``.
+
+    Args:
+        run: The run folder.
+        settings: What to compute; resolved once here.
+        problem: The run's problem on the device of the products.
+        max_cols: Hessian columns per pass over the data.
+    """
+
+    resolve: Callable[..., Any]
+    stage_name: Callable[[str], str]
+    measure: Callable[..., Any]
+    row: Callable[[Mapping[str, Any]], dict[str, Any]]
+
+    def __init__(
+        self,
+        run: RunFolder,
+        settings: Any,
+        problem: Problem,
+        *,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+    ):
+        super().__init__(run)
+        kind = type(self)
+        self.settings = kind.resolve(run, settings, num_params=problem.num_params)
+        self.stored = self.settings.stored()
+        self.name = kind.stage_name(self.settings.split)
+        self.problem = problem
+        self.max_cols = max_cols
+
+    @classmethod
+    def run_on(
+        cls,
+        run: RunFolder | str | Path,
+        settings: Any,
+        steps: str | Iterable[int] | None,
+        *,
+        device: str | torch.device,
+        data_dir: str | Path | None,
+        max_cols: int | None,
+        **options: Any,
+    ) -> StageRunResult:
+        """Build the run's problem on ``device`` and run the stage on it.
+
+        Args:
+            run: The run folder (or its path).
+            settings: What to compute.
+            steps: Steps (default: every recorded one).
+            device: Device of model, data and products.
+            data_dir: Data folder of file-based problems.
+            max_cols: Hessian columns per pass over the data.
+            **options: ``force`` and ``on_progress`` of
+                :func:`~curvlab.runs.stage.run_stage`.
+
+        Returns:
+            What :func:`~curvlab.runs.stage.run_stage` returns.
+        """
+        run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+        problem = run.problem(device=torch.device(device), data_dir=data_dir)
+        stage = cls(run, settings, problem, max_cols=max_cols)
+        return run_stage(stage, steps, device=device, data_dir=data_dir, **options)
+
+    def compute(self, step: int, progress: StepProgress) -> Any:
+        """Measure one step."""
+        return type(self).measure(
+            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
+        )
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``."""
+        return type(self).row(summary)

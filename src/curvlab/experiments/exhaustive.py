@@ -66,13 +66,11 @@ from curvlab._checks import check_choice, check_int
 from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
-    DEFAULT_NUM_PROBES,
-    DEFAULT_SAMPLES_PER_CLASS,
     SPLITS,
-    TEST_MATRICES,
-    default_num_outer,
+    HessianStage,
     exact_eigenbasis,
     hessian_at_step,
+    resolve_eigenbasis_settings,
     sketched_eigenbasis,
 )
 from curvlab.problems import Problem
@@ -80,10 +78,8 @@ from curvlab.runs import RunFolder
 from curvlab.runs.stage import (
     StageEvent,
     StageRunResult,
-    StepProgress,
-    TableStage,
     pick_setting,
-    run_stage,
+    read_table_stage,
     stored_settings,
 )
 from curvlab.subspace import overlap_curve, principal_angles
@@ -102,6 +98,7 @@ __all__ = [
     "resolve_exhaustive_settings",
 ]
 
+#: Columns of the per-step tables (one row per k).
 _COLUMNS = (
     "step",
     "k",
@@ -224,33 +221,10 @@ def resolve_exhaustive_settings(
     def pick(name: str, default: Any) -> Any:
         return pick_setting(name, getattr(requested, name), stored, default)
 
-    num_outer = check_int(
-        "num_outer", pick("num_outer", default_num_outer(dim)), 1, dim - 1
+    shared = resolve_eigenbasis_settings(
+        pick, dim, run, sketch=True, max_num_outer=dim - 1
     )
-    num_inner = check_int(
-        "num_inner", pick("num_inner", min(2 * num_outer, dim)), num_outer, dim
-    )
-    test_matrix = check_choice(
-        "test_matrix", pick("test_matrix", "ssrft"), TEST_MATRICES
-    )
-    dtype = check_choice(
-        "dtype", pick("dtype", run.config.dtype), ("float32", "float64")
-    )
-    return ExhaustiveSettings(
-        split=split,
-        num_outer=num_outer,
-        num_inner=num_inner,
-        samples_per_class=check_int(
-            "samples_per_class",
-            pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
-            1,
-        ),
-        test_matrix=test_matrix,
-        num_probes=check_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1),
-        seed=check_int("seed", pick("seed", run.config.seed), 0),
-        dtype=dtype,
-        max_dim=max_dim,
-    )
+    return ExhaustiveSettings(split=split, max_dim=max_dim, **shared)
 
 
 def basis_overlaps(Q: Tensor, W: Tensor) -> Tensor:
@@ -579,59 +553,27 @@ def exhaustive_run(
             settings and ``force`` is false.
         MissingStepError: If a requested step is not recorded.
     """
-    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    problem = run.problem(device=torch.device(device), data_dir=data_dir)
-    stage = ExhaustiveStage(run, settings, problem, max_cols=max_cols)
-    return run_stage(
-        stage,
+    return ExhaustiveStage.run_on(
+        run,
+        settings,
         steps,
         force=force,
         device=device,
         data_dir=data_dir,
+        max_cols=max_cols,
         on_progress=on_progress,
     )
 
 
-class ExhaustiveStage(TableStage):
-    """The exhaustive check as a resumable stage (:func:`exhaustive_run` runs it).
-
-    Args:
-        run: The run folder.
-        settings: What to compute; resolved once here
-            (:func:`resolve_exhaustive_settings`).
-        problem: The run's problem on the device of the products.
-        max_cols: Hessian columns per pass over the data.
-    """
+class ExhaustiveStage(HessianStage):
+    """The exhaustive check as a resumable stage (:func:`exhaustive_run` runs it)."""
 
     command = "exhaustive"
     columns = _COLUMNS
-
-    def __init__(
-        self,
-        run: RunFolder,
-        settings: ExhaustiveSettings | None,
-        problem: Problem,
-        *,
-        max_cols: int | None = DEFAULT_MAX_COLS,
-    ):
-        super().__init__(run)
-        self.settings = resolve_exhaustive_settings(
-            run, settings, num_params=problem.num_params
-        )
-        self.stored = self.settings.stored()
-        self.name = exhaustive_stage(self.settings.split)
-        self.problem = problem
-        self.max_cols = max_cols
-
-    def compute(self, step: int, progress: StepProgress) -> StepExhaustive:
-        """Check one step (:func:`exhaustive_at_step`)."""
-        return _measure(
-            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
-        )
-
-    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """The step's row of ``summary.csv``."""
-        return _summary_row(summary)
+    resolve = staticmethod(resolve_exhaustive_settings)
+    stage_name = staticmethod(exhaustive_stage)
+    measure = staticmethod(_measure)
+    row = staticmethod(_summary_row)
 
 
 def load_exhaustive(
@@ -650,15 +592,9 @@ def load_exhaustive(
         FileNotFoundError: If no step is finished.
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    stage = exhaustive_stage(split)
-    steps = run.done_steps(stage)
-    if not steps:
-        raise FileNotFoundError(
-            f"No exhaustive check on the {split} split in {str(run.path)!r}. Run "
-            f"`curvlab exhaustive --run {run.path} --split {split}` first."
-        )
-    rows, summaries = [], {}
-    for step in steps:
-        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
-        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
-    return rows, summaries
+    return read_table_stage(
+        run,
+        exhaustive_stage(split),
+        f"exhaustive check on the {split} split",
+        f"curvlab exhaustive --run {run.path} --split {split}",
+    )

@@ -78,22 +78,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 from torch import Tensor
 
 from curvlab._checks import check_choice, check_int
+from curvlab._seeds import derive_seed
 from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
-    DEFAULT_NUM_PROBES,
-    DEFAULT_SAMPLES_PER_CLASS,
     SPLITS,
-    TEST_MATRICES,
     Eigenbasis,
-    default_num_outer,
+    HessianStage,
     exact_eigenbasis,
     hessian_at_step,
+    resolve_eigenbasis_settings,
     sketched_eigenbasis,
 )
 from curvlab.problems import Problem
@@ -102,10 +100,8 @@ from curvlab.runs.stage import (
     SettingsConflictError,
     StageEvent,
     StageRunResult,
-    StepProgress,
-    TableStage,
     pick_setting,
-    run_stage,
+    read_table_stage,
     stored_settings,
 )
 from curvlab.subspace import OverlapCurve, overlap_curve
@@ -124,7 +120,6 @@ __all__ = [
     "overlap_at_step",
     "overlap_run",
     "overlap_stage",
-    "overlap_stages",
     "resolve_overlap_settings",
 ]
 
@@ -134,6 +129,7 @@ METHODS = ("exact", "sketch", "auto")
 #: Default number of random masks per step (the paper's mnist_mini study).
 DEFAULT_NUM_RANDOM = 10
 
+#: Columns of the per-step tables (one row per mask size k).
 _CURVE_COLUMNS = (
     "step",
     "k",
@@ -159,7 +155,6 @@ OverlapEvent = StageEvent
 OverlapRunResult = StageRunResult
 
 
-# ------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class OverlapSettings:
     """What an overlap measurement computes; ``None`` means "not given".
@@ -228,23 +223,6 @@ def overlap_stage(split: str) -> str:
     return f"overlap_{check_choice('split', split, SPLITS)}"
 
 
-def overlap_stages(run: RunFolder) -> list[str]:
-    """Return the overlap stages of a run that have finished steps.
-
-    Args:
-        run: The run folder.
-
-    Returns:
-        Stage names, e.g. ``["overlap_test", "overlap_train"]``.
-    """
-    stages = []
-    for split in SPLITS:
-        stage = overlap_stage(split)
-        if run.done_steps(stage):
-            stages.append(stage)
-    return sorted(stages)
-
-
 def resolve_overlap_settings(
     run: RunFolder,
     requested: OverlapSettings | None = None,
@@ -273,7 +251,6 @@ def resolve_overlap_settings(
         TypeError: If a value has the wrong type.
     """
     requested = requested or OverlapSettings()
-    config = run.config
     split = requested.split or "train"
     check_choice("split", split, SPLITS)
     if stored is None:
@@ -297,36 +274,20 @@ def resolve_overlap_settings(
             f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), or "
             "raise max_exact_dim deliberately."
         )
-    num_outer = pick("num_outer", default_num_outer(dim))
-    high = dim if method == "exact" else dim - 1
-    num_outer = check_int("num_outer", num_outer, 1, high)
-    samples = check_int(
-        "samples_per_class", pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS), 1
+    shared = resolve_eigenbasis_settings(
+        pick,
+        dim,
+        run,
+        sketch=method == "sketch",
+        max_num_outer=dim if method == "exact" else dim - 1,
     )
     num_random = check_int("num_random", pick("num_random", DEFAULT_NUM_RANDOM), 0)
-    seed = check_int("seed", pick("seed", config.seed), 0)
-    dtype = check_choice("dtype", pick("dtype", config.dtype), ("float32", "float64"))
-    num_inner = test_matrix = num_probes = None
-    if method == "sketch":
-        num_inner = check_int(
-            "num_inner", pick("num_inner", min(2 * num_outer, dim)), num_outer, dim
-        )
-        test_matrix = check_choice(
-            "test_matrix", pick("test_matrix", "ssrft"), TEST_MATRICES
-        )
-        num_probes = check_int("num_probes", pick("num_probes", DEFAULT_NUM_PROBES), 1)
     return OverlapSettings(
         split=split,
         method=method,
-        num_outer=num_outer,
-        num_inner=num_inner,
-        samples_per_class=samples,
         num_random=num_random,
-        test_matrix=test_matrix,
-        num_probes=num_probes,
-        seed=seed,
-        dtype=dtype,
         max_exact_dim=max_exact_dim,
+        **shared,
     )
 
 
@@ -340,8 +301,7 @@ def mask_seed(seed: int, step: int) -> int:
     Returns:
         A 63-bit seed.
     """
-    state = numpy.random.SeedSequence([seed, step]).generate_state(2)
-    return (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
+    return derive_seed(seed, step, bits=63)
 
 
 @dataclass(frozen=True)
@@ -650,59 +610,27 @@ def overlap_run(
         >>> overlap_run(run).skipped  # resumes with the stored settings
         (0, 2)
     """
-    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    problem = run.problem(device=torch.device(device), data_dir=data_dir)
-    stage = OverlapStage(run, settings, problem, max_cols=max_cols)
-    return run_stage(
-        stage,
+    return OverlapStage.run_on(
+        run,
+        settings,
         steps,
         force=force,
         device=device,
         data_dir=data_dir,
+        max_cols=max_cols,
         on_progress=on_progress,
     )
 
 
-class OverlapStage(TableStage):
-    """The overlap analysis as a resumable stage (:func:`overlap_run` runs it).
-
-    Args:
-        run: The run folder.
-        settings: What to compute; resolved once here
-            (:func:`resolve_overlap_settings`).
-        problem: The run's problem on the device of the products.
-        max_cols: Hessian columns per pass over the data.
-    """
+class OverlapStage(HessianStage):
+    """The overlap analysis as a resumable stage (:func:`overlap_run` runs it)."""
 
     command = "overlap"
     columns = _CURVE_COLUMNS
-
-    def __init__(
-        self,
-        run: RunFolder,
-        settings: OverlapSettings | None,
-        problem: Problem,
-        *,
-        max_cols: int | None = DEFAULT_MAX_COLS,
-    ):
-        super().__init__(run)
-        self.settings = resolve_overlap_settings(
-            run, settings, num_params=problem.num_params
-        )
-        self.stored = self.settings.stored()
-        self.name = overlap_stage(self.settings.split)
-        self.problem = problem
-        self.max_cols = max_cols
-
-    def compute(self, step: int, progress: StepProgress) -> StepOverlap:
-        """Measure one step (:func:`overlap_at_step`)."""
-        return _measure(
-            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
-        )
-
-    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """The step's row of ``summary.csv``."""
-        return _summary_row(summary)
+    resolve = staticmethod(resolve_overlap_settings)
+    stage_name = staticmethod(overlap_stage)
+    measure = staticmethod(_measure)
+    row = staticmethod(_summary_row)
 
 
 def load_overlap(
@@ -722,15 +650,9 @@ def load_overlap(
         FileNotFoundError: If no step of the split is finished.
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    stage = overlap_stage(split)
-    steps = run.done_steps(stage)
-    if not steps:
-        raise FileNotFoundError(
-            f"No overlap results on the {split} split in {str(run.path)!r}. Run "
-            f"`curvlab overlap --run {run.path} --split {split}` first."
-        )
-    rows, summaries = [], {}
-    for step in steps:
-        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
-        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
-    return rows, summaries
+    return read_table_stage(
+        run,
+        overlap_stage(split),
+        f"overlap results on the {split} split",
+        f"curvlab overlap --run {run.path} --split {split}",
+    )

@@ -38,7 +38,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
-from curvlab.experiments.overlap import SPLITS, load_overlap, overlap_stage
+from curvlab.experiments.eigenbasis import SPLITS
+from curvlab.experiments.overlap import load_overlap, overlap_stage
 from curvlab.runs import RunFolder
 
 __all__ = ["PLOTS_FOLDER", "plot_overlap", "plot_overlap_split"]

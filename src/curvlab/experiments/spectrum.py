@@ -54,10 +54,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 from torch import nn
 
+from curvlab._seeds import derive_seed
 from curvlab.problems.data import BatchedData, balanced_subset
 from curvlab.runs.folder import MissingStepError, RunFolder
 from curvlab.runs.stage import (
@@ -265,8 +265,7 @@ ProgressCallback = Callable[[StageEvent], None]
 
 # ----------------------------------------------------------------- data
 def _seed_from(seed: int, *key: int) -> int:
-    state = numpy.random.SeedSequence(seed, spawn_key=key).generate_state(2)
-    return (int(state[0]) << 32) | int(state[1])
+    return derive_seed(seed, spawn_key=key)
 
 
 def subset_indices(

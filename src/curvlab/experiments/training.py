@@ -53,10 +53,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 from torch import Tensor, nn
 
+from curvlab._seeds import derive_seed
 from curvlab.runs.config import ConfigError, TrainConfig
 from curvlab.runs.environment import machine_info, package_versions
 from curvlab.runs.folder import RunFolder
@@ -128,8 +128,7 @@ class TrainResult:
 
 
 def _seed_from(seed: int, *key: int) -> int:
-    state = numpy.random.SeedSequence(seed, spawn_key=key).generate_state(2)
-    return (int(state[0]) << 32) | int(state[1])
+    return derive_seed(seed, spawn_key=key)
 
 
 def derived_seeds(seed: int) -> dict[str, Any]:

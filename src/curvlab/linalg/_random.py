@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy
 import torch
 
+from curvlab._seeds import derive_seed
+
 
 def generator(seed: int | torch.Generator, *index: int) -> torch.Generator:
     """Return a CPU generator for the stream ``(seed, *index)``.
@@ -45,8 +47,7 @@ def generator(seed: int | torch.Generator, *index: int) -> torch.Generator:
         raise TypeError(f"seed and indices must be ints. Got {key!r}.")
     if any(k < 0 for k in key):
         raise ValueError(f"seed and indices must be non-negative. Got {key!r}.")
-    state = numpy.random.SeedSequence([int(k) for k in key]).generate_state(2)
-    value = (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
+    value = derive_seed(*(int(k) for k in key), bits=63)
     return torch.Generator().manual_seed(value)
 
 

@@ -18,10 +18,10 @@ Each carries the loss's normalization: for ``reduction="mean"`` the factor
 
 from __future__ import annotations
 
-import numpy
 import torch
 from torch import Tensor
 
+from curvlab._seeds import derive_seed
 from curvlab.operators.ggn import OutputCurvatureOperator
 
 
@@ -97,8 +97,7 @@ class FisherOperator(OutputCurvatureOperator):
     def _sampled_gradients(self, output: Tensor, index: int) -> Tensor:
         """Loss gradients at labels drawn for batch ``index`` (seeded by its index)."""
         generator = torch.Generator(device=output.device)
-        state = numpy.random.SeedSequence([self.seed, index]).generate_state(2)
-        generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+        generator.manual_seed(derive_seed(self.seed, index))
         return self.output_loss.sampled_gradients(output, self.mc_samples, generator)
 
     def _output_matmat_function(self, X: Tensor, y: Tensor, index: int):

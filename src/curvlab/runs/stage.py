@@ -52,6 +52,7 @@ __all__ = [
     "StepTable",
     "TableStage",
     "pick_setting",
+    "read_table_stage",
     "resolve_settings",
     "run_stage",
     "select_steps",
@@ -444,6 +445,36 @@ class TableStage(Stage):
             run.path_for(self.name, None, ".csv"), rows, columns=self.columns
         )
         run.write_table(run.path / self.name / "summary.csv", scalars)
+
+
+def read_table_stage(
+    run: RunFolder, stage: str, what: str, command: str
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Read every finished step of a :class:`TableStage`.
+
+    Args:
+        run: The run folder.
+        stage: The stage name.
+        what: What the stage holds, for the message (``"overlap results"``).
+        command: The command that computes it, for the message.
+
+    Returns:
+        The rows of every finished step (steps ascending) and the summaries by
+        step.
+
+    Raises:
+        FileNotFoundError: If no step is finished.
+    """
+    steps = run.done_steps(stage)
+    if not steps:
+        raise FileNotFoundError(
+            f"No {what} in {str(run.path)!r}. Run `{command}` first."
+        )
+    rows, summaries = [], {}
+    for step in steps:
+        rows.extend(run.read_table(run.path_for(stage, step, ".csv")))
+        summaries[step] = run.read_json(run.path_for(stage, step, ".json"))
+    return rows, summaries
 
 
 # ------------------------------------------------------------------ runner

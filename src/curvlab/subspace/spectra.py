@@ -334,15 +334,7 @@ class SplitSpectra:
 
 # ----------------------------------------------------------------- blocks
 def _param_names(op) -> list[str]:
-    if isinstance(op, SumOperator):
-        names = [tuple(_param_names(term)) for _, term in op.terms]
-        if len(set(names)) != 1:
-            raise ValueError(
-                "The terms of the operator sum act on differently named parameters: "
-                f"{sorted(set(names))}."
-            )
-        return list(names[0])
-    names = getattr(op, "param_names", None)
+    names = getattr(op, "param_names", None)  # a sum's: those its terms share
     if names is None:
         raise TypeError(
             f"{type(op).__name__} has no parameter names; layerwise spectra need an "
@@ -408,8 +400,9 @@ def block_operator(operator, names: Sequence[str]):
     """Return the diagonal block of an operator on a subset of its parameters.
 
     Operators on a model use their own ``block``; a sum of operators (such as
-    ``HessianOperator - GGNOperator``) is blocked term by term, since the block of
-    a sum is the sum of the blocks.
+    ``HessianOperator - GGNOperator``) is blocked term by term by
+    :meth:`~curvlab.operators.SumOperator.block`, since the block of a sum is the
+    sum of the blocks.
 
     Args:
         operator: A curvature operator with a ``block`` method, or a
@@ -426,8 +419,6 @@ def block_operator(operator, names: Sequence[str]):
     names = list(names)
     if names == _param_names(operator):
         return operator
-    if isinstance(operator, SumOperator):
-        return SumOperator([(w, block_operator(t, names)) for w, t in operator.terms])
     if not hasattr(operator, "block"):
         raise TypeError(f"{type(operator).__name__} has no diagonal blocks.")
     return operator.block(names)

@@ -33,18 +33,7 @@ one module per job:
 - :mod:`~curvlab.subspace.spectra.matching`: :func:`layerhessians_match`, the
   published matching procedure exactly, quirk included.
 
-References:
-    - A. R. Sankar, Y. Khasbage, R. Vigneswaran, V. N. Balasubramanian (2021). A
-      deeper look at the Hessian eigenspectrum of deep neural networks and its
-      applications to regularization. AAAI. arXiv:2012.03801. Code:
-      ``yashkhasbage25/HTR``, ``LayerHessians/``.
-    - V. Papyan (2019). Measurements of three-level hierarchical structure in the
-      outliers in the spectrum of deepnet Hessians. ICML. arXiv:1901.08244.
-    - L. Sagun, U. Evci, V. U. Guney, Y. Dauphin, L. Bottou (2017). Empirical
-      analysis of the Hessian of over-parametrized neural networks.
-      arXiv:1706.04454.
-    - C. Villani (2009). *Optimal Transport: Old and New*, Springer (for
-      :math:`W_1` on the line as the :math:`L^1` distance of the CDFs).
+Each module states its mathematics and lists its references.
 """
 
 from curvlab.subspace.spectra.blocks import block_operator, default_blocks

@@ -20,8 +20,8 @@ sum of operators is blocked term by term
 References:
     - A. R. Sankar, Y. Khasbage, R. Vigneswaran, V. N. Balasubramanian (2021). A
       deeper look at the Hessian eigenspectrum of deep neural networks and its
-      applications to regularization. AAAI. arXiv:2012.03801. Code:
-      ``yashkhasbage25/HTR``, ``LayerHessians/``.
+      applications to regularization. AAAI. arXiv:2012.03801. Blocks of one
+      weight each: ``yashkhasbage25/HTR``, ``LayerHessians/hessian/``.
 """
 
 from __future__ import annotations

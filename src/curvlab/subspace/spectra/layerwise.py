@@ -26,8 +26,9 @@ density the LayerHessians way (:mod:`~curvlab.subspace.spectra.smoothing`).
 References:
     - A. R. Sankar, Y. Khasbage, R. Vigneswaran, V. N. Balasubramanian (2021). A
       deeper look at the Hessian eigenspectrum of deep neural networks and its
-      applications to regularization. AAAI. arXiv:2012.03801. Code:
-      ``yashkhasbage25/HTR``, ``LayerHessians/``.
+      applications to regularization. AAAI. arXiv:2012.03801. Layerwise
+      spectra over training: ``yashkhasbage25/HTR``,
+      ``LayerHessians/experiments/``.
 """
 
 from __future__ import annotations

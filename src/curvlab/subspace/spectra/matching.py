@@ -19,8 +19,8 @@ explains). For a distance between spectra use
 References:
     - A. R. Sankar, Y. Khasbage, R. Vigneswaran, V. N. Balasubramanian (2021). A
       deeper look at the Hessian eigenspectrum of deep neural networks and its
-      applications to regularization. AAAI. arXiv:2012.03801. Code:
-      ``yashkhasbage25/HTR``, ``LayerHessians/``.
+      applications to regularization. AAAI. arXiv:2012.03801. The matching:
+      ``yashkhasbage25/HTR``, ``LayerHessians/experiments/match_distros.py``.
 """
 
 from __future__ import annotations

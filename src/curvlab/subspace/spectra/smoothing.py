@@ -17,8 +17,9 @@ Gaussian cut off where it falls below :math:`10^{-8}` of its peak (details in
 References:
     - A. R. Sankar, Y. Khasbage, R. Vigneswaran, V. N. Balasubramanian (2021). A
       deeper look at the Hessian eigenspectrum of deep neural networks and its
-      applications to regularization. AAAI. arXiv:2012.03801. Code:
-      ``yashkhasbage25/HTR``, ``LayerHessians/``.
+      applications to regularization. AAAI. arXiv:2012.03801. The smoothing:
+      ``LanczosLoop`` in ``yashkhasbage25/HTR``,
+      ``LayerHessians/hessian/hessian.py``.
     - V. Papyan (2019). Measurements of three-level hierarchical structure in the
       outliers in the spectrum of deepnet Hessians. ICML. arXiv:1901.08244.
 """

@@ -77,6 +77,31 @@ def test_block_of_fisher_keeps_its_options():
     assert block.num_data == F.num_data
 
 
+def test_block_of_a_sum_is_the_sum_of_the_blocks():
+    H = _hessian()
+    G = cl.GGNOperator(CASE.model, CASE.loss_fn, CASE.data)
+    names = [H.param_names[2], H.param_names[0]]
+    residual = 2.0 * H - G
+    assert residual.param_names == H.param_names
+    block = residual.block(names)
+    assert isinstance(block, cl.operators.SumOperator)
+    assert block.param_names == names
+    want = 2.0 * H.block(names).to_dense() - G.block(names).to_dense()
+    compare_matmat(block, want, RTOL_FLOAT64)
+    twin = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)).double()
+    data = [(torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3).double())]
+    first, second = (
+        cl.HessianOperator(twin, torch.nn.MSELoss(), data, params=[f"{i}.weight"])
+        for i in (0, 1)
+    )
+    with pytest.raises(ValueError, match="differently named"):
+        _ = (first + second).param_names
+    dense = cl.DenseOperator(H.to_dense())
+    assert (dense + dense).param_names is None
+    with pytest.raises(TypeError, match="no diagonal blocks"):
+        (dense + dense).block(names)
+
+
 def test_block_refuses_parameters_outside_the_operator():
     op = _hessian(params=["0.weight"])
     with pytest.raises(ValueError, match="not among this operator's parameters"):

@@ -38,6 +38,7 @@ from curvlab.experiments.spectrum import STAGE as SPECTRUM_STAGE
 from curvlab.experiments.spectrum import read_spectrum
 from curvlab.experiments.spectrum_plots import PLOTS, plot_match, plot_spectrum
 from curvlab.runs import RunFolder
+from curvlab.subspace.spectra import layer_full_distances
 
 __all__ = [
     "HESSCALE_FILE",
@@ -343,9 +344,7 @@ def _layers(run, steps, figures) -> tuple[str, dict[str, Any]]:
     layerwise = read_spectrum(run, last).spectra["hessian"]
     full_top = _largest(layerwise.full)
     distances = {
-        str(row["layer"]): row
-        for row in run.read_table(Path(PLOTS) / "match_distances.csv")
-        if row["step"] == last
+        row.layer: row.wasserstein for row in layer_full_distances({last: layerwise})
     }
     names = list(layerwise.blocks)
     rows = []
@@ -356,14 +355,14 @@ def _layers(run, steps, figures) -> tuple[str, dict[str, Any]]:
                 f"{block.dim:,}",
                 fmt(_largest(block)),
                 fmt(block.trace),
-                fmt(distances[name]["wasserstein"]),
+                fmt(distances[name]),
             )
         )
     label = {name: i for i, name in enumerate(names, start=1)}
     tops = {name: _largest(b) for name, b in layerwise.blocks.items()}
     biggest = max(names, key=lambda n: tops[n])
-    closest = min(names, key=lambda n: distances[n]["wasserstein"])
-    farthest = max(names, key=lambda n: distances[n]["wasserstein"])
+    closest = min(names, key=lambda n: distances[n])
+    farthest = max(names, key=lambda n: distances[n])
     traces = {n: b.trace for n, b in layerwise.blocks.items()}
     text = (
         "## How each layer compares with the whole\n\n"
@@ -375,9 +374,9 @@ def _layers(run, steps, figures) -> tuple[str, dict[str, Any]]:
         f"(layer {label[biggest]}), {_percent(tops[biggest] / full_top)} of the "
         f"full Hessian's {fmt(full_top)} (a diagonal block's top eigenvalue can "
         f"never exceed the full one's). Layer {label[closest]}'s spectrum is "
-        f"closest to the full one (W₁ = {fmt(distances[closest]['wasserstein'])}), "
+        f"closest to the full one (W₁ = {fmt(distances[closest])}), "
         f"layer {label[farthest]}'s the farthest "
-        f"(W₁ = {fmt(distances[farthest]['wasserstein'])}).\n\n"
+        f"(W₁ = {fmt(distances[farthest])}).\n\n"
         + _table(("layer", "D_l", "top λ", "tr H_l", "W₁ to full"), rows)
         + "\n\nDistance of each layer's spectrum to the full one against depth, "
         f"at step {last} and summed over the recorded steps (each normalised by "

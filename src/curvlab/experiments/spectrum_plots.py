@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from curvlab.experiments.spectrum import OPERATORS, STAGE, SpectrumStep, read_spectrum
 from curvlab.runs.folder import MissingStepError, RunFolder
-from curvlab.subspace.spectra import spectrum_distance
+from curvlab.subspace.spectra import layer_full_distances
 
 __all__ = [
     "PLOTS",
@@ -253,45 +253,31 @@ def match_rows(
         operator: ``"hessian"``, ``"ggn"`` or ``"residual"``.
 
     Returns:
-        One row per step and layer: ``step``, ``layer``, ``depth`` (index),
-        ``dim``, ``wasserstein`` (:math:`W_1` between the spectral measures),
-        ``density_wasserstein`` (between the smoothed densities) and
-        ``layerhessians`` (the published matching procedure).
+        One row per step and layer, the fields of
+        :class:`~curvlab.subspace.spectra.LayerFullDistance` from
+        :func:`~curvlab.subspace.spectra.layer_full_distances`: ``step``,
+        ``layer``, ``depth`` (index), ``dim``, ``wasserstein`` (:math:`W_1`
+        between the spectral measures), ``density_wasserstein`` (between the
+        smoothed densities) and ``layerhessians`` (the published matching
+        procedure).
 
     Raises:
         ValueError: If the operator or the layer blocks are not stored, or a
             spectrum has no measure (``method="lanczos"``).
     """
-    rows = []
     for step in sorted(spectra):
         if operator not in spectra[step].spectra:
             raise ValueError(
                 f"Operator {operator!r} is not stored for step {step}; compute it "
                 "with `curvlab spectrum --split-ggn`."
             )
-        layerwise = spectra[step].spectra[operator]
-        if not layerwise.blocks:
+        if not spectra[step].spectra[operator].blocks:
             raise ValueError(
                 f"No layer spectra stored for step {step}; compute them with "
                 "`curvlab spectrum --layers`."
             )
-        for depth, (name, block) in enumerate(layerwise.blocks.items()):
-            rows.append(
-                {
-                    "step": step,
-                    "layer": name,
-                    "depth": depth,
-                    "dim": block.dim,
-                    "wasserstein": spectrum_distance(layerwise.full, block),
-                    "density_wasserstein": spectrum_distance(
-                        layerwise.full, block, "density_wasserstein"
-                    ),
-                    "layerhessians": spectrum_distance(
-                        layerwise.full, block, "layerhessians"
-                    ),
-                }
-            )
-    return rows
+    by_step = {step: stored.spectra[operator] for step, stored in spectra.items()}
+    return [row._asdict() for row in layer_full_distances(by_step)]
 
 
 def _normalised(values: list[float]) -> tuple[numpy.ndarray, float]:

@@ -1,6 +1,20 @@
-"""Lazy composites of operators: weighted sums and products."""
+r"""Lazy composites of operators: weighted sums and products.
+
+A :class:`SumOperator` :math:`A = \sum_i c_i A_i` applies each term and adds
+the results, so ``hessian - ggn`` costs two products per column. Its diagonal
+block on a subset :math:`S` of the parameters is the sum of the terms' blocks,
+
+.. math::
+
+    A_{SS} = \sum_i c_i\, (A_i)_{SS},
+
+so :meth:`SumOperator.block` blocks term by term and each block costs no more
+than the terms' blocks do.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from curvlab._typing import TensorList
 from curvlab.operators.base import CurvatureOperator
@@ -66,6 +80,49 @@ class SumOperator(CurvatureOperator):
         if self.is_symmetric:
             return self
         return SumOperator([(w, op.adjoint()) for w, op in self.terms])
+
+    @property
+    def param_names(self) -> list[str] | None:
+        """The parameter names the terms share, in their order.
+
+        Returns:
+            The names, or ``None`` when a term has no parameter names (a
+            :class:`~curvlab.operators.DenseOperator`, say).
+
+        Raises:
+            ValueError: If the terms act on differently named parameters.
+        """
+        names = [getattr(op, "param_names", None) for _, op in self.terms]
+        if any(n is None for n in names):
+            return None
+        distinct = {tuple(n) for n in names}
+        if len(distinct) != 1:
+            raise ValueError(
+                "The terms of the operator sum act on differently named parameters: "
+                f"{sorted(distinct)}."
+            )
+        return list(names[0])
+
+    def block(self, names: Sequence[str]) -> SumOperator:
+        r"""Return the diagonal block on a subset of the parameters, term by term.
+
+        The block of :math:`\sum_i c_i A_i` on the parameters :math:`S` is
+        :math:`\sum_i c_i (A_i)_{SS}`: a sum of the terms' blocks, with the same
+        weights.
+
+        Args:
+            names: Parameter names of the block, all among the terms'.
+
+        Returns:
+            The block, a :class:`SumOperator` of the terms' blocks.
+
+        Raises:
+            TypeError: If a term has no diagonal blocks.
+        """
+        for _, op in self.terms:
+            if not hasattr(op, "block"):
+                raise TypeError(f"{type(op).__name__} has no diagonal blocks.")
+        return SumOperator([(w, op.block(names)) for w, op in self.terms])
 
 
 class ProductOperator(CurvatureOperator):

@@ -13,9 +13,10 @@ span of a parameter mask, as points of the Grassmannian:
   :func:`best_mask`, :func:`iou`, :func:`mask_overlap`, and
   :func:`overlap_curve` for all mask sizes of one eigenbasis in one pass;
 - layerwise versus full spectra (:mod:`curvlab.subspace.spectra`):
-  :func:`layerwise_spectra`, :func:`ggn_residual_split`, and the distances
+  :func:`layerwise_spectra`, :func:`ggn_residual_split`, the distances
   :func:`wasserstein_1`, :func:`density_wasserstein_1` and
-  :func:`layerhessians_match` (the published LayerHessians procedure).
+  :func:`layerhessians_match` (the published LayerHessians procedure), and
+  :func:`layer_full_distances` (every layer against the full spectrum, per step).
 
 Bases are ``(D, k)`` tensors with orthonormal columns; the mask functions scale
 to eigenbases with millions of rows on any device.
@@ -41,6 +42,7 @@ from curvlab.subspace.masks import (
 )
 from curvlab.subspace.spectra import (
     BlockSpectrum,
+    LayerFullDistance,
     LayerwiseSpectra,
     SplitSpectra,
     block_operator,
@@ -48,6 +50,7 @@ from curvlab.subspace.spectra import (
     default_blocks,
     density_wasserstein_1,
     ggn_residual_split,
+    layer_full_distances,
     layerhessians_density,
     layerhessians_density_transform,
     layerhessians_match,
@@ -58,12 +61,26 @@ from curvlab.subspace.spectra import (
 
 __all__ = [
     "METRICS",
+    "BlockSpectrum",
+    "LayerFullDistance",
+    "LayerwiseSpectra",
     "Metric",
     "OverlapCurve",
+    "SplitSpectra",
     "best_mask",
+    "block_operator",
+    "block_spectrum",
+    "default_blocks",
+    "density_wasserstein_1",
     "distance_from_angles",
+    "ggn_residual_split",
     "grassmann_distance",
     "iou",
+    "layer_full_distances",
+    "layerhessians_density",
+    "layerhessians_density_transform",
+    "layerhessians_match",
+    "layerwise_spectra",
     "magnitude_mask",
     "mask_overlap",
     "max_distance",
@@ -71,18 +88,6 @@ __all__ = [
     "overlap_curve",
     "principal_angles",
     "random_mask",
-    "BlockSpectrum",
-    "LayerwiseSpectra",
-    "SplitSpectra",
-    "block_operator",
-    "block_spectrum",
-    "default_blocks",
-    "density_wasserstein_1",
-    "ggn_residual_split",
-    "layerhessians_density",
-    "layerhessians_density_transform",
-    "layerhessians_match",
-    "layerwise_spectra",
     "spectrum_distance",
     "wasserstein_1",
 ]

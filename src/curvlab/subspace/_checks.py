@@ -10,6 +10,7 @@ import math
 import operator
 from collections.abc import Sequence
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -319,3 +320,49 @@ def prepare_pair(
     check_orthonormal(U, "U", atol)
     check_orthonormal(V, "V", atol)
     return U, V
+
+
+def check_values(values, label: str) -> numpy.ndarray:
+    """Return 1-D values (tensor, array or sequence) as a float64 NumPy array.
+
+    Args:
+        values: The values.
+        label: Their name in the error message.
+
+    Returns:
+        The values, float64, on the CPU.
+
+    Raises:
+        ValueError: If they are empty, not 1-D or not finite.
+    """
+    if isinstance(values, Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    array = numpy.asarray(values, dtype=numpy.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{label} must be a non-empty 1-D array. Got {array.shape}.")
+    if not numpy.isfinite(array).all():
+        raise ValueError(f"{label} must be finite.")
+    return array
+
+
+def check_weights(weights, size: int, label: str) -> numpy.ndarray:
+    """Return the masses of ``size`` atoms as a float64 NumPy array.
+
+    Args:
+        weights: The masses (tensor, array or sequence).
+        size: The number of atoms.
+        label: Their name in the error message.
+
+    Returns:
+        The masses, float64, on the CPU (not normalised).
+
+    Raises:
+        ValueError: If they are not :func:`check_values`' values, have another
+            length than ``size``, are negative somewhere or sum to zero.
+    """
+    w = check_values(weights, label)
+    if w.size != size:
+        raise ValueError(f"{label} must have {size} entries. Got {w.size}.")
+    if (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"{label} must be non-negative with a positive sum.")
+    return w

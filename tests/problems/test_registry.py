@@ -201,6 +201,12 @@ FILE_BASED_D = {
     "mnist_mini": 7_030,
     "mnist_lenet5": 61_706,
     "fmnist_lenet5": 61_706,
+    "mnist_vgg11bn": 28_156_554,
+    "mnist_resnet18": 11_172_810,
+    "fmnist_vgg11bn": 28_156_554,
+    "fmnist_resnet18": 11_172_810,
+    "svhn_lenet5": 62_006,
+    "svhn_resnet18": 11_173_962,
     "cifar10_lenet5": 62_006,
     "cifar10_3c3d": 895_210,
     "cifar10_allcnnc": 1_369_738,
@@ -224,3 +230,22 @@ def test_file_based_parameter_counts(name):
     with torch.device("meta"):
         model = registry._REGISTRY[name].build(0)
     assert num_params(model) == FILE_BASED_D[name]
+
+
+def test_mnist_is_padded_to_32_for_vgg_and_resnet(fake_data):
+    """LayerHessians' Pad(2), ToTensor, Normalize with the unpadded statistics."""
+    data_dir, written = fake_data
+    problem = problems.get("mnist_resnet18", data_dir=data_dir, batch_size=8)
+    X = problem.train_data.X
+    assert X.shape == (len(written["mnist"][1]), 1, 32, 32)
+    pixels = torch.from_numpy(written["mnist"][0]).double() / 255
+    border = float(-pixels.mean() / pixels.std())
+    torch.testing.assert_close(X[:, :, :2, :], torch.full_like(X[:, :, :2, :], border))
+    torch.testing.assert_close(
+        X[:, :, :, -2:], torch.full_like(X[:, :, :, -2:], border)
+    )
+    expected = ((pixels - pixels.mean()) / pixels.std()).float()
+    torch.testing.assert_close(X[:, 0, 2:-2, 2:-2], expected)
+    Xb, yb = problem.train_data[0]
+    with torch.no_grad():
+        assert problem.model(Xb).shape == (8, 10)

@@ -104,3 +104,12 @@ def test_torchvision_is_never_imported(fake_data, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", guarded)
     for dataset in vision.VISION_DATASETS:
         vision.load_vision(dataset, fake_data[0])
+
+
+def test_pad_keeps_the_unpadded_statistics(fake_data):
+    split = vision.load_vision("svhn", fake_data[0], pad=3)
+    plain = vision.load_vision("svhn", fake_data[0])
+    assert split.X_train.shape == (NUM_TRAIN, 3, 38, 38)
+    torch.testing.assert_close(split.X_test[:, :, 3:-3, 3:-3], plain.X_test)
+    with pytest.raises(ValueError, match="pad must be a non-negative int"):
+        vision.load_vision("svhn", fake_data[0], pad=-1)

@@ -28,6 +28,11 @@ name                       D           data / model
 ``mnist_mini``             7,030       MNIST resized to 16x16, unnormalised
 ``mnist_lenet5``           61,706      MNIST; LeNet-5
 ``fmnist_lenet5``          61,706      Fashion-MNIST; LeNet-5
+``mnist_vgg11bn``          28,156,554  MNIST padded to 32x32; LayerHessians'
+                                       VGG11_bn
+``mnist_resnet18``         11,172,810  MNIST padded to 32x32; CIFAR ResNet-18
+``fmnist_vgg11bn``         28,156,554  Fashion-MNIST padded to 32x32; VGG11_bn
+``fmnist_resnet18``        11,172,810  Fashion-MNIST padded to 32x32; ResNet-18
 ``cifar10_lenet5``         62,006      CIFAR-10; LeNet-5
 ``cifar10_3c3d``           895,210     CIFAR-10; DeepOBS 3c3d
 ``cifar10_allcnnc``        1,369,738   CIFAR-10; All-CNN-C
@@ -36,7 +41,9 @@ name                       D           data / model
 ``cifar100_3c3d``          918,340     CIFAR-100; DeepOBS 3c3d
 ``cifar100_allcnnc``       1,387,108   CIFAR-100; All-CNN-C
 ``cifar100_vgg11bn``       28,526,436  CIFAR-100; LayerHessians' VGG11_bn
+``svhn_lenet5``            62,006      SVHN; LeNet-5
 ``svhn_vgg11bn``           28,157,706  SVHN; LayerHessians' VGG11_bn
+``svhn_resnet18``          11,173,962  SVHN; CIFAR ResNet-18
 ``imagenet_resnet18``      11,689,512  ImageNet arrays (N, 3, 224, 224), 1000
                                        classes; torchvision's ResNet-18
 =========================  ==========  =========================================
@@ -250,6 +257,38 @@ _REGISTRY: dict[str, _Spec] = {
         _seeded(models.lenet5, 1, 10, 28),
         10,
     ),
+    "mnist_vgg11bn": _file_spec(
+        "mnist",
+        "MNIST padded to 32x32",
+        "LayerHessians' VGG-11 with BatchNorm",
+        _seeded(models.vgg11_bn, 10, 1),
+        10,
+        pad=2,
+    ),
+    "mnist_resnet18": _file_spec(
+        "mnist",
+        "MNIST padded to 32x32",
+        "CIFAR ResNet-18",
+        _seeded(models.resnet18, 10, 1),
+        10,
+        pad=2,
+    ),
+    "fmnist_vgg11bn": _file_spec(
+        "fashion_mnist",
+        "Fashion-MNIST padded to 32x32",
+        "LayerHessians' VGG-11 with BatchNorm",
+        _seeded(models.vgg11_bn, 10, 1),
+        10,
+        pad=2,
+    ),
+    "fmnist_resnet18": _file_spec(
+        "fashion_mnist",
+        "Fashion-MNIST padded to 32x32",
+        "CIFAR ResNet-18",
+        _seeded(models.resnet18, 10, 1),
+        10,
+        pad=2,
+    ),
     "cifar10_lenet5": _file_spec(
         "cifar10", "CIFAR-10", "LeNet-5", _seeded(models.lenet5, 3, 10, 32), 10
     ),
@@ -288,6 +327,12 @@ _REGISTRY: dict[str, _Spec] = {
         "LayerHessians' VGG-11 with BatchNorm",
         _seeded(models.vgg11_bn, 10),
         10,
+    ),
+    "svhn_lenet5": _file_spec(
+        "svhn", "SVHN", "LeNet-5", _seeded(models.lenet5, 3, 10, 32), 10
+    ),
+    "svhn_resnet18": _file_spec(
+        "svhn", "SVHN", "CIFAR ResNet-18", _seeded(models.resnet18, 10), 10
     ),
     "imagenet_resnet18": _Spec(
         "ImageNet arrays (imagenet/{train,val}/X.npy, uint8, memory-mapped; "

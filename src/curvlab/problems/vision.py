@@ -130,6 +130,7 @@ def load_vision(
     data_dir: str | Path,
     *,
     size: int | None = None,
+    pad: int = 0,
     standardize: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> DataSplit:
@@ -144,6 +145,11 @@ def load_vision(
             ``"cifar100"``, ``"svhn"``.
         data_dir: Folder holding the files listed in :data:`VISION_DATASETS`.
         size: If given, resize to ``size x size`` with :func:`resize_images`.
+        pad: Zero-pad every image by this many pixels on each side (black in
+            ``[0, 1]`` pixels), as LayerHessians pads MNIST to 32x32. The
+            statistics for standardising are those of the unpadded images, so
+            the border becomes ``-mean / std``, as with torchvision's
+            ``Pad``, ``ToTensor``, ``Normalize``.
         standardize: Standardise each channel with the mean and standard
             deviation of the train split, computed from the files (see the
             module docstring).
@@ -154,7 +160,8 @@ def load_vision(
         The train and test tensors.
 
     Raises:
-        ValueError: If ``dataset`` is unknown or a file is damaged (naming it).
+        ValueError: If ``dataset`` is unknown, ``pad`` is negative, or a file is
+            damaged (naming it).
         FileNotFoundError: If files are missing, naming each and where it
             should be.
     """
@@ -162,6 +169,8 @@ def load_vision(
         raise ValueError(
             f"dataset must be one of {sorted(VISION_DATASETS)}. Got {dataset!r}."
         )
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be a non-negative int. Got {pad!r}.")
     root = Path(data_dir).expanduser()
     check_files(dataset, root)
     splits = []
@@ -175,6 +184,10 @@ def load_vision(
     if standardize:
         mean = X_train.mean(dim=(0, 2, 3), keepdim=True)
         std = X_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    if pad:
+        X_train = torch.nn.functional.pad(X_train, (pad,) * 4)
+        X_test = torch.nn.functional.pad(X_test, (pad,) * 4)
+    if standardize:
         X_train = X_train.sub_(mean).div_(std)
         X_test = X_test.sub_(mean).div_(std)
     return DataSplit(X_train, y_train, X_test, y_test)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import curvlab as cl
 from curvlab import problems
 from curvlab.problems import arrays
 from curvlab.problems.vision import IMAGENET_MEAN_STD
@@ -113,3 +114,17 @@ def test_damaged_npy_is_named(tmp_path, cut):
     with pytest.raises(ValueError, match="not a readable .npy file") as info:
         arrays.load_array_split(tmp_path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.slow
+def test_hessian_products_take_the_uint8_batches(tmp_path):
+    """The data loop passes uint8 inputs through; the model standardises them."""
+    write_fake_imagenet(tmp_path, num_train=4, num_test=2)
+    problem = problems.get("imagenet_resnet18", data_dir=tmp_path, batch_size=2)
+    H = cl.HessianOperator(problem.model, problem.loss_fn, problem.train_data)
+    assert H.shape == (11_689_512, 11_689_512)
+    generator = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, H.shape[0], generator=generator)
+    Hu, Hv = H @ u, H @ v
+    assert torch.isfinite(Hu).all()
+    torch.testing.assert_close(v @ Hu, u @ Hv, rtol=1e-3, atol=1e-3)

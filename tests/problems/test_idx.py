@@ -181,8 +181,7 @@ def test_mnist_mini_without_torchvision(tmp_path, no_torchvision, compress):
     assert problem.num_params == 7030
     assert problem.train_data.num_samples == NUM_TRAIN
     assert problem.test_data.num_samples == NUM_TEST
-    # torchvision's path as load_vision implements it: ToTensor's /255, Resize(16)
-    # (bilinear, antialiased), no normalisation
+    # ToTensor's /255, Resize(16) (bilinear, antialiased), no normalisation
     images = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).unsqueeze(1)
     expected = resize_images(images.float() / 255.0, 16)
     torch.testing.assert_close(problem.test_data.X, expected, rtol=0, atol=0)
@@ -204,43 +203,24 @@ def test_balanced_subset_and_other_mnist_problems(tmp_path, no_torchvision):
         torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-5, rtol=0)
 
 
-def test_empty_files_without_torchvision_are_reported_as_corrupt(
-    data_dir, no_torchvision
-):
-    # the data_dir fixture holds empty files in torchvision's layout
+def test_empty_files_are_reported_as_corrupt(tmp_path, no_torchvision):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FILES:
+        (raw / name).touch()
     with pytest.raises(ValueError, match="MNIST/raw/train-images-idx3-ubyte"):
-        vision.load_vision("mnist", data_dir)
+        vision.load_vision("mnist", tmp_path)
 
 
-def test_torchvision_is_still_used_for_its_layout(data_dir, fake_torchvision):
-    split = vision.load_vision("mnist", data_dir, standardize=False)
-    assert split.X_train.shape == (fake_torchvision.num_train, 1, 28, 28)
-
-
-def test_flat_and_gzipped_files_do_not_need_torchvision(tmp_path, fake_torchvision):
-    arrays = write_fake_mnist(tmp_path, compress=True)
+def test_torchvisions_layout_is_read_without_it(tmp_path, no_torchvision):
+    arrays = write_fake_mnist(tmp_path / "MNIST" / "raw")
     split = vision.load_vision("mnist", tmp_path, standardize=False)
     expected = torch.from_numpy(arrays["train-images-idx3-ubyte"]).float() / 255
     torch.testing.assert_close(split.X_train[:, 0], expected, rtol=0, atol=0)
 
 
-def test_vision_and_idx_readers_agree(tmp_path, fake_torchvision, monkeypatch):
-    """The same uint8 arrays through torchvision's layout and the IDX reader."""
-    arrays = write_fake_mnist(tmp_path / "MNIST" / "raw")
-
-    class _MNIST:  # what torchvision.datasets.MNIST holds for these files
-        def __init__(self, root, train, download):
-            prefix = "train" if train else "t10k"
-            self.data = torch.from_numpy(arrays[f"{prefix}-images-idx3-ubyte"])
-            self.targets = torch.from_numpy(
-                arrays[f"{prefix}-labels-idx1-ubyte"].astype(np.int64)
-            )
-
-    monkeypatch.setattr(fake_torchvision, "MNIST", _MNIST)
-    through_torchvision = vision.load_vision("mnist", tmp_path, size=16)
-    vision._vision_arrays.cache_clear()
-    monkeypatch.delattr(fake_torchvision, "MNIST")  # torchvision unusable
-    monkeypatch.setitem(__import__("sys").modules, "torchvision.datasets", None)
-    through_idx = vision.load_vision("mnist", tmp_path, size=16)
-    for a, b in zip(through_torchvision, through_idx, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+def test_flat_and_gzipped_files(tmp_path, no_torchvision):
+    arrays = write_fake_mnist(tmp_path, compress=True)
+    split = vision.load_vision("mnist", tmp_path, standardize=False)
+    expected = torch.from_numpy(arrays["train-images-idx3-ubyte"]).float() / 255
+    torch.testing.assert_close(split.X_train[:, 0], expected, rtol=0, atol=0)

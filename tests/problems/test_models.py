@@ -16,8 +16,11 @@ CASES = {
     "lenet5_32": (models.lenet5, (3, 10, 32), (3, 32, 32), 10, 62006),
     "3c3d": (models.deepobs_3c3d, (10,), (3, 32, 32), 10, 895210),
     "allcnnc_100": (models.all_cnn_c, (100,), (3, 32, 32), 100, 1387108),
-    "vgg11_bn": (models.vgg11_bn, (10,), (3, 32, 32), 10, 9231114),
+    "vgg11_bn": (models.vgg11_bn, (10,), (3, 32, 32), 10, 28157706),
+    "vgg11_bn_1ch": (models.vgg11_bn, (10, 1), (1, 32, 32), 10, 28156554),
     "resnet18": (models.resnet18, (10,), (3, 32, 32), 10, 11173962),
+    "resnet18_1ch": (models.resnet18, (10, 1), (1, 32, 32), 10, 11172810),
+    "imagenet_resnet18": (models.imagenet_resnet18, (), (3, 224, 224), 1000, 11689512),
 }
 
 
@@ -57,6 +60,79 @@ def test_mnist_mini_is_the_papers_flexi_mlp():
 def test_other_class_counts():
     assert models.num_params(models.deepobs_3c3d(100)) == 918340
     assert models.num_params(models.all_cnn_c(10)) == 1369738
+    with torch.device("meta"):
+        assert models.num_params(models.vgg11_bn(10, head="linear")) == 9231114
+        assert models.num_params(models.vgg11_bn(100)) == 28526436
+
+
+def _counts(model, kind):
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+def test_vgg11_bn_is_layerhessians_vgg():
+    """LayerHessians' VGG11_bn: config A with biased convs, 4096-4096 BN1d head."""
+    with torch.device("meta"):
+        model = models.vgg11_bn(10)
+    convs = _counts(model, nn.Conv2d)
+    assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512, 512, 512]
+    assert all(c.bias is not None for c in convs)
+    assert len(_counts(model, nn.BatchNorm2d)) == 8
+    assert len(_counts(model, nn.MaxPool2d)) == 5
+    linears = _counts(model, nn.Linear)
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (512, 4096),
+        (4096, 4096),
+        (4096, 10),
+    ]
+    assert [m.bias is not None for m in linears] == [False, False, True]
+    assert len(_counts(model, nn.BatchNorm1d)) == 2
+    with pytest.raises(ValueError, match="head must be"):
+        models.vgg11_bn(head="wide")
+
+
+@torch.no_grad()
+def test_vgg11_bn_initialisation_follows_layerhessians():
+    model = models.vgg11_bn(10)
+    conv = _counts(model, nn.Conv2d)[-1]
+    expected = (2.0 / (9 * 512)) ** 0.5
+    assert abs(float(conv.weight.std()) / expected - 1) < 0.01
+    assert not conv.bias.any()
+    last = _counts(model, nn.Linear)[-1]
+    assert abs(float(last.weight.std()) / 0.01 - 1) < 0.05
+    assert not last.bias.any()
+
+
+def test_imagenet_resnet18_is_torchvisions_architecture():
+    """Shapes of torchvision's resnet18(): 7x7/2 stem, max pool, [2, 2, 2, 2]."""
+    with torch.device("meta"):
+        model = models.imagenet_resnet18()
+    assert model.conv1.weight.shape == (64, 3, 7, 7)
+    assert model.conv1.stride == (2, 2)
+    assert model.maxpool is not None
+    assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3,
+            model.layer4)] == [2, 2, 2, 2]  # fmt: skip
+    shortcuts = [
+        b.shortcut[0].weight.shape
+        for stage in (model.layer2, model.layer3, model.layer4)
+        for b in stage
+        if isinstance(b.shortcut, nn.Sequential)
+    ]
+    assert shortcuts == [(128, 64, 1, 1), (256, 128, 1, 1), (512, 256, 1, 1)]
+    assert model.fc.weight.shape == (1000, 512)
+    assert len(_counts(model, nn.BatchNorm2d)) == 20
+
+
+def test_imagenet_resnet18_small_forward_and_uint8_input():
+    model = models.imagenet_resnet18(
+        10, mean_std=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    ).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(images)
+        same = model((images.float() / 255 - 0.5) / 0.25)
+    assert out.shape == (2, 10)
+    torch.testing.assert_close(out, same)
+    assert not any("preprocess" in key for key in model.state_dict())
 
 
 def test_seed_determines_parameters_and_leaves_global_rng_alone():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from curvlab import problems
-from curvlab.problems import Problem, balanced_subset
+from curvlab.problems import Problem, balanced_subset, registry
+from curvlab.problems.models import num_params
 
 BUNDLED_D = {
     "digits_cnn": 1898,
@@ -148,23 +149,24 @@ def test_file_based_problem_needs_data_dir():
 def test_file_based_problem_names_missing_files(tmp_path):
     with pytest.raises(
         FileNotFoundError,
-        match=re.escape(f"CIFAR100 files are missing in {tmp_path}")
+        match=re.escape(f"CIFAR-100 files are missing: {tmp_path}")
         + ".*cifar-100-python/train",
     ):
         problems.get("cifar100_allcnnc", data_dir=tmp_path)
 
 
-def test_file_based_problem_without_torchvision(data_dir, no_torchvision):
-    with pytest.raises(ImportError, match=re.escape("pip install curvlab[vision]")):
-        problems.get("cifar10_lenet5", data_dir=data_dir)  # MNIST needs none
+def test_file_based_problem_without_torchvision(fake_data, no_torchvision):
+    problem = problems.get("cifar10_lenet5", data_dir=fake_data[0])
+    assert problem.num_params == 62006
 
 
-def test_mnist_mini_from_files(data_dir, fake_torchvision):
+def test_mnist_mini_from_files(fake_data):
+    data_dir, written = fake_data
     problem = problems.get("mnist_mini", data_dir=data_dir, num_samples=100)
     assert problem.num_params == 7030
     assert problem.train_data.X.shape == (100, 1, 16, 16)
     assert torch.bincount(problem.train_data.y).tolist() == [10] * 10
-    assert problem.test_data.num_samples == fake_torchvision.num_test
+    assert problem.test_data.num_samples == len(written["mnist"][3])
     X, y = problem.test_data[0]
     assert torch.isfinite(problem.loss_fn(problem.model(X), y))
 
@@ -177,21 +179,73 @@ def test_mnist_mini_from_files(data_dir, fake_torchvision):
         ("cifar10_lenet5", 10),
         ("cifar10_3c3d", 10),
         ("cifar100_allcnnc", 100),
-        ("svhn_vgg11bn", 10),
     ],
 )
-def test_file_based_problems_with_fake_torchvision(
-    data_dir, fake_torchvision, name, num_classes
-):
+def test_file_based_problems_from_files(fake_data, name, num_classes):
+    data_dir, written = fake_data
     problem = problems.get(name, data_dir=str(data_dir))
     assert problem.num_classes == num_classes
     # file-based default: batches of 256, last one kept
-    assert [len(yb) for _, yb in problem.train_data] == [
-        256,
-        fake_torchvision.num_train - 256,
-    ]
+    num_train = len(written["mnist"][1])
+    assert [len(yb) for _, yb in problem.train_data] == [256, num_train - 256]
     X, y = problem.test_data[0]
     with torch.no_grad():
         out = problem.model(X[:4])
     assert out.shape == (4, num_classes)
     assert torch.isfinite(problem.loss_fn(out, y[:4]))
+
+
+# Every file-based problem's parameter count D: DeepOBS's for 3c3d and All-CNN-C,
+# LayerHessians' for LeNet, VGG11_bn and ResNet18, torchvision's for ImageNet.
+FILE_BASED_D = {
+    "mnist_mini": 7_030,
+    "mnist_lenet5": 61_706,
+    "fmnist_lenet5": 61_706,
+    "mnist_vgg11bn": 28_156_554,
+    "mnist_resnet18": 11_172_810,
+    "fmnist_vgg11bn": 28_156_554,
+    "fmnist_resnet18": 11_172_810,
+    "svhn_lenet5": 62_006,
+    "svhn_resnet18": 11_173_962,
+    "cifar10_lenet5": 62_006,
+    "cifar10_3c3d": 895_210,
+    "cifar10_allcnnc": 1_369_738,
+    "cifar10_vgg11bn": 28_157_706,
+    "cifar10_resnet18": 11_173_962,
+    "cifar100_3c3d": 918_340,
+    "cifar100_allcnnc": 1_387_108,
+    "cifar100_vgg11bn": 28_526_436,
+    "svhn_vgg11bn": 28_157_706,
+    "imagenet_resnet18": 11_689_512,
+}
+
+
+def test_every_file_based_problem_is_pinned():
+    assert sorted(FILE_BASED_D) == problems.names(bundled=False)
+
+
+@pytest.mark.parametrize("name", sorted(FILE_BASED_D))
+def test_file_based_parameter_counts(name):
+    # the registry's own factory, on the meta device: shapes only, no data, no init
+    with torch.device("meta"):
+        model = registry._REGISTRY[name].build(0)
+    assert num_params(model) == FILE_BASED_D[name]
+
+
+def test_mnist_is_padded_to_32_for_vgg_and_resnet(fake_data):
+    """LayerHessians' Pad(2), ToTensor, Normalize with the unpadded statistics."""
+    data_dir, written = fake_data
+    problem = problems.get("mnist_resnet18", data_dir=data_dir, batch_size=8)
+    X = problem.train_data.X
+    assert X.shape == (len(written["mnist"][1]), 1, 32, 32)
+    pixels = torch.from_numpy(written["mnist"][0]).double() / 255
+    border = float(-pixels.mean() / pixels.std())
+    torch.testing.assert_close(X[:, :, :2, :], torch.full_like(X[:, :, :2, :], border))
+    torch.testing.assert_close(
+        X[:, :, :, -2:], torch.full_like(X[:, :, :, -2:], border)
+    )
+    expected = ((pixels - pixels.mean()) / pixels.std()).float()
+    torch.testing.assert_close(X[:, 0, 2:-2, 2:-2], expected)
+    Xb, yb = problem.train_data[0]
+    with torch.no_grad():
+        assert problem.model(Xb).shape == (8, 10)

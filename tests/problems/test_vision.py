@@ -1,9 +1,11 @@
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from curvlab.problems import vision
+from problems._files import NUM_TEST, NUM_TRAIN
 
 
 def test_check_files_names_folder_and_expected_files(tmp_path):
@@ -24,22 +26,9 @@ def test_check_files_names_folder_and_expected_files(tmp_path):
         ("fashion_mnist", "FashionMNIST/raw/t10k-labels-idx1-ubyte"),
     ],
 )
-def test_load_vision_checks_files_before_torchvision(
-    tmp_path, no_torchvision, dataset, expected
-):
+def test_missing_files_are_named(tmp_path, dataset, expected):
     with pytest.raises(FileNotFoundError, match=re.escape(expected)):
         vision.load_vision(dataset, tmp_path)
-
-
-def test_load_vision_reports_only_the_missing_files(data_dir, no_torchvision):
-    (data_dir / "test_32x32.mat").unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing test_32x32\.mat\. curvlab"):
-        vision.load_vision("svhn", data_dir)
-
-
-def test_unimportable_torchvision_gives_install_hint(data_dir, no_torchvision):
-    with pytest.raises(ImportError, match=re.escape("pip install curvlab[vision]")):
-        vision.load_vision("cifar10", data_dir)  # MNIST needs no torchvision
 
 
 def test_unknown_dataset(tmp_path):
@@ -57,27 +46,70 @@ def test_unknown_dataset(tmp_path):
         ("svhn", (3, 32, 32)),
     ],
 )
-def test_load_vision_converts_to_standardised_tensors(
-    data_dir, fake_torchvision, dataset, shape
-):
+def test_every_data_set_without_torchvision(fake_data, no_torchvision, dataset, shape):
+    data_dir, written = fake_data
     split = vision.load_vision(dataset, data_dir, dtype=torch.float64)
-    assert split.X_train.shape == (fake_torchvision.num_train, *shape)
-    assert split.X_test.shape == (fake_torchvision.num_test, *shape)
+    assert split.X_train.shape == (NUM_TRAIN, *shape)
+    assert split.X_test.shape == (NUM_TEST, *shape)
     assert split.X_train.dtype == torch.float64
     assert split.y_train.dtype == torch.int64
-    mean = split.X_train.mean(dim=(0, 2, 3))
-    torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-10, rtol=0)
+    X_train, y_train, X_test, y_test = written[dataset]
+    assert split.y_train.tolist() == y_train.tolist()
+    assert split.y_test.tolist() == y_test.tolist()
+    # the documented normalisation: the train split's channel statistics
+    pixels = torch.from_numpy(X_train.reshape(NUM_TRAIN, *shape)).double() / 255
+    mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
+    std = pixels.std(dim=(0, 2, 3), keepdim=True)
+    test = torch.from_numpy(X_test.reshape(NUM_TEST, *shape)).double() / 255
+    torch.testing.assert_close(split.X_test, (test - mean) / std)
+    train_mean = split.X_train.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(train_mean, torch.zeros_like(train_mean))
 
 
-def test_load_vision_resizes_without_normalising(data_dir, fake_torchvision):
-    split = vision.load_vision("mnist", data_dir, size=16, standardize=False)
-    assert split.X_train.shape == (fake_torchvision.num_train, 1, 16, 16)
+def test_without_standardisation_pixels_are_in_unit_range(fake_data):
+    data_dir, written = fake_data
+    split = vision.load_vision("cifar10", data_dir, standardize=False)
+    expected = torch.from_numpy(written["cifar10"][0]).float() / 255
+    torch.testing.assert_close(split.X_train, expected, rtol=0, atol=0)
+
+
+def test_resize_without_normalising(fake_data):
+    split = vision.load_vision("mnist", fake_data[0], size=16, standardize=False)
+    assert split.X_train.shape == (NUM_TRAIN, 1, 16, 16)
     assert float(split.X_train.min()) >= 0.0
     assert float(split.X_train.max()) <= 1.0
 
 
-def test_load_vision_copies_cached_labels(data_dir, fake_torchvision):
+def test_cached_arrays_are_not_changed_by_callers(fake_data):
+    data_dir, written = fake_data
     first = vision.load_vision("cifar10", data_dir)
     first.y_train.zero_()
-    second = vision.load_vision("cifar10", data_dir)
-    assert second.y_train.max() > 0
+    first.X_train.zero_()
+    second = vision.load_vision("cifar10", data_dir, standardize=False)
+    assert second.y_train.tolist() == written["cifar10"][1].tolist()
+    np.testing.assert_array_equal(
+        (second.X_train * 255).round().to(torch.uint8).numpy(), written["cifar10"][0]
+    )
+
+
+def test_torchvision_is_never_imported(fake_data, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def guarded(name, *args, **kwargs):
+        assert not name.startswith("torchvision"), "torchvision was imported"
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    for dataset in vision.VISION_DATASETS:
+        vision.load_vision(dataset, fake_data[0])
+
+
+def test_pad_keeps_the_unpadded_statistics(fake_data):
+    split = vision.load_vision("svhn", fake_data[0], pad=3)
+    plain = vision.load_vision("svhn", fake_data[0])
+    assert split.X_train.shape == (NUM_TRAIN, 3, 38, 38)
+    torch.testing.assert_close(split.X_test[:, :, 3:-3, 3:-3], plain.X_test)
+    with pytest.raises(ValueError, match="pad must be a non-negative int"):
+        vision.load_vision("svhn", fake_data[0], pad=-1)

@@ -7,7 +7,7 @@ Everything here returns plain tensors. Three loaders need no files at all:
   (500 per class), optionally resized to 16x16 as in the "mnist_mini" problem.
 * :func:`make_regression`: Gaussian inputs with a linear teacher plus noise.
 
-:mod:`curvlab.problems.vision` reads the torchvision data sets from local files.
+:mod:`curvlab.problems.vision` reads the image data sets from their files.
 """
 
 from __future__ import annotations

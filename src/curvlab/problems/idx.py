@@ -15,8 +15,8 @@ plain or gzipped, from either layout:
 * a flat folder, ``data_dir/<file>``.
 
 It returns what ``torchvision.datasets.MNIST`` holds (``uint8`` images and
-``int64`` labels, in file order), so :func:`curvlab.problems.vision.load_vision`
-applies the same preprocessing on either path.
+``int64`` labels, in file order); :func:`curvlab.problems.vision.load_vision`
+preprocesses them.
 """
 
 from __future__ import annotations
@@ -190,8 +190,7 @@ def missing_message(data_dir: str | Path, folder: str, missing: list[str]) -> st
         f"{', '.join(f'{folder}/raw/{name}' for name in IDX_FILES)} "
         "(torchvision's layout), or the same four files directly in the folder; "
         f"each may be gzipped (.gz). Missing {', '.join(missing)}. curvlab never "
-        "downloads data: place the files there, or call "
-        "load_vision(..., download=True) once to let torchvision fetch them."
+        "downloads data: place the files there."
     )
 
 

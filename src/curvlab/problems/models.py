@@ -23,9 +23,20 @@ factory                   D          input
 ``lenet5``                61,706     ``(N, 1, 28, 28)``; 62,006 for 3x32x32
 ``deepobs_3c3d``          895,210    ``(N, 3, 32, 32)``; 918,340 for 100 classes
 ``all_cnn_c``             1,369,738  ``(N, 3, 32, 32)``; 1,387,108 for 100
-``vgg11_bn``              9,231,114  ``(N, 3, 32, 32)``
+``vgg11_bn``              28,157,706 ``(N, 3, 32, 32)``; 9,231,114 with
+                                     ``head="linear"``
 ``resnet18``              11,173,962 ``(N, 3, 32, 32)``
+``imagenet_resnet18``     11,689,512 ``(N, 3, 224, 224)``, 1000 classes
 ========================  =========  ==========================================
+
+Where the counts come from: ``deepobs_3c3d`` and ``all_cnn_c`` are DeepOBS's
+``net_cifar10_3c3d`` and ``net_cifar100_allcnnc``
+(``deepobs/pytorch/testproblems/testproblems_modules.py``); ``lenet5``,
+``vgg11_bn`` and ``resnet18`` are the ``LeNet``, ``VGG11_bn`` and ``ResNet18``
+(``resnet_type='small'``) of the LayerHessians code
+(``LayerHessians/models/cifar/network.py`` in github.com/yashkhasbage25/HTR),
+which pads every image to 32x32; ``imagenet_resnet18`` is
+``torchvision.models.resnet18()``.
 """
 
 from __future__ import annotations
@@ -38,11 +49,14 @@ from torch import Tensor, nn
 
 __all__ = [
     "ACTIVATIONS",
+    "ResNet",
+    "Standardize",
     "all_cnn_c",
     "deepobs_3c3d",
     "digits_cnn",
     "digits_mlp",
     "hesscale_mlp",
+    "imagenet_resnet18",
     "lenet5",
     "logistic_regression",
     "mlp",
@@ -422,25 +436,46 @@ def _conv_relu(
 
 
 def vgg11_bn(
-    num_classes: int = 10, in_channels: int = 3, *, seed: int = 0
+    num_classes: int = 10,
+    in_channels: int = 3,
+    *,
+    head: str = "layerhessians",
+    seed: int = 0,
 ) -> nn.Sequential:
-    """Build VGG-11 with batch normalisation for 32x32 images.
+    r"""Build VGG-11 with batch normalisation for 32x32 images, as LayerHessians does.
 
-    Configuration A of Simonyan & Zisserman (ICLR 2015): conv 64, M, 128, M,
-    256, 256, M, 512, 512, M, 512, 512, M (3x3 convolutions, padding 1, each
-    followed by BatchNorm2d and ReLU; M is MaxPool2d(2)), then Flatten and one
-    Linear(512, ``num_classes``), the usual CIFAR head. (The LayerHessians code
-    uses a larger 4096-4096 head with BatchNorm1d.) ``D = 9,231,114`` for 10
-    classes; in eval mode BatchNorm uses its running statistics.
+    Features: configuration A of Simonyan & Zisserman (ICLR 2015), conv 64, M,
+    128, M, 256, 256, M, 512, 512, M, 512, 512, M (3x3 convolutions with bias,
+    padding 1, each followed by BatchNorm2d and ReLU; M is MaxPool2d(2)), then
+    Flatten. The head is one of
+
+    * ``"layerhessians"`` (default): the classifier of Sankar et al.'s code
+      (``models/cifar/network.py`` of the LayerHessians study), Linear(512,
+      4096, no bias), BatchNorm1d, ReLU, Linear(4096, 4096, no bias),
+      BatchNorm1d, ReLU, Linear(4096, ``num_classes``). ``D = 28,157,706`` for
+      3x32x32 inputs and 10 classes, ``28,156,554`` for 1x32x32.
+    * ``"linear"``: one Linear(512, ``num_classes``), the usual CIFAR head;
+      ``D = 9,231,114`` for 3x32x32 and 10 classes.
+
+    Initialisation as in that code: convolution weights
+    :math:`\mathcal{N}(0, 2 / (9 \cdot C_\text{out}))`, linear weights
+    :math:`\mathcal{N}(0, 0.01^2)`, biases zero, BatchNorm weights one. In eval
+    mode BatchNorm uses its running statistics.
 
     Args:
         num_classes: Number of classes.
-        in_channels: Input channels.
+        in_channels: Input channels (1 for MNIST, padded to 32x32).
+        head: ``"layerhessians"`` or ``"linear"``.
         seed: Seed of the initialisation.
 
     Returns:
-        The network.
+        The network, taking ``(N, in_channels, 32, 32)`` inputs.
+
+    Raises:
+        ValueError: If ``head`` is unknown.
     """
+    if head not in ("layerhessians", "linear"):
+        raise ValueError(f"head must be 'layerhessians' or 'linear'. Got {head!r}.")
     layers: list[nn.Module] = []
     channels = in_channels
     with _seeded(seed):
@@ -454,8 +489,30 @@ def vgg11_bn(
                 nn.ReLU(),
             ]
             channels = item
-        layers += [nn.Flatten(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers)
+        layers.append(nn.Flatten())
+        if head == "linear":
+            layers.append(nn.Linear(512, num_classes))
+        else:
+            layers += [
+                nn.Linear(512, 4096, bias=False),
+                nn.BatchNorm1d(4096),
+                nn.ReLU(),
+                nn.Linear(4096, 4096, bias=False),
+                nn.BatchNorm1d(4096),
+                nn.ReLU(),
+                nn.Linear(4096, num_classes),
+            ]
+        model = nn.Sequential(*layers)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1]
+                fan_out *= module.out_channels
+                nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
 
 
 class BasicBlock(nn.Module):
@@ -497,24 +554,87 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """ResNet for 32x32 images: 3x3 stem, no max pooling, four stages of blocks.
+class Standardize(nn.Module):
+    """Turn raw ``uint8`` images into standardised floats; pass floats through.
+
+    ``uint8`` input ``x`` becomes ``(x / 255 - mean) / std`` per channel, in the
+    dtype of the module's buffers (so ``model.to(torch.float64)`` carries it
+    along). Floating input is taken as already preprocessed and returned as it
+    is. The buffers are not saved in the ``state_dict``.
 
     Args:
-        num_blocks: Number of :class:`BasicBlock` per stage (64, 128, 256, 512
-            channels; stages 2-4 halve the resolution).
+        mean: Per-channel means of pixels in ``[0, 1]``.
+        std: Per-channel standard deviations.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer(
+            "mean", torch.tensor(mean).reshape(shape), persistent=False
+        )
+        self.register_buffer("std", torch.tensor(std).reshape(shape), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Standardise ``uint8`` images.
+
+        Args:
+            x: Images of shape ``(N, C, H, W)``.
+
+        Returns:
+            The standardised images (``uint8`` input) or ``x`` (floating input).
+        """
+        if x.is_floating_point():
+            return x
+        return (x.to(self.mean.dtype) / 255.0 - self.mean) / self.std
+
+
+class ResNet(nn.Module):
+    """ResNet of :class:`BasicBlock` stages, with a CIFAR or an ImageNet stem.
+
+    The ``"cifar"`` stem is one 3x3 convolution (stride 1) with BatchNorm and
+    ReLU and no max pooling, for 32x32 images; the ``"imagenet"`` stem is
+    torchvision's: a 7x7 convolution with stride 2 and padding 3, BatchNorm,
+    ReLU and MaxPool2d(3, stride 2, padding 1). Then four stages of 64, 128,
+    256, 512 channels (stages 2-4 halve the resolution), global average pooling
+    and Linear(512, ``num_classes``).
+
+    Args:
+        num_blocks: Number of :class:`BasicBlock` per stage.
         num_classes: Number of classes.
         in_channels: Input channels.
+        stem: ``"cifar"`` or ``"imagenet"``.
+        preprocess: Optional module applied to the input first (e.g.
+            :class:`Standardize`); it holds no parameters.
+
+    Raises:
+        ValueError: If ``num_blocks`` does not give 4 stages or ``stem`` is
+            unknown.
     """
 
     def __init__(
-        self, num_blocks: Sequence[int], num_classes: int = 10, in_channels: int = 3
+        self,
+        num_blocks: Sequence[int],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        stem: str = "cifar",
+        preprocess: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4:
             raise ValueError(f"num_blocks must give 4 stages. Got {tuple(num_blocks)}.")
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet'. Got {stem!r}.")
+        self.preprocess = preprocess
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = (
+            nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else None
+        )
         stages = []
         channels = 64
         for index, (width, count) in enumerate(
@@ -529,29 +649,45 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
+        # He et al.'s initialisation, as torchvision's ResNet and LayerHessians'
+        # code: N(0, 2 / (k * k * C_out)) for convolutions, BatchNorm 1 and 0,
+        # PyTorch's default for the final Linear.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(
+                    module.weight, mode="fan_out", nonlinearity="relu"
+                )
 
     def forward(self, x: Tensor) -> Tensor:
         """Compute the logits.
 
         Args:
-            x: Images of shape ``(N, in_channels, 32, 32)``.
+            x: Images of shape ``(N, in_channels, H, W)``.
 
         Returns:
             Logits of shape ``(N, num_classes)``.
         """
+        if self.preprocess is not None:
+            x = self.preprocess(x)
         out = torch.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            out = self.maxpool(out)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-def resnet18(
-    num_classes: int = 10, in_channels: int = 3, *, seed: int = 0
-) -> CifarResNet:
-    """Build the CIFAR-sized ResNet-18 (He et al., CVPR 2016).
+#: The CIFAR-stem :class:`ResNet` (kept under its earlier name).
+CifarResNet = ResNet
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3, *, seed: int = 0) -> ResNet:
+    """Build the CIFAR-sized ResNet-18 (He et al., CVPR 2016) of LayerHessians.
 
     3x3 stem convolution with 64 channels, BatchNorm and ReLU, no max pooling,
     then :class:`BasicBlock` stages ``[2, 2, 2, 2]``, global average pooling and
-    Linear(512, ``num_classes``). ``D = 11,173,962`` for 10 classes.
+    Linear(512, ``num_classes``): the ``resnet_type='small'`` ResNet18 of
+    Sankar et al.'s ``models/cifar/network.py``. ``D = 11,173,962`` for 3x32x32
+    inputs and 10 classes, ``11,172,810`` for 1x32x32.
 
     Args:
         num_classes: Number of classes.
@@ -562,4 +698,38 @@ def resnet18(
         The network.
     """
     with _seeded(seed):
-        return CifarResNet((2, 2, 2, 2), num_classes, in_channels)
+        return ResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+def imagenet_resnet18(
+    num_classes: int = 1000,
+    *,
+    mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
+    seed: int = 0,
+) -> ResNet:
+    """Build torchvision's ResNet-18 for ImageNet, written here (``D = 11,689,512``).
+
+    The architecture of ``torchvision.models.resnet18()`` (He et al., CVPR 2016):
+    7x7/2 stem convolution, BatchNorm, ReLU, 3x3/2 max pooling, four stages of
+    two :class:`BasicBlock` (64, 128, 256, 512 channels; 1x1 convolution and
+    BatchNorm on the shortcut where the shape changes), global average pooling
+    and Linear(512, ``num_classes``), with torchvision's initialisation. The
+    parameter count and shapes are torchvision's; module names differ (the
+    shortcut is ``shortcut``, not ``downsample``). Global average pooling makes
+    any input side of at least 32 work; ImageNet's is 224.
+
+    Args:
+        num_classes: Number of classes.
+        mean_std: If given, prepend :class:`Standardize` with these per-channel
+            means and standard deviations, so that raw ``uint8`` images are
+            accepted (as the ``imagenet_resnet18`` problem does).
+        seed: Seed of the initialisation.
+
+    Returns:
+        The network, taking ``(N, 3, H, W)`` inputs.
+    """
+    preprocess = None if mean_std is None else Standardize(*mean_std)
+    with _seeded(seed):
+        return ResNet(
+            (2, 2, 2, 2), num_classes, 3, stem="imagenet", preprocess=preprocess
+        )

@@ -17,8 +17,10 @@ name                       D        data / model
 The bundled sets are split 80/20 by a permutation seeded with ``seed`` (digits:
 1437/360; MNIST 5k: 4000/1000; synthetic: 512/128 drawn with ``seed``).
 
-File-based problems read the official splits from ``data_dir`` (torchvision's
-folder layout; curvlab never downloads):
+File-based problems read the official splits from ``data_dir`` with curvlab's
+own readers (torchvision's folder layout; torchvision is never imported and
+curvlab never downloads; see :mod:`curvlab.problems.vision` and
+:mod:`curvlab.problems.arrays`):
 
 =========================  ==========  =========================================
 name                       D           data / model
@@ -26,20 +28,47 @@ name                       D           data / model
 ``mnist_mini``             7,030       MNIST resized to 16x16, unnormalised
 ``mnist_lenet5``           61,706      MNIST; LeNet-5
 ``fmnist_lenet5``          61,706      Fashion-MNIST; LeNet-5
+``mnist_vgg11bn``          28,156,554  MNIST padded to 32x32; LayerHessians'
+                                       VGG11_bn
+``mnist_resnet18``         11,172,810  MNIST padded to 32x32; CIFAR ResNet-18
+``fmnist_vgg11bn``         28,156,554  Fashion-MNIST padded to 32x32; VGG11_bn
+``fmnist_resnet18``        11,172,810  Fashion-MNIST padded to 32x32; ResNet-18
 ``cifar10_lenet5``         62,006      CIFAR-10; LeNet-5
 ``cifar10_3c3d``           895,210     CIFAR-10; DeepOBS 3c3d
 ``cifar10_allcnnc``        1,369,738   CIFAR-10; All-CNN-C
-``cifar10_vgg11bn``        9,231,114   CIFAR-10; VGG-11 with BatchNorm
+``cifar10_vgg11bn``        28,157,706  CIFAR-10; LayerHessians' VGG11_bn
 ``cifar10_resnet18``       11,173,962  CIFAR-10; CIFAR ResNet-18
 ``cifar100_3c3d``          918,340     CIFAR-100; DeepOBS 3c3d
 ``cifar100_allcnnc``       1,387,108   CIFAR-100; All-CNN-C
-``cifar100_vgg11bn``       9,277,284   CIFAR-100; VGG-11 with BatchNorm
-``svhn_vgg11bn``           9,231,114   SVHN; VGG-11 with BatchNorm
+``cifar100_vgg11bn``       28,526,436  CIFAR-100; LayerHessians' VGG11_bn
+``svhn_lenet5``            62,006      SVHN; LeNet-5
+``svhn_vgg11bn``           28,157,706  SVHN; LayerHessians' VGG11_bn
+``svhn_resnet18``          11,173,962  SVHN; CIFAR ResNet-18
+``imagenet_resnet18``      11,689,512  ImageNet arrays (N, 3, 224, 224), 1000
+                                       classes; torchvision's ResNet-18
 =========================  ==========  =========================================
 
+Files in ``data_dir``: MNIST and Fashion-MNIST as IDX files
+(``MNIST/raw/``, ``FashionMNIST/raw/`` or flat, plain or gzipped), CIFAR-10 as
+``cifar-10-batches-py/`` and CIFAR-100 as ``cifar-100-python/`` (Python pickle
+batches), SVHN as ``train_32x32.mat`` and ``test_32x32.mat``, ImageNet as
+``imagenet/{train,val}/{X,y}.npy``. A missing file raises ``FileNotFoundError``
+naming it and where it should be; a damaged one ``ValueError`` naming it.
+
 Except for ``mnist_mini``, image inputs are standardised per channel with the
-statistics of the train split. Classification problems use
-``CrossEntropyLoss()`` and regression ``MSELoss()``, both with mean reduction.
+mean and standard deviation of the train split computed from the files (the
+statistics DeepOBS and LayerHessians paste in as constants; see
+:mod:`curvlab.problems.vision`). ``imagenet_resnet18`` keeps its train and test
+images as raw ``uint8`` memory-mapped from ``X.npy``, and its model begins
+with :class:`~curvlab.problems.models.Standardize`, which standardises each
+batch with ImageNet's published statistics
+(:data:`~curvlab.problems.vision.IMAGENET_MEAN_STD`); its test split is the
+``val`` folder. On the CPU nothing is read before a batch is used; with
+``device="cuda"`` both splits are copied to the GPU (as ``uint8``), so give a
+GPU run a folder holding the images it measures on.
+
+Classification problems use ``CrossEntropyLoss()`` and regression
+``MSELoss()``, both with mean reduction.
 """
 
 from __future__ import annotations
@@ -52,7 +81,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from curvlab.problems import models
+from curvlab.problems import arrays, models
 from curvlab.problems.data import (
     MNIST_MEAN_STD,
     BatchedData,
@@ -62,7 +91,7 @@ from curvlab.problems.data import (
     load_mnist5k,
     make_regression,
 )
-from curvlab.problems.vision import VISION_DATASETS, load_vision
+from curvlab.problems.vision import IMAGENET_MEAN_STD, VISION_DATASETS, load_vision
 
 __all__ = ["DEFAULT_FILE_BATCH_SIZE", "Problem", "get", "names"]
 
@@ -106,7 +135,7 @@ class _Spec:
     load: Callable[[int, torch.dtype, Path | None], DataSplit]
     build: Callable[[int], nn.Module]
     num_classes: int | None
-    dataset: str | None = None  # key of VISION_DATASETS for file-based problems
+    dataset: str | None = None  # key of _FILES for file-based problems
 
 
 def _bundled(
@@ -129,6 +158,21 @@ def _from_files(
         return load_vision(dataset, data_dir, dtype=dtype, **options)
 
     return load
+
+
+def _load_imagenet(seed: int, dtype: torch.dtype, data_dir: Path | None) -> DataSplit:
+    del seed, dtype  # official splits; the model standardises the uint8 images
+    if data_dir is None:
+        raise ValueError("Reading 'imagenet' needs a data_dir. Got None.")
+    X_train, y_train = arrays.load_array_split(data_dir, train=True)
+    X_test, y_test = arrays.load_array_split(data_dir, train=False)
+    return DataSplit(X_train, y_train, X_test, y_test)
+
+
+# Data set key -> (title, files under data_dir), for the messages.
+_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    key: (spec.title, spec.files) for key, spec in VISION_DATASETS.items()
+} | {"imagenet": ("ImageNet arrays", arrays.IMAGENET_FILES)}
 
 
 def _file_spec(
@@ -213,6 +257,38 @@ _REGISTRY: dict[str, _Spec] = {
         _seeded(models.lenet5, 1, 10, 28),
         10,
     ),
+    "mnist_vgg11bn": _file_spec(
+        "mnist",
+        "MNIST padded to 32x32",
+        "LayerHessians' VGG-11 with BatchNorm",
+        _seeded(models.vgg11_bn, 10, 1),
+        10,
+        pad=2,
+    ),
+    "mnist_resnet18": _file_spec(
+        "mnist",
+        "MNIST padded to 32x32",
+        "CIFAR ResNet-18",
+        _seeded(models.resnet18, 10, 1),
+        10,
+        pad=2,
+    ),
+    "fmnist_vgg11bn": _file_spec(
+        "fashion_mnist",
+        "Fashion-MNIST padded to 32x32",
+        "LayerHessians' VGG-11 with BatchNorm",
+        _seeded(models.vgg11_bn, 10, 1),
+        10,
+        pad=2,
+    ),
+    "fmnist_resnet18": _file_spec(
+        "fashion_mnist",
+        "Fashion-MNIST padded to 32x32",
+        "CIFAR ResNet-18",
+        _seeded(models.resnet18, 10, 1),
+        10,
+        pad=2,
+    ),
     "cifar10_lenet5": _file_spec(
         "cifar10", "CIFAR-10", "LeNet-5", _seeded(models.lenet5, 3, 10, 32), 10
     ),
@@ -223,7 +299,11 @@ _REGISTRY: dict[str, _Spec] = {
         "cifar10", "CIFAR-10", "All-CNN-C", _seeded(models.all_cnn_c, 10), 10
     ),
     "cifar10_vgg11bn": _file_spec(
-        "cifar10", "CIFAR-10", "VGG-11 with BatchNorm", _seeded(models.vgg11_bn, 10), 10
+        "cifar10",
+        "CIFAR-10",
+        "LayerHessians' VGG-11 with BatchNorm",
+        _seeded(models.vgg11_bn, 10),
+        10,
     ),
     "cifar10_resnet18": _file_spec(
         "cifar10", "CIFAR-10", "CIFAR ResNet-18", _seeded(models.resnet18, 10), 10
@@ -237,12 +317,32 @@ _REGISTRY: dict[str, _Spec] = {
     "cifar100_vgg11bn": _file_spec(
         "cifar100",
         "CIFAR-100",
-        "VGG-11 with BatchNorm",
+        "LayerHessians' VGG-11 with BatchNorm",
         _seeded(models.vgg11_bn, 100),
         100,
     ),
     "svhn_vgg11bn": _file_spec(
-        "svhn", "SVHN", "VGG-11 with BatchNorm", _seeded(models.vgg11_bn, 10), 10
+        "svhn",
+        "SVHN",
+        "LayerHessians' VGG-11 with BatchNorm",
+        _seeded(models.vgg11_bn, 10),
+        10,
+    ),
+    "svhn_lenet5": _file_spec(
+        "svhn", "SVHN", "LeNet-5", _seeded(models.lenet5, 3, 10, 32), 10
+    ),
+    "svhn_resnet18": _file_spec(
+        "svhn", "SVHN", "CIFAR ResNet-18", _seeded(models.resnet18, 10), 10
+    ),
+    "imagenet_resnet18": _Spec(
+        "ImageNet arrays (imagenet/{train,val}/X.npy, uint8, memory-mapped; "
+        "official splits); torchvision's ResNet-18, standardising its uint8 input.",
+        _load_imagenet,
+        lambda seed: models.imagenet_resnet18(
+            1000, mean_std=IMAGENET_MEAN_STD, seed=seed
+        ),
+        1000,
+        "imagenet",
     ),
 }
 
@@ -293,7 +393,8 @@ def get(
             classification, the first ``num_samples`` for regression. The test
             split is kept whole.
         dtype: Floating dtype of the model and the inputs (class labels stay
-            ``int64``).
+            ``int64``; ``imagenet_resnet18`` keeps its inputs ``uint8`` and
+            its model converts them).
         device: Device of the model and the data.
         data_dir: Folder with the data files of file-based problems (ignored by
             bundled ones).
@@ -303,12 +404,11 @@ def get(
 
     Raises:
         ValueError: If the name is unknown, an argument is out of range, a
-            file-based problem gets no ``data_dir``, or the subset cannot be
-            drawn.
+            file-based problem gets no ``data_dir``, a data file is damaged, or
+            the subset cannot be drawn.
         TypeError: If an argument has the wrong type.
-        FileNotFoundError: If data files are missing in ``data_dir``.
-        ImportError: If a file-based problem needs torchvision and it cannot
-            be imported.
+        FileNotFoundError: If data files are missing in ``data_dir`` (naming
+            each and where it should be).
 
     Example:
         >>> problem = get("digits_mlp", num_samples=100)
@@ -361,12 +461,12 @@ def _data_dir(name: str, spec: _Spec, data_dir: str | Path | None) -> Path | Non
     if spec.dataset is None:
         return None
     if data_dir is None:
-        files = ", ".join(VISION_DATASETS[spec.dataset].files)
+        title, files = _FILES[spec.dataset]
         bundled = ", ".join(names(bundled=True))
         raise ValueError(
-            f"Problem {name!r} reads {VISION_DATASETS[spec.dataset].torchvision_name} "
-            f"from files: pass data_dir, the folder holding {files}. curvlab never "
-            f"downloads data. Problems that need no files: {bundled}."
+            f"Problem {name!r} reads {title} from files: pass data_dir, the folder "
+            f"holding {', '.join(files)}. curvlab never downloads data. Problems "
+            f"that need no files: {bundled}."
         )
     return Path(data_dir).expanduser()
 

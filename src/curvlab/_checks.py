@@ -6,22 +6,28 @@ with messages that say what was expected and what arrived.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
-
-import numpy
 
 __all__ = ["check_choice", "check_int"]
 
 
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+def check_int(
+    name: str,
+    value: Any,
+    low: int | None = None,
+    high: int | None = None,
+    hint: str = "",
+) -> int:
     """Return ``value`` as an ``int`` if it is one in ``[low, high]``.
 
     Args:
         name: The argument's name, for the message.
         value: The value (``bool`` is refused; NumPy integers are accepted).
-        low: Smallest allowed value.
+        low: Smallest allowed value, ``None`` for no bound.
         high: Largest allowed value, ``None`` for no bound.
+        hint: Text appended to the range in the message (why the bounds).
 
     Returns:
         ``int(value)``.
@@ -36,13 +42,14 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
         >>> check_int("k", 0, 1)
         Traceback (most recent call last):
         ...
-        ValueError: k must lie in >= 1. Got 0.
+        ValueError: k must be >= 1. Got 0.
     """
-    if isinstance(value, bool) or not isinstance(value, int | numpy.integer):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must lie in {bound}. Got {value}.")
+    if high is not None and (value > high or (low is not None and value < low)):
+        raise ValueError(f"{name} must lie in [{low}, {high}]{hint}. Got {value}.")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}{hint}. Got {value}.")
     return int(value)
 
 

@@ -349,7 +349,7 @@ def test_bad_sizes():
         sketched_eigh(A, 2, 4, seed=None)
     with pytest.raises(ValueError, match="test_matrix must be one of"):
         sketched_eigh(A, 2, 4, test_matrix="sparse")
-    with pytest.raises(ValueError, match="block_size must lie"):
+    with pytest.raises(ValueError, match="block_size must be >= 1"):
         sketched_eigh(A, 2, 4, block_size=0)
 
 

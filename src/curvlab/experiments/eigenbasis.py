@@ -50,6 +50,7 @@ __all__ = [
     "hessian_at_step",
     "hessian_subset",
     "resolve_eigenbasis_settings",
+    "sketch_of",
     "sketched_eigenbasis",
 ]
 
@@ -439,6 +440,27 @@ def sketched_eigenbasis(
             "a_posteriori": cert.num_matvecs,
         },
         seconds={"sketch": sketch_seconds, "a_posteriori": a_posteriori_seconds},
+    )
+
+
+def sketch_of(op, settings: Any) -> Eigenbasis:
+    """:func:`sketched_eigenbasis` with the sketch fields of a stage's settings.
+
+    Args:
+        op: The Hessian.
+        settings: Resolved settings with ``num_outer``, ``num_inner``,
+            ``test_matrix``, ``seed`` and ``num_probes``.
+
+    Returns:
+        The sketched eigenbasis and its a-posteriori error estimate.
+    """
+    return sketched_eigenbasis(
+        op,
+        settings.num_outer,
+        settings.num_inner,
+        test_matrix=settings.test_matrix,
+        seed=settings.seed,
+        num_probes=settings.num_probes,
     )
 
 

@@ -71,7 +71,7 @@ from curvlab.experiments.eigenbasis import (
     exact_eigenbasis,
     hessian_at_step,
     resolve_eigenbasis_settings,
-    sketched_eigenbasis,
+    sketch_of,
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
@@ -367,14 +367,7 @@ def _measure(
     phase("eigh")
     exact = exact_eigenbasis(op, K, max_dim=settings.max_dim, keep_dense=True)
     phase("sketch")
-    sketch = sketched_eigenbasis(
-        op,
-        K,
-        settings.num_inner,
-        test_matrix=settings.test_matrix,
-        seed=settings.seed,
-        num_probes=settings.num_probes,
-    )
+    sketch = sketch_of(op, settings)
     phase("compare")
     compare_start = time.perf_counter()
     H = exact.dense.to(torch.float64)
@@ -480,10 +473,8 @@ def _measure(
     return StepExhaustive(step, settings, rows, summary, angles)
 
 
-#: Progress events of :func:`exhaustive_run`.
+#: The stage framework's progress event and result types, under this module's names.
 ExhaustiveEvent = StageEvent
-
-#: What :func:`exhaustive_run` returns.
 ExhaustiveRunResult = StageRunResult
 
 

@@ -92,7 +92,7 @@ from curvlab.experiments.eigenbasis import (
     exact_eigenbasis,
     hessian_at_step,
     resolve_eigenbasis_settings,
-    sketched_eigenbasis,
+    sketch_of,
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
@@ -145,13 +145,10 @@ _CURVE_COLUMNS = (
     "best_ratio",
 )
 
-#: Finished steps computed with other settings (the framework's one error type).
+#: The stage framework's settings conflict, progress event and result types,
+#: under the names this module has always exported.
 OverlapSettingsError = SettingsConflictError
-
-#: Progress events of :func:`overlap_run`.
 OverlapEvent = StageEvent
-
-#: What :func:`overlap_run` returns.
 OverlapRunResult = StageRunResult
 
 
@@ -251,14 +248,11 @@ def resolve_overlap_settings(
         TypeError: If a value has the wrong type.
     """
     requested = requested or OverlapSettings()
-    split = requested.split or "train"
-    check_choice("split", split, SPLITS)
-    if stored is None:
-        stored = stored_settings(run, overlap_stage(split))
-    stored = dict(stored or {})
-    if num_params is None:
-        num_params = run.problem().num_params
-    dim = num_params
+    split = check_choice("split", requested.split or "train", SPLITS)
+    stored = dict(
+        stored_settings(run, overlap_stage(split)) if stored is None else stored
+    )
+    dim = run.problem().num_params if num_params is None else num_params
 
     def pick(name: str, default: Any) -> Any:
         return pick_setting(name, getattr(requested, name), stored, default)
@@ -345,10 +339,8 @@ def curve_rows(
     values = None if eigenvalues is None else eigenvalues.detach().cpu().tolist()
     rows = []
     for j, k in enumerate(curve.ks.tolist()):
-        chance = float(curve.chance[j])
-        magnitude = float(curve.magnitude[j])
-        best = float(curve.best[j])
-        column = random[:, j]
+        chance, column = float(curve.chance[j]), random[:, j]
+        magnitude, best = float(curve.magnitude[j]), float(curve.best[j])
         rows.append(
             {
                 "step": step,
@@ -380,8 +372,7 @@ def _summary(
     dim = basis.eigenvectors.shape[0]
     K = settings.num_outer
     last = len(curve.ks) - 1
-    matvecs = dict(basis.num_matvecs)
-    matvecs["total"] = sum(matvecs.values())
+    matvecs = {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())}
     return {
         "stage": overlap_stage(settings.split),
         "step": step,
@@ -489,14 +480,7 @@ def _measure(
         )
     else:
         phase("sketch")
-        basis = sketched_eigenbasis(
-            op,
-            settings.num_outer,
-            settings.num_inner,
-            test_matrix=settings.test_matrix,
-            seed=settings.seed,
-            num_probes=settings.num_probes,
-        )
+        basis = sketch_of(op, settings)
     phase("overlap")
     start_overlap = time.perf_counter()
     U = basis.eigenvectors

@@ -86,8 +86,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_int
 from curvlab.linalg._operator import CountedOperator
-from curvlab.linalg.trace import _check_distribution, _check_int, _ProbeStream
+from curvlab.linalg.trace import _check_distribution, _ProbeStream
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -282,8 +283,8 @@ def spectral_density(
         1.0
     """
     A = CountedOperator(op, symmetric=True)
-    _check_int("num_probes", num_probes, 1)
-    _check_int("num_steps", num_steps, 1)
+    check_int("num_probes", num_probes, 1)
+    check_int("num_steps", num_steps, 1)
     _check_distribution(distribution, ("rademacher", "normal"))
     _check_grid(grid, grid_kind, kernel_width, log_floor)
     probes = _ProbeStream(
@@ -319,7 +320,7 @@ def _check_grid(grid, grid_kind, kernel_width, log_floor) -> None:
         if grid_kind == "log" and bool((grid == 0).any()):
             raise ValueError("A log grid needs non-zero points. Got a zero.")
     else:
-        _check_int("grid", grid, 2)
+        check_int("grid", grid, 2)
     if kernel_width is not None and not kernel_width > 0:
         raise ValueError(f"kernel_width must be > 0. Got {kernel_width}.")
     if log_floor is not None and not log_floor > 0:

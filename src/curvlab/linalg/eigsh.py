@@ -9,12 +9,12 @@ and dtype, and with a block variant that feeds the operator several columns at o
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_int
 from curvlab.linalg._lanczos import default_ncv, krylov_schur
 from curvlab.linalg._operator import CountedOperator
 from curvlab.linalg._random import generator
@@ -239,8 +239,8 @@ def eigsh(
     """
     A = CountedOperator(op, symmetric=True)
     D = A.dim
-    _check_int(k, "k")
-    _check_int(block_size, "block_size")
+    check_int("k", k)
+    check_int("block_size", block_size)
     k, block_size = int(k), int(block_size)
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}. Got {which!r}.")
@@ -257,7 +257,7 @@ def eigsh(
     if ncv is None:
         ncv = min(default_ncv(k, block_size), D - block_size)
     else:
-        _check_int(ncv, "ncv")
+        check_int("ncv", ncv)
         ncv = int(ncv)
         if not k + block_size <= ncv <= D - block_size:
             raise ValueError(
@@ -273,7 +273,7 @@ def eigsh(
     if max_matvecs is None:
         max_matvecs = max(100 * ncv, min_matvecs)
     else:
-        _check_int(max_matvecs, "max_matvecs")
+        check_int("max_matvecs", max_matvecs)
         max_matvecs = int(max_matvecs)
         if max_matvecs < min_matvecs:
             raise ValueError(
@@ -317,8 +317,3 @@ def eigsh(
         block_size=block_size,
         ncv=ncv,
     )
-
-
-def _check_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_int
 from curvlab.linalg._operator import CountedOperator
 from curvlab.linalg._random import gaussian, generator
 
@@ -132,11 +133,8 @@ def power_iteration(
     """
     A = CountedOperator(op, symmetric=True)
     D = A.dim
-    for name, value, low in (("k", k, 1), ("max_iter", max_iter, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}. Got {value}.")
+    check_int("k", k, 1)
+    check_int("max_iter", max_iter, 1)
     if k > D:
         raise ValueError(f"k must be <= D = {D}. Got k={k}.")
     if not tol >= 0:

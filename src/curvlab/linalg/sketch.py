@@ -77,6 +77,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_int
 from curvlab.linalg._operator import CountedOperator
 from curvlab.linalg.ssrft import (
     TEST_MATRIX_KINDS,
@@ -206,14 +207,6 @@ class LinearMap:
 # ------------------------------------------------------------------------- plan
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _check_int(name: str, value, low: int, high: int | None = None, hint: str = ""):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must lie in {bound}{hint}. Got {value}.")
 
 
 @dataclass(frozen=True)
@@ -393,9 +386,7 @@ def _validate(plan: SketchPlan):
             f"{plan.shape}; use sketched_svd for rectangular operators."
         )
     small = min(m, n)
-    _check_int(
-        "num_outer", plan.num_outer, 1, small - 1, f" (below min(shape)={small})"
-    )
+    check_int("num_outer", plan.num_outer, 1, small - 1, f" (below min(shape)={small})")
     if plan.method == "nystrom":
         if plan.num_inner != plan.num_outer:
             raise ValueError(
@@ -403,14 +394,14 @@ def _validate(plan: SketchPlan):
                 f"num_outer={plan.num_outer}. Got {plan.num_inner}."
             )
     else:
-        _check_int(
+        check_int(
             "num_inner",
             plan.num_inner,
             plan.num_outer,
             small,
             f" (at least num_outer={plan.num_outer}, at most min(shape)={small})",
         )
-    _check_int("seed", plan.seed, 0)
+    check_int("seed", plan.seed, 0)
     dtype = getattr(torch, str(plan.dtype), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(
@@ -569,7 +560,7 @@ def _measure_all(op, plan: SketchPlan, block_size: int | None, *, adjoint=False)
     rows = plan.shape[1] if adjoint else plan.shape[0]
     if block_size is None:
         return measure(op, plan, range(count), adjoint=adjoint)
-    _check_int("block_size", block_size, 1)
+    check_int("block_size", block_size, 1)
     out = torch.empty(rows, count, dtype=plan.torch_dtype, device=op.device)
     for start in range(0, count, block_size):
         stop = min(start + block_size, count)
@@ -636,7 +627,7 @@ class SketchedEigh:
         Raises:
             ValueError: If ``rank`` is out of range.
         """
-        _check_int("rank", rank, 1, len(self.eigenvalues))
+        check_int("rank", rank, 1, len(self.eigenvalues))
         return dataclasses.replace(
             self,
             eigenvalues=self.eigenvalues[:rank],
@@ -688,7 +679,7 @@ class SketchedSVD:
         Raises:
             ValueError: If ``rank`` is out of range.
         """
-        _check_int("rank", rank, 1, len(self.S))
+        check_int("rank", rank, 1, len(self.S))
         return dataclasses.replace(
             self, U=self.U[:, :rank], S=self.S[:rank], V=self.V[:, :rank]
         )

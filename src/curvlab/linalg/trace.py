@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_int
 from curvlab.linalg._operator import CountedOperator
 from curvlab.linalg._random import gaussian, generator, rademacher
 
@@ -113,14 +114,6 @@ class FrobeniusEstimate:
 
 
 # ----------------------------------------------------------------------- checks
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int. Got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}. Got {value}.")
-    return value
-
-
 def _check_budget(method: str, num_matvecs, requirement: str, ok) -> int:
     """Raise a ``ValueError`` saying what ``method`` needs unless ``ok(budget)``."""
     if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int):
@@ -146,7 +139,7 @@ def _check_distribution(distribution: str, allowed=DISTRIBUTIONS) -> str:
 def _block_size(block_size: int | None, total: int) -> int:
     if block_size is None:
         return max(1, min(total, DEFAULT_BLOCK_SIZE))
-    return _check_int("block_size", block_size, 1)
+    return check_int("block_size", block_size, 1)
 
 
 def _blocks(total: int, size: int) -> Iterator[tuple[int, int]]:

@@ -75,24 +75,19 @@ def main(
         error_console: Where to print errors (default: standard error).
 
     Returns:
-        The exit code: 0 on success, 2 for invalid arguments or a run folder
-        that holds another run.
+        The exit code: 0 on success, 1 if a product was NaN/Inf, 2 for invalid
+        arguments or a run folder that holds another run, 130 when interrupted.
     """
     from curvlab.experiments.demo import DemoSettings, quick_settings
 
     console = console or Console()
-    error_console = error_console or Console(stderr=True)
+    fail = error_printer(error_console or Console(stderr=True))
     if dtype not in DTYPES:
-        error_console.print(
-            f"[bold red]Error:[/] dtype must be one of {list(DTYPES)}. Got {dtype!r}."
-        )
-        return 2
+        return fail(f"dtype must be one of {list(DTYPES)}. Got {dtype!r}.")
     if steps < 1 or (threads is not None and threads < 1):
-        error_console.print(
-            "[bold red]Error:[/] --steps and --threads must be at least 1. Got "
-            f"{steps} and {threads}."
+        return fail(
+            f"--steps and --threads must be at least 1. Got {steps} and {threads}."
         )
-        return 2
     settings = (
         quick_settings(seed=seed, dtype=dtype)
         if quick
@@ -100,18 +95,14 @@ def main(
     )
     with torch_threads(threads):
         try:
-            return _run(Path(out), settings, console, error_printer(error_console))
+            return _run(Path(out), settings, console, fail)
         except (
             ConfigMismatchError,
             ConfigError,
             SettingsConflictError,
             FileExistsError,
         ) as error:
-            error_console.print(
-                f"[bold red]Error:[/] {escape(str(error))}\nChoose another --out or "
-                "delete the folder."
-            )
-            return 2
+            return fail(f"{error}\nChoose another --out or delete the folder.")
 
 
 def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int:

@@ -130,3 +130,31 @@ def test_demo_refuses_a_folder_of_another_run(tmp_path):
 def test_demo_rejects_bad_values(args):
     result = runner.invoke(app, ["demo", *args])
     assert result.exit_code == 2
+
+
+def test_demo_ctrl_c_exits_130_and_says_where(tmp_path, monkeypatch):
+    import curvlab.experiments.demo as demo_module
+
+    real = demo_module.demo_run
+
+    def interrupted(out, settings, *, on_progress):
+        def stop_after_training(event):
+            on_progress(event)
+            if event.stage == "train" and event.kind == "done":
+                raise KeyboardInterrupt
+
+        return real(out, settings, on_progress=stop_after_training)
+
+    monkeypatch.setattr(demo_module, "demo_run", interrupted)
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 130
+    assert "Interrupted during train." in result.output
+    assert "Finished steps are stored" in result.output
+
+
+def test_unknown_device_is_refused():
+    result = runner.invoke(
+        app, ["check", "--problem", "digits_logreg", "--device", "x"]
+    )
+    assert result.exit_code == 2
+    assert "Unknown device 'x'" in result.output

@@ -1,17 +1,21 @@
 """Pieces shared by the ``curvlab`` commands.
 
 Typer option types used by several commands (``--run``, ``--device``,
-``--data-dir``, ``--threads``, ...), the Rich progress bar, the error printer,
-a context manager for the PyTorch CPU threads, and :func:`run_steps`, which
-runs a per-step experiment with a progress bar and turns its errors into exit
-codes.
+``--data-dir``, ``--threads``, ...), the one device check
+(:func:`check_device`), the one number formatter (:func:`fmt`, from
+:mod:`curvlab._format`), the Rich progress bar, the error printer, a context
+manager for the PyTorch CPU threads, the one interrupt handler
+(:func:`run_guarded`: Ctrl-C becomes exit code 130 and a line saying where the
+command stood), and the bodies that commands share: :func:`run_steps` and
+:func:`run_stage_command` for per-step stages, :func:`run_study` for studies.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,14 +28,18 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
+from curvlab._format import fmt, markdown_table
 from curvlab.runs import ConfigError
 
 __all__ = [
+    "RESUME",
+    "DType",
     "DataDirOption",
     "DeviceOption",
     "ForceStepsOption",
@@ -41,21 +49,33 @@ __all__ = [
     "SamplesPerClassOption",
     "SeedOption",
     "StepsOption",
+    "StudyOutOption",
+    "StudyThreadsOption",
     "ThreadsOption",
     "check_device",
     "check_threads",
     "error_printer",
     "fmt",
     "markdown_table",
-    "print_written",
+    "option_error",
     "print_skipped",
     "progress_bar",
+    "run_guarded",
     "run_stage_command",
     "run_steps",
+    "run_study",
+    "show_stage_event",
     "summary_line",
     "torch_threads",
-    "write_study_files",
 ]
+
+
+class DType(str, Enum):
+    """Floating dtypes the commands accept."""
+
+    float32 = "float32"
+    float64 = "float64"
+
 
 RunOption = Annotated[
     Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
@@ -86,6 +106,10 @@ RunDtypeOption = Annotated[
 MaxColsOption = Annotated[
     int, typer.Option(min=1, help="Hessian columns per pass over the data.")
 ]
+StudyOutOption = Annotated[
+    Path, typer.Option(help="Folder for the CSV, markdown and PNG files.")
+]
+StudyThreadsOption = Annotated[int, typer.Option(min=1, help="PyTorch CPU threads.")]
 ForceStepsOption = Annotated[
     bool,
     typer.Option(
@@ -98,23 +122,6 @@ ForceStepsOption = Annotated[
 Fail = Callable[..., int]
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    """A number in a table or a line: ``digits`` significant digits, ``-`` if absent.
-
-    Args:
-        value: The number, or ``None``.
-        digits: Significant digits.
-
-    Returns:
-        The text.
-
-    Example:
-        >>> fmt(3.14159), fmt(None), fmt(2.5e-7, 3)
-        ('3.142', '-', '2.5e-07')
-    """
-    return "-" if value is None else f"{value:.{digits}g}"
-
-
 def error_printer(error_console: Console) -> Fail:
     """A ``fail(message, code=2)`` that prints the error and returns ``code``."""
 
@@ -125,11 +132,33 @@ def error_printer(error_console: Console) -> Fail:
     return fail
 
 
+def option_error(error: Exception) -> int:
+    """Print a bad option value as ``Error: ...`` on standard error; return 2."""
+    typer.echo(f"Error: {error}", err=True)
+    return 2
+
+
 def check_device(device: str) -> torch.device:
-    """The device, or :class:`ConfigError` if CUDA was asked for but is missing."""
-    resolved = torch.device(device)
+    """Parse a device string and make sure it can be used.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+
+    Returns:
+        The device.
+
+    Raises:
+        ConfigError: If the string is no device or CUDA is asked for but missing.
+    """
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"Unknown device {device!r}: {error}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Device {device!r} was asked for; CUDA is unavailable.")
+        raise ConfigError(
+            f"Device {device!r} was asked for, but CUDA is not available to this "
+            f"PyTorch ({torch.__version__})."
+        )
     return resolved
 
 
@@ -151,8 +180,19 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def progress_bar(console: Console, *, remaining: bool = False) -> Progress:
-    """The commands' progress bar; ``remaining`` adds the time-remaining column."""
+def progress_bar(
+    console: Console, *, remaining: bool = False, transient: bool = False
+) -> Progress:
+    """The commands' progress bar; ``remaining`` adds the time-remaining column.
+
+    Args:
+        console: Where to draw it.
+        remaining: Add the estimated time remaining.
+        transient: Remove the bar when it stops.
+
+    Returns:
+        The bar (a context manager).
+    """
     columns = [
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -162,7 +202,7 @@ def progress_bar(console: Console, *, remaining: bool = False) -> Progress:
     ]
     if remaining:
         columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=console)
+    return Progress(*columns, console=console, transient=transient)
 
 
 def print_skipped(
@@ -173,13 +213,100 @@ def print_skipped(
         progress.console.print(f"{label}: steps {list(skipped)}.")
 
 
+#: What every command says after Ctrl-C: running it again resumes.
+RESUME = "Finished steps are stored; run the same command again to resume."
+
+
+def run_guarded(
+    call: Callable[[], Any],
+    progress: Progress,
+    fail: Fail,
+    errors: tuple[type[BaseException], ...],
+    where: Callable[[], str],
+) -> Any:
+    """Run ``call()`` under a progress bar; Ctrl-C and errors become exit codes.
+
+    The one interrupt handler of the commands: on Ctrl-C it stops the bar and
+    prints ``Interrupted <where()>.`` and :data:`RESUME`.
+
+    Args:
+        call: The work.
+        progress: Its progress bar.
+        fail: Prints an error and returns its exit code.
+        errors: Exceptions reported with exit code 2.
+        where: Where the work stood when interrupted, e.g. ``"at step 6"``.
+
+    Returns:
+        What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
+        (:class:`FloatingPointError`), 2 for ``errors``, 130 when interrupted.
+    """
+    try:
+        return call()
+    except KeyboardInterrupt:
+        progress.stop()
+        progress.console.print(f"[yellow]Interrupted {where()}.[/] {RESUME}")
+        return 130
+    except FloatingPointError as error:
+        return fail(str(error), 1)
+    except errors as error:
+        return fail(str(error))
+
+
+def show_stage_event(
+    step_line: Callable[[int, dict[str, Any]], str],
+) -> Callable[[Progress, TaskID, Any], None]:
+    """Draw a stage's :class:`~curvlab.runs.stage.StageEvent` on a progress bar.
+
+    Args:
+        step_line: The line printed after a step, from its step and summary.
+
+    Returns:
+        ``show(progress, task, event)``: ``"start"`` sets the total and prints
+        the skipped steps, ``"phase"`` names what the step is doing, ``"step"``
+        prints ``step_line``, ``"done"`` completes the bar, and a stage's own
+        kinds (units of work inside a step) advance it.
+    """
+
+    def show(progress: Progress, task: TaskID, event: Any) -> None:
+        if event.kind == "start":
+            progress.update(task, total=event.total, completed=0)
+            print_skipped(progress, event.values["skipped"])
+        elif event.kind == "phase":
+            progress.update(
+                task, description=f"step {event.step}: {event.values['phase']}"
+            )
+        elif event.kind == "step":
+            line = step_line(event.step, event.values)
+            progress.update(task, completed=event.index)
+            progress.console.print(line)
+        elif event.kind == "done":
+            progress.update(task, description="done", completed=event.total)
+        else:  # a unit of work inside a step (a stage's own kind)
+            details = " ".join(
+                str(event.values[key])
+                for key in ("operator", "block")
+                if key in event.values
+            )
+            progress.update(
+                task,
+                completed=event.index,
+                description=f"step {event.step}: {details or event.kind}",
+            )
+
+    return show
+
+
 def run_steps(
     name: str,
     call: Callable[[Callable[[Any], None]], Any],
-    step_line: Callable[[int, dict[str, Any]], str],
+    step_line: Callable[[int, dict[str, Any]], str] | None,
     console: Console,
     fail: Fail,
     errors: tuple[type[BaseException], ...],
+    *,
+    show: Callable[[Progress, TaskID, Any], None] | None = None,
+    total: int | None = None,
+    where: Callable[[int | None], str] | None = None,
 ) -> Any:
     """Run a per-step experiment with a progress bar; map errors to exit codes.
 
@@ -189,59 +316,37 @@ def run_steps(
             events are :class:`~curvlab.runs.stage.StageEvent` objects
             (``"start"``, ``"phase"``, ``"step"``, ``"done"``, and a stage's own
             kinds for units of work inside a step).
-        step_line: The line printed after a step, from its step and summary.
+        step_line: The line printed after a step, from its step and summary
+            (for the default ``show``).
         console: Where to print.
         fail: Prints an error and returns its exit code.
         errors: Exceptions reported with exit code 2.
+        show: Draws an event on the bar (default: :func:`show_stage_event`).
+        total: The bar's total before the first event.
+        where: Where the run stood when interrupted, from the step of the last
+            event (default: ``"at step S"``).
 
     Returns:
         What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
-        product, 2 for ``errors``, 130 when interrupted.
+        product, 2 for ``errors``, 130 when interrupted (:func:`run_guarded`).
     """
     state: dict[str, Any] = {"step": None}
+    show = show or show_stage_event(step_line or summary_line)
+    where = where or (lambda step: f"at step {step}")
     with progress_bar(console, remaining=True) as progress:
-        task = progress.add_task(name, total=None)
+        task = progress.add_task(name, total=total)
 
         def on_progress(event: Any) -> None:
             state["step"] = event.step
-            if event.kind == "start":
-                progress.update(task, total=event.total, completed=0)
-                print_skipped(progress, event.values["skipped"])
-            elif event.kind == "phase":
-                progress.update(
-                    task, description=f"step {event.step}: {event.values['phase']}"
-                )
-            elif event.kind == "step":
-                line = step_line(event.step, event.values)
-                progress.update(task, completed=event.index)
-                progress.console.print(line)
-            elif event.kind == "done":
-                progress.update(task, description="done", completed=event.total)
-            else:  # a unit of work inside a step (a stage's own kind)
-                details = " ".join(
-                    str(event.values[key])
-                    for key in ("operator", "block")
-                    if key in event.values
-                )
-                progress.update(
-                    task,
-                    completed=event.index,
-                    description=f"step {event.step}: {details or event.kind}",
-                )
+            show(progress, task, event)
 
-        try:
-            return call(on_progress)
-        except KeyboardInterrupt:
-            progress.stop()
-            console.print(
-                f"[yellow]Interrupted at step {state['step']}.[/] Finished steps are "
-                "stored; run the same command again to resume."
-            )
-            return 130
-        except FloatingPointError as error:
-            return fail(str(error), 1)
-        except errors as error:
-            return fail(str(error))
+        return run_guarded(
+            lambda: call(on_progress),
+            progress,
+            fail,
+            errors,
+            lambda: where(state["step"]),
+        )
 
 
 def summary_line(step: int, summary: Mapping[str, Any]) -> str:
@@ -334,56 +439,64 @@ def run_stage_command(
     return 0
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Format a markdown table, the first column left-aligned, the rest right.
+def run_study(
+    out: str | Path,
+    names: tuple[str, str, str],
+    threads: int | None,
+    study: Callable[[Progress], Any],
+    files: tuple[
+        Callable[[Any], str], Callable[[Any, Path], Any], Callable[[Any, Path], Any]
+    ],
+    console: Console | None = None,
+    error_console: Console | None = None,
+    *,
+    transient: bool = False,
+) -> int:
+    """Run a study with a progress bar, write its files and print its markdown.
+
+    The body of the study commands (``grassmann``, ``hesscale-quality``,
+    ``hesscale-cost``): check ``threads``, create ``out``, run
+    ``study(progress)`` with ``threads`` PyTorch CPU threads, write the result's
+    CSV table, markdown and PNG figure into ``out``, then print the markdown,
+    which files were written where, and how long it all took.
 
     Args:
-        header: Column titles.
-        rows: Cells, as strings.
+        out: Output folder (created if missing).
+        names: File names of the CSV, the markdown and the PNG.
+        threads: PyTorch CPU threads (restored afterwards); ``None`` keeps them.
+        study: Runs the study, given the progress bar; returns its result.
+        files: ``(markdown, write_csv, plot)``: the result's markdown text, and
+            functions that write its CSV and draw its PNG, called with the
+            result and the file's path (the study's ``*_plots`` module).
+        console: Where to print (default: standard output).
+        error_console: Where to print errors (default: standard error).
+        transient: Remove the progress bar when the study is done.
 
     Returns:
-        The table, one line per row.
+        The exit code: 0 on success, 2 for invalid arguments or an unwritable
+        folder.
     """
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_study_files(
-    out: Path,
-    names: tuple[str, str, str],
-    markdown: str,
-    write_csv: Callable[[Path], Any],
-    plot: Callable[[Path], Any],
-) -> None:
-    """Write a study's CSV table, markdown and PNG figure into ``out``.
-
-    Args:
-        out: The output folder.
-        names: File names of the CSV, the markdown and the PNG.
-        markdown: The markdown text.
-        write_csv: Writes the CSV to the path it is given.
-        plot: Draws the PNG to the path it is given.
-    """
+    console = console or Console()
+    fail = error_printer(error_console or Console(stderr=True))
+    to_markdown, write_csv, plot = files
     csv_name, markdown_name, png_name = names
-    write_csv(out / csv_name)
-    (out / markdown_name).write_text(markdown + "\n")
-    plot(out / png_name)
-
-
-def print_written(
-    console: Console, out: Path, names: tuple[str, str, str], start: float
-) -> None:
-    """Say which study files were written where, and how long it all took.
-
-    Args:
-        console: Where to print.
-        out: The output folder.
-        names: File names of the CSV, the markdown and the PNG.
-        start: ``time.perf_counter()`` when the command started.
-    """
-    csv_name, markdown_name, png_name = names
+    out = Path(out).expanduser()
+    start = time.perf_counter()
+    try:
+        check_threads(threads)
+        out.mkdir(parents=True, exist_ok=True)
+        with (
+            torch_threads(threads),
+            progress_bar(console, transient=transient) as progress,
+        ):
+            result = study(progress)
+        markdown = to_markdown(result)
+        write_csv(result, out / csv_name)
+        (out / markdown_name).write_text(markdown + "\n")
+        plot(result, out / png_name)
+    except (ValueError, OSError) as error:
+        return fail(str(error))
+    console.print(markdown, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"Wrote {csv_name}, {markdown_name} and {png_name} to {out} "
         f"in {time.perf_counter() - start:.1f} s.",
@@ -391,3 +504,4 @@ def print_written(
         highlight=False,
         soft_wrap=True,
     )
+    return 0

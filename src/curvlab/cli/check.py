@@ -3,21 +3,25 @@
 The work is :func:`curvlab.experiments.check.check_problem`; this module turns its
 report into Rich tables and an exit code: 0 when every operator is OK (or skipped
 because the loss is unsupported), 1 when one fails, 2 when the problem cannot be
-built.
+built. :func:`command` holds the options and is registered on the Typer app by
+:mod:`curvlab.cli.app`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from curvlab.cli._common import DataDirOption, DeviceOption, DType, check_device
 from curvlab.experiments.check import CheckReport, check_problem
 
-__all__ = ["DTYPES", "main", "render_report"]
+__all__ = ["DTYPES", "command", "main", "render_report"]
 
 #: The dtypes the command line accepts, by name.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -31,24 +35,6 @@ def _seconds(value: float | None) -> str:
     if value < 1.0:
         return f"{1e3 * value:.1f} ms"
     return f"{value:.2f} s"
-
-
-def _resolve_device(device: str) -> torch.device:
-    """Parse a device string and make sure it can be used.
-
-    Raises:
-        ValueError: If the string is no device or CUDA is asked for but missing.
-    """
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"Unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"Device {device!r} was asked for, but CUDA is not available to this "
-            f"PyTorch ({torch.__version__})."
-        )
-    return resolved
 
 
 def render_report(report: CheckReport, console: Console) -> None:
@@ -136,7 +122,7 @@ def main(
     try:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}. Got {dtype!r}.")
-        resolved = _resolve_device(device)
+        resolved = check_device(device)
         with console.status(f"Building {problem}...") as status:
 
             def on_operator(name: str) -> None:
@@ -156,3 +142,43 @@ def main(
         return 2
     render_report(report, console)
     return 0 if report.ok else 1
+
+
+def command(
+    problem: Annotated[
+        str,
+        typer.Option(
+            "--problem",
+            "-p",
+            help="Problem name (see curvlab.problems.names()), e.g. digits_mlp.",
+        ),
+    ],
+    dtype: Annotated[
+        DType, typer.Option(help="Floating dtype of model, data and products.")
+    ] = DType.float32,
+    device: DeviceOption = "cpu",
+    data_dir: DataDirOption = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the problem, random vector and MC labels.")
+    ] = 0,
+    num_samples: Annotated[
+        int | None,
+        typer.Option(min=1, help="Use only this many train samples (default: all)."),
+    ] = None,
+) -> None:
+    """Build every curvature operator on a problem, multiply once, and time it.
+
+    Checks the Hessian, GGN, exact Fisher, Monte-Carlo Fisher (1 sample) and
+    empirical Fisher: one product with a random vector, the determinism check,
+    and a second product that must agree. Exits with 1 if an operator fails.
+    """
+    raise typer.Exit(
+        main(
+            problem,
+            dtype=dtype.value,
+            device=device,
+            data_dir=data_dir,
+            seed=seed,
+            num_samples=num_samples,
+        )
+    )

@@ -3,28 +3,42 @@
 The work is :func:`curvlab.experiments.demo.demo_run`; this module shows one
 Rich progress bar per stage (training, spectra, overlap, exhaustive check,
 HesScale comparison, report), then prints the headline findings, the per-stage
-wall times and where the report is.
+wall times and where the report is. Ctrl-C ends it with exit code 130; running
+it again resumes. :func:`command` holds the options and is registered on the
+Typer app by :mod:`curvlab.cli.app`; the demo itself (and with it matplotlib and
+the report) is imported only when it runs.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import torch
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import TaskID
 from rich.table import Table
 
-from curvlab.cli._common import progress_bar, torch_threads
+from curvlab.cli._common import (
+    DType,
+    Fail,
+    error_printer,
+    fmt,
+    progress_bar,
+    run_guarded,
+    torch_threads,
+)
 from curvlab.cli.check import DTYPES
-from curvlab.experiments.demo import DemoEvent, DemoSettings, demo_run, quick_settings
-from curvlab.experiments.report import fmt
 from curvlab.runs import ConfigError, ConfigMismatchError
 from curvlab.runs.stage import SettingsConflictError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from curvlab.experiments.demo import DemoEvent, DemoSettings
+
+__all__ = ["command", "main"]
 
 _LABELS = {
     "train": "train",
@@ -61,22 +75,19 @@ def main(
         error_console: Where to print errors (default: standard error).
 
     Returns:
-        The exit code: 0 on success, 2 for invalid arguments or a run folder
-        that holds another run.
+        The exit code: 0 on success, 1 if a product was NaN/Inf, 2 for invalid
+        arguments or a run folder that holds another run, 130 when interrupted.
     """
+    from curvlab.experiments.demo import DemoSettings, quick_settings
+
     console = console or Console()
-    error_console = error_console or Console(stderr=True)
+    fail = error_printer(error_console or Console(stderr=True))
     if dtype not in DTYPES:
-        error_console.print(
-            f"[bold red]Error:[/] dtype must be one of {list(DTYPES)}. Got {dtype!r}."
-        )
-        return 2
+        return fail(f"dtype must be one of {list(DTYPES)}. Got {dtype!r}.")
     if steps < 1 or (threads is not None and threads < 1):
-        error_console.print(
-            "[bold red]Error:[/] --steps and --threads must be at least 1. Got "
-            f"{steps} and {threads}."
+        return fail(
+            f"--steps and --threads must be at least 1. Got {steps} and {threads}."
         )
-        return 2
     settings = (
         quick_settings(seed=seed, dtype=dtype)
         if quick
@@ -84,21 +95,19 @@ def main(
     )
     with torch_threads(threads):
         try:
-            return _run(Path(out), settings, console)
+            return _run(Path(out), settings, console, fail)
         except (
             ConfigMismatchError,
             ConfigError,
             SettingsConflictError,
             FileExistsError,
         ) as error:
-            error_console.print(
-                f"[bold red]Error:[/] {escape(str(error))}\nChoose another --out or "
-                "delete the folder."
-            )
-            return 2
+            return fail(f"{error}\nChoose another --out or delete the folder.")
 
 
-def _run(out: Path, settings: DemoSettings, console: Console) -> int:
+def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int:
+    from curvlab.experiments.demo import demo_run
+
     console.print(
         f"curvlab demo on [bold]{settings.problem}[/] into [bold]{escape(str(out))}"
         f"[/] ({settings.dtype}, {torch.get_num_threads()} CPU thread(s)); "
@@ -107,10 +116,12 @@ def _run(out: Path, settings: DemoSettings, console: Console) -> int:
     start = time.perf_counter()
     with progress_bar(console) as progress:
         tasks: dict[str, TaskID] = {}
+        current = {"label": "the start"}
 
         def on_progress(event: DemoEvent) -> None:
             label = _LABELS.get(event.stage, event.stage)
             if event.kind == "start":
+                current["label"] = label
                 progress.console.print(
                     f"[bold]{label}[/]: {escape(event.message)}", highlight=False
                 )
@@ -131,7 +142,16 @@ def _run(out: Path, settings: DemoSettings, console: Console) -> int:
                     highlight=False,
                 )
 
-        report, summary = demo_run(out, settings, on_progress=on_progress)
+        outcome = run_guarded(
+            lambda: demo_run(out, settings, on_progress=on_progress),
+            progress,
+            fail,
+            (),
+            lambda: f"during {current['label']}",
+        )
+    if isinstance(outcome, int):
+        return outcome
+    report, summary = outcome
     seconds = time.perf_counter() - start
     _print_findings(summary, console)
     table = Table(title="Wall time of this call", show_header=True)
@@ -172,3 +192,46 @@ def _print_findings(summary: dict, console: Console) -> None:
     ]
     for line in lines:
         console.print(f"• {escape(line)}", highlight=False)
+
+
+def command(
+    out: Annotated[
+        Path, typer.Option(help="Run folder; running again skips finished stages.")
+    ] = Path("runs/demo"),
+    steps: Annotated[int, typer.Option(min=1, help="Number of SGD steps.")] = 1000,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the model, split, batches and sketches.")
+    ] = 0,
+    dtype: Annotated[
+        DType, typer.Option(help="float32 is about twice as fast as float64.")
+    ] = DType.float32,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="PyTorch CPU threads. 1 loses little on these small products and "
+            "stays fast when other processes share the cores.",
+        ),
+    ] = 1,
+    quick: Annotated[
+        bool,
+        typer.Option(help="A tiny configuration that runs in seconds (for tests)."),
+    ] = False,
+) -> None:
+    """Train digits_mlp, measure its curvature over training, write a report.
+
+    Records the run in --out, then computes the Hessian's spectra (full and
+    per layer), the overlap of magnitude masks with the top eigenspace, the
+    sketch-vs-exact check and a HesScale comparison, and writes report.md and
+    report.html with the figures. A few minutes on 2 CPU cores.
+    """
+    raise typer.Exit(
+        main(
+            out=out,
+            steps=steps,
+            seed=seed,
+            dtype=dtype.value,
+            threads=threads,
+            quick=quick,
+        )
+    )

@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from curvlab.cli._common import RunOption, error_printer
 from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
 
 __all__ = ["OVERLAP_MODULE", "app", "main"]
@@ -44,10 +45,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-RunOption = Annotated[
-    Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
-]
 
 
 def _spectrum(run: RunFolder, steps: str | None = None, operator=None):
@@ -103,15 +100,14 @@ def main(
         missing results.
     """
     console = console or Console()
-    error_console = error_console or Console(stderr=True)
+    fail = error_printer(error_console or Console(stderr=True))
     try:
         if what not in _PLOTS:
             raise ConfigError(f"Unknown figure {what!r}. Choose from {list(_PLOTS)}.")
         folder = RunFolder.open(run)
         files = _PLOTS[what](folder, **options)
     except (ConfigError, FileNotFoundError, MissingStepError, ValueError) as error:
-        error_console.print(f"[bold red]Error:[/] {escape(str(error))}")
-        return 2
+        return fail(str(error))
     for path in files:
         console.print(escape(str(path)), soft_wrap=True)
     return 0

@@ -32,6 +32,7 @@ from curvlab.cli._common import (
     check_threads,
     error_printer,
     fmt,
+    option_error,
     run_steps,
     torch_threads,
 )
@@ -282,8 +283,7 @@ def command(
             dtype=dtype,
         )
     except ValueError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(option_error(error)) from None
     raise typer.Exit(
         main(
             run=run,

@@ -26,17 +26,19 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from curvlab.cli._common import (
     DataDirOption,
     DeviceOption,
     ThreadsOption,
+    check_device,
     check_threads,
     error_printer,
     fmt,
     print_skipped,
-    progress_bar,
+    run_steps,
     torch_threads,
 )
 from curvlab.experiments.training import TrainEvent, derived_seeds, train_run
@@ -87,19 +89,6 @@ def render_metrics(run: RunFolder, console: Console) -> None:
     console.print(table)
 
 
-def _check_device(device: str) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ConfigError(f"Unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"Device {device!r} was asked for, but CUDA is not available to this "
-            f"PyTorch ({torch.__version__})."
-        )
-    return resolved
-
-
 def main(
     *,
     out: str | Path,
@@ -142,7 +131,7 @@ def main(
         if not force and RunFolder.is_run_folder(out):
             stored = RunFolder.open(out).config
         config = resolve_config(options, file=config_file, stored=stored)
-        resolved = _check_device(device)
+        resolved = check_device(device)
         check_threads(threads)
         run = RunFolder.create(
             out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
@@ -172,55 +161,50 @@ def _run(
         f"thread(s)) into {escape(str(run.path))}."
     )
     start = time.perf_counter()
-    state: dict[str, Any] = {"step": None}
-    with progress_bar(console, remaining=True) as progress:
-        task = progress.add_task("steps", total=config.steps)
 
-        def on_progress(event: TrainEvent) -> None:
-            state["step"] = event.step
-            values = event.values
-            if event.kind == "start":
-                progress.update(task, total=event.total, completed=event.step)
-                print_skipped(progress, values["skipped"], "Already recorded")
-                if values["resumed_from"] is not None:
-                    step = values["resumed_from"]
-                    progress.console.print(
-                        f"Resuming from the checkpoint at step {step}."
-                    )
-            elif event.kind in ("step", "done"):
-                progress.update(task, completed=event.step)
-            elif event.kind == "record":
-                progress.console.print(
-                    f"step {event.step}: train loss {values['train_loss']:.4f} "
-                    f"(acc {_percent(values['train_accuracy'])}), test loss "
-                    f"{values['test_loss']:.4f} "
-                    f"(acc {_percent(values['test_accuracy'])})"
-                )
+    def show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
+        values = event.values
+        if event.kind == "start":
+            progress.update(task, total=event.total, completed=event.index)
+            print_skipped(progress, values["skipped"], "Already recorded")
+            if values["resumed_from"] is not None:
+                step = values["resumed_from"]
+                progress.console.print(f"Resuming from the checkpoint at step {step}.")
+        elif event.kind in ("step", "done"):
+            progress.update(task, completed=event.index)
+        elif event.kind == "record":
+            progress.console.print(
+                f"step {event.step}: train loss {values['train_loss']:.4f} "
+                f"(acc {_percent(values['train_accuracy'])}), test loss "
+                f"{values['test_loss']:.4f} "
+                f"(acc {_percent(values['test_accuracy'])})"
+            )
 
-        try:
-            result = train_run(
-                run,
-                config,
-                device=device,
-                data_dir=data_dir,
-                deterministic=deterministic,
-                on_progress=on_progress,
-            )
-        except KeyboardInterrupt:
-            progress.stop()
-            checkpoints = run.done_steps("checkpoint")
-            where = f" (last checkpoint: step {checkpoints[-1]})" if checkpoints else ""
-            console.print(
-                f"[yellow]Interrupted at step {state['step']}{where}.[/] Run the same "
-                "command again to resume."
-            )
-            return 130
-        except FloatingPointError as error:
-            return fail(str(error), 1)
-        except (ConfigError, ValueError, FileNotFoundError, ImportError) as error:
-            return fail(str(error))
-        except NotImplementedError as error:
-            return fail(str(error))
+    def where(step: int | None) -> str:
+        checkpoints = run.done_steps("checkpoint")
+        last = f" (last checkpoint: step {checkpoints[-1]})" if checkpoints else ""
+        return f"at step {step}{last}"
+
+    result = run_steps(
+        "steps",
+        lambda on_progress: train_run(
+            run,
+            config,
+            device=device,
+            data_dir=data_dir,
+            deterministic=deterministic,
+            on_progress=on_progress,
+        ),
+        None,
+        console,
+        fail,
+        (ConfigError, ValueError, FileNotFoundError, ImportError, NotImplementedError),
+        show=show,
+        total=config.steps,
+        where=where,
+    )
+    if isinstance(result, int):
+        return result
     if result.start_step is None:
         console.print("Nothing to do: every requested step is recorded.")
     render_metrics(run, console)

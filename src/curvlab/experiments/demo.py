@@ -348,7 +348,7 @@ def demo_run(
 
     def on_train(event) -> None:
         if event.kind == "step":
-            notify(DemoEvent("train", "progress", event.step, settings.steps))
+            notify(DemoEvent("train", "progress", event.index, settings.steps))
 
     result = train_run(run, config, on_progress=on_train)
     run.write_metrics()

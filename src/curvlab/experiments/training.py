@@ -49,7 +49,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from curvlab.runs.config import ConfigError, TrainConfig
 from curvlab.runs.environment import machine_info, package_versions
 from curvlab.runs.folder import RunFolder
 from curvlab.runs.records import load_checkpoint, save_checkpoint, write_record
+from curvlab.runs.stage import StageEvent
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -78,27 +79,15 @@ __all__ = [
 CHECKPOINT_FORMAT = "curvlab-train-checkpoint"
 
 
-@dataclass(frozen=True)
-class TrainEvent:
-    """Progress of :func:`train`, passed to the callback.
-
-    Attributes:
-        kind: ``"start"`` (``step`` is where training (re)starts; ``values``
-            holds ``resumed_from``: the checkpoint step or ``None``,
-            ``skipped``: record steps already done, ``todo``: those to do),
-            ``"step"`` (``step`` optimizer steps are done; ``values["loss"]`` is
-            the mini-batch loss), ``"record"`` (``step`` was recorded;
-            ``values`` are its metrics), ``"checkpoint"`` or ``"done"``.
-        step: The training step.
-        total: The last step this call trains to.
-        values: Details, see ``kind``.
-    """
-
-    kind: str
-    step: int
-    total: int
-    values: Mapping[str, Any] = field(default_factory=dict)
-
+#: Progress of :func:`train`, passed to the callback: the stage framework's one
+#: event type. ``index`` counts optimizer steps done and equals ``step``;
+#: ``total`` is the last step this call trains to. Kinds: ``"start"`` (``step``
+#: is where training (re)starts; ``values`` holds ``resumed_from``: the
+#: checkpoint step or ``None``, ``skipped``: record steps already done,
+#: ``todo``: those to do), ``"step"`` (``step`` optimizer steps are done;
+#: ``values["loss"]`` is the mini-batch loss), ``"record"`` (``step`` was
+#: recorded; ``values`` are its metrics), ``"checkpoint"`` or ``"done"``.
+TrainEvent = StageEvent
 
 ProgressCallback = Callable[[TrainEvent], None]
 
@@ -433,7 +422,7 @@ def _train(
 ) -> TrainResult:
     def report(kind: str, step: int, total: int, **values: Any) -> None:
         if on_progress is not None:
-            on_progress(TrainEvent(kind, step, total, values))
+            on_progress(TrainEvent(kind, step, step, total, values))
 
     skipped = tuple(s for s in config.record_steps if run.is_done("train", s))
     todo = [s for s in config.record_steps if s not in skipped]

@@ -1,0 +1,186 @@
+"""Tables and figure of the Grassmannian-metrics study (``curvlab grassmann``).
+
+Rendering of a :class:`~curvlab.experiments.grassmann.GrassmannResult`:
+
+- :func:`grassmann_markdown`: the settings, the chance values at ``k/D = 0.2``
+  beside the paper's and the table of all cells;
+- :func:`write_grassmann_csv`: per scenario, ratio and ``D``, the mean and
+  standard deviation over trials of every normalised metric and of the overlap;
+- :func:`plot_grassmann`: one panel per quantity against ``D``, one line per
+  scenario and ratio, with the paper's chance values as dotted lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from curvlab._format import fmt, markdown_table
+from curvlab.experiments.grassmann import (
+    PAPER_CHANCE_0_2,
+    QUANTITIES,
+    GrassmannResult,
+    chance_comparison,
+)
+
+__all__ = [
+    "CHANCE_RATIO",
+    "grassmann_markdown",
+    "plot_grassmann",
+    "write_grassmann_csv",
+]
+
+#: The ratio whose chance values the paper reports.
+CHANCE_RATIO = 0.2
+
+
+def grassmann_markdown(result: GrassmannResult) -> str:
+    """Render the settings, the chance comparison and all cells as markdown.
+
+    Args:
+        result: The study's result.
+
+    Returns:
+        The markdown text.
+    """
+    lines = [
+        f"Grassmannian metrics on pairs of k-dimensional subspaces of R^D: "
+        f"D in {list(result.dims)}, k/D in {list(result.ratios)}, planted "
+        f"{list(result.planted)}, {result.num_trials} trial(s) per cell, seed "
+        f"{result.seed}, float64 ({result.seconds:.1f} s). Metrics are "
+        "normalised distances (0: equal subspaces, 1: the largest distance; "
+        "martin: 1 - (prod cos^2)^(1/k)); overlap is the mean squared cosine "
+        "(chance k/D). Means over trials.",
+        "",
+    ]
+    if CHANCE_RATIO in result.ratios:
+        D = max(result.dims)
+        rows = [
+            [quantity, *(fmt(v, 5, decimals=True, missing="—") for v in values)]
+            for quantity, *values in chance_comparison(result, CHANCE_RATIO)
+        ]
+        lines += [
+            f"Chance values at k/D = {CHANCE_RATIO} (D = {D}, k = "
+            f"{round(CHANCE_RATIO * D)}) against papers.md §1.2:",
+            "",
+            markdown_table(["quantity", "paper", "random pair", "random mask"], rows),
+            "",
+        ]
+    header = ["scenario", "k/D", "D", "k", *QUANTITIES]
+    rows = [
+        [
+            cell.label,
+            f"{cell.ratio:g}",
+            str(cell.D),
+            str(cell.k),
+            *(fmt(cell.mean(q), decimals=True, missing="—") for q in QUANTITIES),
+        ]
+        for cell in result.cells
+    ]
+    lines += ["All cells:", "", markdown_table(header, rows)]
+    if result.skipped:
+        lines += ["", "Skipped: " + "; ".join(result.skipped) + "."]
+    return "\n".join(lines)
+
+
+def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
+    """Write one row per cell: means and standard deviations of every quantity.
+
+    Args:
+        result: The study's result.
+        path: The file to write.
+    """
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(
+            [
+                "scenario",
+                "planted",
+                "ratio",
+                "D",
+                "k",
+                "trials",
+                *(f"{q}_mean" for q in QUANTITIES),
+                *(f"{q}_std" for q in QUANTITIES),
+            ]
+        )
+        for cell in result.cells:
+            writer.writerow(
+                [
+                    cell.scenario,
+                    "" if cell.planted is None else repr(cell.planted),
+                    repr(cell.ratio),
+                    cell.D,
+                    cell.k,
+                    len(cell.values[QUANTITIES[0]]),
+                    *(repr(cell.mean(q)) for q in QUANTITIES),
+                    *(repr(cell.std(q)) for q in QUANTITIES),
+                ]
+            )
+
+
+def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
+    """Draw every quantity against ``D`` as a PNG (matplotlib's Agg backend).
+
+    One panel per quantity; one colour and marker per scenario (``random``
+    and ``mask`` coincide in law), one line style per ratio,
+    error bars of one standard deviation over trials; the paper's chance values
+    at ``k/D = 0.2`` as dotted grey lines.
+
+    Args:
+        result: The study's result.
+        path: The PNG file to write.
+    """
+    columns = 3
+    rows = math.ceil(len(QUANTITIES) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    labels = list(dict.fromkeys(cell.label for cell in result.cells))
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    markers = {label: "os^vDP*X"[i % 8] for i, label in enumerate(labels)}
+    styles = ["-", "--", ":", "-."]
+    for ax, quantity in zip(axes, QUANTITIES, strict=False):
+        for r, ratio in enumerate(result.ratios):
+            for label in labels:
+                cells = [
+                    c for c in result.cells if c.label == label and c.ratio == ratio
+                ]
+                if not cells:
+                    continue
+                ax.errorbar(
+                    [c.D for c in cells],
+                    [c.mean(quantity) for c in cells],
+                    yerr=[c.std(quantity) for c in cells],
+                    color=colors[label],
+                    linestyle=styles[r % len(styles)],
+                    marker=markers[label],
+                    markersize=4,
+                    markerfacecolor="none",
+                    capsize=2,
+                    label=f"{label}, k/D={ratio:g}",
+                )
+        if CHANCE_RATIO in result.ratios and quantity in PAPER_CHANCE_0_2:
+            ax.axhline(
+                PAPER_CHANCE_0_2[quantity], color="grey", linestyle=":", linewidth=1
+            )
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(result.dims), [str(d) for d in result.dims])
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(quantity)
+        ax.set_xlabel("D")
+        ax.set_ylabel("similarity" if quantity == "overlap" else "normalised distance")
+    for ax in axes[len(QUANTITIES) :]:
+        ax.set_axis_off()
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside lower center", ncols=4, fontsize="small")
+    figure.suptitle(
+        f"Grassmannian metrics: {result.num_trials} trial(s) per point; dotted: "
+        f"the paper's chance values at k/D = {CHANCE_RATIO}"
+    )
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,297 @@
+"""Tables and figures of the HesScale studies (``curvlab hesscale-*``).
+
+Rendering of a :class:`~curvlab.experiments.hesscale_quality.QualityResult`
+(:func:`quality_markdown`, :func:`write_quality_csv`, :func:`plot_quality`:
+per estimator, the normalised and the raw mean L1 error of each layer and in
+total, and the range of the per-seed ratios) and of a
+:class:`~curvlab.experiments.hesscale_cost.CostResult` (:func:`cost_markdown`,
+:func:`write_cost_csv`, :func:`plot_cost`: per depth and method, the median and
+the fastest seconds per step and the multiple of a gradient step).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from functools import partial
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from curvlab._format import fmt, markdown_table
+from curvlab.experiments.hesscale_cost import UNIT, CostResult
+from curvlab.experiments.hesscale_quality import NORMALIZER, QualityResult
+
+__all__ = [
+    "cost_markdown",
+    "plot_cost",
+    "plot_quality",
+    "quality_markdown",
+    "write_cost_csv",
+    "write_quality_csv",
+]
+
+
+def quality_markdown(result: QualityResult) -> str:
+    """Render the normalised errors and the settings as markdown.
+
+    Args:
+        result: The study's result.
+
+    Returns:
+        Settings, the table (one row per estimator, best first) and the ranking.
+    """
+    config = result.config
+    header = ["estimator", *result.layers, "total", "per-seed range"]
+    rows = []
+    number = partial(fmt, digits=3, missing="—", readable=True)
+    for method in result.ranking():
+        ratios = [r for r in result.seed_ratios[method] if not math.isnan(r)]
+        spread = f"{number(min(ratios))}–{number(max(ratios))}" if ratios else "—"
+        rows.append(
+            [
+                method,
+                *(number(result.normalized[method][layer]) for layer in result.layers),
+                number(result.normalized[method]["total"]),
+                spread,
+            ]
+        )
+    unit = result.mean_errors()[NORMALIZER]["total"]
+    lines = [
+        f"Data: {config.get('data', '?')}. Model: {config.get('architecture', '?')}, "
+        f"D = {config.get('num_params', 0):,}. Loss: {config.get('loss', '?')}. "
+        f"Training: {config.get('training', '?')}. Evaluation: "
+        f"{config.get('evaluation', '?')}, {len(result.seeds)} seed(s) "
+        f"({', '.join(map(str, result.seeds))}), {config.get('dtype', '?')}.",
+        "",
+        "L1 error against the exact Hessian diagonal, summed over each layer's "
+        "weight and bias, averaged over samples and seeds, divided by "
+        f"{NORMALIZER}'s mean total error ({unit:.4g}). Per-seed range: the "
+        f"total's ratio to {NORMALIZER}'s on each seed alone.",
+        "",
+        markdown_table(header, rows),
+        "",
+        "Ranking (lowest total error first): " + " < ".join(result.ranking()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def write_quality_csv(result: QualityResult, path: str | Path) -> None:
+    """Write the normalised and raw errors of each estimator as CSV.
+
+    Args:
+        result: The study's result.
+        path: The file to write.
+    """
+    raw = result.mean_errors()
+    columns = [*result.layers, "total"]
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(
+            [
+                "method",
+                *(f"{c} normalized" for c in columns),
+                *(f"{c} L1" for c in columns),
+                "seed ratio min",
+                "seed ratio max",
+                "num_seeds",
+                "num_samples",
+            ]
+        )
+        for method in result.methods:
+            ratios = result.seed_ratios[method]
+            writer.writerow(
+                [
+                    method,
+                    *(repr(result.normalized[method][c]) for c in columns),
+                    *(repr(raw[method][c]) for c in columns),
+                    repr(min(ratios)),
+                    repr(max(ratios)),
+                    len(result.seeds),
+                    result.num_samples,
+                ]
+            )
+
+
+def plot_quality(result: QualityResult, path: str | Path) -> None:
+    """Draw the normalised total errors and the per-layer errors as a PNG.
+
+    Left: one bar per estimator, the normalised total error (log scale), and
+    one dot per seed (that seed's ratio). Right: mean L1 error per layer.
+
+    Args:
+        result: The study's result.
+        path: The PNG file to write.
+    """
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, width_ratios=(3, 2))
+    methods = result.methods
+    colors = [f"C{i}" for i in range(len(methods))]
+    totals = [result.normalized[m]["total"] for m in methods]
+    positions = range(len(methods))
+    left.bar(positions, totals, color=colors, alpha=0.6)
+    for x, method in enumerate(methods):
+        ratios = result.seed_ratios[method]
+        left.scatter(
+            [x] * len(ratios), ratios, color="black", s=8, zorder=3, linewidths=0
+        )
+    left.axhline(1.0, color="red", alpha=0.3, linewidth=1)
+    left.set_xticks(list(positions), methods, rotation=30, ha="right")
+    left.set_ylabel(f"L1 error / {NORMALIZER}'s")
+    if all(t > 0 and math.isfinite(t) for t in totals):
+        left.set_yscale("log")
+    left.set_title("Normalised total L1 error (dots: seeds)")
+
+    raw = result.mean_errors()
+    layers = list(range(1, len(result.layers) + 1))
+    for method, color in zip(methods, colors, strict=True):
+        values = [raw[method][layer] for layer in result.layers]
+        right.plot(layers, values, marker="o", color=color, label=method)
+    right.set_yscale("symlog", linthresh=1e-3)
+    right.set_xticks(layers)
+    right.set_xlabel("layer")
+    right.set_ylabel("mean L1 error")
+    right.set_title("Per layer")
+    right.legend(fontsize="small")
+    figure.suptitle(
+        f"Diagonal Hessian estimates: {result.config.get('architecture', '')}, "
+        f"{len(result.seeds)} seed(s) x {result.num_samples} samples"
+    )
+    figure.savefig(path, dpi=120)
+
+
+def cost_markdown(result: CostResult) -> str:
+    """Render the step times and the settings as markdown.
+
+    Args:
+        result: The study's result.
+
+    Returns:
+        Settings, then a table with one row per depth: ``D``, the gradient step
+        in milliseconds, and each method's median step time in gradient steps.
+    """
+    config = result.config
+    unit = result.median_seconds(UNIT)
+    multiples = {m: result.multiples(m) for m in result.methods}
+    header = ["depth", "D", "gradient (ms)", *result.methods]
+    rows = []
+    for d, depth in enumerate(result.depths):
+        cells = [str(depth), f"{result.num_params[d]:,}", f"{1e3 * unit[d]:.2f}"]
+        for method in result.methods:
+            value = multiples[method][d]
+            cells.append("—" if value is None else f"{value:.2f}×")
+        rows.append(cells)
+    skipped = [
+        f"{method} from depth {depth} on ({reason})"
+        for method in result.methods
+        for depth, reason in zip(result.depths, result.skipped[method], strict=True)
+        if reason and reason != "skipped at a smaller depth"
+    ]
+    lines = [
+        f"Model: {config.get('architecture', '?')}; {config.get('loss', '?')}; "
+        f"batch size {config.get('batch_size', '?')}; {config.get('dtype', '?')} "
+        f"on CPU, {config.get('threads', '?')} thread(s). Median of "
+        f"{config.get('repeats', '?')} timed steps after one warm-up step, "
+        "methods interleaved.",
+        "",
+        "Time per training step (forward, backward, diagonal, update) in gradient "
+        "steps (zero grad, forward, backward); '—': skipped.",
+        "",
+        markdown_table(header, rows),
+    ]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped) + "."]
+    return "\n".join(lines)
+
+
+def write_cost_csv(result: CostResult, path: str | Path) -> None:
+    """Write one row per depth and method (the unit included) as CSV.
+
+    Args:
+        result: The study's result.
+        path: The file to write.
+    """
+    unit = result.median_seconds(UNIT)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(
+            [
+                "depth",
+                "num_params",
+                "method",
+                "median_seconds",
+                "min_seconds",
+                "gradient_steps",
+                "num_timed",
+                "skipped",
+            ]
+        )
+        for name in (UNIT, *result.methods):
+            medians = result.median_seconds(name)
+            for d, depth in enumerate(result.depths):
+                median = medians[d]
+                times = result.seconds[name][d]
+                writer.writerow(
+                    [
+                        depth,
+                        result.num_params[d],
+                        name,
+                        "" if median is None else repr(median),
+                        repr(min(times)) if times else "",
+                        "" if median is None else repr(median / unit[d]),
+                        len(result.seconds[name][d]),
+                        "" if name == UNIT else result.skipped[name][d],
+                    ]
+                )
+
+
+def plot_cost(result: CostResult, path: str | Path) -> None:
+    """Draw seconds per step and multiples of a gradient step as a PNG.
+
+    Args:
+        result: The study's result.
+        path: The PNG file to write.
+    """
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    for index, name in enumerate((UNIT, *result.methods)):
+        style = {"color": "black", "linestyle": "--"} if name == UNIT else {}
+        color = {} if name == UNIT else {"color": f"C{index - 1}"}
+        medians = result.median_seconds(name)
+        points = [(n, t) for n, t in zip(result.num_params, medians, strict=True) if t]
+        if points:
+            left.plot(
+                *zip(*points, strict=True), marker="o", label=name, **style, **color
+            )
+        if name == UNIT:
+            continue
+        multiples = [
+            (depth, m)
+            for depth, m in zip(result.depths, result.multiples(name), strict=True)
+            if m
+        ]
+        if multiples:
+            right.plot(*zip(*multiples, strict=True), marker="o", label=name, **color)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("number of parameters D")
+    left.set_ylabel("seconds per step (median)")
+    left.set_title("Time per training step")
+    left.legend(fontsize="small")
+    right.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    right.set_yscale("log")
+    if len(set(result.depths)) > 1 and min(result.depths) > 0:
+        right.set_xscale("log", base=2)
+    right.set_xticks(list(result.depths), [str(d) for d in result.depths])
+    right.set_xlabel("depth (hidden layers)")
+    right.set_ylabel("gradient steps")
+    right.set_title("Relative to a gradient step")
+    figure.suptitle(
+        f"Cost per step: width {result.config.get('width', '?')}, batch size "
+        f"{result.config.get('batch_size', '?')}, "
+        f"{result.config.get('threads', '?')} thread(s)"
+    )
+    figure.savefig(path, dpi=120)

@@ -65,6 +65,7 @@ from curvlab.operators._kfac_factors import (
     LayerCapture,
     eigenvalue_correction,
     find_layers,
+    gram,
     layer_inputs,
     output_gradients,
 )
@@ -238,8 +239,8 @@ class _KroneckerOperator(EmpiricalRiskOperator):
         """One pass over the data with the layer hooks installed.
 
         ``on_input(layer, x)`` receives each layer's input during the forward
-        pass; ``on_gradients(layer, g, scale)`` the ``(k, B, S, d_out)`` output
-        gradients after the backward pass.
+        pass; ``on_gradients(layer, g, scale)`` the ``(B, S, d_out)`` output
+        gradients of each backpropagated column.
         """
         check = self._check_pending
         fingerprints = []
@@ -256,11 +257,10 @@ class _KroneckerOperator(EmpiricalRiskOperator):
                     if not need_gradients:
                         continue
                     columns, scale = self._output_columns(output.detach(), X, y, index)
-                    grads = capture.output_gradients(output, columns)
-                for layer in self.layers:
-                    on_gradients(
-                        layer, output_gradients(layer, grads[layer.name]), scale
-                    )
+                    for grads in capture.output_gradients(output, columns):
+                        for layer in self.layers:
+                            g = output_gradients(layer, grads[layer.name])
+                            on_gradients(layer, g, scale)
         if check:
             with self._model_mode():
                 self._check_determinism(fingerprints)
@@ -278,15 +278,12 @@ class _KroneckerOperator(EmpiricalRiskOperator):
             a = layer_inputs(layer, x, self._joint(layer))
             if reduce:
                 a = a.mean(1, keepdim=True)
-            S = a.shape[1]
-            rows = a.reshape(-1, a.shape[-1])
-            _accumulate(A, layer.name, rows.T @ rows, 1.0 / (N * S))
+            _accumulate(A, layer.name, gram(a), 1.0 / (N * a.shape[1]))
 
         def on_gradients(layer, g, scale):
             if reduce:
-                g = g.sum(2, keepdim=True)
-            rows = g.reshape(-1, g.shape[-1])
-            _accumulate(G, layer.name, rows.T @ rows, scale)
+                g = g.sum(1, keepdim=True)
+            _accumulate(G, layer.name, gram(g), scale)
 
         forward_only = self.fisher_type == "forward-only"
         self._data_pass(on_input, on_gradients, need_gradients=not forward_only)

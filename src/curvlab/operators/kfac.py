@@ -115,18 +115,16 @@ def _check_damping(damping) -> float:
 
 
 def _gather(block: KroneckerBlock, shapes, M: TensorList) -> Tensor:
-    """Collect a block's columns as ``(k, d_out, d_in)`` matrices."""
+    """Collect a block's columns as a ``(d_out, d_in, k)`` tensor."""
     parts = []
     for pos in block.positions:
         m = M[pos]
         parts.append(m.reshape(shapes[pos][0], -1, m.shape[-1]))
-    X = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return X.movedim(-1, 0)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _scatter(block: KroneckerBlock, shapes, R: Tensor, out: list):
-    """Write ``(k, d_out, d_in)`` results back into parameter-shaped entries."""
-    R = R.movedim(0, -1)
+    """Write ``(d_out, d_in, k)`` results back into parameter-shaped entries."""
     k = R.shape[-1]
     start = 0
     for pos in block.positions:
@@ -136,9 +134,23 @@ def _scatter(block: KroneckerBlock, shapes, R: Tensor, out: list):
         start += width
 
 
+def _kron_matmat(left: Tensor, right: Tensor, X: Tensor) -> Tensor:
+    """Return ``left @ X[..., c] @ right`` for every column ``c`` of ``(o, i, k)``.
+
+    Two GEMMs on the whole block (not ``k`` small ones): ``left`` on the flattened
+    ``(o, i k)`` matrix, ``right`` on the ``(o k, i)`` rows.
+    """
+    o, i, k = X.shape
+    Y = (left @ X.reshape(o, i * k)).reshape(o, i, k)
+    if k == 1:
+        return (Y.reshape(o, i) @ right).unsqueeze(-1)
+    return (Y.transpose(1, 2) @ right).transpose(1, 2)
+
+
 def _eigen_matmat(QG: Tensor, QA: Tensor, scale: Tensor, X: Tensor) -> Tensor:
     r"""Apply :math:`(Q_G \otimes Q_A)\,\mathrm{diag}(s)\,(Q_G \otimes Q_A)^\top`."""
-    return QG @ ((QG.mT @ X @ QA) * scale) @ QA.mT
+    Y = _kron_matmat(QG.mT, QA, X) * scale.unsqueeze(-1)
+    return _kron_matmat(QG, QA.mT, Y)
 
 
 def _generator(seed: int, index: int, device) -> torch.Generator:
@@ -536,7 +548,7 @@ class KFACOperator(_KroneckerOperator):
         out: list = [None] * len(M)
         for block in self.blocks:
             X = _gather(block, self.param_shapes, M)
-            _scatter(block, self.param_shapes, block.G @ X @ block.A, out)
+            _scatter(block, self.param_shapes, _kron_matmat(block.G, block.A, X), out)
         return out
 
     def trace(self) -> Tensor:

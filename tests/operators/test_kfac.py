@@ -393,6 +393,23 @@ def test_matches_curvlinops(peer_case, options, kfac_approx, fisher_type):
     assert rel_error(op @ V, peer @ V) < RTOL_FLOAT64
 
 
+@pytest.mark.parametrize("kind", ["KFAC", "EKFAC"])
+def test_exact_inverse_matches_curvlinops(case, kind):
+    curvlinops = pytest.importorskip("curvlinops")
+    from curvlinops.inverse import KFACInverseLinearOperator
+
+    named = dict(case.model.named_parameters())
+    tensors = [named[n] for n in (case.params or named)]
+    args = (case.model, case.loss_fn)
+    op = getattr(cl, f"{kind}Operator")(*args, case.data, params=case.params)
+    peer = getattr(curvlinops, f"{kind}LinearOperator")(
+        *args, tensors, case.data, fisher_type="type-2"
+    )
+    peer_inverse = KFACInverseLinearOperator(peer, damping=1e-2, use_exact_damping=True)
+    V = torch.randn(op.shape[0], 3, dtype=F64)
+    assert rel_error(op.inverse(1e-2) @ V, peer_inverse @ V) < RTOL_FLOAT64
+
+
 @pytest.mark.parametrize("kfac_approx", ["expand", "reduce"])
 def test_sequence_linear_matches_curvlinops(kfac_approx):
     """A Linear layer applied at every position of a sequence (MSE on (B, T, C))."""
@@ -535,3 +552,12 @@ def test_bad_options():
         cl.EKFACOperator(*args, fisher_type="forward-only")
     with pytest.raises(NotImplementedError, match="support CrossEntropyLoss"):
         cl.KFACOperator(CASE.model, nn.L1Loss(), CASE.data)
+
+
+def test_random_model_is_detected():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 3)).double()
+    model.train()
+    with pytest.raises(cl.NonDeterministicError, match="random"):
+        cl.KFACOperator(model, CASE.loss_fn, CASE.data, train_mode=True)
+    cl.KFACOperator(model, CASE.loss_fn, CASE.data)  # eval mode by default

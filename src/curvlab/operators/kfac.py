@@ -347,11 +347,10 @@ class _KroneckerOperator(EmpiricalRiskOperator):
             and self.fisher_type != "forward-only"
         ):
             raise ValueError(
-                f"{what} needs damping > 0 with CrossEntropyLoss: the output-space "
-                "factor G of the last layer is singular (the softmax Hessian "
-                "annihilates the all-ones direction, so every gradient sums to zero "
-                "over the classes), which makes the Kronecker matrix singular. "
-                "Got damping=0."
+                f"{what} needs damping > 0 with CrossEntropyLoss: the softmax "
+                "Hessian annihilates the all-ones direction (every output gradient "
+                "sums to zero over the classes), so the output layer's factor G and "
+                "with it the Kronecker matrix are singular. Got damping=0."
             )
         smallest = min(float(E.min()) for _, _, E in self._eigen())
         largest = max(float(E.max()) for _, _, E in self._eigen())

@@ -561,3 +561,54 @@ def test_random_model_is_detected():
     with pytest.raises(cl.NonDeterministicError, match="random"):
         cl.KFACOperator(model, CASE.loss_fn, CASE.data, train_mode=True)
     cl.KFACOperator(model, CASE.loss_fn, CASE.data)  # eval mode by default
+
+
+def test_ekfac_mc_scales_are_mc_fisher_diagonal():
+    """MC EKFAC uses the labels of the MC Fisher with the same seed."""
+    model, loss_fn = mlp(), nn.CrossEntropyLoss()
+    data = make_data((5,), classes(3), 11, [4, 4, 3])
+    kwargs = {"mc_samples": 3, "seed": 2}
+    op = cl.EKFACOperator(model, loss_fn, data, fisher_type="mc", **kwargs)
+    truth = cl.FisherOperator(model, loss_fn, data, **kwargs).to_dense()
+    for block, (QG, QA, s) in zip(op.blocks, op._eigen(), strict=True):
+        Q = torch.kron(QG, QA)
+        diag = torch.diagonal(Q.T @ ggn_block(op, truth, block) @ Q)
+        assert rel_error(s.reshape(-1), diag) < RTOL_FLOAT64
+
+
+def test_float32_matches_float64():
+    data = make_data((1, 6, 6), classes(3), 5, [3, 2])
+    data32 = [(X.float(), y) for X, y in data]
+    loss_fn = nn.CrossEntropyLoss()
+    for cls in (cl.KFACOperator, cl.EKFACOperator):
+        op64 = cls(cnn(), loss_fn, data)
+        op32 = cls(cnn().float(), loss_fn, data32)
+        assert op32.dtype == torch.float32
+        V = torch.randn(op64.shape[0], 2, dtype=F64)
+        assert rel_error((op32 @ V.float()).double(), op64 @ V) < 1e-4
+        inv32 = op32.inverse(1e-2) @ V.float()
+        assert rel_error(inv32.double(), op64.inverse(1e-2) @ V) < 1e-4
+
+
+@pytest.mark.parametrize("kfac_approx", ["expand", "reduce"])
+def test_strided_dilated_conv_matches_curvlinops(kfac_approx):
+    curvlinops = pytest.importorskip("curvlinops")
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=2, dilation=2),
+        nn.Sigmoid(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 3),
+    ).double()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    data = make_data((2, 8, 8), classes(3), 30, [16, 14])
+    kwargs = {"fisher_type": "type-2", "kfac_approx": kfac_approx}
+    params = list(model.parameters())
+    V = torch.randn(sum(p.numel() for p in params), 2, dtype=F64)
+    for ours, theirs in [
+        (cl.KFACOperator, curvlinops.KFACLinearOperator),
+        (cl.EKFACOperator, curvlinops.EKFACLinearOperator),
+    ]:
+        op = ours(model, loss_fn, data, **kwargs)
+        peer = theirs(model, loss_fn, params, data, **kwargs)
+        assert rel_error(op @ V, peer @ V) < RTOL_FLOAT64

@@ -1,5 +1,6 @@
 """KFAC and EKFAC: theory, dense Kronecker truth, curvlinops, and bad input."""
 
+import copy
 import math
 
 import pytest
@@ -612,3 +613,22 @@ def test_strided_dilated_conv_matches_curvlinops(kfac_approx):
         op = ours(model, loss_fn, data, **kwargs)
         peer = theirs(model, loss_fn, params, data, **kwargs)
         assert rel_error(op @ V, peer @ V) < RTOL_FLOAT64
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fisher_type", ["type-2", "mc", "empirical"])
+def test_cuda_equals_cpu(case, fisher_type):
+    model = copy.deepcopy(case.model).cuda()
+    data = [(X.cuda(), y.cuda()) for X, y in case.data]
+    kwargs = {"params": case.params, "fisher_type": fisher_type}
+    gpu = cl.KFACOperator(model, case.loss_fn, data, **kwargs)
+    cpu = cl.KFACOperator(case.model, case.loss_fn, case.data, **kwargs)
+    assert gpu.device.type == "cuda"
+    V = torch.randn(cpu.shape[0], 3, dtype=F64)
+    if fisher_type != "mc":  # MC labels come from the device's generator
+        assert rel_error((gpu @ V.cuda()).cpu(), cpu @ V) < RTOL_FLOAT64
+        inverse = gpu.inverse(1e-2) @ V.cuda()
+        assert rel_error(inverse.cpu(), cpu.inverse(1e-2) @ V) < 1e-9
+    else:
+        assert torch.isfinite(gpu @ V.cuda()).all()

@@ -9,7 +9,8 @@ module finds the layers, turns their inputs and output gradients into
 ``(B, S, d)`` arrays (``S`` positions at which the layer is applied: 1 for a
 ``Linear`` layer on ``(B, d_in)`` inputs, the spatial positions of a convolution,
 the sequence positions of a ``Linear`` layer on ``(B, T, d_in)`` inputs), and
-captures both in one forward and one backward pass with module hooks.
+captures both with module hooks in one pass over the data: per batch one forward
+pass and one backward pass per backpropagated output-space column.
 
 Gradients with respect to a layer's output are taken through a zero *probe*
 added to the output by a forward hook: ``autograd.grad`` with respect to the

@@ -22,8 +22,8 @@ are gradients of the loss terms with respect to the layer's output when
 backpropagating, per ``fisher_type``:
 
 - ``"type-2"``: the ``C`` columns of a square root of the loss Hessian
-  :math:`\nabla^2_f \ell` (exact GGN factors; ``C`` backward columns in one
-  vectorized backward pass);
+  :math:`\nabla^2_f \ell` (exact GGN factors; ``C`` backward passes per batch
+  that stop at the layer outputs);
 - ``"mc"``: ``mc_samples`` gradients at labels drawn from the model's likelihood
   (the same labels as :class:`~curvlab.operators.fisher.FisherOperator` with the
   same ``seed``), scaled by ``1/mc_samples``;

@@ -258,6 +258,50 @@ def test_block_is_diagonal_block():
     assert rel_error(block.to_dense(), K[idx[:, None], idx[None, :]]) < RTOL_FLOAT64
 
 
+class CountedPasses(list):
+    """A list of batches that counts how often it is iterated."""
+
+    passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("kind", ["KFAC", "EKFAC"])
+@pytest.mark.parametrize(
+    ("names", "joint"),
+    [
+        (["2.bias", "0.weight", "0.bias"], False),  # reordered, from the factors
+        (["2.weight", "2.bias"], True),  # a whole joint block, from the factors
+        (["0.weight"], True),  # half a joint block: rebuilt on the subset
+    ],
+)
+def test_block_is_the_submatrix(kind, names, joint):
+    model, loss_fn = mlp(), nn.CrossEntropyLoss()
+    data = CountedPasses(make_data((5,), classes(3), 11, [4, 4, 3]))
+    options = {"separate_weight_and_bias": not joint}
+    op = getattr(cl, f"{kind}Operator")(model, loss_fn, data, **options)
+    dense = op.to_dense()
+    passes = data.passes
+    offsets, start = {}, 0
+    for name, shape in zip(op.param_names, op.param_shapes, strict=True):
+        offsets[name] = torch.arange(start, start + math.prod(shape))
+        start += math.prod(shape)
+    idx = torch.cat([offsets[n] for n in names])
+    block = op.block(names)
+    assert block.param_names == names
+    assert (data.passes > passes) == (names == ["0.weight"])
+    sub = dense[idx[:, None], idx[None, :]]
+    if kind == "EKFAC" and names == ["0.weight"]:
+        # EKFAC's scales of half a joint block are not a submatrix: rebuilt
+        rebuilt = cl.EKFACOperator(model, loss_fn, data, params=names, **options)
+        sub = rebuilt.to_dense()
+    assert rel_error(block.to_dense(), sub) < RTOL_FLOAT64
+    damped = sub + 1e-2 * torch.eye(len(idx), dtype=F64)
+    assert rel_error(block.logdet(1e-2), torch.linalg.slogdet(damped)[1]) < RTOL_FLOAT64
+
+
 def test_inplace_activation_gives_same_factors():
     data = make_data((1, 6, 6), classes(3), 5, [3, 2])
     loss_fn = nn.CrossEntropyLoss()

@@ -50,6 +50,8 @@ References:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -72,6 +74,7 @@ from curvlab.operators._kfac_factors import (
 from curvlab.operators.base import CurvatureOperator
 from curvlab.operators.empirical_risk import EmpiricalRiskOperator, _fingerprint
 from curvlab.operators.losses import OutputSpaceLoss
+from curvlab.operators.params import resolve_params
 
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")
 KFAC_APPROXIMATIONS = ("expand", "reduce")
@@ -451,6 +454,64 @@ class _KroneckerOperator(EmpiricalRiskOperator):
             device=self.device,
         )
 
+    def block(self, names_or_params: Sequence[Tensor | str]) -> _KroneckerOperator:
+        """Return the diagonal block on a subset of this operator's parameters.
+
+        When the subset holds whole Kronecker blocks (both or neither of a
+        layer's weight and bias when they are joint), the block reuses the stored
+        factors (and EKFAC scales) and costs nothing; otherwise the approximation
+        is rebuilt on the subset with another pass over the data, which for KFAC
+        equals the corresponding diagonal block.
+
+        Args:
+            names_or_params: Parameter names or tensors, all among this operator's.
+
+        Returns:
+            An operator of the same kind on the subset, parameters in the order
+            given.
+
+        Raises:
+            ValueError: If a parameter is not among this operator's parameters.
+        """
+        names, _ = resolve_params(self.model, names_or_params)
+        outside = [n for n in names if n not in self.param_names]
+        if outside:
+            raise ValueError(
+                f"Block parameters {outside} are not among this operator's parameters "
+                f"{self.param_names}."
+            )
+        new_position = {self.param_names.index(n): i for i, n in enumerate(names)}
+        kept = [
+            i
+            for i, block in enumerate(self.blocks)
+            if all(p in new_position for p in block.positions)
+        ]
+        covered = {p for i in kept for p in self.blocks[i].positions}
+        if len(covered) != len(names):
+            return super().block(names)
+        sub = copy.copy(self)
+        CurvatureOperator.__init__(
+            sub,
+            [self.param_shapes[self.param_names.index(n)] for n in names],
+            dtype=self.dtype,
+            device=self.device,
+            max_cols=self.max_cols,
+        )
+        sub.param_names = list(names)
+        sub.blocks = [
+            dataclasses.replace(
+                self.blocks[i],
+                positions=tuple(new_position[p] for p in self.blocks[i].positions),
+            )
+            for i in kept
+        ]
+        sub.layers = [
+            la for la in self.layers if any(b.layer == la.name for b in sub.blocks)
+        ]
+        if self._eigen_cache is not None:
+            sub._eigen_cache = [self._eigen_cache[i] for i in kept]
+        return sub
+
     def _matmat(self, M: TensorList) -> TensorList:
         out: list = [None] * len(M)
         for block, (QG, QA, E) in zip(self.blocks, self._eigen(), strict=True):
@@ -478,9 +539,9 @@ class KFACOperator(_KroneckerOperator):
     The factors are computed once, in one pass over the data, when the operator
     is built (with the model as it is then); products, :meth:`trace`,
     :meth:`logdet`, :meth:`det`, :meth:`frobenius_norm` and :meth:`inverse` use
-    only the stored factors. :meth:`block` builds KFAC on a parameter subset
-    (another pass); for whole layers, or weights and biases treated separately,
-    that is the diagonal block of this operator.
+    only the stored factors. :meth:`block` gives the diagonal block on a
+    parameter subset (from the stored factors when it holds whole Kronecker
+    blocks).
 
     **Damped inverses.** Adding damping to each factor,
     :math:`(A + \alpha I)^{-1} \otimes (G + \beta I)^{-1}`, is not the inverse of

@@ -455,19 +455,47 @@ def test_exact_inverse_matches_curvlinops(case, kind):
     assert rel_error(op.inverse(1e-2) @ V, peer_inverse @ V) < RTOL_FLOAT64
 
 
-@pytest.mark.parametrize("kfac_approx", ["expand", "reduce"])
-def test_sequence_linear_matches_curvlinops(kfac_approx):
-    """A Linear layer applied at every position of a sequence (MSE on (B, T, C))."""
-    curvlinops = pytest.importorskip("curvlinops")
+class ClassesSecond(nn.Module):
+    """(B, T, C) logits to the (B, C, T) layout CrossEntropyLoss expects."""
+
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+def _sequence_problem(loss):
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
-    loss_fn = nn.MSELoss()
-    data = make_data((6, 4), regression(6, 2), 9, [5, 4])
+    layers = [nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)]
+    if loss == "mse":
+        target, loss_fn = regression(6, 3), nn.MSELoss()
+    elif loss == "bce":
+        target, loss_fn = (
+            lambda N, g: torch.randint(0, 2, (N, 6, 3), generator=g).double(),
+            nn.BCEWithLogitsLoss(reduction="sum"),
+        )
+    else:
+        layers.append(ClassesSecond())
+        target = lambda N, g: torch.randint(0, 3, (N, 6), generator=g)  # noqa: E731
+        loss_fn = nn.CrossEntropyLoss()
+    model = nn.Sequential(*layers).double()
+    return model, loss_fn, make_data((6, 4), target, 9, [5, 4])
+
+
+@pytest.mark.parametrize("fisher_type", ["type-2", "empirical"])
+@pytest.mark.parametrize("loss", ["mse", "bce", "ce"])
+@pytest.mark.parametrize("kfac_approx", ["expand", "reduce"])
+def test_sequence_linear_matches_curvlinops(kfac_approx, loss, fisher_type):
+    """Linear layers applied at every position of a sequence of length T = 6.
+
+    The loss has T terms per sample; the type-2 factors backpropagate each output
+    column for all positions at once (cross terms between positions included), as
+    curvlinops does.
+    """
+    curvlinops = pytest.importorskip("curvlinops")
+    model, loss_fn, data = _sequence_problem(loss)
     params = list(model.parameters())
-    op = cl.KFACOperator(model, loss_fn, data, kfac_approx=kfac_approx)
-    peer = curvlinops.KFACLinearOperator(
-        model, loss_fn, params, data, fisher_type="type-2", kfac_approx=kfac_approx
-    )
+    kwargs = {"kfac_approx": kfac_approx, "fisher_type": fisher_type}
+    op = cl.KFACOperator(model, loss_fn, data, **kwargs)
+    peer = curvlinops.KFACLinearOperator(model, loss_fn, params, data, **kwargs)
     V = torch.randn(op.shape[0], 2, dtype=F64)
     assert rel_error(op @ V, peer @ V) < RTOL_FLOAT64
 

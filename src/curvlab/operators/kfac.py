@@ -658,10 +658,14 @@ class EKFACOperator(_KroneckerOperator):
     the squared per-example gradients in the Kronecker eigenbasis. Convention for
     layers applied at many positions (as curvlinops): :math:`\Gamma_{n,k}` is the
     per-example gradient summed over the positions, whatever ``kfac_approx``,
-    which only chooses the factors (and so the basis). For the ``"type-2"`` Fisher
-    with one loss term per output row, :math:`s` is the diagonal of the exact GGN
-    block in that basis, the best diagonal there in Frobenius norm. A second pass
-    over the data computes :math:`s` after the factors.
+    which only chooses the factors (and so the basis). For models with ``(B, C)``
+    outputs, :math:`s` is then the diagonal, in that basis, of the exact layer
+    block of the matrix ``fisher_type`` names (GGN for ``"type-2"``, the MC Fisher
+    with the same ``seed`` for ``"mc"``, the empirical Fisher), i.e. the best
+    diagonal there in Frobenius norm, also for convolutions. (For outputs with
+    more positions, ``"type-2"`` backpropagates each output column for all
+    positions at once, as for KFAC, which adds cross terms between positions.) A
+    second pass over the data computes :math:`s` after the factors.
 
     The arguments are those of :class:`KFACOperator`; ``fisher_type`` cannot be
     ``"forward-only"`` (no gradients to correct the scales with), and

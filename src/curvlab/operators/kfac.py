@@ -33,6 +33,11 @@ backpropagating, per ``fisher_type``:
   (the FOOF/ISAAC preconditioners, Benzing 2022; Petersen et al. 2023). It does
   not depend on the loss, the labels or the reduction.
 
+With several loss terms per sample (a sequence output ``(B, T, C)``, or
+cross-entropy logits ``(B, C, T)``), each backpropagated column covers all ``T``
+terms of a sample at once, as in curvlinops, so :math:`G` then contains cross
+terms between the positions of one sample.
+
 A bias is a weight column with input 1: with ``separate_weight_and_bias=True``
 (default) its block is :math:`G \otimes [1] = G`; with ``False`` weight and bias
 share one factor built from inputs :math:`[a; 1]`.

@@ -10,10 +10,12 @@ problems to measure on (:mod:`curvlab.problems`).
 from curvlab.operators import (
     CurvatureOperator,
     DenseOperator,
+    EKFACOperator,
     EmpiricalFisherOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
+    KFACOperator,
     NonDeterministicError,
 )
 
@@ -34,10 +36,12 @@ def __getattr__(name: str):
 __all__ = [
     "CurvatureOperator",
     "DenseOperator",
+    "EKFACOperator",
     "EmpiricalFisherOperator",
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "KFACOperator",
     "NonDeterministicError",
     "__version__",
     "diagonal",

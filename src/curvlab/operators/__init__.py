@@ -10,15 +10,19 @@ from curvlab.operators.empirical_risk import (
 from curvlab.operators.fisher import EmpiricalFisherOperator, FisherOperator
 from curvlab.operators.ggn import GGNOperator
 from curvlab.operators.hessian import HessianOperator
+from curvlab.operators.kfac import EKFACOperator, KFACInverseOperator, KFACOperator
 
 __all__ = [
     "CurvatureOperator",
     "DenseOperator",
+    "EKFACOperator",
     "EmpiricalFisherOperator",
     "EmpiricalRiskOperator",
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "KFACInverseOperator",
+    "KFACOperator",
     "NonDeterministicError",
     "ProductOperator",
     "SumOperator",

@@ -142,6 +142,44 @@ class OutputSpaceLoss:
         Ul = self._to_last(U, lead=1)
         return self._from_last(p * Ul - p * (p * Ul).sum(-1, keepdim=True), lead=1)
 
+    def hessian_sqrt_columns(self, output: Tensor) -> Tensor:
+        r"""Return columns :math:`s_c` with :math:`\sum_c s_c s_c^\top=\nabla^2_f\ell`.
+
+        The square root acts on each loss term's ``C`` outputs (the class axis for
+        cross-entropy, the last axis for MSE and BCE, a single output for 1-D
+        outputs); column ``c`` holds the ``c``-th column of every term's square
+        root at once. For cross-entropy
+        :math:`S = \mathrm{diag}(\sqrt p) - p\sqrt p^\top` satisfies
+        :math:`S S^\top = \mathrm{diag}(p) - p p^\top` because :math:`\sum_c p_c =
+        1`; for MSE :math:`S = \sqrt 2 I`; for BCE
+        :math:`S = \mathrm{diag}(\sqrt{\sigma(1-\sigma)})`.
+
+        Args:
+            output: Detached model output ``(B, ...)``.
+
+        Returns:
+            ``(C, *output.shape)`` (not yet scaled by ``c``).
+        """
+        if self.kind == "cross_entropy":
+            p = torch.softmax(self._to_last(output), dim=-1)
+            sqrt_p = p.sqrt()
+            eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+            # column c: sqrt(p_c) (e_c - p), for every term at once
+            cols = sqrt_p.movedim(-1, 0).unsqueeze(-1) * (
+                eye.reshape(p.shape[-1], *([1] * (p.ndim - 1)), p.shape[-1]) - p
+            )
+            return self._from_last(cols, lead=1)
+        if self.kind == "mse":
+            diag = torch.full_like(output, 2.0**0.5)
+        else:
+            s = torch.sigmoid(output)
+            diag = (s * (1 - s)).sqrt()
+        if output.ndim == 1:
+            return diag.unsqueeze(0)
+        num = output.shape[-1]
+        eye = torch.eye(num, dtype=output.dtype, device=output.device)
+        return diag.unsqueeze(0) * eye.reshape(num, *([1] * (output.ndim - 1)), num)
+
     def gradient(self, output: Tensor, y: Tensor) -> Tensor:
         r"""Return :math:`\nabla_f \ell(f_n, y_n)` per sample, shaped like ``output``.
 

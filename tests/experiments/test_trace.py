@@ -89,5 +89,5 @@ def test_cli_error_bars_cover_the_truth_and_resume(tmp_path, run):
 def test_settings_conflict_names_the_setting(run):
     with pytest.raises(SettingsConflictError, match="samples_per_class"):
         run_stage(TraceStage(run, TraceSettings(samples_per_class=3), run.problem()))
-    with pytest.raises(ValueError, match="num_matvecs must lie in"):
+    with pytest.raises(ValueError, match="num_matvecs must be >= 3"):
         TraceStage(run, TraceSettings(num_matvecs=2), run.problem())

@@ -31,6 +31,7 @@ import numpy
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from curvlab._format import fmt
 from curvlab.experiments.exhaustive import exhaustive_stage, load_exhaustive
 from curvlab.experiments.overlap import load_overlap, overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
@@ -81,22 +82,6 @@ class Report:
     html: Path
     figures: list[Path]
     findings: dict[str, Any]
-
-
-def fmt(value: float | None) -> str:
-    """Format a number as the report prints it: 4 significant digits.
-
-    Args:
-        value: The number, or ``None``.
-
-    Returns:
-        ``"-"`` for ``None``, else ``f"{value:.4g}"``.
-
-    Example:
-        >>> fmt(3.14159), fmt(None), fmt(12345.6)
-        ('3.142', '-', '1.235e+04')
-    """
-    return "-" if value is None else f"{value:.4g}"
 
 
 def _percent(value: float | None) -> str:

@@ -185,7 +185,7 @@ def check(
         ColumnError: With the reason, if anything is wrong.
     """
     meta = read_meta(path)
-    for key in ("kind", "index", "seed", "plan_hash", "shape", "dtype"):
+    for key in ("kind", "index", "shape", "dtype", "seed", "plan_hash"):
         if meta.get(key) != expected[key]:
             what = {
                 "index": "duplicated or renamed",

@@ -57,7 +57,13 @@ from curvlab.store.cholqr import CholeskyQRInfo, apply_r_inverse, streamed_r
 from curvlab.store.layout import MeasurementStore
 from curvlab.store.layout import open as open_store
 
-__all__ = ["StoredEigenvectors", "StoredSketchedEigh", "load_result", "solve"]
+__all__ = [
+    "StoredEigenvectors",
+    "StoredSketchedEigh",
+    "load_result",
+    "outer_qr",
+    "solve",
+]
 
 
 # -------------------------------------------------------------- eigenvectors
@@ -298,6 +304,41 @@ def _reduce(client, fn, shared: tuple, args_list, advance):
     return total
 
 
+def _qr(store: MeasurementStore, client, blocks, progress: bool):
+    root, phash = str(store.path.resolve()), store.plan_hash
+    with progress_bar(len(blocks) * 2, "solve: QR", progress) as advance:
+
+        def gram_pass(factors):
+            args = [(root, phash, a, b) for a, b in blocks]
+            return _reduce(client, _gram_task, (factors,), args, advance)
+
+        return streamed_r(gram_pass, store.dim)
+
+
+def outer_qr(
+    store: MeasurementStore, *, client=None, block_rows: int | None = None
+) -> tuple[Tensor, CholeskyQRInfo]:
+    """The ``R`` factor of the stored outer sketch, as :func:`solve` computes it.
+
+    Args:
+        store: A store whose first ``k`` measurements are stored.
+        client: A ``distributed.Client`` or ``None``.
+        block_rows: Rows per block (default: the checksum chunk).
+
+    Returns:
+        ``R`` (``(k, k)`` float64, positive diagonal) with ``Y = Q R`` and the
+        diagnostics.
+    """
+    D = store.dim
+    step = block_rows or store.chunk_rows
+    blocks = [(a, min(a + step, D)) for a in range(0, D, step)]
+    factors, info = _qr(store, client, blocks, False)
+    R = factors[0]
+    for F in factors[1:]:
+        R = F @ R
+    return R, info
+
+
 def _check_store(store: MeasurementStore):
     status = store.status()
     problems = store.verify(checksums=False)
@@ -413,13 +454,7 @@ def solve(
     try:
         # 1. QR by CholeskyQR2 over row blocks
         t0 = time.perf_counter()
-        with progress_bar(len(blocks) * 2, "solve: QR", progress) as advance:
-
-            def gram_pass(factors):
-                args = [(root, phash, a, b) for a, b in blocks]
-                return _reduce(client, _gram_task, (factors,), args, advance)
-
-            factors, info = streamed_r(gram_pass, D)
+        factors, info = _qr(store, client, blocks, progress)
         stages["qr"] = (t0, time.perf_counter())
         # 2. the core problem, in memory
         t0 = time.perf_counter()

@@ -409,8 +409,9 @@ def solve(
             workers must see the store's folder); ``None``: this process.
         out: Folder of the result (default ``STORE/solve``); its eigenvector
             files are replaced.
-        block_rows: Rows per block, a multiple of the store's checksum chunk
-            (default: one chunk, 65,536 rows).
+        block_rows: Rows per block (default: one checksum chunk, 65,536 rows);
+            other than a multiple of the chunk, the chunks a block touches are
+            read whole (for their checksums).
         progress: Show progress bars.
 
     Returns:
@@ -419,8 +420,8 @@ def solve(
 
     Raises:
         ValueError: If the store is incomplete or a file fails its check (the
-            message names the files), ``block_rows`` is not a multiple of the
-            chunk, or the outer sketch is not finite.
+            message names the files), ``block_rows < 1``, or the outer sketch is
+            not finite.
 
     Example:
         >>> import tempfile
@@ -439,10 +440,8 @@ def solve(
     D, k, p = store.dim, plan.num_outer, store.num_probes
     chunk = store.chunk_rows
     block_rows = chunk if block_rows is None else int(block_rows)
-    if block_rows < 1 or (block_rows % chunk and block_rows < D):
-        raise ValueError(
-            f"block_rows must be a positive multiple of {chunk}. Got {block_rows}."
-        )
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be positive. Got {block_rows}.")
     blocks = [(a, min(a + block_rows, D)) for a in range(0, D, block_rows)]
     root, phash = str(store.path.resolve()), store.plan_hash
     out = store.path / "solve" if out is None else Path(out)

@@ -10,7 +10,8 @@ Nakatsukasa, Yanagisawa & Yamamoto 2014) brings it to :math:`O(u)` when
 ill-conditioned (:math:`\kappa(G) > 10^{-2}/u`), the first pass factors
 :math:`G + \sigma I` with :math:`\sigma = 11 (Dk + k(k+1))\, u\, \|G\|_2`
 (shifted CholeskyQR3, Fukaya, Kannan, Nakatsukasa, Yamamoto & Yanagisawa 2020)
-and two plain passes follow.
+and two plain passes follow (a later pass whose Cholesky fails is shifted too,
+and two plain passes follow it).
 
 :math:`Q` is never stored: :math:`R = R_p \cdots R_1` is kept as its factors
 and applied to any row block by triangular solves, so a block of :math:`Q` is
@@ -47,8 +48,8 @@ class CholeskyQRInfo(NamedTuple):
 
     Attributes:
         passes: Passes over the data (2, or 3 with a shift).
-        shifted: Whether the first pass was shifted.
-        shift: The shift :math:`\sigma` (0 when not shifted).
+        shifted: Whether a pass was shifted.
+        shift: The first pass's shift :math:`\sigma` (0 when not shifted).
         gram_condition: :math:`\kappa(G)` of the first pass's Gram matrix
             (``inf`` if it was not positive definite).
     """
@@ -76,7 +77,7 @@ def apply_r_inverse(X: Tensor, factors: Iterable[Tensor]) -> Tensor:
 
 
 def cholesky_step(
-    gram: Tensor, rows: int, *, allow_shift: bool
+    gram: Tensor, rows: int, *, allow_shift: bool, first: bool = True
 ) -> tuple[Tensor, float, float]:
     r"""Factor one pass's Gram matrix, shifting it when it is ill-conditioned.
 
@@ -84,6 +85,8 @@ def cholesky_step(
         gram: ``(k, k)`` float64 Gram matrix.
         rows: ``D``, the number of rows it sums over (for the shift).
         allow_shift: Shift instead of failing.
+        first: The first pass: shift also when Cholesky succeeds but
+            :math:`\kappa(G) > 10^{-2}/u` (later passes shift only if it fails).
 
     Returns:
         ``(R, shift, condition)``: upper triangular ``R`` with
@@ -99,7 +102,7 @@ def cholesky_step(
     top, low = float(values[-1]), float(values[0])
     condition = top / low if low > 0 else float("inf")
     L, info = torch.linalg.cholesky_ex(gram)
-    if int(info) == 0 and condition < 1e-2 / _EPS:
+    if int(info) == 0 and (condition < 1e-2 / _EPS or not first):
         return L.mT.contiguous(), 0.0, condition
     if not allow_shift:
         raise ValueError(
@@ -133,13 +136,23 @@ def streamed_r(
         The upper triangular factors (first pass first) and diagnostics.
     """
     factors: list[Tensor] = []
-    R, shift, condition = cholesky_step(gram_pass(factors), rows, allow_shift=True)
-    factors.append(R)
-    passes = 3 if shift > 0 else 2
-    for _ in range(passes - 1):
-        R, _, _ = cholesky_step(gram_pass(factors), rows, allow_shift=False)
+    shifted, shift, condition, plain = False, 0.0, 0.0, 0
+    while plain < 2:
+        if len(factors) == 6:
+            raise ValueError(
+                "CholeskyQR did not reach two unshifted passes in 6: the outer "
+                "sketch is too far from full column rank."
+            )
+        first = not factors
+        R, step_shift, step_condition = cholesky_step(
+            gram_pass(factors), rows, allow_shift=True, first=first
+        )
         factors.append(R)
-    return factors, CholeskyQRInfo(passes, shift > 0, shift, condition)
+        if first:
+            shift, condition = step_shift, step_condition
+        shifted = shifted or step_shift > 0
+        plain = 0 if step_shift > 0 else plain + 1
+    return factors, CholeskyQRInfo(len(factors), shifted, shift, condition)
 
 
 def _blocks(rows: int, block_rows: int):

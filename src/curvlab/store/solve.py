@@ -12,7 +12,7 @@ projections :math:`Z = \Phi^\top Y_{\mathrm{in}}` (``s x s``),
    :math:`C = (\Phi^\top Q)^+ Z ((\Psi^\top Q)^+)^\top`,
    :math:`\tfrac12(C + C^\top) = U \Lambda U^\top`, sorted by :math:`|\lambda|`
    (as :func:`curvlab.linalg.solve`).
-3. **Eigenvectors** (one more pass): :math:`W_b = Y_b R^{-1} U` written to disk
+3. **Eigenvectors** (one more pass): :math:`W_b = Y_b (R^{-1} U)` written to disk
    row block by row block; in the same pass the a-posteriori residuals
    :math:`\|(A\omega_j)_b - W_b \Lambda W^\top \omega_j\|^2` are summed, with
    :math:`W^\top\omega_j = U^\top R^{-\top} (Y^\top \omega_j)` from the stored
@@ -53,7 +53,12 @@ from curvlab.linalg.certificates import (
 from curvlab.linalg.sketch import SketchPlan, _by_magnitude, _lstsq
 from curvlab.store._format import ColumnError
 from curvlab.store._progress import progress_bar
-from curvlab.store.cholqr import CholeskyQRInfo, apply_r_inverse, streamed_r
+from curvlab.store.cholqr import (
+    CholeskyQRInfo,
+    apply_r_inverse,
+    r_inverse,
+    streamed_r,
+)
 from curvlab.store.layout import MeasurementStore
 from curvlab.store.layout import open as open_store
 
@@ -244,15 +249,15 @@ def _outer_rows(store: MeasurementStore, start: int, stop: int) -> Tensor:
     return torch.from_numpy(store.read_rows("sketch", range(k), start, stop))
 
 
-def _gram_task(factors, root, plan_hash, start, stop) -> Tensor:
-    X = apply_r_inverse(_outer_rows(_cached(root, plan_hash), start, stop), factors)
+def _gram_task(T, root, plan_hash, start, stop) -> Tensor:
+    X = apply_r_inverse(_outer_rows(_cached(root, plan_hash), start, stop), T)
     return X.mT @ X
 
 
-def _vectors_task(factors, U, target, root, plan_hash, start, stop, folder, block):
+def _vectors_task(M, target, root, plan_hash, start, stop, folder, block):
     """Write ``W_b = Y_b R^{-1} U`` and return the block's a-posteriori sums."""
     store = _cached(root, plan_hash)
-    W = apply_r_inverse(_outer_rows(store, start, stop), factors) @ U
+    W = apply_r_inverse(_outer_rows(store, start, stop), M)
     _save(Path(folder) / f"{block:07d}.npy", W.to(store.plan.torch_dtype).numpy())
     p = store.num_probes
     if p == 0:
@@ -279,7 +284,7 @@ def _save(path: Path, array: np.ndarray) -> None:
 def _reduce(client, fn, shared: tuple, args_list, advance):
     """Sum ``fn(*shared, *args)`` over ``args_list``, in process or on Dask.
 
-    On Dask the ``shared`` arguments (the ``k x k`` factors) are scattered to
+    On Dask the ``shared`` arguments (``k x k`` matrices) are scattered to
     every worker once, not sent with each task.
     """
     total = None
@@ -291,7 +296,7 @@ def _reduce(client, fn, shared: tuple, args_list, advance):
         return total
     from distributed import as_completed
 
-    shared = tuple(client.scatter(list(shared), broadcast=True)) if shared else ()
+    shared = tuple(client.scatter(list(shared), broadcast=True))
     futures = [client.submit(fn, *shared, *args, pure=False) for args in args_list]
     try:
         for future in as_completed(futures):
@@ -308,9 +313,9 @@ def _qr(store: MeasurementStore, client, blocks, progress: bool):
     root, phash = str(store.path.resolve()), store.plan_hash
     with progress_bar(len(blocks) * 2, "solve: QR", progress) as advance:
 
-        def gram_pass(factors):
+        def gram_pass(inverses):
             args = [(root, phash, a, b) for a, b in blocks]
-            return _reduce(client, _gram_task, (factors,), args, advance)
+            return _reduce(client, _gram_task, (inverses,), args, advance)
 
         return streamed_r(gram_pass, store.dim)
 
@@ -458,19 +463,21 @@ def solve(
         # 2. the core problem, in memory
         t0 = time.perf_counter()
         Z, PsiY, ProbeY = _projections(store)
-        PhiQ = apply_r_inverse(Z[:, :k], factors)
-        PsiQ = apply_r_inverse(PsiY, factors)
+        T = r_inverse(factors)
+        PhiQ = apply_r_inverse(Z[:, :k], T)
+        PsiQ = apply_r_inverse(PsiY, T)
         C = _lstsq(PsiQ, _lstsq(PhiQ, Z).mT).mT
         values, U = torch.linalg.eigh((C + C.mT) / 2)
         values, U = _by_magnitude(values, U)
         # W^T omega = U^T R^{-T} Y^T omega
-        target = values[:, None] * (apply_r_inverse(ProbeY, factors) @ U).mT
+        M = [*T[:-1], T[-1] @ U]  # W = Y T_1 ... T_p U
+        target = values[:, None] * apply_r_inverse(ProbeY, M).mT
         stages["core"] = (t0, time.perf_counter())
         # 3. eigenvectors to disk, a-posteriori sums
         t0 = time.perf_counter()
         args = [(root, phash, a, b, str(folder), n) for n, (a, b) in enumerate(blocks)]
         with progress_bar(len(blocks), "solve: eigenvectors", progress) as advance:
-            shared = (factors, U, target)
+            shared = (M, target)
             sums = _reduce(client, _vectors_task, shared, args, advance)
         stages["eigenvectors"] = (t0, time.perf_counter())
     except ColumnError as error:

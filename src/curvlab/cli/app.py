@@ -17,8 +17,10 @@ import typer
 from curvlab import __version__
 from curvlab.cli import check as check_command
 from curvlab.cli import exhaustive as exhaustive_command
+from curvlab.cli import measure as measure_command
 from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
+from curvlab.cli import solve as solve_command
 from curvlab.cli import spectrum as spectrum_command
 from curvlab.cli import trace as trace_command
 from curvlab.cli import train as train_command
@@ -321,6 +323,8 @@ app.command("exhaustive")(exhaustive_command.command)
 # options and help live in curvlab.cli.spectrum and curvlab.cli.plot
 app.command("spectrum")(spectrum_command.command)
 app.command("trace")(trace_command.command)
+app.command("measure")(measure_command.command)
+app.command("solve")(solve_command.command)
 app.add_typer(plot_command.app, name="plot")
 
 

@@ -8,18 +8,22 @@ from collections.abc import Callable, Iterator
 
 @contextlib.contextmanager
 def progress_bar(
-    total: int, description: str, enabled: bool
+    total: int, description: str, enabled: bool | Callable[[int], None]
 ) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; show a Rich bar on stderr when ``enabled``.
 
     Args:
         total: Steps in all.
         description: Text before the bar.
-        enabled: Show the bar (otherwise ``advance`` does nothing).
+        enabled: Show the bar (otherwise ``advance`` does nothing), or a
+            callable that receives ``n`` instead (a caller's own progress).
 
     Yields:
         A callable advancing the bar by ``n`` steps.
     """
+    if callable(enabled):
+        yield enabled
+        return
     if not enabled:
         yield lambda n=1: None
         return

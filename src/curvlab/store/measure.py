@@ -303,7 +303,8 @@ def measure(
         indices: Sketch indices in ``[0, s)`` to measure (default: all).
         block_size: Measurements per task (default: up to 16, and at least
             four tasks per worker thread when there are enough).
-        progress: Show a progress bar.
+        progress: Show a progress bar, or a callable ``advance(n)`` told of
+            every ``n`` measurements taken (the caller's own progress).
         probes: Also measure the a-posteriori probes (default: when ``indices``
             is ``None``).
         check: Verify the checksums of stored files first (reads them); with
@@ -349,7 +350,7 @@ def measure(
     blocks = [(k, b) for k in ("sketch", "probe") for b in _blocks(jobs[k], block_size)]
     measured: dict[str, list[int]] = {"sketch": [], "probe": []}
     failed: list[tuple[str, list[int], BaseException]] = []
-    with progress_bar(total, "measure", progress and total > 0) as advance:
+    with progress_bar(total, "measure", progress if total > 0 else False) as advance:
         if client is None:
             plugin = OperatorPlugin(make_operator, "local")
             for kind, block in blocks:

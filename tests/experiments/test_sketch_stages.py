@@ -1,6 +1,7 @@
 """Measure and solve as stages of a run; the overlap from the solved store."""
 
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -80,7 +81,8 @@ def test_distributed_overlap_equals_the_in_memory_sketch(run, tmp_path):
 
 def test_partial_indices_leave_the_step_unfinished_then_resume(run):
     first = _measure(run, indices=range(0, 7))
-    assert first.unfinished == (4,) and first.computed == ()
+    assert first.unfinished == (4,)
+    assert first.computed == ()
     assert not run.is_done(MEASURE_STAGE, 4)
     rest = _measure(run)
     assert rest.computed == (4,)
@@ -115,7 +117,8 @@ def test_cli_measure_solve_overlap_on_a_local_cluster(run):
         ],
     )
     assert measured.exit_code == 0, measured.output
-    assert run.is_done(MEASURE_STAGE, 4) and not run.is_done(MEASURE_STAGE, 0)
+    assert run.is_done(MEASURE_STAGE, 4)
+    assert not run.is_done(MEASURE_STAGE, 0)
     solved = runner.invoke(app, ["solve", "--run", str(run.path), "--step", "4"])
     assert solved.exit_code == 0, solved.output
     assert run.is_done(SOLVE_STAGE, 4)
@@ -124,3 +127,34 @@ def test_cli_measure_solve_overlap_on_a_local_cluster(run):
     assert both.exit_code == 0, both.output
     assert run.done_steps("overlap_train") == [0, 4]
     assert run.done_steps(SOLVE_STAGE) == [0, 4]
+
+
+@pytest.mark.slow
+def test_measure_on_fake_slurm_survives_a_cancelled_job(run, fake_slurm):
+    """Two SLURM jobs (sbatch faked on loopback); one is cancelled mid-measure."""
+    from curvlab.store.cluster import connect
+
+    settings = SketchSettings(**{**SKETCH, "num_inner": 40})
+    here = RunFolder.open(shutil.copytree(run.path, run.path.parent / "here"))
+    with connect("slurm", workers=2, walltime="00:20:00", cores=1) as client:
+        client.wait_for_workers(2, timeout=120)
+        jobs = [job.job_id for job in client.cluster.workers.values()]
+        cancelled = []
+
+        def on_progress(event):
+            if event.kind == "measurement" and event.index > 0 and not cancelled:
+                subprocess.run(["scancel", jobs[0]], check=True)
+                cancelled.append(event.index)
+
+        stage = MeasureStage(run, settings, 650, client=client, block_size=2)
+        result = run_stage(stage, [4], on_progress=on_progress)
+    assert cancelled
+    assert result.computed == (4,)
+    store = result.results[4].store
+    assert store.verify() == []
+    assert store.status().missing == []
+    # every column equals the one measured in this process (same plan and seed)
+    mine = run_stage(MeasureStage(here, settings, 650), [4]).results[4].store
+    torch.testing.assert_close(
+        store.read("sketch"), mine.read("sketch"), rtol=0, atol=0
+    )

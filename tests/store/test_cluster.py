@@ -1,9 +1,6 @@
 """Dask clusters for measurements: SLURM job scripts, and SLURM faked on loopback."""
 
-import os
-import stat
 import subprocess
-import textwrap
 import time
 
 import dask
@@ -59,33 +56,6 @@ def test_bad_slurm_options(options, message):
         slurm_cluster(**options)
 
 
-@pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    """sbatch runs the job script in the background here; scancel kills it."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    scripts = {
-        "sbatch": f"""\
-            #!/usr/bin/env bash
-            job="{tmp_path}/job_$RANDOM"
-            cp "$1" "$job.sh"  # the caller deletes its script when we return
-            setsid bash "$job.sh" > "$job.log" 2>&1 < /dev/null &
-            echo "Submitted batch job $!"
-            """,
-        "scancel": """\
-            #!/usr/bin/env bash
-            for job in "$@"; do kill -TERM -- "-$job" 2>/dev/null || kill "$job"; done
-            """,
-    }
-    for name, text in scripts.items():
-        path = bin_dir / name
-        path.write_text(textwrap.dedent(text))
-        path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    with dask.config.set(LOOPBACK):
-        yield bin_dir
-
-
 def _alive(job_id: str) -> bool:
     return subprocess.run(["kill", "-0", job_id], capture_output=True).returncode == 0
 
@@ -95,7 +65,8 @@ def test_fake_slurm_jobs_run_workers_and_a_cancelled_job_stops(fake_slurm):
     with connect("slurm", workers=2, walltime="00:20:00", cores=1) as client:
         client.wait_for_workers(2, timeout=120)
         jobs = [job.job_id for job in client.cluster.workers.values()]
-        assert len(jobs) == 2 and all(_alive(job) for job in jobs)
+        assert len(jobs) == 2
+        assert all(_alive(job) for job in jobs)
         assert client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
         subprocess.run(["scancel", jobs[0]], check=True)
         client.wait_for_workers(1, timeout=60)

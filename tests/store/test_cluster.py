@@ -1,0 +1,49 @@
+"""The SLURM cluster helper: the lines of its job script (no job is submitted)."""
+
+import pytest
+
+from curvlab.store.cluster import _minutes, slurm_cluster
+
+pytest.importorskip("dask_jobqueue")
+
+
+def test_job_script_has_gpus_walltime_and_lifetime():
+    cluster = slurm_cluster(
+        gpus_per_job=4,
+        cores=16,
+        memory="64GB",
+        walltime="04:00:00",
+        queue="gpu",
+        account="lab",
+        scheduler_options={"host": "127.0.0.1"},
+    )
+    try:
+        lines = cluster.job_script().splitlines()
+    finally:
+        cluster.close()
+    assert "#SBATCH --gres=gpu:4" in lines
+    assert "#SBATCH -t 04:00:00" in lines
+    assert "#SBATCH -p gpu" in lines
+    assert "#SBATCH -A lab" in lines
+    assert "#SBATCH --cpus-per-task=16" in lines
+    command = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    assert "--nworkers 4" in command
+    assert "--resources GPU=1" in command
+    assert "--lifetime 230m" in command
+    assert "--lifetime-stagger 5m" in command
+
+
+def test_cpu_job_and_walltime_parsing():
+    cluster = slurm_cluster(
+        walltime="1-00:30:00", scheduler_options={"host": "127.0.0.1"}
+    )
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "--gres" not in script
+    assert "GPU=1" not in script
+    assert "--lifetime 1460m" in script
+    assert _minutes("00:20:30") == 21
+    with pytest.raises(ValueError, match="gpus_per_job"):
+        slurm_cluster(gpus_per_job=-1)

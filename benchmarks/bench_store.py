@@ -205,10 +205,9 @@ def main(argv=None) -> int:
     k, s, p = args.outer, args.inner, args.probes
     in_ram = args.in_ram if args.in_ram is not None else D <= 200_000
     root = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.dir))
-    torch.set_num_threads(args.threads)
     print(
         f"# bench_store: D={D:,} k={k} s={s} probes={p} float32 store, "
-        f"torch threads {args.threads}"
+        f"torch threads {args.threads} for the solve"
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, "
@@ -236,6 +235,7 @@ def _run(root, D, k, s, p, in_ram, args) -> int:
     )
 
     first, second = range(0, s, 2), range(1, s, 2)  # the same mix of columns
+    torch.set_num_threads(1)  # as each Dask worker: 1 process, 1 thread
     _, t1 = timed(
         cl.store.measure, store, maker, indices=first, probes=True, progress=False
     )
@@ -248,7 +248,7 @@ def _run(root, D, k, s, p, in_ram, args) -> int:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # loopback only
         local_directory=str(scratch),
     )
     client = distributed.Client(cluster)
@@ -270,6 +270,7 @@ def _run(root, D, k, s, p, in_ram, args) -> int:
     print(f"measure, 2 workers: {n2} columns in {t2:.1f} s = {rate2[0]:.1f} col/s")
     assert store.status().complete
 
+    torch.set_num_threads(args.threads)
     block_rows = store.chunk_rows
     t_read = read_pass(store, block_rows)
     read_rate = D * k * itemsize / 1e6 / t_read

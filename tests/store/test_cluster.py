@@ -6,6 +6,8 @@ from curvlab.store.cluster import _minutes, slurm_cluster
 
 pytest.importorskip("dask_jobqueue")
 
+LOOPBACK = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+
 
 def test_job_script_has_gpus_walltime_and_lifetime():
     cluster = slurm_cluster(
@@ -15,7 +17,7 @@ def test_job_script_has_gpus_walltime_and_lifetime():
         walltime="04:00:00",
         queue="gpu",
         account="lab",
-        scheduler_options={"host": "127.0.0.1"},
+        scheduler_options=LOOPBACK,
     )
     try:
         lines = cluster.job_script().splitlines()
@@ -34,9 +36,7 @@ def test_job_script_has_gpus_walltime_and_lifetime():
 
 
 def test_cpu_job_and_walltime_parsing():
-    cluster = slurm_cluster(
-        walltime="1-00:30:00", scheduler_options={"host": "127.0.0.1"}
-    )
+    cluster = slurm_cluster(walltime="1-00:30:00", scheduler_options=LOOPBACK)
     try:
         script = cluster.job_script()
     finally:

@@ -33,7 +33,7 @@ def client():
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # loopback only
             local_directory=str(scratch),
             worker_class=distributed.Nanny,
         )

@@ -183,16 +183,19 @@ spec.loader.exec_module(fmt)
 from pathlib import Path
 folder, rows, repeat = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 indices = [int(i) for i in sys.argv[5].split(",")]
+(folder / f".started-{sys.argv[6]}").touch()
 for _ in range(repeat):
     for i in indices:
         data = (np.arange(rows, dtype=np.float32) + i) * (i + 1)
         meta = {"plan_hash": "h", "seed": 0, "kind": "sketch", "index": i}
-        fmt.write(folder / f"{i:07d}.npy", data, {"phi": np.full(3, i)}, meta)
+        path = folder / f"{i:07d}.npy"
+        fmt.write(path, data, {"phi": np.full(3, i)}, meta, fsync=sys.argv[7] == "1")
 """
 
 
-def _writer(folder, rows, repeat, indices):
-    return subprocess.Popen(
+def _writer(folder, rows, repeat, indices, name="w", fsync=False):
+    """A numpy-only writer process; waits until it has started writing."""
+    writer = subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -202,8 +205,15 @@ def _writer(folder, rows, repeat, indices):
             str(rows),
             str(repeat),
             ",".join(map(str, indices)),
+            name,
+            "1" if fsync else "0",
         ]
     )
+    started = folder / f".started-{name}"
+    while not started.exists() and writer.poll() is None:
+        time.sleep(0.01)
+    started.unlink(missing_ok=True)
+    return writer
 
 
 def _check_folder(folder, rows):
@@ -230,12 +240,13 @@ def test_sigkill_inside_writes_leaves_no_wrong_column(tmp_dir):
     rows, indices, kills = 1 << 21, list(range(6)), 12  # 8 MiB per column
     rng = random.Random(0)
     for _ in range(kills):
-        writer = _writer(tmp_dir, rows, 1000, indices)
-        time.sleep(0.25 + rng.random() * 0.3)
+        # fsync makes each write last long enough for most kills to land inside
+        writer = _writer(tmp_dir, rows, 1000, indices, fsync=True)
+        time.sleep(rng.random() * 0.3)
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait()
         _check_folder(tmp_dir, rows)
-    torn = list(tmp_dir.glob(".*.tmp"))
+    torn = list(tmp_dir.glob(".0*.tmp"))
     assert torn, "no kill landed inside a write"
     # resume: the same writer finishes every column
     assert _writer(tmp_dir, rows, 1, indices).wait() == 0
@@ -244,7 +255,7 @@ def test_sigkill_inside_writes_leaves_no_wrong_column(tmp_dir):
 
 def test_duplicate_concurrent_writes_of_one_column(tmp_dir):
     rows = 1 << 18
-    writers = [_writer(tmp_dir, rows, 40, [3]) for _ in range(2)]
+    writers = [_writer(tmp_dir, rows, 40, [3], name) for name in ("a", "b")]
     while any(w.poll() is None for w in writers):
         assert _check_folder(tmp_dir, rows) in ([], [3])
     assert [w.returncode for w in writers] == [0, 0]

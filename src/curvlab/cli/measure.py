@@ -61,10 +61,10 @@ def command(
         dtype,
     )
     slurm = {
-        "gpus": slurm_gpus,
+        "gpus_per_job": slurm_gpus,
         "walltime": slurm_walltime,
         "cores": slurm_cores,
-        "lifetime": slurm_lifetime,
+        "worker_lifetime": slurm_lifetime,
         "memory": slurm_memory,
     }
     try:

@@ -197,10 +197,11 @@ class StepHessian:
 
 
 def _worker_number() -> int | None:
+    """The number of this Dask worker (``3``, or ``SLURMCluster-0-3``), if any."""
     try:
         from distributed import get_worker
 
-        return int(get_worker().name)
+        return int(str(get_worker().name).rsplit("-", 1)[-1])
     except (ImportError, ValueError, TypeError):
         return None
 

@@ -5,10 +5,12 @@ atomic files (:func:`create`, :func:`open`, :class:`MeasurementStore`), in this
 process or on a Dask cluster (:func:`measure`), and solved by streaming row
 blocks (:func:`solve`), with eigenvectors written to disk
 (:class:`StoredEigenvectors`) and mask overlaps computed block by block
-(:func:`mask_overlap`, :func:`overlap_curve`).
+(:func:`mask_overlap`, :func:`overlap_curve`). :func:`slurm_cluster` builds a
+Dask cluster on SLURM (extra ``cluster``).
 """
 
 from curvlab.store.cholqr import CholeskyQRInfo, cholesky_qr2
+from curvlab.store.cluster import slurm_cluster
 from curvlab.store.layout import MeasurementStore, Problem, StoreStatus, create, open
 from curvlab.store.measure import MeasurementError, MeasureResult, measure
 from curvlab.store.overlap import mask_overlap, overlap_curve
@@ -35,5 +37,6 @@ __all__ = [
     "measure",
     "open",
     "overlap_curve",
+    "slurm_cluster",
     "solve",
 ]

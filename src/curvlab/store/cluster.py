@@ -3,117 +3,103 @@
 :func:`connect` gives a ``distributed.Client`` for one of three places:
 
 - ``"local"``: a ``LocalCluster`` of ``workers`` processes with one thread each
-  (Hessian products use the process's own BLAS threads; several threads in one
-  process would contend for them), each offering one ``GPU`` resource when this
-  machine has CUDA devices (one worker per device);
+  (Hessian products use the process's own BLAS threads), each offering one
+  ``GPU`` resource when this machine has CUDA devices (one worker per device);
 - an address such as ``"tcp://10.0.0.5:8786"``: a running scheduler (started
   with ``dask scheduler`` and ``dask worker`` by hand or by a cluster manager);
-- ``"slurm"``: ``dask_jobqueue.SLURMCluster`` (the ``cluster`` extra), one
-  worker per job, scaled to ``workers`` jobs: :func:`slurm_cluster` documents
-  its options (GPUs per job, walltime, worker lifetime).
-
-Measurement tasks are idempotent (a store skips what it holds), so workers may
-come and go: a job that reaches its walltime or is cancelled loses only the
-block it was measuring, which another worker takes again. ``--lifetime`` makes
-a worker retire gracefully (its tasks move) before SLURM kills its job.
+- ``"slurm"``: :func:`slurm_cluster` (``dask-jobqueue``, extra ``cluster``),
+  scaled to ``workers`` jobs. Each SLURM job runs ``processes`` Dask workers
+  (one per GPU when there are GPUs, each offering the resource ``GPU=1``, which
+  :func:`~curvlab.store.measure` then asks for). Workers retire before the
+  job's walltime runs out (``worker_lifetime``, staggered), so that no task is
+  cut off by SLURM; their unfinished blocks are measured again elsewhere (tasks
+  are idempotent).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["SCHEDULERS", "connect", "slurm_cluster"]
+__all__ = ["connect", "slurm_cluster"]
 
-#: The kinds of scheduler :func:`connect` knows besides an address.
-SCHEDULERS = ("local", "slurm")
+
+def _minutes(walltime: str) -> int:
+    parts = [int(p) for p in walltime.replace("-", ":").split(":")]
+    days = parts.pop(0) if "-" in walltime else 0
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return days * 1440 + hours * 60 + minutes + (seconds > 0)
 
 
 def slurm_cluster(
     *,
+    gpus_per_job: int = 0,
     cores: int = 4,
     memory: str = "16GB",
-    gpus: int = 0,
     walltime: str = "02:00:00",
-    lifetime: str | None = None,
+    worker_lifetime: str | None = None,
     queue: str | None = None,
     account: str | None = None,
-    python: str | None = None,
-    job_extra: tuple[str, ...] = (),
-    **options: Any,
+    job_extra_directives: list[str] | None = None,
+    **kwargs,
 ):
-    """A ``dask_jobqueue.SLURMCluster`` with one Dask worker per job.
+    """Build a ``dask_jobqueue.SLURMCluster`` for measuring a store.
+
+    Scale it with ``cluster.scale(jobs=n)`` and pass ``Client(cluster)`` to
+    :func:`~curvlab.store.measure`.
 
     Args:
-        cores: CPU cores per job (``--cpus-per-task``); the worker uses one
-            thread and gives the others to PyTorch.
-        memory: Memory per job (``--mem``).
-        gpus: GPUs per job (``--gres=gpu:N``); the worker then offers
-            ``GPU=N`` resources and measurement tasks ask for one.
-        walltime: Job time limit (``-t``), ``HH:MM:SS``.
-        lifetime: Let each worker retire after this long (Dask's ``--lifetime``,
-            e.g. ``"1h50m"``), before the walltime, so its tasks move to other
-            workers instead of being killed; default: 10 minutes before the
-            walltime.
-        queue: Partition (``-p``).
-        account: Account (``-A``).
-        python: Python on the compute nodes (default: this interpreter).
-        job_extra: More ``#SBATCH`` directives, e.g. ``("--constraint=a100",)``.
-        **options: Passed on to ``SLURMCluster``.
+        gpus_per_job: GPUs per job (``--gres=gpu:N``); one worker process per
+            GPU, each with the resource ``GPU=1``. 0: one worker on CPUs.
+        cores: CPU cores per job.
+        memory: Memory per job (e.g. ``"32GB"``).
+        walltime: SLURM walltime ``[D-]HH:MM:SS``.
+        worker_lifetime: How long a worker runs before it retires (e.g.
+            ``"110m"``); default: the walltime minus 10 minutes (at least 5).
+            Workers are staggered by up to 5 minutes.
+        queue: SLURM partition.
+        account: SLURM account.
+        job_extra_directives: More ``#SBATCH`` options.
+        **kwargs: Passed on to ``SLURMCluster``.
 
     Returns:
-        The cluster (no job is submitted before it is scaled).
+        The cluster (no job submitted yet).
 
     Raises:
-        ImportError: If ``dask-jobqueue`` is not installed (extra ``cluster``).
-        ValueError: If ``walltime`` is not ``HH:MM:SS`` or a count is negative.
-
-    Example:
-        >>> cluster = slurm_cluster(gpus=1, walltime="01:00:00")  # doctest: +SKIP
-        >>> print(cluster.job_script())  # doctest: +SKIP
+        ImportError: If ``dask-jobqueue`` is not installed.
+        ValueError: If ``gpus_per_job`` is negative.
     """
     try:
         from dask_jobqueue import SLURMCluster
-    except ImportError as error:  # pragma: no cover - the extra is installed in CI
+    except ImportError as error:  # pragma: no cover - depends on the install
         raise ImportError(
-            "SLURM needs dask-jobqueue: pip install 'curvlab[cluster]'."
+            "slurm_cluster needs dask-jobqueue: pip install 'curvlab[cluster]'."
         ) from error
-    if cores < 1 or gpus < 0:
-        raise ValueError(f"cores must be >= 1 and gpus >= 0. Got {cores}, {gpus}.")
-    parts = walltime.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"walltime must be HH:MM:SS. Got {walltime!r}.")
-    if lifetime is None:
-        hours, minutes, seconds = (int(p) for p in parts)
-        total = max(hours * 3600 + minutes * 60 + seconds - 600, 60)
-        lifetime = f"{total}s"
-    worker_args = ["--lifetime", lifetime, "--lifetime-stagger", "2m"]
-    if gpus:
-        worker_args += ["--resources", f"GPU={gpus}"]
-    directives = list(job_extra) + ([f"--gres=gpu:{gpus}"] if gpus else [])
+    if gpus_per_job < 0:
+        raise ValueError(f"gpus_per_job must be at least 0. Got {gpus_per_job}.")
+    if worker_lifetime is None:
+        worker_lifetime = f"{max(5, _minutes(walltime) - 10)}m"
+    directives = list(job_extra_directives or [])
+    worker_args = ["--lifetime", worker_lifetime, "--lifetime-stagger", "5m"]
+    if gpus_per_job:
+        directives.append(f"--gres=gpu:{gpus_per_job}")
+        worker_args += ["--resources", "GPU=1"]
     return SLURMCluster(
-        cores=1,
-        processes=1,
+        cores=cores,
+        processes=max(1, gpus_per_job),
         memory=memory,
         walltime=walltime,
         queue=queue,
         account=account,
-        python=python or os.environ.get("CURVLAB_SLURM_PYTHON") or _python(),
-        job_cpu=cores,
         job_extra_directives=directives,
         worker_extra_args=worker_args,
-        **options,
+        **kwargs,
     )
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 @contextlib.contextmanager

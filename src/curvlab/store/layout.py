@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -165,6 +166,7 @@ class MeasurementStore:
         self.plan_hash = manifest["plan_hash"]
         self.dim = int(manifest["D"])
         self.chunk_rows = int(manifest["chunk_rows"])
+        self._metas: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         p = self.plan
@@ -301,12 +303,42 @@ class MeasurementStore:
             ColumnError: If the file is bad.
         """
         path = self.file(kind, index)
-        meta = _format.check(path, self.expected(kind, index), checksums=False)
-        return _format.read_aux(path, meta)
+        return _format.read_aux(path, self.meta(kind, index))
 
-    def read_rows(
-        self, kind: str, indices, start: int, stop: int, *, metas=None
-    ) -> np.ndarray:
+    def meta(self, kind: str, index: int) -> dict[str, Any]:
+        """The checked record of a measurement file (cached while it is unchanged).
+
+        The record is checked once (structure and identity, :func:`_format.check`
+        without checksums) and cached under the file's inode, size and mtime, so
+        reading many row blocks costs one ``stat`` per file and block.
+
+        Args:
+            kind: ``"sketch"`` or ``"probe"``.
+            index: The index.
+
+        Returns:
+            The record.
+
+        Raises:
+            ColumnError: If the file is bad or missing (message names it).
+        """
+        path = self.file(kind, index)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as error:
+            raise ColumnError(f"{path}: missing") from error
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._metas.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            meta = _format.check(path, self.expected(kind, index), checksums=False)
+        except ColumnError as error:
+            raise ColumnError(f"{path}: {error}") from error
+        self._metas[path] = (key, meta)
+        return meta
+
+    def read_rows(self, kind: str, indices, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of measurements ``indices``, CRC-checked.
 
         Args:
@@ -314,7 +346,6 @@ class MeasurementStore:
             indices: Measurement indices.
             start: First row.
             stop: One past the last row.
-            metas: Their records, if already read.
 
         Returns:
             ``(stop - start, len(indices))`` in the stored dtype.
@@ -325,13 +356,9 @@ class MeasurementStore:
         indices = list(indices)
         out = np.empty((stop - start, len(indices)), dtype=self.np_dtype)
         for j, index in enumerate(indices):
+            meta = self.meta(kind, index)
             path = self.file(kind, index)
             try:
-                meta = metas[j] if metas is not None else None
-                if meta is None:
-                    meta = _format.check(
-                        path, self.expected(kind, index), checksums=False
-                    )
                 out[:, j] = _format.read_rows(path, meta, start, stop)
             except (ColumnError, FileNotFoundError) as error:
                 raise ColumnError(f"{path}: {error}") from error

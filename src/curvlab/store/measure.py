@@ -75,6 +75,28 @@ def _is_done(store: MeasurementStore, kind: str, index: int) -> bool:
     return True
 
 
+#: Keep the dense probes in memory per process up to this size (bytes).
+PROBE_CACHE_BYTES = 1 << 29
+_PROBES: dict[str, torch.Tensor] = {}
+
+
+def _probe_transpose_matmul(store: MeasurementStore, Y: torch.Tensor) -> torch.Tensor:
+    r""":math:`\Omega_p^\top Y`; the probes are cached per process when small.
+
+    Drawing the ``p`` Gaussian columns costs ``p`` long random streams per
+    task; below :data:`PROBE_CACHE_BYTES` (``D p`` entries of ``Y``'s dtype)
+    they are drawn once per process and reused (the same probes either way).
+    """
+    p = store.num_probes
+    if store.dim * p * Y.dtype.itemsize > PROBE_CACHE_BYTES:
+        return store.probe_matrix().transpose_matmul(Y)[:p]
+    key = f"{store.plan_hash}-{Y.dtype}-{Y.device}"
+    if key not in _PROBES:
+        _PROBES.clear()
+        _PROBES[key] = store.probe_matrix().to_dense()[:, :p].to(Y)
+    return _PROBES[key].mT @ Y
+
+
 def _projections(store: MeasurementStore, kind: str, indices, Y: torch.Tensor):
     """Per column: the float64 projections the solve needs (module docstring)."""
     plan = store.plan
@@ -88,8 +110,8 @@ def _projections(store: MeasurementStore, kind: str, indices, Y: torch.Tensor):
         Yk = Y[:, outer]
         psi = plan.right.transpose_matmul(Yk).to(torch.float64).cpu().numpy()
         if store.num_probes:
-            probe = store.probe_matrix().transpose_matmul(Yk)
-            probe = probe[: store.num_probes].to(torch.float64).cpu().numpy()
+            probe = _probe_transpose_matmul(store, Yk).to(torch.float64)
+            probe = probe.cpu().numpy()
     for j in range(len(indices)):
         out[j]["phi"] = phi[:, j]
     for at, j in enumerate(outer):
@@ -249,7 +271,17 @@ def _describe(indices: list[int]) -> str:
     return ", ".join(runs)
 
 
-def _failure(failed: list[tuple[str, list[int], BaseException]]) -> MeasurementError:
+def _failure(
+    failed: list[tuple[str, list[int], BaseException]], missing: dict[str, set[int]]
+) -> MeasurementError | None:
+    """One error naming the failed measurements still missing (``None``: none)."""
+    failed = [
+        (kind, [i for i in block if i in missing[kind]], error)
+        for kind, block, error in failed
+    ]
+    failed = [f for f in failed if f[1]]
+    if not failed:
+        return None
     parts = []
     for kind in ("sketch", "probe"):
         idx = sorted(i for k, block, _ in failed if k == kind for i in block)
@@ -314,8 +346,10 @@ def measure(
         What was measured and what is still missing.
 
     Raises:
-        MeasurementError: If tasks failed or killed their workers (names the
-            indices; the other measurements are kept).
+        MeasurementError: If tasks failed or killed their workers and left
+            measurements missing (names those indices; the other measurements
+            are kept). A task Dask gave up on whose columns were stored anyway
+            (its worker died after committing them) is no error.
         ValueError: If an index is out of range.
         TypeError: If ``block_size`` is not an int.
     """
@@ -361,8 +395,10 @@ def measure(
                 client, store, make_operator, blocks, measured, failed, advance
             )
     status = store.status()
-    if failed:
-        raise _failure(failed)
+    missing = {"sketch": set(status.missing), "probe": set(status.probes_missing)}
+    error = _failure(failed, missing) if failed else None
+    if error is not None:
+        raise error
     return MeasureResult(
         measured=sorted(measured["sketch"]),
         probes_measured=sorted(measured["probe"]),

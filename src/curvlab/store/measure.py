@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -408,12 +409,29 @@ def measure(
     )
 
 
+def _register(client, plugin, name: str, attempts: int = 3) -> None:
+    """Register the plugin, again if a worker dies during the broadcast.
+
+    The scheduler keeps the plugin for workers that join later (a restarted
+    one gets it too); a worker that is killed while the plugin is sent to it
+    breaks the broadcast with a ``CommClosedError`` (an ``OSError``).
+    """
+    for attempt in range(attempts):
+        try:
+            client.register_plugin(plugin, name=name)
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
 def _run_on_dask(client, store, make_operator, blocks, measured, failed, advance):
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:12]
     name = f"curvlab-store-measure-{token}"
-    client.register_plugin(OperatorPlugin(make_operator, name), name=name)
+    _register(client, OperatorPlugin(make_operator, name), name)
     try:
         resources = _gpu_resources(client)
         futures, where = [], {}

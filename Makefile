@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-ci.txt
-	$(PIP) install -q -c requirements-ci.txt -e ".[test]"
+	$(PIP) install -q -c requirements-ci.txt -e ".[test,cluster]"
 	# Peers for cross-checks and benchmarks. The constraint keeps pip on the pinned torch
 	# (backpack pulls torchvision, which would otherwise bring a multi-GB CUDA torch).
 	$(PIP) install -q -c requirements-ci.txt -e ".[peers]" || echo "peers not installed: their cross-checks will skip"

@@ -185,3 +185,41 @@ def pytest_collection_modifyitems(config, items):
         parts = path.relative_to(root).parts
         if parts and parts[0] in ONE_THREAD_FOLDERS:
             item.fixturenames.insert(0, "one_thread")
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """SLURM faked on loopback: ``sbatch`` runs a job script here, ``scancel`` kills.
+
+    The Dask scheduler of a ``SLURMCluster`` listens on 127.0.0.1 only, so the
+    workers the job scripts start talk to it over loopback.
+    """
+    import os
+    import stat
+    import textwrap
+
+    import dask
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "sbatch": f"""\
+            #!/usr/bin/env bash
+            job="{tmp_path}/job_$RANDOM"
+            cp "$1" "$job.sh"  # the caller deletes its script when we return
+            setsid bash "$job.sh" > "$job.log" 2>&1 < /dev/null &
+            echo "Submitted batch job $!"
+            """,
+        "scancel": """\
+            #!/usr/bin/env bash
+            for job in "$@"; do kill -TERM -- "-$job" 2>/dev/null || kill "$job"; done
+            """,
+    }
+    for name, text in scripts.items():
+        path = bin_dir / name
+        path.write_text(textwrap.dedent(text))
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    loopback = {"jobqueue.slurm.scheduler-options": {"host": "127.0.0.1"}}
+    with dask.config.set(loopback):
+        yield bin_dir

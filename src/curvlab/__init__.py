@@ -3,8 +3,9 @@
 Hessian, GGN and Fisher operators over whole data sets (:mod:`curvlab.operators`),
 the spectral algorithms that run on them (:mod:`curvlab.linalg`), backpropagated
 Hessian diagonals (:mod:`curvlab.diagonal`) and the optimizers built on them
-(:mod:`curvlab.optim`), subspace metrics (:mod:`curvlab.subspace`), and the ready
-problems to measure on (:mod:`curvlab.problems`).
+(:mod:`curvlab.optim`), subspace metrics (:mod:`curvlab.subspace`), the
+measurement store for sketches beyond one machine (:mod:`curvlab.store`), and the
+ready problems to measure on (:mod:`curvlab.problems`).
 """
 
 from curvlab.operators import (
@@ -21,7 +22,15 @@ from curvlab.operators import (
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("diagonal", "linalg", "operators", "optim", "problems", "subspace")
+_SUBMODULES = (
+    "diagonal",
+    "linalg",
+    "operators",
+    "optim",
+    "problems",
+    "store",
+    "subspace",
+)
 
 
 def __getattr__(name: str):
@@ -49,5 +58,6 @@ __all__ = [
     "operators",
     "optim",
     "problems",
+    "store",
     "subspace",
 ]

@@ -379,18 +379,20 @@ def run_stage_command(
     threads: int | None,
     step_line: Callable[[int, dict[str, Any]], str] = summary_line,
     render: Callable[[Any, Any], str] | None = None,
+    build: bool = True,
     console: Console | None = None,
     error_console: Console | None = None,
 ) -> int:
     """Open a run folder, run one stage on it and print its results.
 
     The body of every per-step stage command (``name`` is the progress bar's
-    first description): check the folder, device and
-    threads, build the run's problem on the device, build the stage with
-    ``make_stage(folder, problem)`` (which resolves its settings once), run it
-    with :func:`~curvlab.runs.stage.run_stage` under :func:`run_steps` (progress
-    bar, Ctrl-C, exit codes), say when nothing was left to do, then print what
-    ``render(folder, result)`` returns (after drawing its tables or figures).
+    first description): check the folder, device and threads, build the run's
+    problem on the device (``problem`` is ``None`` when ``build`` is false),
+    build the stage with ``make_stage(folder, problem)`` (which resolves its
+    settings once), run it with :func:`~curvlab.runs.stage.run_stage` under
+    :func:`run_steps` (progress bar, Ctrl-C, exit codes), say when nothing was
+    left to do, then print what ``render(folder, result)`` returns (after
+    drawing its tables or figures).
 
     Returns:
         The exit code of :func:`run_steps` (0 on success).
@@ -416,7 +418,7 @@ def run_stage_command(
     )
 
     def call(on_progress: Callable[[Any], None]) -> Any:
-        problem = folder.problem(device=resolved, data_dir=data_dir)
+        problem = folder.problem(device=resolved, data_dir=data_dir) if build else None
         stage = make_stage(folder, problem)
         return run_stage(
             stage,

@@ -20,8 +20,10 @@ from curvlab.cli import exhaustive as exhaustive_command
 from curvlab.cli import grassmann as grassmann_command
 from curvlab.cli import hesscale_cost as hesscale_cost_command
 from curvlab.cli import hesscale_quality as hesscale_quality_command
+from curvlab.cli import measure as measure_command
 from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
+from curvlab.cli import solve as solve_command
 from curvlab.cli import spectrum as spectrum_command
 from curvlab.cli import trace as trace_command
 from curvlab.cli import train as train_command
@@ -69,6 +71,8 @@ app.command("overlap")(overlap_command.command)
 app.command("exhaustive")(exhaustive_command.command)
 app.command("spectrum")(spectrum_command.command)
 app.command("trace")(trace_command.command)
+app.command("measure")(measure_command.command)
+app.command("solve")(solve_command.command)
 app.add_typer(plot_command.app, name="plot")
 
 

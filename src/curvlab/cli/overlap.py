@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from curvlab.cli import _cluster as cluster
 from curvlab.cli._common import (
     DataDirOption,
     DeviceOption,
@@ -247,6 +248,21 @@ def command(
     device: DeviceOption = "cpu",
     data_dir: DataDirOption = None,
     threads: ThreadsOption = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Measure each step's sketch into RUN_DIR/sketch/ (on Dask with "
+            "--scheduler), solve it out of core, then take the overlap from it.",
+        ),
+    ] = False,
+    scheduler: cluster.SchedulerOption = None,
+    workers: cluster.WorkersOption = 2,
+    slurm_gpus: cluster.GpusOption = 0,
+    slurm_walltime: cluster.WalltimeOption = "02:00:00",
+    slurm_lifetime: cluster.LifetimeOption = None,
+    slurm_cores: cluster.JobCoresOption = 4,
+    slurm_memory: cluster.JobMemoryOption = "16GB",
 ) -> None:
     """Overlap of magnitude masks with the top Hessian eigenspace over training.
 
@@ -257,6 +273,8 @@ def command(
     best mask, random masks and chance k/D. Stored in RUN_DIR/overlap_<split>/;
     rerunning skips finished steps.
     """
+    if distributed:
+        method = method or "distributed"
     settings = OverlapSettings(
         split=split,
         method=method,
@@ -270,15 +288,63 @@ def command(
         dtype=dtype,
         max_exact_dim=max_exact_dim,
     )
-    raise typer.Exit(
-        main(
-            run=run,
-            steps=steps,
-            settings=settings,
-            force=force,
-            device=device,
-            data_dir=data_dir,
-            threads=threads,
-            max_cols=max_cols,
+    options = {"force": force, "device": device, "data_dir": data_dir}
+    options |= {"threads": threads}
+    if not distributed:
+        raise typer.Exit(
+            main(run=run, steps=steps, settings=settings, max_cols=max_cols, **options)
         )
+    from curvlab.experiments.sketch_stages import (
+        MeasureStage,
+        SketchSettings,
+        SolveStage,
+    )
+
+    sketch = SketchSettings(
+        split,
+        num_outer,
+        num_inner,
+        samples_per_class,
+        test_matrix,
+        num_probes,
+        seed,
+        dtype,
+    )
+    slurm = {
+        "gpus_per_job": slurm_gpus,
+        "walltime": slurm_walltime,
+        "cores": slurm_cores,
+        "worker_lifetime": slurm_lifetime,
+        "memory": slurm_memory,
+    }
+    try:
+        with cluster.cluster_client(scheduler, workers, **slurm) as client:
+            code = run_stage_command(
+                "measure",
+                lambda folder, problem: MeasureStage(
+                    folder,
+                    sketch,
+                    problem.num_params,
+                    client=client,
+                    device=device,
+                    data_dir=data_dir,
+                    max_cols=max_cols,
+                ),
+                run=run,
+                steps=steps,
+                **options,
+            ) or run_stage_command(
+                "solve",
+                lambda folder, problem: SolveStage(folder, client=client),
+                run=run,
+                steps=steps,
+                build=False,
+                **options,
+            )
+    except (ValueError, OSError, ImportError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(
+        code
+        or main(run=run, steps=steps, settings=settings, max_cols=max_cols, **options)
     )

@@ -45,6 +45,7 @@ __all__ = [
     "TEST_MATRICES",
     "Eigenbasis",
     "HessianStage",
+    "certificate_record",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
@@ -376,6 +377,33 @@ def exact_eigenbasis(
     )
 
 
+def certificate_record(cert) -> dict[str, Any]:
+    """An a-posteriori certificate as the JSON record of :class:`Eigenbasis`.
+
+    Args:
+        cert: An :class:`~curvlab.linalg.APosterioriError`.
+
+    Returns:
+        ``kind="estimate"``, the error, its square, the relative error, the
+        norms, the probes, the probability bounds and the scree bounds.
+    """
+    return {
+        "kind": "estimate",
+        "error": cert.error,
+        "error_sq": cert.error_sq,
+        "relative_error": cert.relative_error,
+        "op_norm_sq": cert.op_norm_sq,
+        "approx_norm_sq": cert.approx_norm_sq,
+        "num_probes": cert.num_probes,
+        "bounds": [
+            {"epsilon": e, "p_under": under, "p_over": over}
+            for e, under, over in cert.bounds
+        ],
+        "scree_lower": cert.scree_lower.tolist(),
+        "scree_upper": cert.scree_upper.tolist(),
+    }
+
+
 def sketched_eigenbasis(
     op,
     num_outer: int,
@@ -415,26 +443,11 @@ def sketched_eigenbasis(
     start = time.perf_counter()
     cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
     a_posteriori_seconds = time.perf_counter() - start
-    error = {
-        "kind": "estimate",
-        "error": cert.error,
-        "error_sq": cert.error_sq,
-        "relative_error": cert.relative_error,
-        "op_norm_sq": cert.op_norm_sq,
-        "approx_norm_sq": cert.approx_norm_sq,
-        "num_probes": cert.num_probes,
-        "bounds": [
-            {"epsilon": e, "p_under": under, "p_over": over}
-            for e, under, over in cert.bounds
-        ],
-        "scree_lower": cert.scree_lower.tolist(),
-        "scree_upper": cert.scree_upper.tolist(),
-    }
     return Eigenbasis(
         method="sketch",
         eigenvalues=sketch.eigenvalues,
         eigenvectors=sketch.eigenvectors,
-        a_posteriori=error,
+        a_posteriori=certificate_record(cert),
         num_matvecs={
             "eigendecomposition": sketch.num_matvecs,
             "a_posteriori": cert.num_matvecs,

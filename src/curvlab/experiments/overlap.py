@@ -94,6 +94,7 @@ from curvlab.experiments.eigenbasis import (
     resolve_eigenbasis_settings,
     sketch_of,
 )
+from curvlab.experiments.sketch_stages import MEASURE_STAGE, stored_eigenbasis
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import (
@@ -104,6 +105,7 @@ from curvlab.runs.stage import (
     read_table_stage,
     stored_settings,
 )
+from curvlab.store import overlap_curve as store_overlap_curve
 from curvlab.subspace import OverlapCurve, overlap_curve
 
 __all__ = [
@@ -124,7 +126,7 @@ __all__ = [
 ]
 
 #: Ways to find the eigenbasis: ``"auto"`` is exact up to ``max_exact_dim``.
-METHODS = ("exact", "sketch", "auto")
+METHODS = ("exact", "sketch", "auto", "distributed")
 
 #: Default number of random masks per step (the paper's mnist_mini study).
 DEFAULT_NUM_RANDOM = 10
@@ -162,7 +164,10 @@ class OverlapSettings:
     Attributes:
         split: ``"train"`` or ``"test"``: the split the Hessian is taken on.
         method: ``"exact"``, ``"sketch"`` or ``"auto"`` (exact when
-            ``D <= max_exact_dim``); resolved to ``"exact"`` or ``"sketch"``.
+            ``D <= max_exact_dim``), resolved to ``"exact"`` or ``"sketch"``; or
+            ``"distributed"``: the step's solved measurement store
+            (:mod:`curvlab.experiments.sketch_stages`), whose sketch settings
+            are then the defaults.
         num_outer: ``K``: eigenpairs and largest mask size; default
             :func:`default_num_outer` (5% of ``D``, at most 1000, the paper's
             budgets).
@@ -268,11 +273,13 @@ def resolve_overlap_settings(
             f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), or "
             "raise max_exact_dim deliberately."
         )
+    if method == "distributed":  # the measured sketch's settings come next
+        stored = {**stored_settings(run, MEASURE_STAGE), **stored}
     shared = resolve_eigenbasis_settings(
         pick,
         dim,
         run,
-        sketch=method == "sketch",
+        sketch=method != "exact",
         max_num_outer=dim if method == "exact" else dim - 1,
     )
     num_random = check_int("num_random", pick("num_random", DEFAULT_NUM_RANDOM), 0)
@@ -473,7 +480,10 @@ def _measure(
         max_cols=max_cols,
     )
     load_seconds = time.perf_counter() - start
-    if settings.method == "exact":
+    if settings.method == "distributed":
+        phase("load")
+        basis = stored_eigenbasis(run, step, settings)
+    elif settings.method == "exact":
         phase("eigh")
         basis = exact_eigenbasis(
             op, settings.num_outer, max_dim=settings.max_exact_dim or op.shape[0]
@@ -484,7 +494,10 @@ def _measure(
     phase("overlap")
     start_overlap = time.perf_counter()
     U = basis.eigenvectors
-    curve = overlap_curve(
+    curve_of = (
+        store_overlap_curve if settings.method == "distributed" else overlap_curve
+    )
+    curve = curve_of(
         params.to(device=U.device),
         U,
         range(1, settings.num_outer + 1),

@@ -108,9 +108,11 @@ class StageRunResult:
         computed: Steps computed and stored by this call.
         skipped: Requested steps that were already finished.
         results: The typed results of the computed steps, by step.
-        summaries: The summary of every requested step, by step (read back
-            from the run folder for the skipped ones).
+        summaries: The summary of every finished requested step, by step (read
+            back from the run folder for the skipped ones).
         seconds: Wall time.
+        unfinished: Steps whose work this call advanced without finishing
+            (:meth:`Stage.write` returned ``None``); not marked done.
     """
 
     stage: str
@@ -120,6 +122,7 @@ class StageRunResult:
     results: dict[int, Any]
     summaries: dict[int, dict[str, Any]]
     seconds: float
+    unfinished: tuple[int, ...] = ()
 
 
 # ------------------------------------------------------------------ settings
@@ -267,14 +270,15 @@ class StepProgress:
         """
         self._emit("phase", {"phase": name})
 
-    def advance(self, kind: str, **values: Any) -> None:
-        """Report that one unit of work is finished (stages that count units).
+    def advance(self, kind: str, count: int = 1, **values: Any) -> None:
+        """Report that units of work are finished (stages that count units).
 
         Args:
             kind: The event kind, e.g. ``"spectrum"``.
+            count: Units finished.
             **values: Details for the callback.
         """
-        self._counter["done"] += 1
+        self._counter["done"] += count
         self._emit(kind, values)
 
     def _emit(self, kind: str, values: Mapping[str, Any]) -> None:
@@ -328,7 +332,7 @@ class Stage:
         """
         return None
 
-    def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]]:
+    def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]] | None:
         """Store one step's result atomically.
 
         Args:
@@ -337,7 +341,9 @@ class Stage:
 
         Returns:
             The files written and the info kept in the manifest entry (it must
-            include ``"settings": self.stored``).
+            include ``"settings": self.stored``), or ``None`` when the step is
+            not finished yet (e.g. only some of its measurements were asked
+            for): then it is not marked done.
         """
         raise NotImplementedError
 
@@ -554,6 +560,7 @@ def run_stage(
         machine=machine_info(str(device)),
     )
     computed: list[int] = []
+    unfinished: list[int] = []
     results: dict[int, Any] = {}
     summaries: dict[int, dict[str, Any]] = {}
     units = stage.num_units(todo) if todo else None
@@ -564,11 +571,14 @@ def run_stage(
         for step in todo:
             result = stage.compute(step, StepProgress(notify, step, counter))
             run.unmark(stage.name, step)
-            files, info = stage.write(step, result)
-            run.mark_done(stage.name, step, files=files, info=info)
+            written = stage.write(step, result)
+            results[step] = result
+            if written is None:  # partial work, kept for a later call to finish
+                unfinished.append(step)
+                continue
+            run.mark_done(stage.name, step, files=written[0], info=written[1])
             computed.append(step)
             stage.finish(computed)
-            results[step] = result
             summaries[step] = result.summary
             if units is None:
                 counter["done"] += 1
@@ -594,6 +604,7 @@ def run_stage(
         computed=tuple(computed),
         skipped=tuple(skipped),
         results=results,
-        summaries={s: summaries[s] for s in chosen},
+        summaries={s: summaries[s] for s in chosen if s in summaries},
         seconds=seconds,
+        unfinished=tuple(unfinished),
     )

@@ -185,6 +185,10 @@ def _run(
             if event.kind == "start":
                 progress.update(task, total=event.total, completed=event.step)
                 print_skipped(progress, values["skipped"], "Already recorded")
+                for problem in values.get("damaged", ()):
+                    progress.console.print(
+                        f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
+                    )
                 if values["resumed_from"] is not None:
                     step = values["resumed_from"]
                     progress.console.print(

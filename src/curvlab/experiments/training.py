@@ -57,8 +57,15 @@ import numpy
 import torch
 from torch import Tensor, nn
 
-from curvlab.runs.config import ConfigError, TrainConfig
+from curvlab.runs.config import (
+    EXTENT_FIELDS,
+    ConfigError,
+    ConfigMismatchError,
+    TrainConfig,
+    config_differences,
+)
 from curvlab.runs.environment import machine_info, package_versions
+from curvlab.runs.errors import RunIntegrityError
 from curvlab.runs.folder import RunFolder
 from curvlab.runs.records import load_checkpoint, save_checkpoint, write_record
 
@@ -85,7 +92,8 @@ class TrainEvent:
     Attributes:
         kind: ``"start"`` (``step`` is where training (re)starts; ``values``
             holds ``resumed_from``: the checkpoint step or ``None``,
-            ``skipped``: record steps already done, ``todo``: those to do),
+            ``skipped``: record steps already done, ``todo``: those to do,
+            ``damaged``: what was found damaged and is computed again),
             ``"step"`` (``step`` optimizer steps are done; ``values["loss"]`` is
             the mini-batch loss), ``"record"`` (``step`` was recorded;
             ``values`` are its metrics), ``"checkpoint"`` or ``"done"``.
@@ -436,13 +444,27 @@ def _train(
         if on_progress is not None:
             on_progress(TrainEvent(kind, step, total, values))
 
-    skipped = tuple(s for s in config.record_steps if run.is_done("train", s))
+    # verify=True: a damaged record or checkpoint is computed again
+    damaged = [
+        problem
+        for stage in ("train", "checkpoint")
+        for step in run.entry_steps(stage)
+        if stage == "checkpoint" or step in config.record_steps
+        for problem in run.damaged(stage, step)
+    ]
+    skipped = tuple(
+        s for s in config.record_steps if run.is_done("train", s, verify=True)
+    )
     todo = [s for s in config.record_steps if s not in skipped]
     if not todo:
         report("done", config.steps, config.steps)
         return TrainResult(run, None, None, None, (), skipped, 0.0)
     first, last = todo[0], todo[-1]
-    checkpoints = [s for s in run.done_steps("checkpoint") if s <= first]
+    checkpoints = [
+        s
+        for s in run.entry_steps("checkpoint")
+        if s <= first and run.is_done("checkpoint", s, verify=True)
+    ]
     resumed_from = max(checkpoints) if checkpoints else None
 
     problem = run.problem(device=device, data_dir=data_dir)
@@ -459,9 +481,11 @@ def _train(
     if device.type == "cuda":
         index = device.index
         cuda = [torch.cuda.current_device() if index is None else index]
-    checkpoint_steps = set(config.record_steps)
-    if config.checkpoint_every is not None:
-        checkpoint_steps.update(range(0, last + 1, config.checkpoint_every))
+    record_set = set(config.record_steps)
+    every = config.checkpoint_every
+
+    def checkpoint_due(step: int) -> bool:  # no set of all steps: steps may be 1e12
+        return step in record_set or (every is not None and step % every == 0)
 
     recorded, todo_set = [], set(todo)
     with torch.random.fork_rng(devices=cuda):
@@ -474,7 +498,7 @@ def _train(
         else:
             begin = resumed_from
             path = run.path_for("checkpoint", resumed_from, ".pt")
-            _restore(load_checkpoint(path), model, optimizer, cuda)
+            _restore(load_checkpoint(path), model, optimizer, cuda, config, path)
         invocation.update(start_step=begin, resumed_from=resumed_from)
         report(
             "start",
@@ -483,6 +507,7 @@ def _train(
             resumed_from=resumed_from,
             skipped=skipped,
             todo=tuple(todo),
+            damaged=tuple(damaged),
         )
         train_seconds = 0.0
         for step in range(begin, last + 1):
@@ -491,7 +516,9 @@ def _train(
                 train_seconds = 0.0
                 recorded.append(step)
                 report("record", step, last, **metrics)
-            if step in checkpoint_steps and not run.is_done("checkpoint", step):
+            if checkpoint_due(step) and not run.is_done(
+                "checkpoint", step, verify=True
+            ):
                 _checkpoint(run, config, model, optimizer, cuda, step)
                 report("checkpoint", step, last)
             if step == last:
@@ -629,9 +656,30 @@ def _restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     cuda: list[int],
+    config: TrainConfig,
+    path: Path,
 ) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError("The checkpoint file is not a curvlab training checkpoint.")
+        raise RunIntegrityError(
+            f"{path} is damaged or not a curvlab training checkpoint. Delete it "
+            "and run the command again: training then replays from the "
+            "initialisation.",
+            path=path,
+        )
+    stored = state.get("config")
+    if isinstance(stored, Mapping):
+        differences = config_differences(stored, config.to_dict(), ignore=EXTENT_FIELDS)
+        if differences:
+            listed = "; ".join(
+                f"{name}: checkpoint {old!r}, config.yaml {new!r}"
+                for name, old, new in differences
+            )
+            raise ConfigMismatchError(
+                f"{path} was written by a run with another configuration than "
+                f"config.yaml says ({listed}). config.yaml was changed after the "
+                "run started; restore it, or train again in a new folder.",
+                differences,
+            )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["cpu_rng_state"])

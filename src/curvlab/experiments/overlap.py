@@ -1182,7 +1182,7 @@ def run_stage_steps(
     """
     todo, skipped = [], []
     for step in chosen:
-        if force or not run.is_done(stage, step):
+        if force or not run.is_done(stage, step, verify=True):
             todo.append(step)
             continue
         entry = run.entry(stage, step) or {}

@@ -456,7 +456,7 @@ def spectrum_run(
     wanted = settings.to_dict()
     skipped = []
     for step in steps:
-        if force or not run.is_done(STAGE, step):
+        if force or not run.is_done(STAGE, step, verify=True):
             continue
         stored = run.entry(STAGE, step)["info"].get("settings")
         if stored != wanted:
@@ -514,6 +514,7 @@ def _run(run, settings, todo, skipped, device, data_dir, on_progress) -> list[in
     if settings.dtype is not None:
         model.to(_DTYPES[settings.dtype])
     data = hessian_data(problem, settings.samples_per_class, config.seed)
+    _check_counts(settings, sum(p.numel() for p in model.parameters()))
     counter["total"] = _count_spectra(model, loss_fn, data, settings) * len(todo)
     report("start", None, todo=tuple(todo), skipped=tuple(skipped))
     computed = []
@@ -535,14 +536,23 @@ def _run(run, settings, todo, skipped, device, data_dir, on_progress) -> list[in
                 seconds=spectrum.seconds,
             )
 
-        spectra = compute_spectra(
-            model,
-            loss_fn,
-            data,
-            settings,
-            seed=config.seed,
-            on_spectrum=on_spectrum,
-        )
+        _check_finite(model, step)
+        try:
+            spectra = compute_spectra(
+                model,
+                loss_fn,
+                data,
+                settings,
+                seed=config.seed,
+                on_spectrum=on_spectrum,
+            )
+        except (torch.linalg.LinAlgError, numpy.linalg.LinAlgError) as error:
+            raise ValueError(
+                f"The Hessian at step {step} has no spectrum: the eigensolver "
+                f"failed ({str(error).splitlines()[0]}). Its entries are probably "
+                "not finite because training diverged; choose earlier steps "
+                "with --steps."
+            ) from None
         seconds = time.perf_counter() - tic
         dtype = next(model.parameters()).dtype
         content = {
@@ -570,6 +580,27 @@ def _run(run, settings, todo, skipped, device, data_dir, on_progress) -> list[in
         report("saved", step, **summary)
     report("done", None)
     return computed
+
+
+def _check_counts(settings: SpectrumSettings, dim: int) -> None:
+    """Refuse ``top_k``/``bottom_k`` above D: the stored file could not hold them."""
+    for name in ("top_k", "bottom_k"):
+        value = getattr(settings, name)
+        if value > dim:
+            raise ValueError(
+                f"{name}={value} exceeds the model's D={dim} parameters; pass at "
+                f"most {dim} (blocks of layers get at most their own size)."
+            )
+
+
+def _check_finite(model: torch.nn.Module, step: int) -> None:
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(
+            f"The parameters recorded at step {step} hold NaN or infinite values "
+            f"({', '.join(bad)}): training diverged. Choose earlier steps with "
+            "--steps."
+        )
 
 
 # ----------------------------------------------------------------- reading

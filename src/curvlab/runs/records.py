@@ -266,10 +266,12 @@ def load_checkpoint(
             io.BytesIO(data), map_location=map_location, weights_only=True
         )
     except Exception as error:  # torch raises many kinds on damaged files
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise RunIntegrityError(
             f"{path} is damaged: torch cannot load it as a checkpoint "
-            f"({type(error).__name__}{': ' + detail[:160] if detail else ''})",
+            f"({type(error).__name__}). Delete it and its manifest entry "
+            f"(manifest/checkpoint/{Path(path).stem}.json) and run the command "
+            "again: training then replays from the previous checkpoint or the "
+            "initialisation, with the same results",
             path=path,
         ) from None
     if not isinstance(state, dict):

@@ -405,6 +405,23 @@ def test_a_full_disk_gives_one_line_and_the_run_resumes(tmp_path):
         assert RunFolder.open(out).recorded_steps() == list(range(0, 61, 2))
 
 
+@pytest.mark.slow  # starts an interpreter
+def test_a_full_disk_in_a_fresh_process_exits_1_without_a_crash(tmp_path):
+    # issue 11, item 5: five h5py tracebacks, then a segfault (exit 139)
+    with _tmpfs("2m") as root:
+        done = subprocess.run(
+            [sys.executable, "-m", "curvlab", "train", "--problem", "digits_mlp",
+             "--steps", "200", "--record-steps", "0:200:2", "--threads", "1",
+             "--out", str(root / "run")],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    line = _one_error_line(done.stderr)
+    assert "no space left on device (ENOSPC)" in line
+    assert "h5py" not in done.stderr
+
+
 def test_a_read_only_disk_gives_one_line(run_dir):
     with _tmpfs("4m") as root:
         out = root / "run"

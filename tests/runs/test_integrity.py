@@ -233,6 +233,26 @@ def test_an_invalid_option_writes_no_config(tmp_path):
         )
 
 
+def test_a_batch_size_above_the_samples_writes_no_config(tmp_path):
+    out = tmp_path / "run"
+    args = ("train", "--problem", "digits_logreg", "--num-samples", "100")
+    result = _cli(*args, "--batch-size", "101", "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert "batch_size must be at most the 100 train samples" in result.output
+    assert not RunFolder.is_run_folder(out)
+    fixed = _cli(*args, "--batch-size", "10", "--steps", "2", "--out", str(out))
+    assert fixed.exit_code == 0, fixed.output
+
+
+def test_a_damaged_step_less_file_is_named(run_dir):
+    run = RunFolder.open(run_dir)
+    path = run.write_json("hesscale_quality/result.json", {"ok": True})
+    run.mark_done("hesscale_quality", files=[path])
+    path.write_text(path.read_text().replace("true", "null"))
+    with pytest.raises(RunIntegrityError, match="hesscale_quality/result.json is"):
+        run.read_json("hesscale_quality/result.json")
+
+
 # ------------------------------------------------------------ 3. damaged checkpoint
 def test_a_zeroed_checkpoint_is_replayed_bit_for_bit(run_dir, tmp_path):
     checkpoint = run_dir / "checkpoint" / "step_00000020.pt"

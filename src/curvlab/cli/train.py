@@ -38,7 +38,12 @@ from curvlab.cli._common import (
     progress_bar,
     torch_threads,
 )
-from curvlab.experiments.training import TrainEvent, derived_seeds, train_run
+from curvlab.experiments.training import (
+    TrainEvent,
+    check_trainable,
+    derived_seeds,
+    train_run,
+)
 from curvlab.runs import (
     ConfigError,
     ConfigMismatchError,
@@ -148,11 +153,17 @@ def main(
         resolved = _check_device(device)
         check_threads(threads)
         run = RunFolder.create(
-            out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
+            out,
+            config,
+            force=force,
+            metadata={"seeds": derived_seeds(config.seed)},
+            check=lambda c: check_trainable(c, data_dir=data_dir),
         )
     except ConfigMismatchError as error:
         return fail(str(error))
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        return fail(str(error))
+    except NotImplementedError as error:
         return fail(str(error))
 
     with torch_threads(threads):

@@ -76,6 +76,7 @@ __all__ = [
     "TrainResult",
     "batch_indices",
     "build_optimizer",
+    "check_trainable",
     "derived_seeds",
     "evaluate_split",
     "train",
@@ -226,6 +227,45 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         ) from None
 
 
+def _check_batch_size(config: TrainConfig, num_train: int) -> None:
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size must be at most the {num_train} train samples of "
+            f"{config.problem!r}. Got {config.batch_size}."
+        )
+
+
+def check_trainable(config: TrainConfig, *, data_dir: str | Path | None = None) -> None:
+    """Check what only the problem can tell, before a run folder is written.
+
+    Builds the problem on the CPU (its data must be present), checks the batch
+    size against the train samples and builds the optimizer on the model, so
+    that an invalid config never lands in a run folder.
+
+    Args:
+        config: The training config.
+        data_dir: Data folder of file-based problems.
+
+    Raises:
+        ConfigError: If the batch size exceeds the train samples or the
+            optimizer rejects the model.
+        FileNotFoundError: If a file-based problem's data are missing.
+        NotImplementedError: If AdaHesScale cannot handle a module of the model.
+    """
+    from curvlab import problems
+
+    problem = problems.get(
+        config.problem,
+        seed=config.seed,
+        batch_size=config.eval_batch_size,
+        num_samples=config.num_samples,
+        dtype=config.torch_dtype,
+        data_dir=data_dir,
+    )
+    _check_batch_size(config, len(problem.train_data.y))
+    build_optimizer(config, problem.model)
+
+
 def _uses_hesscale(optimizer: torch.optim.Optimizer) -> bool:
     return hasattr(optimizer, "variant")
 
@@ -323,7 +363,11 @@ def train(
         ((0, 10, 20), [0, 10, 20])
     """
     run = RunFolder.create(
-        out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
+        out,
+        config,
+        force=force,
+        metadata={"seeds": derived_seeds(config.seed)},
+        check=lambda c: check_trainable(c, data_dir=data_dir),
     )
     return train_run(
         run,
@@ -471,11 +515,7 @@ def _train(
     model, loss_fn = problem.model, problem.loss_fn
     X, y = problem.train_data.X, problem.train_data.y
     num_train = len(y)
-    if config.batch_size > num_train:
-        raise ConfigError(
-            f"batch_size must be at most the {num_train} train samples of "
-            f"{config.problem!r}. Got {config.batch_size}."
-        )
+    _check_batch_size(config, num_train)
     optimizer = build_optimizer(config, model)
     cuda = []
     if device.type == "cuda":

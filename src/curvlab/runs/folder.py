@@ -73,7 +73,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -417,6 +417,7 @@ class RunFolder:
         *,
         force: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        check: Callable[[TrainConfig], None] | None = None,
     ) -> RunFolder:
         """Create a run folder, or reopen one made with a compatible config.
 
@@ -432,6 +433,9 @@ class RunFolder:
             force: Delete an existing run (everything in its folder) and start
                 over. A folder that is not a run folder is never deleted.
             metadata: More fields for ``metadata.json`` of a new run (seeds).
+            check: Called with ``config`` before a new run is written (also
+                with ``force``); what it raises propagates and nothing is
+                written, so no invalid config lands in the folder.
 
         Returns:
             The run folder.
@@ -445,6 +449,8 @@ class RunFolder:
         path = Path(path).expanduser()
         if not cls.is_run_folder(path):
             cls._check_usable(path)
+        if check is not None and (force or not cls.is_run_folder(path)):
+            check(config)
         path.mkdir(parents=True, exist_ok=True)
         with StageLock(path, "train"):  # the train stage owns config.yaml
             if cls.is_run_folder(path):
@@ -919,11 +925,11 @@ class RunFolder:
     def _owner(self, relative: str) -> tuple[str, int | None] | None:
         """The (stage, step) whose entry may list a file, by the path convention."""
         parts = relative.split("/")
-        if len(parts) != 2:
+        if len(parts) != 2 or not _STAGE_PATTERN.match(parts[0]):
             return None
         match = _FILE_KEY.match(parts[1])
-        if not _STAGE_PATTERN.match(parts[0]) or not match:
-            return None
+        if not match:
+            return parts[0], None  # e.g. hesscale_quality/result.json
         key = match.group(1)
         return parts[0], None if key == "all" else int(key.removeprefix("step_"))
 
@@ -944,8 +950,9 @@ class RunFolder:
     def verify_file(self, relpath: str | Path) -> Path:
         """Verify a file before use when a manifest entry lists it.
 
-        The entry is the one of ``<stage>/step_XXXXXXXX*`` (or ``all*``),
-        the layout of :meth:`path_for`; files no entry lists are not checked.
+        The entry is the one of ``<stage>/step_XXXXXXXX*``, the layout of
+        :meth:`path_for`, or the stage's entry without a step for other files
+        of ``<stage>/``; files no entry lists are not checked.
 
         Args:
             relpath: The file.

@@ -16,6 +16,7 @@ from curvlab.runs import (
     atomic_path,
     step_key,
 )
+from curvlab.runs import folder as folder_module
 from curvlab.runs.folder import TEMP_PREFIX
 
 
@@ -82,15 +83,20 @@ def test_atomic_path_removes_leftovers_of_dead_processes_only(tmp_path):
     target = tmp_path / "result.txt"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead_leftover = tmp_path / f"{TEMP_PREFIX}{gone.pid}-0a1b.result.txt"
-    live_leftover = tmp_path / f"{TEMP_PREFIX}{os.getppid()}-0a1b.result.txt"
-    for leftover in (dead_leftover, live_leftover):
+    host = folder_module._HOST
+    dead_leftover = tmp_path / f"{TEMP_PREFIX}{gone.pid}-{host}0a1b.result.txt"
+    live_leftover = tmp_path / f"{TEMP_PREFIX}{os.getppid()}-{host}0a1b.result.txt"
+    other_host = tmp_path / f"{TEMP_PREFIX}{gone.pid}-ffffff0a1b.result.txt"
+    if host == "ffffff":
+        other_host = live_leftover
+    for leftover in (dead_leftover, live_leftover, other_host):
         leftover.write_text("half")
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert not dead_leftover.exists()
     assert live_leftover.exists()  # another process may still be writing it
+    assert other_host.exists()  # a process of another host sharing the folder
 
 
 def test_new_folder_is_self_describing(run):

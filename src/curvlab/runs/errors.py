@@ -43,7 +43,7 @@ _ADVICE = {
 # HDF5 reports the errno inside its message: "... errno = 28, error message = ..."
 _HDF5_ERRNO = re.compile(r"errno = (\d+)")
 _HDF5_FILENAME = re.compile(r"filename = '([^']*)'")
-# temporary names of atomic writes: .tmp.<pid>-<token>.<final name>
+# temporary names of atomic writes: .tmp.<pid>-<host><token>.<final name>
 _TEMP_NAME = re.compile(r"(^|/)\.tmp\.(?:\d+-[0-9a-f]+\.)?([^/]+)$")
 
 

@@ -73,6 +73,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,7 +121,10 @@ _METRICS = "metrics.csv"
 _STAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STEP_PATTERN = re.compile(r"^step_(\d+)$")
 _FILE_KEY = re.compile(r"^(step_\d{8,}|all)")
-_TEMP_PID = re.compile(r"^\.tmp\.(\d+)-[0-9a-f]+\.")
+_TEMP_PID = re.compile(r"^\.tmp\.(\d+)-([0-9a-f]{6})[0-9a-f]*\.")
+# this host in temporary names: a process of another host sharing the folder
+# (a cluster file system) is never taken for a dead local one
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
 class MissingStepError(LookupError):
@@ -214,6 +218,7 @@ def _remove_stale_temporaries(path: Path) -> None:
         if name == TEMP_PREFIX + path.name or (
             match
             and name == match.group(0) + path.name
+            and match.group(2) == _HOST
             and not _process_alive(int(match.group(1)))
         ):
             with contextlib.suppress(OSError):
@@ -225,10 +230,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Give a temporary path to write; rename it to ``path`` when done.
 
     The temporary file lies in ``path``'s folder and keeps its extension
-    (``.tmp.<pid>-<token>.<name>``), so any writer works (``h5py.File``,
-    ``torch.save``, ``savefig``); the name is unique per process and call, so
-    two processes writing one file never touch each other's temporary file.
-    Leftovers of processes that are gone are deleted first. On a clean exit
+    (``.tmp.<pid>-<host><token>.<name>``), so any writer works
+    (``h5py.File``, ``torch.save``, ``savefig``); the name is unique per
+    process and call, so two processes writing one file never touch each
+    other's temporary file. Leftovers of this host's processes that are gone
+    are deleted first. On a clean exit
     the file is flushed to disk and renamed onto ``path`` atomically; on an
     exception it is deleted and ``path`` is left as it was.
 
@@ -252,7 +258,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    token = f"{os.getpid()}-{_HOST}{secrets.token_hex(4)}"
     tmp = path.with_name(f"{TEMP_PREFIX}{token}.{path.name}")
     try:
         yield tmp
@@ -838,7 +844,7 @@ class RunFolder:
             step: The step, or ``None``.
 
         Returns:
-            ``{"stage", "step", "files": [{"path", "bytes"}], "info",
+            ``{"stage", "step", "files": [{"path", "bytes", "sha256"}], "info",
             "completed"}``, or ``None`` when there is no entry. It does not
             check the files (:meth:`is_done` does).
         """

@@ -993,11 +993,16 @@ class RunFolder:
                 "initialisation)."
             )
         else:
-            entry = self._entry_path(stage, step)
-            todo = (
-                f"Run the command that computed it again with --force for this step, "
-                f"or delete {self.relative(entry)} and run it again."
-            )
+            entry = self.relative(self._entry_path(stage, step))
+            command = stage.split("_")[0]
+            if command in ("spectrum", "overlap", "exhaustive"):
+                todo = (
+                    f"Run `curvlab {command} --run {self.path}` again with the "
+                    "same options: it computes damaged steps again (or delete "
+                    f"{entry} and run the command that wrote it)."
+                )
+            else:
+                todo = f"Delete {entry} and run the command that wrote it again."
         return RunIntegrityError(
             f"{'; '.join(problems)} ({where} of {self.path}). {todo}",
             path=self.path / problems[0].split(" ")[0],

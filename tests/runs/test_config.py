@@ -44,6 +44,8 @@ def test_parse_steps_rejects_an_empty_range_and_an_empty_string():
             parse_steps(empty)
     with pytest.raises(ConfigError, match="No steps given"):
         resolve_config({"problem": "digits_logreg", "steps": 10, "record_steps": ""})
+    with pytest.raises(ConfigError, match="lists 1,000,000,000,001 steps"):
+        parse_steps("0:1000000000000:1")  # a set of them would not fit in memory
 
 
 def test_defaults_and_normalisation():

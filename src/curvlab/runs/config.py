@@ -20,6 +20,13 @@ Steps are written as a comma-separated list of integers and inclusive ranges
 ``start:stop:step``: ``"0:1000:100"`` is ``0, 100, ..., 1000``
 (:func:`parse_steps`).
 
+A run folder stores its config as ``config.yaml`` ending with the SHA-256 of
+its lines (:func:`config_to_text`) and reads it back strictly
+(:func:`config_from_text`): every field must be there, valid, and match the
+checksum, so a damaged config is never completed with defaults. A config is
+validated entirely when it is built, the optimizer's options included, so an
+invalid one is never written.
+
 Example:
     >>> config = TrainConfig(problem="digits_logreg", steps=100,
     ...                      record_steps=parse_steps("0:60:30"))
@@ -46,6 +53,7 @@ __all__ = [
     "DEFAULT_LR",
     "DTYPES",
     "EXTENT_FIELDS",
+    "MAX_STEPS_LISTED",
     "OPTIMIZERS",
     "OPTIMIZER_OPTIONS",
     "ConfigDamagedError",
@@ -73,6 +81,9 @@ OPTIMIZER_OPTIONS = {
     "adahesscale": ("betas", "eps", "weight_decay"),
     "adahesscalegn": ("betas", "eps", "weight_decay"),
 }
+
+#: Most steps a range of :func:`parse_steps` may list (a set of them is built).
+MAX_STEPS_LISTED = 1_000_000
 
 #: Floating dtypes a run can train in.
 DTYPES = ("float32", "float64")
@@ -144,7 +155,8 @@ def parse_steps(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
 
     Raises:
         ConfigError: For an empty string, malformed items, negative steps, a
-            range step below 1 or an empty range (start after stop).
+            range step below 1, an empty range (start after stop) or one of
+            more than :data:`MAX_STEPS_LISTED` steps.
 
     Example:
         >>> parse_steps("0,5,10:30:10")
@@ -183,6 +195,12 @@ def parse_steps(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
                 raise ConfigError(
                     f"The range {text!r} is empty: its start {start} lies after its "
                     f"stop {stop} (ranges are start:stop:step, stop included)."
+                )
+            count = len(range(start, stop + 1, every))
+            if count > MAX_STEPS_LISTED:
+                raise ConfigError(
+                    f"The range {text!r} lists {count:,} steps; at most "
+                    f"{MAX_STEPS_LISTED:,} can be listed. Use a larger step."
                 )
             steps.update(range(start, stop + 1, every))
         else:

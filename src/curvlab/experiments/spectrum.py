@@ -441,6 +441,10 @@ def spectrum_run(
         MissingStepError: If a requested step is not recorded.
         SpectrumSettingsError: If a requested step is done with other settings
             and ``force`` is false.
+        ValueError: If ``top_k`` or ``bottom_k`` exceeds the parameters, or a
+            step's parameters are not finite or its Hessian has no spectrum
+            (training diverged).
+        RunLockedError: If another process computes spectra in the folder.
     """
     settings = settings or SpectrumSettings()
     recorded = run.recorded_steps()

@@ -353,6 +353,10 @@ def train(
         ConfigError: If the batch size exceeds the train samples or the
             optimizer rejects an option.
         FloatingPointError: If the loss becomes NaN or infinite.
+        RunLockedError: If another process trains in the folder.
+        RunIntegrityError: If a checkpoint without a recorded checksum cannot
+            be loaded (damaged records and checkpoints with checksums are
+            computed again).
 
     Example:
         >>> import tempfile
@@ -409,6 +413,10 @@ def train_run(
         ConfigError: If the batch size exceeds the train samples or the
             optimizer rejects an option.
         FloatingPointError: If the loss becomes NaN or infinite.
+        RunLockedError: If another process trains in the folder.
+        RunIntegrityError: If a checkpoint without a recorded checksum cannot
+            be loaded (damaged records and checkpoints with checksums are
+            computed again).
     """
     stored = run.config
     config = stored if request is None else request

@@ -152,6 +152,19 @@ def test_a_damaged_stage_file_is_named_and_its_stage_computes_it_again(run_dir):
     assert read_spectrum(RunFolder.open(run_dir), 0).step == 0
 
 
+def test_a_damaged_manifest_entry_is_named_and_recomputed(run_dir, trained):
+    entry = run_dir / "manifest" / "train" / "step_00000010.json"
+    entry.write_bytes(b"\0" * entry.stat().st_size)
+    run = RunFolder.open(run_dir)
+    with pytest.raises(RunIntegrityError, match="step_00000010.json is damaged"):
+        run.load_parameters(10)
+    assert _cli("train", "--run", str(run_dir)).exit_code == 0
+    assert torch.equal(
+        RunFolder.open(run_dir).load_parameters(10, flat=True),
+        RunFolder.open(trained).load_parameters(10, flat=True),
+    )
+
+
 def test_verification_is_cached_per_process_while_the_file_is_unchanged(run_dir):
     run = RunFolder.open(run_dir)
     assert run.is_done("train", 10, verify=True)

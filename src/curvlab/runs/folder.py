@@ -1154,6 +1154,11 @@ class RunFolder:
                 checksums); the message says how to record it again.
         """
         if self.entry("train", step) is None:
+            entry = self._entry_path("train", step)
+            if entry.is_file():  # present but not valid JSON
+                raise self._integrity_error(
+                    "train", step, [f"{self.relative(entry)} is damaged"]
+                )
             raise MissingStepError(
                 f"Step {step} is not recorded in {str(self.path)!r}. Recorded "
                 f"steps: {self.recorded_steps()}."

@@ -487,19 +487,24 @@ def test_a_folder_without_write_permission_gives_one_line(trained):
             try:
                 os.setgid(65534)
                 os.setuid(65534)
-                result = _cli("spectrum", "--run", str(out), "--steps", "0")
-                report = json.dumps([result.exit_code, result.output])
-                os.write(write, report.encode())
+                results = [
+                    _cli("spectrum", "--run", str(out), "--steps", "0"),
+                    _cli("train", "--problem", "digits_logreg", "--steps", "2",
+                         "--out", str(out / "new")),
+                ]  # fmt: skip
+                report = [[r.exit_code, r.output] for r in results]
+                os.write(write, json.dumps(report).encode())
             finally:
                 os._exit(0)
         os.close(write)
         with os.fdopen(read) as pipe:
-            code, output = json.loads(pipe.read())
+            report = json.loads(pipe.read())
         os.waitpid(pid, 0)
-        assert code == 1, output
-        line = _one_error_line(output)
-        assert "permission denied (EACCES)" in line
-        assert str(out) in line
+        for (code, output), where in zip(report, [out, out / "new"], strict=True):
+            assert code == 1, output
+            line = _one_error_line(output)
+            assert "permission denied (EACCES)" in line
+            assert str(where) in line
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 

@@ -53,7 +53,11 @@ def main() -> None:
     width = int(args.dim**0.5)
     params = {"weight": torch.randn(width, width), "bias": torch.randn(width)}
     grads = [torch.randn_like(p) for p in params.values()]
-    folder = Path(tempfile.mkdtemp(prefix="bench-integrity-"))
+    with tempfile.TemporaryDirectory(prefix="bench-integrity-") as name:
+        _measure(Path(name), params, grads, width, args.repeats)
+
+
+def _measure(folder: Path, params, grads, width: int, n: int) -> None:
     run = RunFolder.create(folder / "run", TrainConfig(problem="digits_logreg"))
     path = run.record_path(0)
 
@@ -74,7 +78,6 @@ def main() -> None:
                 for name in params:
                     file[group][name][()]
 
-    n = args.repeats
     rows = [
         ("write_record (Fletcher-32, in memory, one write)", write_checked),
         ("plain h5py write, no checksums, no fsync", write_plain),

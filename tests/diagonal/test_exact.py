@@ -159,10 +159,32 @@ def test_max_dim_guard_says_cost_and_override():
     cd.exact_hessian_diagonal(case.model, case.loss_fn, case.data, max_dim=D)
 
 
-def test_max_dim_guards_hessian_backprop_too():
+def test_max_dim_does_not_limit_hessian_backprop():
+    # issue 11, item 8: D > 20,000 was refused although backpropagation costs one
+    # pass over the data; its limit is the size of the per-sample factors
     case = CASES[0]  # an MLP: Hessian backpropagation, no D products
-    with pytest.raises(ValueError, match=r"D=39 .*max_dim=38.*propagation.*max_dim=39"):
-        cd.exact_hessian_diagonal(case.model, case.loss_fn, case.data, max_dim=38)
+    D = sum(p.numel() for p in case.model.parameters())
+    small = flat(
+        cd.exact_hessian_diagonal(case.model, case.loss_fn, case.data, max_dim=1)
+    )
+    whole = flat(
+        cd.exact_hessian_diagonal(case.model, case.loss_fn, case.data, max_dim=D)
+    )
+    assert torch.equal(small, whole)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 300),
+        torch.nn.Tanh(),
+        torch.nn.Linear(300, 22),
+        torch.nn.Tanh(),
+        torch.nn.Linear(22, 10),
+    ).eval()
+    D = sum(p.numel() for p in model.parameters())
+    assert D > 20_000  # the default max_dim
+    data = [(torch.randn(32, 64), torch.randint(0, 10, (32,)))]
+    diag = cd.exact_hessian_diagonal(model, torch.nn.CrossEntropyLoss(), data)
+    assert sum(d.numel() for d in diag) == D
+    assert all(torch.isfinite(d).all() for d in diag)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

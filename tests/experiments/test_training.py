@@ -301,11 +301,12 @@ def test_sigkill_while_writing_then_resume(tmp_path, reference):
     assert process.returncode == -signal.SIGKILL, process.stderr
     run = RunFolder.open(out)
     assert run.recorded_steps() == [0, 4]
-    assert (out / "train" / (TEMP_PREFIX + "step_00000008.h5")).exists()
+    # temporary names are unique per process: .tmp.<pid>-<token>.<name>
+    assert list((out / "train").glob(TEMP_PREFIX + "*.step_00000008.h5"))
     assert run.invocations()[-1]["status"] == "running"
     result = train(_config(), out)
     assert result.resumed_from == 4
-    assert not (out / "train" / (TEMP_PREFIX + "step_00000008.h5")).exists()
+    assert not list((out / "train").glob(TEMP_PREFIX + "*"))  # its process is gone
     _assert_same_records(run, reference("sgd"))
 
 

@@ -29,6 +29,29 @@ def test_dense_operator_round_trip():
     compare_matmat(op, S, 1e-14)
 
 
+def test_dense_operator_symmetric_up_to_rounding():
+    # issue 11, item 8: Q diag(l) Q^T in float64 was refused by eigsh and
+    # sketched_eigh as "declares is_symmetric=False"
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
+    values = torch.zeros(60, dtype=torch.float64)
+    values[:5] = torch.linspace(10.0, 1.0, 5, dtype=torch.float64)  # rank 5
+    A = Q @ torch.diag(values) @ Q.T
+    assert not torch.equal(A, A.T)  # rounding
+    op = cl.DenseOperator(A)
+    assert op.is_symmetric
+    result = cl.linalg.eigsh(op, 3)
+    assert torch.allclose(
+        result.eigenvalues.sort(descending=True).values, values[:3], rtol=1e-8
+    )
+    sketch = cl.linalg.sketched_eigh(op, 20, 30, seed=0)
+    assert torch.allclose(sketch.eigenvalues[:5], values[:5], rtol=1e-8)
+    assert not cl.DenseOperator(A, symmetry_tol=0).is_symmetric
+    B = A.clone()
+    B[0, 1] += 1e-3  # clearly not symmetric
+    assert not cl.DenseOperator(B).is_symmetric
+
+
 def test_sum_scale_difference_and_product():
     H = _hessian()
     G = cl.GGNOperator(CASE.model, CASE.loss_fn, CASE.data)

@@ -22,7 +22,7 @@ from curvlab.runs.config import DEFAULT_LR, config_differences
         ("5", (5,)),
         (7, (7,)),
         ([0, "10:20:5", 2], (0, 2, 10, 15, 20)),
-        ("", ()),
+        ([], ()),
     ],
 )
 def test_parse_steps(spec, expected):
@@ -33,6 +33,19 @@ def test_parse_steps(spec, expected):
 def test_parse_steps_rejects_malformed(spec):
     with pytest.raises(ConfigError):
         parse_steps(spec)
+
+
+def test_parse_steps_rejects_an_empty_range_and_an_empty_string():
+    # issue 11, item 7: 10:0:1 was an empty range, "" recorded only the last step
+    with pytest.raises(ConfigError, match="range '10:0:1' is empty: its start 10"):
+        parse_steps("10:0:1")
+    for empty in ("", " , "):
+        with pytest.raises(ConfigError, match="No steps given"):
+            parse_steps(empty)
+    with pytest.raises(ConfigError, match="No steps given"):
+        resolve_config({"problem": "digits_logreg", "steps": 10, "record_steps": ""})
+    with pytest.raises(ConfigError, match="lists 1,000,000,000,001 steps"):
+        parse_steps("0:1000000000000:1")  # a set of them would not fit in memory
 
 
 def test_defaults_and_normalisation():

@@ -1,7 +1,9 @@
 """RunFolder: creation, atomic writes, the manifest, tables and invocations."""
 
+import hashlib
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -14,6 +16,7 @@ from curvlab.runs import (
     atomic_path,
     step_key,
 )
+from curvlab.runs import folder as folder_module
 from curvlab.runs.folder import TEMP_PREFIX
 
 
@@ -39,7 +42,8 @@ def test_atomic_path_renames_only_on_success(tmp_path):
     target = tmp_path / "sub" / "result.txt"
     with atomic_path(target) as tmp:
         assert tmp.parent == target.parent
-        assert tmp.name == TEMP_PREFIX + "result.txt"
+        assert tmp.name.startswith(f"{TEMP_PREFIX}{os.getpid()}-")
+        assert tmp.name.endswith(".result.txt")
         tmp.write_text("first")
         assert not target.exists()
     assert target.read_text() == "first"
@@ -65,7 +69,7 @@ def test_atomic_path_renames_only_on_success(tmp_path):
 
 def test_atomic_path_overwrites_a_leftover_temporary_file(tmp_path):
     target = tmp_path / "result.txt"
-    leftover = tmp_path / (TEMP_PREFIX + "result.txt")
+    leftover = tmp_path / (TEMP_PREFIX + "result.txt")  # an older version's name
     leftover.write_text("garbage from a killed process, much longer than the rest")
     with atomic_path(target) as tmp:
         assert not tmp.exists()
@@ -75,12 +79,32 @@ def test_atomic_path_overwrites_a_leftover_temporary_file(tmp_path):
     assert not leftover.exists()
 
 
+def test_atomic_path_removes_leftovers_of_dead_processes_only(tmp_path):
+    target = tmp_path / "result.txt"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = folder_module._HOST
+    dead_leftover = tmp_path / f"{TEMP_PREFIX}{gone.pid}-{host}0a1b.result.txt"
+    live_leftover = tmp_path / f"{TEMP_PREFIX}{os.getppid()}-{host}0a1b.result.txt"
+    other_host = tmp_path / f"{TEMP_PREFIX}{gone.pid}-ffffff0a1b.result.txt"
+    if host == "ffffff":
+        other_host = live_leftover
+    for leftover in (dead_leftover, live_leftover, other_host):
+        leftover.write_text("half")
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert not dead_leftover.exists()
+    assert live_leftover.exists()  # another process may still be writing it
+    assert other_host.exists()  # a process of another host sharing the folder
+
+
 def test_new_folder_is_self_describing(run):
     assert RunFolder.is_run_folder(run.path)
     assert run.config == _config()
     meta = run.metadata
     assert meta["format"] == "curvlab-run"
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["seeds"] == {"s": 1}
     assert meta["versions"]["curvlab"] == curvlab.__version__
     for key in ("python", "torch", "numpy", "h5py"):
@@ -149,7 +173,11 @@ def test_mark_done_and_is_done(run):
     assert run.is_done("spectrum", 4)
     entry = run.entry("spectrum", 4)
     assert entry["files"] == [
-        {"path": "spectrum/step_00000004.json", "bytes": path.stat().st_size}
+        {
+            "path": "spectrum/step_00000004.json",
+            "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
     ]
     assert entry["info"] == {"k": 2}
     assert run.done_steps("spectrum") == [4]

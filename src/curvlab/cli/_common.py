@@ -55,6 +55,7 @@ __all__ = [
     "check_device",
     "check_threads",
     "error_printer",
+    "exit_on_run_errors",
     "fmt",
     "markdown_table",
     "option_error",
@@ -136,6 +137,54 @@ def option_error(error: Exception) -> int:
     """Print a bad option value as ``Error: ...`` on standard error; return 2."""
     typer.echo(f"Error: {error}", err=True)
     return 2
+
+
+@contextmanager
+def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
+    """Turn run-folder errors that escape a command into one line and an exit code.
+
+    The one place where the commands' uncaught run-folder errors end:
+
+    - a disk or permission error (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``,
+      ``EROFS``, also inside HDF5 or torch errors): one line naming the path
+      and the cause, exit code 1
+      (:func:`curvlab.runs.errors.disk_error_message`);
+    - :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
+      same stage of the folder): its message, naming that process, exit 2;
+    - :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file): its
+      message, naming the file, the step and what to do, exit 2.
+
+    Other exceptions pass through unchanged.
+
+    Args:
+        error_console: Where to print (default: standard error).
+
+    Yields:
+        Nothing; run the command inside.
+
+    Raises:
+        typer.Exit: With code 1 or 2 for the errors above.
+    """
+    from curvlab.runs.errors import (
+        RunIntegrityError,
+        RunLockedError,
+        disk_error_message,
+    )
+
+    fail = error_printer(error_console or Console(stderr=True, soft_wrap=True))
+    try:
+        yield
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except RunLockedError as error:
+        raise typer.Exit(fail(str(error), 2)) from None
+    except Exception as error:
+        message = disk_error_message(error)
+        if message is not None:
+            raise typer.Exit(fail(message, 1)) from None
+        if isinstance(error, RunIntegrityError):
+            raise typer.Exit(fail(str(error), 2)) from None
+        raise
 
 
 def check_device(device: str) -> torch.device:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from curvlab import __version__
 from curvlab.cli import check as check_command
@@ -27,10 +28,21 @@ from curvlab.cli import solve as solve_command
 from curvlab.cli import spectrum as spectrum_command
 from curvlab.cli import trace as trace_command
 from curvlab.cli import train as train_command
+from curvlab.cli._common import exit_on_run_errors
 
 __all__ = ["app", "main"]
 
+
+class _Group(TyperGroup):
+    """The app's command group: run-folder errors end in one line and an exit code."""
+
+    def invoke(self, ctx):  # noqa: D102 - click's Group.invoke
+        with exit_on_run_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="curvlab",
     help="Measure the curvature of neural networks: Hessian, GGN and Fisher "
     "operators over whole data sets, applied matrix-free.",

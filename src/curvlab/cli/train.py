@@ -41,7 +41,12 @@ from curvlab.cli._common import (
     run_steps,
     torch_threads,
 )
-from curvlab.experiments.training import TrainEvent, derived_seeds, train_run
+from curvlab.experiments.training import (
+    TrainEvent,
+    check_trainable,
+    derived_seeds,
+    train_run,
+)
 from curvlab.runs import (
     ConfigError,
     ConfigMismatchError,
@@ -134,11 +139,17 @@ def main(
         resolved = check_device(device)
         check_threads(threads)
         run = RunFolder.create(
-            out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
+            out,
+            config,
+            force=force,
+            metadata={"seeds": derived_seeds(config.seed)},
+            check=lambda c: check_trainable(c, data_dir=data_dir),
         )
     except ConfigMismatchError as error:
         return fail(str(error))
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        return fail(str(error))
+    except NotImplementedError as error:
         return fail(str(error))
 
     with torch_threads(threads):
@@ -167,6 +178,10 @@ def _run(
         if event.kind == "start":
             progress.update(task, total=event.total, completed=event.index)
             print_skipped(progress, values["skipped"], "Already recorded")
+            for problem in values.get("damaged", ()):
+                progress.console.print(
+                    f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
+                )
             if values["resumed_from"] is not None:
                 step = values["resumed_from"]
                 progress.console.print(f"Resuming from the checkpoint at step {step}.")

@@ -375,7 +375,10 @@ def exact_hessian_diagonal(
     ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``, and no formed
     per-sample Hessian has more than
     :data:`~curvlab.diagonal.hessian_backprop.MAX_FEATURES` rows (checked on the
-    first batch): one pass over the data (``chunk_size`` unused).
+    first batch): one pass over the data (``chunk_size`` unused), whatever
+    ``D``. Its memory is bounded instead: per-sample Hessians of a layer's
+    output (``n x n`` for ``n`` features, ``n`` at most ``MAX_FEATURES``) are
+    formed for as many samples at once as fit in about :math:`2^{24}` entries.
 
     **Otherwise** :math:`H_{ii} = e_i^\top H e_i`, with the unit vectors
     multiplied in chunks of ``chunk_size`` columns; each chunk is one pass over
@@ -392,15 +395,18 @@ def exact_hessian_diagonal(
             parameter tensors or names.
         chunk_size: Unit vectors per pass over the data (memory grows with it)
             for Hessian-vector products.
-        max_dim: Largest ``D`` accepted (by both methods, although Hessian
-            backpropagation costs far less than ``D`` products); raise it
-            deliberately for larger models.
+        max_dim: Largest ``D`` accepted for Hessian-vector products (which
+            cost about ``D`` products); raise it deliberately for larger
+            models. It does not apply to Hessian backpropagation, which costs
+            one pass over the data and is guarded by the size of its
+            per-sample factors (above).
 
     Returns:
         The diagonal, a list shaped like the selected parameters.
 
     Raises:
-        ValueError: If ``D > max_dim``, ``chunk_size`` is not a positive int, for
+        ValueError: If ``D > max_dim`` and Hessian-vector products are needed,
+            ``chunk_size`` is not a positive int, for
             modules in training mode, bad targets, a bad parameter selection or
             empty data.
         TypeError: If a batch is not an ``(X, y)`` pair of tensors.
@@ -426,20 +432,16 @@ def exact_hessian_diagonal(
         raise ValueError(f"chunk_size must be a positive int. Got {chunk_size!r}.")
     check_eval_mode(model)
     output_loss = _backprop_loss(model, loss_fn)
+    why = "the model or loss is outside what Hessian backpropagation handles"
     if output_loss is not None:
-        _, tensors = resolve_params(model, params)
-        dim = sum(t.numel() for t in tensors)
-        if dim > max_dim:
-            raise ValueError(
-                f"exact_hessian_diagonal needs D={dim} diagonal entries, above "
-                f"max_dim={max_dim}. For this model they come from Hessian "
-                "backpropagation (one pass over the data, per-sample Hessians of "
-                f"the layer outputs), not D Hessian-vector products: pass "
-                f"max_dim={dim} (or more) to run it."
-            )
+        # one pass over the data, whatever D: max_dim does not apply
         diag = _hessian_backprop_diagonal(model, output_loss, data, params)
         if diag is not None:
             return diag
+        why = (
+            "Hessian backpropagation would form per-sample Hessians of more than "
+            f"{hessian_backprop.MAX_FEATURES} features"
+        )
     op = HessianOperator(model, loss_fn, data, params=params, max_cols=chunk_size)
     dim = op.shape[0]
     if dim > max_dim:
@@ -447,8 +449,9 @@ def exact_hessian_diagonal(
         raise ValueError(
             f"exact_hessian_diagonal needs D={dim} Hessian-vector products "
             f"({passes} passes over the data with chunk_size={chunk_size}), above "
-            f"max_dim={max_dim}. Pass max_dim={dim} (or more) to run it anyway, "
-            "or use hesscale() or exact_ggn_diagonal() for a cheaper diagonal."
+            f"max_dim={max_dim} ({why}). Pass max_dim={dim} (or more) to run it "
+            "anyway, or use hesscale() or exact_ggn_diagonal() for a cheaper "
+            "diagonal."
         )
     diag = torch.empty(dim, dtype=op.dtype, device=op.device)
     for start in range(0, dim, chunk_size):

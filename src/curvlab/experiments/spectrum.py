@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 from torch import nn
 
@@ -430,6 +431,10 @@ def spectrum_run(
         MissingStepError: If a requested step is not recorded.
         SpectrumSettingsError: If a requested step is done with other settings
             and ``force`` is false.
+        ValueError: If ``top_k`` or ``bottom_k`` exceeds the parameters, or a
+            step's parameters are not finite or its Hessian has no spectrum
+            (training diverged).
+        RunLockedError: If another process computes spectra in the folder.
     """
     stage = SpectrumStage(run, settings, device=device, data_dir=data_dir)
     return run_stage(
@@ -481,6 +486,7 @@ class SpectrumStage(Stage):
             data = hessian_data(
                 problem, self.settings.samples_per_class, self.run.config.seed
             )
+            _check_counts(self.settings, problem.num_params)
             self._prepared = (problem, data)
         return self._prepared
 
@@ -507,14 +513,23 @@ class SpectrumStage(Stage):
                 seconds=spectrum.seconds,
             )
 
-        spectra = compute_spectra(
-            model,
-            problem.loss_fn,
-            data,
-            self.settings,
-            seed=self.run.config.seed,
-            on_spectrum=on_spectrum,
-        )
+        _check_finite(model, step)
+        try:
+            spectra = compute_spectra(
+                model,
+                problem.loss_fn,
+                data,
+                self.settings,
+                seed=self.run.config.seed,
+                on_spectrum=on_spectrum,
+            )
+        except (torch.linalg.LinAlgError, numpy.linalg.LinAlgError) as error:
+            raise ValueError(
+                f"The Hessian at step {step} has no spectrum: the eigensolver "
+                f"failed ({str(error).splitlines()[0]}). Its entries are probably "
+                "not finite because training diverged; choose earlier steps "
+                "with --steps."
+            ) from None
         return SpectrumStep(
             step=step,
             settings=self.settings,
@@ -547,6 +562,27 @@ class SpectrumStage(Stage):
         info = dict((self.run.entry(STAGE, step) or {}).get("info", {}))
         info.pop("settings", None)
         return info
+
+
+def _check_counts(settings: SpectrumSettings, dim: int) -> None:
+    """Refuse ``top_k``/``bottom_k`` above D: the stored file could not hold them."""
+    for name in ("top_k", "bottom_k"):
+        value = getattr(settings, name)
+        if value > dim:
+            raise ValueError(
+                f"{name}={value} exceeds the model's D={dim} parameters; pass at "
+                f"most {dim} (blocks of layers get at most their own size)."
+            )
+
+
+def _check_finite(model: torch.nn.Module, step: int) -> None:
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(
+            f"The parameters recorded at step {step} hold NaN or infinite values "
+            f"({', '.join(bad)}): training diverged. Choose earlier steps with "
+            "--steps."
+        )
 
 
 # ----------------------------------------------------------------- reading

@@ -57,8 +57,15 @@ import torch
 from torch import Tensor, nn
 
 from curvlab._seeds import derive_seed
-from curvlab.runs.config import ConfigError, TrainConfig
+from curvlab.runs.config import (
+    EXTENT_FIELDS,
+    ConfigError,
+    ConfigMismatchError,
+    TrainConfig,
+    config_differences,
+)
 from curvlab.runs.environment import machine_info, package_versions
+from curvlab.runs.errors import RunIntegrityError
 from curvlab.runs.folder import RunFolder
 from curvlab.runs.records import load_checkpoint, save_checkpoint, write_record
 from curvlab.runs.stage import StageEvent
@@ -70,6 +77,7 @@ __all__ = [
     "TrainResult",
     "batch_indices",
     "build_optimizer",
+    "check_trainable",
     "derived_seeds",
     "evaluate_split",
     "train",
@@ -84,9 +92,10 @@ CHECKPOINT_FORMAT = "curvlab-train-checkpoint"
 #: ``total`` is the last step this call trains to. Kinds: ``"start"`` (``step``
 #: is where training (re)starts; ``values`` holds ``resumed_from``: the
 #: checkpoint step or ``None``, ``skipped``: record steps already done,
-#: ``todo``: those to do), ``"step"`` (``step`` optimizer steps are done;
-#: ``values["loss"]`` is the mini-batch loss), ``"record"`` (``step`` was
-#: recorded; ``values`` are its metrics), ``"checkpoint"`` or ``"done"``.
+#: ``todo``: those to do, ``damaged``: what was found damaged and is computed
+#: again), ``"step"`` (``step`` optimizer steps are done; ``values["loss"]`` is
+#: the mini-batch loss), ``"record"`` (``step`` was recorded; ``values`` are its
+#: metrics), ``"checkpoint"`` or ``"done"``.
 TrainEvent = StageEvent
 
 ProgressCallback = Callable[[TrainEvent], None]
@@ -206,6 +215,45 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         ) from None
 
 
+def _check_batch_size(config: TrainConfig, num_train: int) -> None:
+    if config.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size must be at most the {num_train} train samples of "
+            f"{config.problem!r}. Got {config.batch_size}."
+        )
+
+
+def check_trainable(config: TrainConfig, *, data_dir: str | Path | None = None) -> None:
+    """Check what only the problem can tell, before a run folder is written.
+
+    Builds the problem on the CPU (its data must be present), checks the batch
+    size against the train samples and builds the optimizer on the model, so
+    that an invalid config never lands in a run folder.
+
+    Args:
+        config: The training config.
+        data_dir: Data folder of file-based problems.
+
+    Raises:
+        ConfigError: If the batch size exceeds the train samples or the
+            optimizer rejects the model.
+        FileNotFoundError: If a file-based problem's data are missing.
+        NotImplementedError: If AdaHesScale cannot handle a module of the model.
+    """
+    from curvlab import problems
+
+    problem = problems.get(
+        config.problem,
+        seed=config.seed,
+        batch_size=config.eval_batch_size,
+        num_samples=config.num_samples,
+        dtype=config.torch_dtype,
+        data_dir=data_dir,
+    )
+    _check_batch_size(config, len(problem.train_data.y))
+    build_optimizer(config, problem.model)
+
+
 def _uses_hesscale(optimizer: torch.optim.Optimizer) -> bool:
     return hasattr(optimizer, "variant")
 
@@ -293,6 +341,10 @@ def train(
         ConfigError: If the batch size exceeds the train samples or the
             optimizer rejects an option.
         FloatingPointError: If the loss becomes NaN or infinite.
+        RunLockedError: If another process trains in the folder.
+        RunIntegrityError: If a checkpoint without a recorded checksum cannot
+            be loaded (damaged records and checkpoints with checksums are
+            computed again).
 
     Example:
         >>> import tempfile
@@ -303,7 +355,11 @@ def train(
         ((0, 10, 20), [0, 10, 20])
     """
     run = RunFolder.create(
-        out, config, force=force, metadata={"seeds": derived_seeds(config.seed)}
+        out,
+        config,
+        force=force,
+        metadata={"seeds": derived_seeds(config.seed)},
+        check=lambda c: check_trainable(c, data_dir=data_dir),
     )
     return train_run(
         run,
@@ -345,6 +401,10 @@ def train_run(
         ConfigError: If the batch size exceeds the train samples or the
             optimizer rejects an option.
         FloatingPointError: If the loss becomes NaN or infinite.
+        RunLockedError: If another process trains in the folder.
+        RunIntegrityError: If a checkpoint without a recorded checksum cannot
+            be loaded (damaged records and checkpoints with checksums are
+            computed again).
     """
     stored = run.config
     config = stored if request is None else request
@@ -424,32 +484,44 @@ def _train(
         if on_progress is not None:
             on_progress(TrainEvent(kind, step, step, total, values))
 
-    skipped = tuple(s for s in config.record_steps if run.is_done("train", s))
+    # verify=True: a damaged record or checkpoint is computed again
+    damaged = [
+        problem
+        for stage in ("train", "checkpoint")
+        for step in run.entry_steps(stage)
+        if stage == "checkpoint" or step in config.record_steps
+        for problem in run.damaged(stage, step)
+    ]
+    skipped = tuple(
+        s for s in config.record_steps if run.is_done("train", s, verify=True)
+    )
     todo = [s for s in config.record_steps if s not in skipped]
     if not todo:
         report("done", config.steps, config.steps)
         return TrainResult(run, None, None, None, (), skipped, 0.0)
     first, last = todo[0], todo[-1]
-    checkpoints = [s for s in run.done_steps("checkpoint") if s <= first]
+    checkpoints = [
+        s
+        for s in run.entry_steps("checkpoint")
+        if s <= first and run.is_done("checkpoint", s, verify=True)
+    ]
     resumed_from = max(checkpoints) if checkpoints else None
 
     problem = run.problem(device=device, data_dir=data_dir)
     model, loss_fn = problem.model, problem.loss_fn
     X, y = problem.train_data.X, problem.train_data.y
     num_train = len(y)
-    if config.batch_size > num_train:
-        raise ConfigError(
-            f"batch_size must be at most the {num_train} train samples of "
-            f"{config.problem!r}. Got {config.batch_size}."
-        )
+    _check_batch_size(config, num_train)
     optimizer = build_optimizer(config, model)
     cuda = []
     if device.type == "cuda":
         index = device.index
         cuda = [torch.cuda.current_device() if index is None else index]
-    checkpoint_steps = set(config.record_steps)
-    if config.checkpoint_every is not None:
-        checkpoint_steps.update(range(0, last + 1, config.checkpoint_every))
+    record_set = set(config.record_steps)
+    every = config.checkpoint_every
+
+    def checkpoint_due(step: int) -> bool:  # no set of all steps: steps may be 1e12
+        return step in record_set or (every is not None and step % every == 0)
 
     recorded, todo_set = [], set(todo)
     with torch.random.fork_rng(devices=cuda):
@@ -462,7 +534,7 @@ def _train(
         else:
             begin = resumed_from
             path = run.path_for("checkpoint", resumed_from, ".pt")
-            _restore(load_checkpoint(path), model, optimizer, cuda)
+            _restore(load_checkpoint(path), model, optimizer, cuda, config, path)
         invocation.update(start_step=begin, resumed_from=resumed_from)
         report(
             "start",
@@ -471,6 +543,7 @@ def _train(
             resumed_from=resumed_from,
             skipped=skipped,
             todo=tuple(todo),
+            damaged=tuple(damaged),
         )
         train_seconds = 0.0
         for step in range(begin, last + 1):
@@ -479,7 +552,9 @@ def _train(
                 train_seconds = 0.0
                 recorded.append(step)
                 report("record", step, last, **metrics)
-            if step in checkpoint_steps and not run.is_done("checkpoint", step):
+            if checkpoint_due(step) and not run.is_done(
+                "checkpoint", step, verify=True
+            ):
                 _checkpoint(run, config, model, optimizer, cuda, step)
                 report("checkpoint", step, last)
             if step == last:
@@ -617,9 +692,30 @@ def _restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     cuda: list[int],
+    config: TrainConfig,
+    path: Path,
 ) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError("The checkpoint file is not a curvlab training checkpoint.")
+        raise RunIntegrityError(
+            f"{path} is damaged or not a curvlab training checkpoint. Delete it "
+            "and run the command again: training then replays from the "
+            "initialisation.",
+            path=path,
+        )
+    stored = state.get("config")
+    if isinstance(stored, Mapping):
+        differences = config_differences(stored, config.to_dict(), ignore=EXTENT_FIELDS)
+        if differences:
+            listed = "; ".join(
+                f"{name}: checkpoint {old!r}, config.yaml {new!r}"
+                for name, old, new in differences
+            )
+            raise ConfigMismatchError(
+                f"{path} was written by a run with another configuration than "
+                f"config.yaml says ({listed}). config.yaml was changed after the "
+                "run started; restore it, or train again in a new folder.",
+                differences,
+            )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["cpu_rng_state"])

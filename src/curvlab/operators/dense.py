@@ -20,13 +20,24 @@ class DenseOperator(CurvatureOperator):
         True
     """
 
-    def __init__(self, matrix: Tensor, *, param_shapes=None, is_psd: bool = False):
+    def __init__(
+        self,
+        matrix: Tensor,
+        *,
+        param_shapes=None,
+        is_psd: bool = False,
+        symmetry_tol: float | None = None,
+    ):
         """Wrap a matrix.
 
         Args:
             matrix: A ``(D, D)`` floating-point tensor.
             param_shapes: Parameter shapes that split ``D``; default ``[(D,)]``.
             is_psd: Declare the matrix positive semi-definite.
+            symmetry_tol: The matrix counts as symmetric when
+                ``max |A - A.T| <= symmetry_tol * max |A|`` (entry-wise), so a
+                matrix symmetric up to rounding (``Q @ diag(l) @ Q.T``) is;
+                default ``64 * eps`` of the dtype. ``0`` asks for exact symmetry.
 
         Raises:
             ValueError: If the matrix is not square or the shapes do not add up to D.
@@ -44,7 +55,11 @@ class DenseOperator(CurvatureOperator):
                 f"D={matrix.shape[0]}."
             )
         self.matrix = matrix
-        self.is_symmetric = bool(torch.equal(matrix, matrix.mT))
+        if symmetry_tol is None:
+            symmetry_tol = 64 * torch.finfo(matrix.dtype).eps
+        asymmetry = (matrix - matrix.mT).abs().max() if matrix.numel() else 0.0
+        scale = matrix.abs().max() if matrix.numel() else 0.0
+        self.is_symmetric = bool(asymmetry <= symmetry_tol * scale)
         self.is_psd = is_psd
 
     def _matmat(self, M: TensorList) -> TensorList:

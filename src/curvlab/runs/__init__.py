@@ -11,11 +11,16 @@ interrupted command can be run again and skips what is finished.
   training configuration from defaults, YAML and command line
   (:mod:`curvlab.runs.config`).
 - :mod:`curvlab.runs.records`: the HDF5 record and checkpoint files.
+- :mod:`curvlab.runs.errors`: :class:`RunIntegrityError` (a damaged file),
+  :class:`RunLockedError` (another process writes the stage) and
+  :func:`disk_error_message` (one line for a full or read-only disk).
+- :class:`StageLock`: one writer per run folder and stage (:mod:`curvlab.runs.lock`).
 
 Training itself is :func:`curvlab.experiments.training.train`.
 """
 
 from curvlab.runs.config import (
+    ConfigDamagedError,
     ConfigError,
     ConfigMismatchError,
     TrainConfig,
@@ -23,24 +28,33 @@ from curvlab.runs.config import (
     parse_steps,
     resolve_config,
 )
+from curvlab.runs.errors import RunIntegrityError, RunLockedError, disk_error_message
 from curvlab.runs.folder import (
     Invocation,
     MissingStepError,
     RunFolder,
     atomic_path,
+    file_checksum,
     step_key,
 )
+from curvlab.runs.lock import StageLock
 from curvlab.runs.records import Record, read_record, write_record
 
 __all__ = [
+    "ConfigDamagedError",
     "ConfigError",
     "ConfigMismatchError",
     "Invocation",
     "MissingStepError",
     "Record",
     "RunFolder",
+    "RunIntegrityError",
+    "RunLockedError",
+    "StageLock",
     "TrainConfig",
     "atomic_path",
+    "disk_error_message",
+    "file_checksum",
     "load_yaml",
     "parse_steps",
     "read_record",

@@ -20,6 +20,13 @@ Steps are written as a comma-separated list of integers and inclusive ranges
 ``start:stop:step``: ``"0:1000:100"`` is ``0, 100, ..., 1000``
 (:func:`parse_steps`).
 
+A run folder stores its config as ``config.yaml`` ending with the SHA-256 of
+its lines (:func:`config_to_text`) and reads it back strictly
+(:func:`config_from_text`): every field must be there, valid, and match the
+checksum, so a damaged config is never completed with defaults. A config is
+validated entirely when it is built, the optimizer's options included, so an
+invalid one is never written.
+
 Example:
     >>> config = TrainConfig(problem="digits_logreg", steps=100,
     ...                      record_steps=parse_steps("0:60:30"))
@@ -30,7 +37,9 @@ Example:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,16 +47,22 @@ from typing import Any
 
 import yaml
 
+from curvlab.runs.errors import RunIntegrityError
+
 __all__ = [
     "DEFAULT_LR",
     "DTYPES",
     "EXTENT_FIELDS",
+    "MAX_STEPS_LISTED",
     "OPTIMIZERS",
     "OPTIMIZER_OPTIONS",
+    "ConfigDamagedError",
     "ConfigError",
     "ConfigMismatchError",
     "TrainConfig",
     "config_differences",
+    "config_from_text",
+    "config_to_text",
     "load_yaml",
     "parse_steps",
     "resolve_config",
@@ -67,6 +82,9 @@ OPTIMIZER_OPTIONS = {
     "adahesscalegn": ("betas", "eps", "weight_decay"),
 }
 
+#: Most steps a range of :func:`parse_steps` may list (a set of them is built).
+MAX_STEPS_LISTED = 1_000_000
+
 #: Floating dtypes a run can train in.
 DTYPES = ("float32", "float64")
 
@@ -78,6 +96,10 @@ EXTENT_FIELDS = ("steps", "record_steps", "checkpoint_every")
 
 class ConfigError(ValueError):
     """A configuration value, file or combination is invalid."""
+
+
+class ConfigDamagedError(ConfigError, RunIntegrityError):
+    """A run's stored config is damaged, cut short, edited or unparsable."""
 
 
 class ConfigMismatchError(ConfigError):
@@ -132,7 +154,9 @@ def parse_steps(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
         The sorted distinct steps.
 
     Raises:
-        ConfigError: For malformed items, negative steps or a range step below 1.
+        ConfigError: For an empty string, malformed items, negative steps, a
+            range step below 1, an empty range (start after stop) or one of
+            more than :data:`MAX_STEPS_LISTED` steps.
 
     Example:
         >>> parse_steps("0,5,10:30:10")
@@ -142,6 +166,11 @@ def parse_steps(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
         items: list[object] = [spec]
     elif isinstance(spec, str):
         items = [item.strip() for item in spec.split(",") if item.strip()]
+        if not items:
+            raise ConfigError(
+                f"No steps given ({spec!r}). Give steps like 0,100 or 0:1000:100; "
+                "leave the option out for the default."
+            )
     else:
         items = list(spec)
     steps: set[int] = set()
@@ -162,6 +191,17 @@ def parse_steps(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
             start, stop, every = parts
             if every < 1:
                 raise ConfigError(f"The step of range {text!r} must be at least 1.")
+            if start > stop:
+                raise ConfigError(
+                    f"The range {text!r} is empty: its start {start} lies after its "
+                    f"stop {stop} (ranges are start:stop:step, stop included)."
+                )
+            count = len(range(start, stop + 1, every))
+            if count > MAX_STEPS_LISTED:
+                raise ConfigError(
+                    f"The range {text!r} lists {count:,} steps; at most "
+                    f"{MAX_STEPS_LISTED:,} can be listed. Use a larger step."
+                )
             steps.update(range(start, stop + 1, every))
         else:
             raise ConfigError(
@@ -266,6 +306,7 @@ class TrainConfig:
         object.__setattr__(
             self, "optimizer_options", self._checked_options(self.optimizer_options)
         )
+        _check_optimizer_accepts(self.optimizer, self.optimizer_kwargs())
 
     def _checked_options(self, options: object) -> dict[str, Any]:
         if options is None:
@@ -528,3 +569,138 @@ def resolve_config(
             if _is_int(steps):
                 values["record_steps"] = [s for s in stored.record_steps if s <= steps]
     return TrainConfig.from_dict(values)
+
+
+def _check_optimizer_accepts(optimizer: str, kwargs: Mapping[str, Any]) -> None:
+    """Build the optimizer on a dummy parameter: refuse options it rejects."""
+    import torch
+
+    if optimizer == "sgd":
+        kind: Any = torch.optim.SGD
+    elif optimizer == "adam":
+        kind = torch.optim.Adam
+    else:
+        from curvlab.optim import AdaHesScale, AdaHesScaleGN
+
+        kind = AdaHesScale if optimizer == "adahesscale" else AdaHesScaleGN
+    try:
+        kind([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except (TypeError, ValueError, IndexError) as error:
+        raise ConfigError(
+            f"{kind.__name__} rejects the options {dict(kwargs)}: {error}"
+        ) from None
+
+
+_CHECKSUM_LINE = re.compile(r"^# sha256: ([0-9a-f]{64})\s*$")
+_CONFIG_HEADER = (
+    "# curvlab run config. The last line is the SHA-256 of the lines above it;\n"
+    "# an edited or damaged file is refused. Extend a run with curvlab train.\n"
+)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_to_text(config: TrainConfig) -> str:
+    """Return the text of a run's ``config.yaml``: YAML ending with its checksum.
+
+    Args:
+        config: The config.
+
+    Returns:
+        A header comment, the fields in order, and ``# sha256: <hex>`` of all
+        lines above it.
+
+    Example:
+        >>> text = config_to_text(TrainConfig(problem="digits_logreg", steps=5))
+        >>> config_from_text(text).steps
+        5
+    """
+    body = _CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return f"{body}# sha256: {_sha256(body)}\n"
+
+
+def config_from_text(
+    text: str | bytes, *, source: str = "config.yaml", require_checksum: bool = True
+) -> TrainConfig:
+    """Read a run's stored config strictly (see :func:`config_to_text`).
+
+    Every field must be present (a stored config is never completed with
+    defaults) and valid, and the checksum line must match.
+
+    Args:
+        text: The file's content.
+        source: The file, for messages.
+        require_checksum: Refuse a text without a checksum line (configs of
+            run folders of format 1 have none).
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigDamagedError: Naming the file and what is wrong: unreadable bytes,
+            invalid YAML (with line and column), no mapping, the missing keys, a
+            bad value, or a missing or wrong checksum.
+    """
+    fix = (
+        "A run's config is never completed with defaults: restore the file from "
+        "a copy, or train again in a new folder (or with --force)."
+    )
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as error:
+            raise ConfigDamagedError(
+                f"{source} is damaged: byte {error.start} is not UTF-8 text. {fix}",
+                path=source,
+            ) from None
+    lines = text.splitlines(keepends=True)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    match = _CHECKSUM_LINE.match(lines[-1]) if lines else None
+    body = "".join(lines[:-1]) if match else text
+    try:
+        values = yaml.safe_load(body)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigDamagedError(
+            f"{source} is damaged: it is not valid YAML ({where}{problem}). {fix}",
+            path=source,
+        ) from None
+    if not isinstance(values, Mapping):
+        raise ConfigDamagedError(
+            f"{source} is damaged: it holds {type(values).__name__}, not a mapping "
+            f"of the config's fields. {fix}",
+            path=source,
+        )
+    values = _normalise_keys(values, source)
+    missing = [f.name for f in fields(TrainConfig) if f.name not in values]
+    if missing:
+        raise ConfigDamagedError(
+            f"{source} is damaged or cut short: it lacks the key"
+            f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}. {fix}",
+            path=source,
+        )
+    if match is None and require_checksum:
+        raise ConfigDamagedError(
+            f"{source} is damaged or was edited: its last line, the SHA-256 of "
+            f"the lines above it, is missing. {fix}",
+            path=source,
+        )
+    if match is not None and match.group(1) != _sha256(body):
+        error = ConfigDamagedError(
+            f"{source} is damaged or was edited: its content no longer matches "
+            f"the SHA-256 on its last line. {fix}",
+            path=source,
+        )
+        error.values = values  # for naming the changed keys
+        raise error
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as error:
+        raise ConfigDamagedError(
+            f"{source} holds an invalid value: {error} {fix}", path=source
+        ) from None

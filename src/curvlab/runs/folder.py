@@ -19,15 +19,32 @@ later command needs only ``--run RUN_DIR``::
       invocations/<time>_<command>_<pid>.json
                                    one file per command run: request, device,
                                    versions, machine, status, timings
+      .lock.<stage>                lock file of a stage: its holder's pid
 
 **Nothing half-written is ever taken for finished.** Every file is written to a
-temporary name in its final folder (``.tmp.<name>``), flushed to disk
-(``fsync``) and renamed onto its final name with ``os.replace``, which is
-atomic; then its manifest entry is written the same way. An entry lists its
-files with their sizes, and :meth:`RunFolder.is_done` checks that they still
-exist with those sizes. A crash (Ctrl-C, SIGKILL, power loss) leaves at worst a
-temporary file, which nothing reads and the next attempt overwrites, or a
-finished file without an entry, which is computed again.
+temporary name in its final folder (``.tmp.<pid>-<token>.<name>``, unique per
+process), flushed to disk (``fsync``) and renamed onto its final name with
+``os.replace``, which is atomic; then its manifest entry is written the same
+way. A crash (Ctrl-C, SIGKILL, power loss) leaves at worst a temporary file,
+which nothing reads and a later write of the same file deletes once its
+process is gone, or a finished file without an entry, which is computed again.
+
+**Nothing damaged is ever used.** An entry lists its files with their sizes and
+SHA-256 checksums. :meth:`RunFolder.is_done` checks the sizes (cheap, for
+listing steps); ``is_done(..., verify=True)``, which the stage that owns the
+files uses to decide what to skip, also checks the checksums, so that stage
+computes a damaged step again. The readers (:meth:`RunFolder.load_record`,
+:meth:`RunFolder.read_json`, :meth:`RunFolder.read_table`) verify a listed
+file before using it and raise :class:`~curvlab.runs.errors.RunIntegrityError`
+naming the file, the step and what to do. ``config.yaml`` ends with the
+SHA-256 of its lines and is read strictly: a damaged, cut or unparsable config
+is named with the missing or bad key, never completed with defaults.
+
+**One writer per stage.** A stage writes under an exclusive OS lock on
+``.lock.<stage>`` (:mod:`curvlab.runs.lock`), taken by
+:meth:`RunFolder.start_invocation` (and for ``config.yaml`` by the ``train``
+stage); a second process gets :class:`~curvlab.runs.errors.RunLockedError`
+naming the holder. Readers take no lock.
 
 The manifest is a folder of small entries rather than one ``manifest.json`` so
 that parallel workers of a later stage can mark their own steps done without a
@@ -49,22 +66,31 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
-from curvlab.runs.config import TrainConfig
+from curvlab.runs.config import (
+    ConfigDamagedError,
+    TrainConfig,
+    config_from_text,
+    config_to_text,
+)
 from curvlab.runs.environment import machine_info, package_versions, utc_now
+from curvlab.runs.errors import RunIntegrityError, disk_error
+from curvlab.runs.lock import LOCK_PREFIX, StageLock
 from curvlab.runs.records import Record, read_record
 
 __all__ = [
@@ -75,12 +101,14 @@ __all__ = [
     "MissingStepError",
     "RunFolder",
     "atomic_path",
+    "file_checksum",
     "step_key",
     "write_bytes_atomic",
 ]
 
 RUN_FORMAT = "curvlab-run"
-RUN_FORMAT_VERSION = 1
+#: 2: manifest entries carry SHA-256 checksums, config.yaml ends with its own.
+RUN_FORMAT_VERSION = 2
 
 #: Prefix of temporary files; such files are never read as results.
 TEMP_PREFIX = ".tmp."
@@ -92,6 +120,11 @@ _INVOCATIONS = "invocations"
 _METRICS = "metrics.csv"
 _STAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STEP_PATTERN = re.compile(r"^step_(\d+)$")
+_FILE_KEY = re.compile(r"^(step_\d{8,}|all)")
+_TEMP_PID = re.compile(r"^\.tmp\.(\d+)-([0-9a-f]{6})[0-9a-f]*\.")
+# this host in temporary names: a process of another host sharing the folder
+# (a cluster file system) is never taken for a dead local one
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
 class MissingStepError(LookupError):
@@ -142,15 +175,68 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def file_checksum(path: str | Path) -> str:
+    """Return the SHA-256 of a file as hex text (read in 1 MiB blocks).
+
+    Args:
+        path: The file.
+
+    Returns:
+        64 hex digits.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive but not ours
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of ``path`` left by processes that are gone."""
+    suffix = "." + path.name
+    try:
+        children = list(path.parent.iterdir())
+    except OSError:
+        return
+    for child in children:
+        name = child.name
+        if not name.startswith(TEMP_PREFIX) or not name.endswith(suffix):
+            continue
+        match = _TEMP_PID.match(name)
+        if name == TEMP_PREFIX + path.name or (
+            match
+            and name == match.group(0) + path.name
+            and match.group(2) == _HOST
+            and not _process_alive(int(match.group(1)))
+        ):
+            with contextlib.suppress(OSError):
+                child.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Give a temporary path to write; rename it to ``path`` when done.
 
     The temporary file lies in ``path``'s folder and keeps its extension
-    (``.tmp.<name>``), so any writer works (``h5py.File``, ``torch.save``,
-    ``savefig``). A leftover from an earlier crash is deleted first. On a clean
-    exit the file is flushed to disk and renamed onto ``path`` atomically; on
-    an exception it is deleted and ``path`` is left as it was.
+    (``.tmp.<pid>-<host><token>.<name>``), so any writer works
+    (``h5py.File``, ``torch.save``, ``savefig``); the name is unique per
+    process and call, so two processes writing one file never touch each
+    other's temporary file. Leftovers of this host's processes that are gone
+    are deleted first. On a clean exit
+    the file is flushed to disk and renamed onto ``path`` atomically; on an
+    exception it is deleted and ``path`` is left as it was.
 
     Args:
         path: The final file.
@@ -171,8 +257,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(TEMP_PREFIX + path.name)
-    tmp.unlink(missing_ok=True)
+    _remove_stale_temporaries(path)
+    token = f"{os.getpid()}-{_HOST}{secrets.token_hex(4)}"
+    tmp = path.with_name(f"{TEMP_PREFIX}{token}.{path.name}")
     try:
         yield tmp
         if not tmp.is_file():
@@ -181,8 +268,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             )
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        found = disk_error(error)
+        if found is not None and found.filename in (None, str(tmp)):
+            # a failed write() names no file: name the one being written
+            raise OSError(found.errno, found.strerror, str(path)) from error
         raise
     _fsync_dir(path.parent)
 
@@ -233,9 +325,10 @@ class Invocation:
         data: What it holds.
     """
 
-    def __init__(self, path: Path, data: dict[str, Any]):
+    def __init__(self, path: Path, data: dict[str, Any], lock: StageLock | None = None):
         self.path = path
         self.data = data
+        self._lock = lock
         self._write()
 
     def _write(self) -> None:
@@ -259,7 +352,11 @@ class Invocation:
         """
         started = datetime.fromisoformat(self.data["started"].replace("Z", "+00:00"))
         seconds = (datetime.now(timezone.utc) - started).total_seconds()
-        self.update(status=status, finished=utc_now(), seconds=seconds, **info)
+        try:
+            self.update(status=status, finished=utc_now(), seconds=seconds, **info)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 class RunFolder:
@@ -280,6 +377,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().absolute()
+        self._verified: dict[str, tuple[int, int, int]] = {}
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -325,6 +423,7 @@ class RunFolder:
         *,
         force: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        check: Callable[[TrainConfig], None] | None = None,
     ) -> RunFolder:
         """Create a run folder, or reopen one made with a compatible config.
 
@@ -340,6 +439,9 @@ class RunFolder:
             force: Delete an existing run (everything in its folder) and start
                 over. A folder that is not a run folder is never deleted.
             metadata: More fields for ``metadata.json`` of a new run (seeds).
+            check: Called with ``config`` before a new run is written (also
+                with ``force``); what it raises propagates and nothing is
+                written, so no invalid config lands in the folder.
 
         Returns:
             The run folder.
@@ -351,29 +453,45 @@ class RunFolder:
                 is not a run folder.
         """
         path = Path(path).expanduser()
-        if cls.is_run_folder(path):
-            run = cls(path)
-            if not force:
-                stored = run.config
-                merged = stored
-                if config != stored:
-                    merged = stored.extended_by(config, where=str(path))
-                if merged != stored:
-                    run.write_config(merged)
-                return run
-            run._clear()
-        elif path.exists():
-            if not path.is_dir():
-                raise FileExistsError(f"{str(path)!r} exists and is not a folder.")
-            others = [p.name for p in path.iterdir() if not cls._ignorable(p)]
-            if others:
-                raise FileExistsError(
-                    f"{str(path)!r} is not empty and is not a curvlab run folder "
-                    f"(it holds {', '.join(sorted(others)[:5])}"
-                    f"{', ...' if len(others) > 5 else ''}). Choose a new or "
-                    "empty folder."
-                )
+        if not cls.is_run_folder(path):
+            cls._check_usable(path)
+        if check is not None and (force or not cls.is_run_folder(path)):
+            check(config)
         path.mkdir(parents=True, exist_ok=True)
+        with StageLock(path, "train"):  # the train stage owns config.yaml
+            if cls.is_run_folder(path):
+                run = cls(path)
+                if not force:
+                    stored = run.config
+                    merged = stored
+                    if config != stored:
+                        merged = stored.extended_by(config, where=str(path))
+                    if merged != stored:
+                        run.write_config(merged)
+                    return run
+                run._clear()
+            cls._check_usable(path)
+            return cls._create(path, config, metadata)
+
+    @classmethod
+    def _check_usable(cls, path: Path) -> None:
+        if not path.exists():
+            return
+        if not path.is_dir():
+            raise FileExistsError(f"{str(path)!r} exists and is not a folder.")
+        others = [p.name for p in path.iterdir() if not cls._ignorable(p)]
+        if others:
+            raise FileExistsError(
+                f"{str(path)!r} is not empty and is not a curvlab run folder "
+                f"(it holds {', '.join(sorted(others)[:5])}"
+                f"{', ...' if len(others) > 5 else ''}). Choose a new or "
+                "empty folder."
+            )
+
+    @classmethod
+    def _create(
+        cls, path: Path, config: TrainConfig, metadata: Mapping[str, Any] | None
+    ) -> RunFolder:
         run = cls(path)
         info = {
             "format": RUN_FORMAT,
@@ -389,8 +507,8 @@ class RunFolder:
 
     @staticmethod
     def _ignorable(path: Path) -> bool:
-        """Leftovers of a crash while a run folder was being created."""
-        if path.name.startswith(TEMP_PREFIX):
+        """Leftovers of a crash while a run folder was being created, and locks."""
+        if path.name.startswith((TEMP_PREFIX, LOCK_PREFIX)):
             return True
         if path.name == _METADATA:
             try:
@@ -401,6 +519,8 @@ class RunFolder:
 
     def _clear(self) -> None:
         for child in self.path.iterdir():
+            if child.name.startswith(LOCK_PREFIX):
+                continue  # held locks stay valid
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
@@ -409,18 +529,83 @@ class RunFolder:
     # ------------------------------------------------------------ config
     @property
     def config(self) -> TrainConfig:
-        """The training config stored in ``config.yaml``."""
-        values = yaml.safe_load((self.path / _CONFIG).read_text())
-        return TrainConfig.from_dict(values)
+        """The training config stored in ``config.yaml``, read strictly.
+
+        Raises:
+            ConfigDamagedError: If the file is damaged, cut short, edited or
+                unparsable (:func:`~curvlab.runs.config.config_from_text`); the
+                message names the file and the key.
+        """
+        path = self.path / _CONFIG
+        try:
+            return config_from_text(
+                path.read_bytes(),
+                source=str(path),
+                require_checksum=self._format_version() >= 2,
+            )
+        except ConfigDamagedError as error:
+            values = getattr(error, "values", None)
+            hint = self._checkpoint_differences(values) if values else ""
+            if not hint:
+                raise
+            raise ConfigDamagedError(f"{error} {hint}", path=path) from None
+
+    def _checkpoint_differences(self, values: Mapping[str, Any]) -> str:
+        """Name the keys where ``values`` differ from the latest checkpoint's config."""
+        from curvlab.runs.config import EXTENT_FIELDS, config_differences
+        from curvlab.runs.records import load_checkpoint
+
+        for step in reversed(self.entry_steps("checkpoint")):
+            try:
+                stored = load_checkpoint(self.path_for("checkpoint", step, ".pt"))
+            except (OSError, RunIntegrityError):
+                continue
+            if not isinstance(stored.get("config"), Mapping):
+                return ""
+            differences = config_differences(
+                stored["config"], values, ignore=EXTENT_FIELDS
+            )
+            listed = ", ".join(
+                f"{key}: {new!r} here, {old!r} in the checkpoint"
+                for key, old, new in differences
+            )
+            name = self.relative(self.path_for("checkpoint", step, ".pt"))
+            return f"Compared with the config saved in {name}: {listed or 'no key'}."
+        return ""
+
+    def _format_version(self) -> int:
+        try:
+            version = json.loads((self.path / _METADATA).read_text())["format_version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return RUN_FORMAT_VERSION
+        return version if isinstance(version, int) else RUN_FORMAT_VERSION
 
     def write_config(self, config: TrainConfig) -> None:
-        """Store the training config (``config.yaml``, atomically).
+        """Store the training config (``config.yaml``, atomically, with checksum).
+
+        It holds the ``train`` stage's lock while writing.
 
         Args:
             config: The config.
+
+        Raises:
+            RunLockedError: If another process trains in the folder.
         """
-        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-        self.write_text(_CONFIG, text)
+        text = config_to_text(config)
+        with StageLock(self.path, "train"):
+            self.write_text(_CONFIG, text)
+
+    def lock(self, stage: str) -> StageLock:
+        """Return the exclusive lock of a stage (take it with ``with``).
+
+        Args:
+            stage: The stage name.
+
+        Returns:
+            The lock (:class:`~curvlab.runs.lock.StageLock`), not yet taken.
+        """
+        _check_stage(stage)
+        return StageLock(self.path, stage)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -523,15 +708,24 @@ class RunFolder:
         return self.write_text(relpath, _json_text(obj))
 
     def read_json(self, relpath: str | Path) -> Any:
-        """Read a JSON file of the folder.
+        """Read a JSON file of the folder, verified if the manifest lists it.
 
         Args:
             relpath: The file.
 
         Returns:
             The data.
+
+        Raises:
+            RunIntegrityError: If the file is damaged (checksum, or not JSON).
         """
-        return json.loads(self.resolve(relpath).read_text())
+        path = self.verify_file(relpath)
+        try:
+            return json.loads(path.read_bytes())
+        except ValueError as error:
+            raise RunIntegrityError(
+                f"{path} is damaged: it is not valid JSON ({error}).", path=path
+            ) from None
 
     def write_table(
         self,
@@ -569,8 +763,11 @@ class RunFolder:
 
         Returns:
             One dict per row; cells parsed as int, float, ``None`` (empty) or str.
+
+        Raises:
+            RunIntegrityError: If the manifest lists the file and it is damaged.
         """
-        with self.resolve(relpath).open(newline="") as file:
+        with self.verify_file(relpath).open(newline="") as file:
             return [
                 {key: _parse_cell(value) for key, value in row.items()}
                 for row in csv.DictReader(file)
@@ -593,7 +790,7 @@ class RunFolder:
 
         Call it only after the files were written atomically (by
         :meth:`atomic_path`, :meth:`write_json`, ...). The entry stores each
-        file's size, which :meth:`is_done` checks.
+        file's size and SHA-256, which :meth:`is_done` and the readers check.
 
         Args:
             stage: The stage name.
@@ -612,7 +809,15 @@ class RunFolder:
                     f"Cannot mark {stage} {step_key(step)} done: {str(path)!r} "
                     "does not exist."
                 )
-            listed.append({"path": self.relative(path), "bytes": path.stat().st_size})
+            relative = self.relative(path)
+            listed.append(
+                {
+                    "path": relative,
+                    "bytes": path.stat().st_size,
+                    "sha256": file_checksum(path),
+                }
+            )
+            self._remember(path, relative)
         entry = {
             "stage": stage,
             "step": step,
@@ -639,7 +844,7 @@ class RunFolder:
             step: The step, or ``None``.
 
         Returns:
-            ``{"stage", "step", "files": [{"path", "bytes"}], "info",
+            ``{"stage", "step", "files": [{"path", "bytes", "sha256"}], "info",
             "completed"}``, or ``None`` when there is no entry. It does not
             check the files (:meth:`is_done` does).
         """
@@ -651,25 +856,159 @@ class RunFolder:
         except ValueError:  # cannot happen with atomic writes; be safe
             return None
 
-    def is_done(self, stage: str, step: int | None = None) -> bool:
+    def is_done(
+        self, stage: str, step: int | None = None, *, verify: bool = False
+    ) -> bool:
         """Return whether ``(stage, step)`` is finished and its files are intact.
+
+        Args:
+            stage: The stage name.
+            step: The step, or ``None``.
+            verify: Also compare the files' SHA-256 with the recorded ones
+                (reads them; once per file and process while the file is
+                unchanged). The stage that owns the files passes ``True`` when
+                it decides what to skip, so it recomputes damaged steps.
+
+        Returns:
+            ``True`` if an entry exists and every file it lists exists with the
+            recorded size (and checksum).
+        """
+        entry = self.entry(stage, step)
+        if entry is None:
+            return False
+        return not self._problems(entry, verify=verify)
+
+    def damaged(self, stage: str, step: int | None = None) -> list[str]:
+        """Say what is wrong with the files of a finished ``(stage, step)``.
 
         Args:
             stage: The stage name.
             step: The step, or ``None``.
 
         Returns:
-            ``True`` if an entry exists and every file it lists exists with the
-            recorded size.
+            One line per missing, resized or damaged file (checksums are
+            compared); empty when there is no entry or all is intact.
         """
         entry = self.entry(stage, step)
-        if entry is None:
-            return False
-        for file in entry["files"]:
+        return [] if entry is None else self._problems(entry, verify=True)
+
+    def _problems(self, entry: Mapping[str, Any], *, verify: bool) -> list[str]:
+        problems = []
+        for file in entry.get("files", []):
             path = self.path / file["path"]
-            if not path.is_file() or path.stat().st_size != file["bytes"]:
-                return False
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                problems.append(f"{file['path']} is missing")
+                continue
+            if size != file["bytes"]:
+                problems.append(
+                    f"{file['path']} has {size} bytes instead of {file['bytes']}"
+                )
+            elif verify and file.get("sha256") and not self._matches(path, file):
+                problems.append(
+                    f"{file['path']} is damaged (its SHA-256 differs from the one "
+                    "recorded when it was written)"
+                )
+        return problems
+
+    def _stamp(self, path: Path) -> tuple[int, int, int]:
+        info = path.stat()
+        return (info.st_size, info.st_mtime_ns, info.st_ino)
+
+    def _remember(self, path: Path, relative: str) -> None:
+        self._verified[relative] = self._stamp(path)
+
+    def _matches(self, path: Path, file: Mapping[str, Any]) -> bool:
+        stamp = self._stamp(path)
+        if self._verified.get(file["path"]) == stamp:
+            return True
+        if file_checksum(path) != file["sha256"]:
+            return False
+        self._verified[file["path"]] = stamp
         return True
+
+    def _owner(self, relative: str) -> tuple[str, int | None] | None:
+        """The (stage, step) whose entry may list a file, by the path convention."""
+        parts = relative.split("/")
+        if len(parts) != 2 or not _STAGE_PATTERN.match(parts[0]):
+            return None
+        match = _FILE_KEY.match(parts[1])
+        if not match:
+            return parts[0], None  # e.g. hesscale_quality/result.json
+        key = match.group(1)
+        return parts[0], None if key == "all" else int(key.removeprefix("step_"))
+
+    def verify(self, stage: str, step: int | None = None) -> None:
+        """Raise if a file of a finished ``(stage, step)`` is missing or damaged.
+
+        Args:
+            stage: The stage name.
+            step: The step, or ``None``.
+
+        Raises:
+            RunIntegrityError: Naming the file, the step and what to do.
+        """
+        problems = self.damaged(stage, step)
+        if problems:
+            raise self._integrity_error(stage, step, problems)
+
+    def verify_file(self, relpath: str | Path) -> Path:
+        """Verify a file before use when a manifest entry lists it.
+
+        The entry is the one of ``<stage>/step_XXXXXXXX*``, the layout of
+        :meth:`path_for`, or the stage's entry without a step for other files
+        of ``<stage>/``; files no entry lists are not checked.
+
+        Args:
+            relpath: The file.
+
+        Returns:
+            Its absolute path.
+
+        Raises:
+            RunIntegrityError: If the entry lists it and its size or SHA-256
+                differs from the recorded one.
+        """
+        path = self.resolve(relpath)
+        relative = self.relative(path)
+        owner = self._owner(relative)
+        if owner is None:
+            return path
+        entry = self.entry(*owner)
+        listed = [f for f in (entry or {}).get("files", []) if f["path"] == relative]
+        problems = self._problems({"files": listed}, verify=True)
+        if problems:
+            raise self._integrity_error(*owner, problems)
+        return path
+
+    def _integrity_error(
+        self, stage: str, step: int | None, problems: list[str]
+    ) -> RunIntegrityError:
+        where = f"{stage} {step_key(step)}" if step is not None else stage
+        if stage in ("train", "checkpoint"):
+            todo = (
+                f"Run `curvlab train --run {self.path}` again: it computes the "
+                "step again from the latest intact checkpoint before it (or the "
+                "initialisation)."
+            )
+        else:
+            entry = self.relative(self._entry_path(stage, step))
+            command = stage.split("_")[0]
+            if command in ("spectrum", "overlap", "exhaustive"):
+                todo = (
+                    f"Run `curvlab {command} --run {self.path}` again with the "
+                    "same options: it computes damaged steps again (or delete "
+                    f"{entry} and run the command that wrote it)."
+                )
+            else:
+                todo = f"Delete {entry} and run the command that wrote it again."
+        return RunIntegrityError(
+            f"{'; '.join(problems)} ({where} of {self.path}). {todo}",
+            path=self.path / problems[0].split(" ")[0],
+            stage=stage,
+            step=step,
+        )
 
     def entry_steps(self, stage: str) -> list[int]:
         """Return the steps that have a manifest entry, unchecked, sorted.
@@ -717,7 +1056,8 @@ class RunFolder:
             for child in sorted(folder.glob("*.json")):
                 if child.name.startswith(TEMP_PREFIX):
                     continue
-                entries[child.stem] = json.loads(child.read_text())
+                with contextlib.suppress(ValueError):  # damaged: not finished
+                    entries[child.stem] = json.loads(child.read_bytes())
             out[folder.name] = entries
         return out
 
@@ -730,19 +1070,30 @@ class RunFolder:
             **info: JSON-serialisable fields (request, device, data_dir, ...).
 
         Returns:
-            The invocation; call :meth:`Invocation.finish` at the end.
+            The invocation; call :meth:`Invocation.finish` at the end, which
+            releases the lock.
+
+        Raises:
+            RunLockedError: If another process runs ``command`` on the folder:
+                this takes the stage's exclusive lock (:meth:`lock`) until
+                :meth:`Invocation.finish` or the end of the process.
         """
         _check_stage(command)
-        now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        path = self.path / _INVOCATIONS / f"{now}_{command}_{os.getpid()}.json"
-        data = {
-            "command": command,
-            "status": "running",
-            "started": utc_now(),
-            "pid": os.getpid(),
-            **info,
-        }
-        return Invocation(path, data)
+        lock = self.lock(command).acquire()
+        try:
+            now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            path = self.path / _INVOCATIONS / f"{now}_{command}_{os.getpid()}.json"
+            data = {
+                "command": command,
+                "status": "running",
+                "started": utc_now(),
+                "pid": os.getpid(),
+                **info,
+            }
+            return Invocation(path, data, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def invocations(self, command: str | None = None) -> list[dict[str, Any]]:
         """Return the recorded invocations, oldest first.
@@ -751,7 +1102,8 @@ class RunFolder:
             command: Only this command's; ``None`` for all.
 
         Returns:
-            The invocation records.
+            The invocation records; files that are not valid JSON (damaged logs
+            of past commands) are skipped.
         """
         folder = self.path / _INVOCATIONS
         if not folder.is_dir():
@@ -760,7 +1112,12 @@ class RunFolder:
         for child in sorted(folder.glob("*.json")):
             if child.name.startswith(TEMP_PREFIX):
                 continue
-            data = json.loads(child.read_text())
+            try:
+                data = json.loads(child.read_bytes())
+            except ValueError:  # a damaged log of a past command: not needed
+                continue
+            if not isinstance(data, dict):
+                continue
             if command is None or data.get("command") == command:
                 out.append(data)
         return out
@@ -793,13 +1150,24 @@ class RunFolder:
 
         Raises:
             MissingStepError: If the step is not recorded.
+            RunIntegrityError: If the record is damaged (SHA-256, HDF5
+                checksums); the message says how to record it again.
         """
-        if not self.is_done("train", step):
+        if self.entry("train", step) is None:
+            entry = self._entry_path("train", step)
+            if entry.is_file():  # present but not valid JSON
+                raise self._integrity_error(
+                    "train", step, [f"{self.relative(entry)} is damaged"]
+                )
             raise MissingStepError(
                 f"Step {step} is not recorded in {str(self.path)!r}. Recorded "
                 f"steps: {self.recorded_steps()}."
             )
-        return read_record(self.record_path(step), gradients=gradients)
+        self.verify("train", step)
+        try:
+            return read_record(self.record_path(step), gradients=gradients)
+        except RunIntegrityError as error:
+            raise self._integrity_error("train", step, [str(error)]) from None
 
     def load_parameters(
         self,

@@ -18,12 +18,21 @@ attributes               ``format`` (``"curvlab-train-record"``),
 =======================  ======================================================
 
 Any HDF5 reader opens it (``h5py``, ``h5ls``, MATLAB, Julia). The order of the
-parameters is that of ``parameter_names``, not HDF5's alphabetical one.
+parameters is that of ``parameter_names``, not HDF5's alphabetical one. Every
+non-scalar dataset carries HDF5's Fletcher-32 checksum filter, so any reader
+detects damaged data; :func:`read_record` reports a damaged file as
+:class:`~curvlab.runs.errors.RunIntegrityError`.
 
 **Checkpoint** (``checkpoint/step_XXXXXXXX.pt``, ``torch.save``): the model's
 ``state_dict``, the optimizer's ``state_dict``, the global RNG states and the
 step. It exists to resume training bit for bit; it is read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``, and a file that cannot be read is reported
+as :class:`~curvlab.runs.errors.RunIntegrityError`.
+
+Both writers build the file in memory and write its bytes with one ordinary
+file write, so a full disk or a read-only folder gives a plain ``OSError``
+naming the file (HDF5 and ``torch.save`` would otherwise report it through
+their own errors).
 
 The writers here write to the path they are given; :class:`~curvlab.runs.RunFolder`
 hands them a temporary name and renames the file when it is complete.
@@ -31,6 +40,7 @@ hands them a temporary name and renames the file when it is complete.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -42,6 +52,8 @@ import h5py
 import numpy
 import torch
 from torch import Tensor
+
+from curvlab.runs.errors import RunIntegrityError
 
 __all__ = [
     "RECORD_FORMAT",
@@ -91,6 +103,12 @@ def _to_numpy(tensor: Tensor) -> numpy.ndarray:
     return tensor.detach().to("cpu").contiguous().numpy()
 
 
+def _dataset(group: h5py.Group, name: str, data: numpy.ndarray) -> None:
+    # Fletcher-32 needs chunked storage, which scalar and empty datasets lack
+    checked = data.ndim > 0 and data.size > 0
+    group.create_dataset(name, data=data, fletcher32=checked)
+
+
 def write_record(
     path: str | Path,
     *,
@@ -125,7 +143,8 @@ def write_record(
                 f"gradients must have the parameters' shapes {shapes}. Got "
                 f"{[tuple(g.shape) for g in gradients]}."
             )
-    with h5py.File(path, "w") as file:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
         file.attrs["format"] = RECORD_FORMAT
         file.attrs["format_version"] = RECORD_FORMAT_VERSION
         file.attrs["step"] = step
@@ -135,14 +154,20 @@ def write_record(
             file.attrs[key] = math.nan if value is None else value
         group = file.create_group("parameters")
         for name, tensor in parameters.items():
-            group.create_dataset(name, data=_to_numpy(tensor))
+            _dataset(group, name, _to_numpy(tensor))
         if gradients is not None:
             group = file.create_group("gradients")
             for name, tensor in zip(names, gradients, strict=True):
-                group.create_dataset(name, data=_to_numpy(tensor))
+                _dataset(group, name, _to_numpy(tensor))
         group = file.create_group("buffers")
         for name, tensor in buffers.items():
-            group.create_dataset(name, data=_to_numpy(tensor))
+            _dataset(group, name, _to_numpy(tensor))
+    _write_file(path, buffer)
+
+
+def _write_file(path: str | Path, buffer: io.BytesIO) -> None:
+    with open(path, "wb") as file:
+        file.write(buffer.getbuffer())
 
 
 def _attr(value: Any) -> Any:
@@ -167,12 +192,32 @@ def read_record(
         The record, tensors on the CPU.
 
     Raises:
-        ValueError: If the file is not a curvlab train record.
+        RunIntegrityError: If the file is damaged: HDF5 cannot open it or its
+            checksums (Fletcher-32) do not match, or it is not a curvlab train
+            record.
     """
+    try:
+        return _read_record(path, gradients=gradients, buffers=buffers)
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        if isinstance(error, RunIntegrityError):
+            raise
+        if isinstance(error, OSError) and not Path(path).is_file():
+            raise
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunIntegrityError(
+            f"{path} is damaged: HDF5 cannot read it ({detail})", path=path
+        ) from None
+
+
+def _read_record(path: str | Path, *, gradients: bool, buffers: bool) -> Record:
     with h5py.File(path, "r") as file:
         attrs = {key: _attr(value) for key, value in file.attrs.items()}
         if attrs.get("format") != RECORD_FORMAT:
-            raise ValueError(f"{str(path)!r} is not a curvlab train record.")
+            raise RunIntegrityError(
+                f"{path} is damaged or not a curvlab train record (its format "
+                f"attribute is {attrs.get('format')!r})",
+                path=path,
+            )
         names = tuple(json.loads(attrs["parameter_names"]))
         params = [torch.from_numpy(file["parameters"][n][()]) for n in names]
         grads = None
@@ -194,7 +239,9 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
         path: The file to create.
         state: Tensors, numbers, strings and containers of them.
     """
-    torch.save(dict(state), path)
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    _write_file(path, buffer)
 
 
 def load_checkpoint(
@@ -208,5 +255,25 @@ def load_checkpoint(
 
     Returns:
         The saved mapping.
+
+    Raises:
+        RunIntegrityError: If the file is damaged or not a checkpoint (torch
+            cannot load it with ``weights_only=True``).
     """
-    return torch.load(path, map_location=map_location, weights_only=True)
+    data = Path(path).read_bytes()
+    try:
+        state = torch.load(
+            io.BytesIO(data), map_location=map_location, weights_only=True
+        )
+    except Exception as error:  # torch raises many kinds on damaged files
+        raise RunIntegrityError(
+            f"{path} is damaged: torch cannot load it as a checkpoint "
+            f"({type(error).__name__}). Delete it and its manifest entry "
+            f"(manifest/checkpoint/{Path(path).stem}.json) and run the command "
+            "again: training then replays from the previous checkpoint or the "
+            "initialisation, with the same results",
+            path=path,
+        ) from None
+    if not isinstance(state, dict):
+        raise RunIntegrityError(f"{path} is damaged: it holds no mapping.", path=path)
+    return state

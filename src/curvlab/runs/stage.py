@@ -490,7 +490,7 @@ def _check_finished(
     """Split the chosen steps into those to compute and those already done."""
     todo, skipped = [], []
     for step in chosen:
-        if force or not run.is_done(stage.name, step):
+        if force or not run.is_done(stage.name, step, verify=True):
             todo.append(step)
             continue
         entry = run.entry(stage.name, step) or {}

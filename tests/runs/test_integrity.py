@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -482,9 +483,12 @@ def test_a_folder_without_write_permission_gives_one_line(trained):
         for path in [out, *out.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         read, write = os.pipe()
+        # A fork, because the interpreter lives where user 65534 may not read;
+        # the child runs on one thread (a forked OpenMP pool can hang).
         pid = os.fork()
         if pid == 0:  # the child: another user runs the command in-process
             try:
+                torch.set_num_threads(1)
                 os.setgid(65534)
                 os.setuid(65534)
                 results = [
@@ -497,6 +501,12 @@ def test_a_folder_without_write_permission_gives_one_line(trained):
             finally:
                 os._exit(0)
         os.close(write)
+        ready, _, _ = select.select([read], [], [], 300)
+        if not ready:  # never hang the suite: stop the child and fail
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+            pytest.fail("the command run as user 65534 did not finish in 300 s")
         with os.fdopen(read) as pipe:
             report = json.loads(pipe.read())
         os.waitpid(pid, 0)

@@ -113,3 +113,15 @@ def test_a_poison_task_gives_one_clear_message(client, tmp_dir):
         indices |= set(range(int(a), int(b or a) + 1))
     assert {4, 5} <= indices
     assert set(store.status().missing) == indices
+
+
+def test_tasks_ask_for_a_gpu_only_when_workers_offer_one(client):
+    from curvlab.store.measure import _gpu_resources
+
+    assert _gpu_resources(client) is None
+
+    class Fake:
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"a": {"resources": {"GPU": 1}}, "b": {}}}
+
+    assert _gpu_resources(Fake()) == {"GPU": 1}

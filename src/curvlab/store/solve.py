@@ -53,7 +53,7 @@ from curvlab.linalg.certificates import (
     scree_bounds,
 )
 from curvlab.linalg.sketch import SketchPlan, _by_magnitude, _lstsq
-from curvlab.store._format import ColumnError
+from curvlab.store._format import ColumnError, write_json
 from curvlab.store._progress import progress_bar
 from curvlab.store.cholqr import (
     CholeskyQRInfo,
@@ -525,7 +525,7 @@ def solve(
             "seed": certificate.seed,
         },
     }
-    (out / "result.json").write_text(json.dumps(record, indent=1))
+    write_json(out / "result.json", record)
     return StoredSketchedEigh(
         eigenvalues=values.to(plan.torch_dtype),
         eigenvectors=vectors,

@@ -39,6 +39,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,25 +252,43 @@ def _outer_rows(store: MeasurementStore, start: int, stop: int) -> Tensor:
     return torch.from_numpy(store.read_rows("sketch", range(k), start, stop))
 
 
-def _gram_task(T, root, plan_hash, start, stop) -> Tensor:
-    X = apply_r_inverse(_outer_rows(_cached(root, plan_hash), start, stop), T)
+def _read_block(root, plan_hash, start, stop, *rest):
+    """The I/O half of a task: rows ``start:stop`` of the outer sketch, CRC-checked.
+
+    With more arguments (a vectors task's folder and block) also the probes'.
+    """
+    store = _cached(root, plan_hash)
+    Y = _outer_rows(store, start, stop)
+    if not rest or store.num_probes == 0:
+        return Y, None
+    P = store.read_rows("probe", range(store.num_probes), start, stop)
+    return Y, torch.from_numpy(P)
+
+
+def _gram_task(T, data, *_) -> Tensor:
+    X = apply_r_inverse(data[0], T)
     return X.mT @ X
 
 
-def _vectors_task(M, target, root, plan_hash, start, stop, folder, block):
+def _vectors_task(M, target, data, root, plan_hash, start, stop, folder, block):
     """Write ``W_b = Y_b R^{-1} U`` and return the block's a-posteriori sums."""
     store = _cached(root, plan_hash)
-    W = apply_r_inverse(_outer_rows(store, start, stop), M)
+    Y, P = data
+    W = apply_r_inverse(Y, M)
     _save(Path(folder) / f"{block:07d}.npy", W.to(store.plan.torch_dtype).numpy())
-    p = store.num_probes
-    if p == 0:
+    if P is None:
         return torch.zeros(3, 0, dtype=torch.float64)
-    P = store.read_rows("probe", range(p), start, stop)
-    P = torch.from_numpy(P).to(torch.float64)
+    P = P.to(torch.float64)
     approx = W @ target
     return torch.stack(
         [(P - approx).square().sum(0), P.square().sum(0), approx.square().sum(0)]
     )
+
+
+def _task(fn, *shared_and_args, num_shared: int):
+    """One Dask task: read its block, then compute on it."""
+    shared, args = shared_and_args[:num_shared], shared_and_args[num_shared:]
+    return fn(*shared, _read_block(*args), *args)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -284,22 +303,32 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 def _reduce(client, fn, shared: tuple, args_list, advance):
-    """Sum ``fn(*shared, *args)`` over ``args_list``, in process or on Dask.
+    """Sum ``fn(*shared, data, *args)`` over ``args_list``, ``data`` the block read.
 
-    On Dask the ``shared`` arguments (``k x k`` matrices) are scattered to
-    every worker once, not sent with each task.
+    In process, the next block is read by a second thread while the current
+    one is multiplied (the reads release the GIL: file I/O and CRCs). On Dask
+    the ``shared`` arguments (``k x k`` matrices) are scattered to every worker
+    once, and each task reads its own block.
     """
     total = None
     if client is None:
-        for args in args_list:
-            part = fn(*shared, *args)
-            total = part if total is None else total + part
-            advance(1)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(_read_block, *args_list[0])
+            for n, args in enumerate(args_list):
+                data = pending.result()
+                if n + 1 < len(args_list):
+                    pending = pool.submit(_read_block, *args_list[n + 1])
+                part = fn(*shared, data, *args)
+                total = part if total is None else total + part
+                advance(1)
         return total
     from distributed import as_completed
 
     shared = tuple(client.scatter(list(shared), broadcast=True))
-    futures = [client.submit(fn, *shared, *args, pure=False) for args in args_list]
+    futures = [
+        client.submit(_task, fn, *shared, *args, num_shared=len(shared), pure=False)
+        for args in args_list
+    ]
     try:
         for future in as_completed(futures):
             part = future.result()

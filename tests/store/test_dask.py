@@ -26,23 +26,23 @@ D, K, S, P, SEED = 96, 5, 12, 4, 7
 @pytest.fixture(scope="module")
 def client():
     scratch = Path(tempfile.mkdtemp(prefix="curvlab-dask-test-"))
-    # a task is given up after killing 2 workers (a worker killed once is retried)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # loopback only
-            local_directory=str(scratch),
-            worker_class=distributed.Nanny,
-        )
-        client = distributed.Client(cluster)
     try:
-        yield client
+        # a task is given up after killing 2 workers (a worker killed once is retried)
+        with (
+            dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # loopback only
+                local_directory=str(scratch),
+                worker_class=distributed.Nanny,
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            yield client
     finally:
-        client.close()
-        cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -26,23 +26,23 @@ D, K, S, P, SEED = 96, 5, 12, 4, 7
 @pytest.fixture(scope="module")
 def client():
     scratch = Path(tempfile.mkdtemp(prefix="curvlab-dask-test-"))
-    # a task is given up after killing 2 workers (a worker killed once is retried)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # loopback only
-            local_directory=str(scratch),
-            worker_class=distributed.Nanny,
-        )
-        client = distributed.Client(cluster)
     try:
-        yield client
+        # a task is given up after killing 2 workers (a worker killed once is retried)
+        with (
+            dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # loopback only
+                local_directory=str(scratch),
+                worker_class=distributed.Nanny,
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            yield client
     finally:
-        client.close()
-        cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -113,3 +113,15 @@ def test_a_poison_task_gives_one_clear_message(client, tmp_dir):
         indices |= set(range(int(a), int(b or a) + 1))
     assert {4, 5} <= indices
     assert set(store.status().missing) == indices
+
+
+def test_tasks_ask_for_a_gpu_only_when_workers_offer_one(client):
+    from curvlab.store.measure import _gpu_resources
+
+    assert _gpu_resources(client) is None
+
+    class Fake:
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"a": {"resources": {"GPU": 1}}, "b": {}}}
+
+    assert _gpu_resources(Fake()) == {"GPU": 1}

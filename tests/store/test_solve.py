@@ -9,7 +9,8 @@ import torch
 
 import curvlab as cl
 from curvlab.linalg import a_posteriori_error, measure, sketch_plan, sketched_eigh
-from curvlab.store.solve import outer_qr
+from curvlab.store.cholqr import r_inverse
+from curvlab.store.solve import _eigenvector_map, outer_qr
 from curvlab.subspace import mask_overlap, overlap_curve
 
 from ._ops import Maker, matrix, measure_in_process
@@ -182,3 +183,24 @@ def test_stored_eigenvectors_read_gather_and_overlaps(measured):
         assert torch.equal(a.random, b.random)
         torch.testing.assert_close(a.best, b.best, rtol=1e-14, atol=0)
         assert torch.equal(a.chance, b.chance)
+
+
+def test_float32_store_merges_the_eigenvector_map(tmp_dir):
+    plan = sketch_plan(((D, D), torch.float32, "cpu"), K, S, seed=SEED)
+    store = cl.store.create(tmp_dir / "f", plan, num_probes=P)
+    A = matrix(D).float()
+    cl.store.measure(store, lambda: A, progress=False)
+    result = cl.store.solve(store, progress=False, block_rows=32)
+    assert not result.qr.shifted
+    W = result.eigenvectors.to_tensor().double()
+    assert W.dtype == torch.float64
+    eye = torch.eye(K, dtype=torch.float64)
+    assert float(torch.linalg.matrix_norm(W.T @ W - eye)) < 1e-6
+    ref = sketched_eigh(A, K, S, seed=SEED)
+    torch.testing.assert_close(result.eigenvalues, ref.eigenvalues, rtol=1e-4, atol=0)
+    assert _subspace_distance(W, ref.eigenvectors.double()) < 1e-4
+    T = r_inverse([torch.eye(K, dtype=torch.float64)] * 2)
+    info = result.qr
+    merged = _eigenvector_map(T, T[0], info, torch.float32)
+    assert len(merged) == 1
+    assert len(_eigenvector_map(T, T[0], info, torch.float64)) == 2

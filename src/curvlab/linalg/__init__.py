@@ -30,6 +30,14 @@ from curvlab.linalg.sketch import (
     solve,
 )
 from curvlab.linalg.sketch_svd import sketched_svd
+from curvlab.linalg.solvers import (
+    CGResult,
+    NegativeCurvatureError,
+    NeumannDivergenceError,
+    NeumannResult,
+    cg,
+    neumann,
+)
 from curvlab.linalg.ssrft import SSRFT, random_test_matrix
 from curvlab.linalg.trace import (
     FrobeniusEstimate,
@@ -72,4 +80,10 @@ __all__ = [
     "sketched_svd",
     "solve",
     "synthetic",
+    "CGResult",
+    "NegativeCurvatureError",
+    "NeumannDivergenceError",
+    "NeumannResult",
+    "cg",
+    "neumann",
 ]

@@ -14,6 +14,7 @@ from curvlab.operators import (
     FisherOperator,
     GGNOperator,
     HessianOperator,
+    InverseOperator,
     NonDeterministicError,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "InverseOperator",
     "NonDeterministicError",
     "__version__",
     "diagonal",

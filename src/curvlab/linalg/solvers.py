@@ -137,6 +137,13 @@ class NeumannResult:
     scale: float
     num_matvecs: int
 
+    @property
+    def relative_residuals(self) -> Tensor:
+        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
+        return self.residual_norms / self.rhs_norms.clamp_min(
+            torch.finfo(self.rhs_norms.dtype).tiny
+        )
+
 
 # ----------------------------------------------------------------------- checks
 def check_damping(damping) -> float:
@@ -284,6 +291,7 @@ def cg(
     preconditioner=None,
     x0: Tensor | None = None,
     on_negative_curvature: str = "raise",
+    warn: bool = True,
 ) -> CGResult:
     r"""Solve :math:`(A + \delta I) X = B` by (preconditioned) conjugate gradients.
 
@@ -320,6 +328,7 @@ def cg(
             :math:`p^\top (A + \delta I) p \le 0`; ``"stop"`` stops that column
             at its current iterate (the truncated-CG answer) and flags it in
             ``negative_curvature``.
+        warn: Warn when the budget runs out (the result says so either way).
 
     Returns:
         The solution, per-column residual norms, iterations and flags.
@@ -334,7 +343,8 @@ def cg(
         FloatingPointError: If a product is not finite.
 
     Warns:
-        RuntimeWarning: If some column did not converge within ``max_iters``.
+        RuntimeWarning: If some column did not converge within ``max_iters`` (and
+            ``warn``).
 
     Example:
         >>> import torch
@@ -429,7 +439,7 @@ def cg(
             rz[idx] = rz_new
 
     converged = bool(done.all())
-    if not converged and not bool(negative.any()):
+    if warn and not converged and not bool(negative.any()):
         worst = float((res / rhs_norms.clamp_min(torch.finfo(res.dtype).tiny)).max())
         warnings.warn(
             f"cg did not converge within max_iters={max_iters}: "

@@ -10,6 +10,7 @@ from curvlab.operators.empirical_risk import (
 from curvlab.operators.fisher import EmpiricalFisherOperator, FisherOperator
 from curvlab.operators.ggn import GGNOperator
 from curvlab.operators.hessian import HessianOperator
+from curvlab.operators.inverse import InverseNotConvergedError, InverseOperator
 
 __all__ = [
     "CurvatureOperator",
@@ -19,6 +20,8 @@ __all__ = [
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "InverseNotConvergedError",
+    "InverseOperator",
     "NonDeterministicError",
     "ProductOperator",
     "SumOperator",

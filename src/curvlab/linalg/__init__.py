@@ -19,6 +19,10 @@ from curvlab.linalg.density import SpectralDensity, spectral_density
 from curvlab.linalg.diag_estimators import DiagonalEstimate, hutchinson_diagonal, xdiag
 from curvlab.linalg.eigsh import EigshResult, eigsh
 from curvlab.linalg.power import PowerIterationResult, power_iteration
+from curvlab.linalg.preconditioners import (
+    NystromPreconditioner,
+    nystrom_preconditioner,
+)
 from curvlab.linalg.sketch import (
     SketchedEigh,
     SketchedSVD,
@@ -86,4 +90,6 @@ __all__ = [
     "NeumannResult",
     "cg",
     "neumann",
+    "NystromPreconditioner",
+    "nystrom_preconditioner",
 ]

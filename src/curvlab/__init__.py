@@ -13,8 +13,10 @@ from curvlab.operators import (
     EmpiricalFisherOperator,
     FisherOperator,
     GGNOperator,
+    GradientCovarianceOperator,
     HessianOperator,
     InverseOperator,
+    JacobianOperator,
     NonDeterministicError,
 )
 
@@ -38,8 +40,10 @@ __all__ = [
     "EmpiricalFisherOperator",
     "FisherOperator",
     "GGNOperator",
+    "GradientCovarianceOperator",
     "HessianOperator",
     "InverseOperator",
+    "JacobianOperator",
     "NonDeterministicError",
     "__version__",
     "diagonal",

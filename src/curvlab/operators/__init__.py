@@ -2,6 +2,7 @@
 
 from curvlab.operators.algebra import ProductOperator, SumOperator
 from curvlab.operators.base import CurvatureOperator
+from curvlab.operators.covariance import GradientCovarianceOperator
 from curvlab.operators.dense import DenseOperator
 from curvlab.operators.empirical_risk import (
     EmpiricalRiskOperator,
@@ -11,6 +12,7 @@ from curvlab.operators.fisher import EmpiricalFisherOperator, FisherOperator
 from curvlab.operators.ggn import GGNOperator
 from curvlab.operators.hessian import HessianOperator
 from curvlab.operators.inverse import InverseNotConvergedError, InverseOperator
+from curvlab.operators.jacobian import JacobianOperator, TransposedJacobianOperator
 
 __all__ = [
     "CurvatureOperator",
@@ -19,10 +21,13 @@ __all__ = [
     "EmpiricalRiskOperator",
     "FisherOperator",
     "GGNOperator",
+    "GradientCovarianceOperator",
     "HessianOperator",
     "InverseNotConvergedError",
     "InverseOperator",
+    "JacobianOperator",
     "NonDeterministicError",
     "ProductOperator",
     "SumOperator",
+    "TransposedJacobianOperator",
 ]

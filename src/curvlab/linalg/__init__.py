@@ -43,6 +43,7 @@ from curvlab.linalg.solvers import (
     neumann,
 )
 from curvlab.linalg.ssrft import SSRFT, random_test_matrix
+from curvlab.linalg.tic import TICEstimate, tic
 from curvlab.linalg.trace import (
     FrobeniusEstimate,
     TraceEstimate,
@@ -92,4 +93,6 @@ __all__ = [
     "neumann",
     "NystromPreconditioner",
     "nystrom_preconditioner",
+    "TICEstimate",
+    "tic",
 ]

@@ -237,3 +237,19 @@ def test_bad_operator_and_preconditioner():
         cg(A, _rhs(1), on_negative_curvature="ignore")
     with pytest.raises(ValueError, match="max_iters must be >= 0"):
         cg(A, _rhs(1), max_iters=-1)
+
+
+def test_cg_takes_any_operator_as_preconditioner():
+    # a Jacobi preconditioner built as an operator (as a KFAC inverse would be):
+    # the inverse of the diagonal, through InverseOperator on a DenseOperator
+    scales = torch.logspace(0, 4, D, dtype=torch.float64)
+    A = _spd(10.0) * torch.sqrt(scales[:, None] * scales[None, :])  # badly scaled
+    B = _rhs(2)
+    diagonal = cl.DenseOperator(torch.diag(A.diagonal()), is_psd=True)
+    jacobi = cl.InverseOperator(diagonal, method="dense")
+    plain = cg(A, B, tol=1e-10, max_iters=5000, warn=False)
+    fast = cg(A, B, tol=1e-10, preconditioner=jacobi)
+    assert fast.converged
+    assert fast.num_iters < plain.num_iters
+    exact = torch.linalg.solve(A, B)
+    assert rel_error(fast.solution, exact) < 10 * _cond(A, 0.0) * 1e-10

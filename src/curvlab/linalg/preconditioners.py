@@ -11,9 +11,8 @@ Nyström approximation :math:`\hat A = U \hat\Lambda U^\top`
     + (I - U U^\top).
 
 :math:`P^{-1}` maps the captured eigendirections of :math:`A + \mu I` to about
-:math:`\hat\lambda_\ell + \mu` and leaves the rest alone, so the preconditioned
-spectrum lies in :math:`[\mu, \hat\lambda_\ell + \mu + \|A - \hat A\|]` up to the
-constant factor, and (Frangella, Tropp & Udell 2023, Prop. 5.3)
+:math:`\hat\lambda_\ell + \mu` and leaves the rest alone, and (Frangella, Tropp &
+Udell 2023, Prop. 5.3)
 
 .. math::
     \kappa\bigl(P^{-1/2}(A + \mu I)P^{-1/2}\bigr) \le
@@ -31,7 +30,7 @@ with :math:`\hat d_{\mathrm{eff}} = \sum_{i \le \ell} \hat\lambda_i /
 (\hat\lambda_i + \mu)` from the current sketch, or until ``max_rank``.
 :math:`\hat d_{\mathrm{eff}}` never exceeds :math:`d_{\mathrm{eff}}`
 (:math:`\hat A \preceq A`), and approaches it once the sketch resolves the
-eigenvalues above :math:`\mu`, which the factor 3 of oversampling provides.
+eigenvalues above :math:`\mu`.
 
 The preconditioner is an operator (:class:`NystromPreconditioner`): it goes to
 :func:`curvlab.linalg.cg` as ``preconditioner=`` and to

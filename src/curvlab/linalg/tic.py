@@ -9,10 +9,11 @@ For a model trained on ``N`` samples with mean loss :math:`L(\theta) = \frac1N
     \approx \frac{\mathrm{TIC}}{N},
 
 with :math:`H` the Hessian of the mean loss and :math:`C` the covariance of the
-per-sample gradients :math:`g_n = \nabla \ell_n`. Thomas, Pedregosa, van
-Merriënboer, Manzagol, Bengio & Le Roux (2020) study it for neural networks,
-where :math:`H` is singular and indefinite; they damp it and let a GGN or
-Fisher stand in for :math:`H`. :func:`tic` estimates
+per-sample gradients :math:`g_n = \nabla \ell_n`; Thomas, Pedregosa, van
+Merriënboer, Manzagol, Bengio & Le Roux (2020) relate it to the noise and
+curvature of neural network training. For networks :math:`H` is singular and
+indefinite, so :func:`tic` damps it, and a GGN or Fisher may stand in for it.
+:func:`tic` estimates
 
 .. math::
     \operatorname{tr}\bigl((H + \delta I)^{-1} C\bigr)
@@ -22,11 +23,13 @@ for any symmetric curvature :math:`H` (Hessian, GGN, Fisher, KFAC) with
 applying :math:`A = (H + \delta I)^{-1} C` column block by column block (one
 product with :math:`C`, then one block CG solve, :func:`curvlab.linalg.cg`) and
 estimating :math:`\operatorname{tr} A` with Hutch++
-(:func:`curvlab.linalg.hutchpp_trace`): :math:`C` has rank at most ``N - 1``, so
-the sketch captures most of it and the estimate is exact once
+(:func:`curvlab.linalg.hutchpp_trace`): the centered :math:`C` has rank at most
+``N - 1``, so the sketch captures much of it and the estimate is exact once
 ``num_probes // 3 >= rank(C)``. The error bar is the standard error of the
-Hutchinson part of Hutch++; the CG solves add a bias of about
-:math:`\kappa\,\mathrm{tol}` relative, below it for the default ``tol``.
+Hutchinson part of Hutch++ (from few probes, itself a rough estimate); the CG
+solves add a bias of at most about :math:`\kappa\,\mathrm{tol}` relative, with
+:math:`\kappa` the condition number of :math:`H + \delta I`, which the error bar
+does not include.
 
 **Which covariance and which normalization.** Pass
 :class:`~curvlab.operators.GradientCovarianceOperator` (``centered=True``, the

@@ -19,6 +19,10 @@ from curvlab.linalg.density import SpectralDensity, spectral_density
 from curvlab.linalg.diag_estimators import DiagonalEstimate, hutchinson_diagonal, xdiag
 from curvlab.linalg.eigsh import EigshResult, eigsh
 from curvlab.linalg.power import PowerIterationResult, power_iteration
+from curvlab.linalg.preconditioners import (
+    NystromPreconditioner,
+    nystrom_preconditioner,
+)
 from curvlab.linalg.sketch import (
     SketchedEigh,
     SketchedSVD,
@@ -30,7 +34,16 @@ from curvlab.linalg.sketch import (
     solve,
 )
 from curvlab.linalg.sketch_svd import sketched_svd
+from curvlab.linalg.solvers import (
+    CGResult,
+    NegativeCurvatureError,
+    NeumannDivergenceError,
+    NeumannResult,
+    cg,
+    neumann,
+)
 from curvlab.linalg.ssrft import SSRFT, random_test_matrix
+from curvlab.linalg.tic import TICEstimate, tic
 from curvlab.linalg.trace import (
     FrobeniusEstimate,
     TraceEstimate,
@@ -72,4 +85,14 @@ __all__ = [
     "sketched_svd",
     "solve",
     "synthetic",
+    "CGResult",
+    "NegativeCurvatureError",
+    "NeumannDivergenceError",
+    "NeumannResult",
+    "cg",
+    "neumann",
+    "NystromPreconditioner",
+    "nystrom_preconditioner",
+    "TICEstimate",
+    "tic",
 ]

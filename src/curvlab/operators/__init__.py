@@ -2,6 +2,7 @@
 
 from curvlab.operators.algebra import ProductOperator, SumOperator
 from curvlab.operators.base import CurvatureOperator
+from curvlab.operators.covariance import GradientCovarianceOperator
 from curvlab.operators.dense import DenseOperator
 from curvlab.operators.empirical_risk import (
     EmpiricalRiskOperator,
@@ -10,6 +11,8 @@ from curvlab.operators.empirical_risk import (
 from curvlab.operators.fisher import EmpiricalFisherOperator, FisherOperator
 from curvlab.operators.ggn import GGNOperator
 from curvlab.operators.hessian import HessianOperator
+from curvlab.operators.inverse import InverseNotConvergedError, InverseOperator
+from curvlab.operators.jacobian import JacobianOperator, TransposedJacobianOperator
 from curvlab.operators.kfac import EKFACOperator, KFACInverseOperator, KFACOperator
 
 __all__ = [
@@ -20,10 +23,15 @@ __all__ = [
     "EmpiricalRiskOperator",
     "FisherOperator",
     "GGNOperator",
+    "GradientCovarianceOperator",
     "HessianOperator",
     "KFACInverseOperator",
     "KFACOperator",
+    "InverseNotConvergedError",
+    "InverseOperator",
+    "JacobianOperator",
     "NonDeterministicError",
     "ProductOperator",
     "SumOperator",
+    "TransposedJacobianOperator",
 ]

@@ -276,6 +276,31 @@ def _solvers(case, op, b, args, dim):
             )
 
         solvers[key] = nys
+
+    def kfac():
+        start = time.perf_counter()
+        P = cl.KFACOperator(case.model, case.loss_fn, case.data).inverse(
+            damping=args.damping
+        )
+        built = time.perf_counter() - start
+        result = cg(
+            op,
+            b,
+            args.damping,
+            tol=args.tol,
+            max_iters=args.max_iters,
+            preconditioner=P,
+        )
+        return (
+            result.solution,
+            result.num_iters,
+            result.num_matvecs,
+            result.converged,
+            P,
+            built,
+        )
+
+    solvers[("cg + kfac", None)] = kfac
     if args.curvlinops:
         import warnings
 
@@ -363,10 +388,10 @@ def bench_state(case, state: str, args) -> list[Row]:
                 state=state,
                 dim=dim,
                 method=method,
-                rank=None if P is None else P.rank,
-                rule="" if P is None else P.rule,
+                rank=getattr(P, "rank", None),
+                rule=getattr(P, "rule", ""),
                 iterations=int(iterations),
-                build_matvecs=0 if P is None else P.num_matvecs,
+                build_matvecs=getattr(P, "num_matvecs", 0),
                 solve_matvecs=int(matvecs),
                 solve_s=statistics.median(times[key]),
                 build_s=statistics.median(builds[key]),

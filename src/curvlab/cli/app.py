@@ -26,6 +26,7 @@ from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
 from curvlab.cli import solve as solve_command
 from curvlab.cli import spectrum as spectrum_command
+from curvlab.cli import tic as tic_command
 from curvlab.cli import trace as trace_command
 from curvlab.cli import train as train_command
 from curvlab.cli._common import exit_on_run_errors
@@ -83,6 +84,7 @@ app.command("overlap")(overlap_command.command)
 app.command("exhaustive")(exhaustive_command.command)
 app.command("spectrum")(spectrum_command.command)
 app.command("trace")(trace_command.command)
+app.command("tic")(tic_command.command)
 app.command("measure")(measure_command.command)
 app.command("solve")(solve_command.command)
 app.add_typer(plot_command.app, name="plot")

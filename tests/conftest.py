@@ -163,7 +163,15 @@ def param_names(case: Case) -> list[str]:
 # Folders whose tests run whole experiments: small products, where a second thread
 # gains little while on shared cores several threads slow a test down by an order
 # of magnitude.
-ONE_THREAD_FOLDERS = ("cli", "diagonal", "experiments", "linalg", "optim", "subspace")
+ONE_THREAD_FOLDERS = (
+    "cli",
+    "diagonal",
+    "experiments",
+    "linalg",
+    "optim",
+    "store",
+    "subspace",
+)
 
 
 @pytest.fixture

@@ -44,12 +44,14 @@ def test_methods_over_budget_are_skipped():
 
 
 def test_methods_that_raise_are_skipped_with_the_reason():
-    # D = 64 * 200 + 200 * 100 > 20000: the exact Hessian diagonal refuses
+    # 4100 features exceed Hessian backpropagation's MAX_FEATURES (4096), and
+    # D = 64 * 4100 + 4100 * 100 is above the Hessian-vector-product path's
+    # max_dim (20000): the exact Hessian diagonal refuses
     result = hesscale_cost(
-        depths=(0, 1), width=200, repeats=1, methods=["exact Hessian diag."]
+        depths=(0, 1), width=4100, repeats=1, methods=["exact Hessian diag."]
     )
     first, second = result.skipped["exact Hessian diag."]
-    assert first.startswith("ValueError: exact_hessian_diagonal needs D=32800")
+    assert first.startswith("ValueError: exact_hessian_diagonal needs D=672400")
     assert second == "skipped at a smaller depth"
     assert result.multiples("exact Hessian diag.") == [None, None]
 

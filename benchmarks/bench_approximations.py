@@ -36,8 +36,11 @@ Target (fixed): KFAC factor computation no slower than curvlinops' (median ratio
 at most 1.0) on every problem and dtype.
 
 Sections are functions ``section(case, guard, repeats) -> SectionResult``
-registered in ``SECTIONS``; another section (for instance CG with and without
-preconditioning) is added by writing one such function.
+registered in ``SECTIONS``. ``python benchmarks/bench_approximations.py cg
+[options]`` runs the CG section instead (:mod:`bench_inverse`: CG to a relative
+residual of 1e-6 on the damped GGN with no, Nyström and KFAC preconditioning,
+beside curvlinops' CG, at initialization and after training, and TIC against
+its dense value).
 """
 
 from __future__ import annotations
@@ -306,12 +309,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["cg"]:  # the CG section: none, Nyström and KFAC preconditioning
+        import bench_inverse
+
+        return bench_inverse.main(argv[1:])
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    command = "python benchmarks/bench_approximations.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = "python benchmarks/bench_approximations.py " + shlex.join(argv)
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_before = os.getloadavg()
     machine = machine_report().replace("; float64 on CPU", "; CPU")

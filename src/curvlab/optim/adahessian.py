@@ -180,10 +180,17 @@ class AdaHessian(Optimizer):
         generator: Source of the Rademacher probes; ``None``: PyTorch's global
             generator.
 
+    Attributes:
+        needs_loss_graph: ``True``: ``step`` takes a closure returning the loss
+            (or gradients made with ``create_graph=True``), not a plain
+            ``loss.backward()``.
+
     Raises:
         ValueError: For a negative ``lr``, ``eps`` or ``weight_decay``, betas
             outside ``[0, 1)`` or a Hessian power outside ``[0, 1]``.
     """
+
+    needs_loss_graph = True
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ import typer
 from curvlab import __version__
 from curvlab.cli import check as check_command
 from curvlab.cli import exhaustive as exhaustive_command
+from curvlab.cli import optimizers as optimizers_command
 from curvlab.cli import overlap as overlap_command
 from curvlab.cli import plot as plot_command
 from curvlab.cli import spectrum as spectrum_command
@@ -321,6 +322,7 @@ app.command("exhaustive")(exhaustive_command.command)
 # options and help live in curvlab.cli.spectrum and curvlab.cli.plot
 app.command("spectrum")(spectrum_command.command)
 app.command("trace")(trace_command.command)
+app.command("optimizers")(optimizers_command.command)
 app.add_typer(plot_command.app, name="plot")
 
 

@@ -66,13 +66,17 @@ def plot_curves(
             )
         if y_key == "train_loss":
             axis.set_yscale("log")
+        else:  # leave out the initial guess level, show where the curves end up
+            later = [r[y_key] for r in curves if r["step"] > 0 and r[y_key] is not None]
+            if later:
+                axis.set_ylim(max(0.0, min(later) - 0.02), 1.0)
         xlabel = "step" if x_key == "step" else "training time (s, mean over seeds)"
         axis.set(xlabel=xlabel, ylabel=ylabel)
         axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     figure.suptitle(
         f"{settings.problem}: best learning rate per method, mean ± standard error "
-        f"over {settings.num_seeds} seeds, batch {settings.batch_size}"
+        f"over {settings.num_seeds} seed(s), batch {settings.batch_size}"
     )
     figure.tight_layout()
     path = folder.resolve("report/optimizers.png")

@@ -220,3 +220,27 @@ def test_runs_on_a_loopback_dask_cluster_equal_in_process_runs(reference, tmp_pa
     assert _curves(study) == {unit: expected[unit] for unit in study.runs}
     invocation = RunFolder(study.folder).invocations("optimizers")[-1]
     assert invocation["parallel"] == "dask"
+
+
+def test_a_folder_that_holds_something_else_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no study"):
+        optimizer_study(tmp_path, _settings())
+
+
+def test_a_partial_run_with_other_settings_starts_over(reference, tmp_path):
+    """A run left by an interrupted call with other steps is retrained."""
+
+    def stop(event):
+        if event.kind == "phase" and event.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimizer_study(
+            tmp_path, _settings(methods=("adam",), steps=9), on_progress=stop
+        )
+    unit = unit_key("adam", 1e-2, 0)
+    assert RunFolder.open(tmp_path / "runs" / unit).config.steps == 9
+    study = optimizer_study(tmp_path, _settings(methods=("adam",), num_seeds=1))
+    assert study.computed == (unit,)
+    assert _curves(study)[unit] == _curves(reference)[unit]

@@ -257,6 +257,8 @@ class OptimizersStage(framework.GridStage):
         ValueError: If a setting is out of range or names an unknown method,
             problem, dtype or criterion.
         TypeError: If a setting has the wrong type.
+        FileExistsError: If ``folder`` is a file, or a non-empty folder that
+            holds no study.
     """
 
     name = command = "optimizers"
@@ -275,6 +277,14 @@ class OptimizersStage(framework.GridStage):
         super().__init__(folder)
         requested = settings or OptimizersSettings()
         path = self.folder.path / "study.json"
+        if not path.is_file() and self.folder.path.is_dir():
+            others = sorted(p.name for p in self.folder.path.iterdir())
+            if others:
+                raise FileExistsError(
+                    f"{str(self.folder.path)!r} is not empty and holds no study "
+                    f"(no study.json; it holds {', '.join(others[:5])}). Choose a "
+                    "new or empty folder."
+                )
         stored = self.folder.read_json(path)["settings"] if path.is_file() else {}
         resolved = framework.resolve_settings(requested, stored, DEFAULTS)
         check_choice("problem", resolved["problem"], problems.names())
@@ -371,12 +381,15 @@ class OptimizersStage(framework.GridStage):
 
         diverged_at = None
         path = self.folder.path / "runs" / unit
+        config = self.train_config(unit)
+        if RunFolder.is_run_folder(path) and RunFolder(path).config != config:
+            force = True  # left by a call with other settings; none of it is stored
         previous = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
             train(
-                self.train_config(unit),
+                config,
                 path,
                 force=force,
                 device=self.device,
@@ -664,12 +677,16 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
             "; one seed" if seeds == 1 else f"; mean ± standard error, {seeds} seeds"
         )
         out.append(f"{text}{spread}.")
-        top = max(rows.values(), key=lambda r: r["final_test_accuracy"] or 0.0)
-        out.append(
-            f"The highest final test accuracy was {_LABELS[top['method']]}'s, "
-            f"{_pm(top['final_test_accuracy'], top['final_test_accuracy_se'], 100)}"
-            " %."
-        )
+        scored = [r for r in rows.values() if r["final_test_accuracy"] is not None]
+        if scored:
+            top = max(scored, key=lambda r: r["final_test_accuracy"])
+            accuracy = _pm(
+                top["final_test_accuracy"], top["final_test_accuracy_se"], 100
+            )
+            out.append(
+                f"The highest final test accuracy was {_LABELS[top['method']]}'s, "
+                f"{accuracy} %."
+            )
     for mine in ("adahesscale", "adahesscalegn"):
         if mine not in rows:
             continue
@@ -828,6 +845,7 @@ def optimizer_study(
             ``force`` is false.
         ValueError: If a setting is invalid.
         TypeError: If a setting has the wrong type.
+        FileExistsError: If ``folder`` is a non-empty folder that holds no study.
     """
     stage = OptimizersStage(
         folder, settings, device=device, data_dir=data_dir, threads=threads

@@ -57,7 +57,7 @@ def test_small_study_prints_table_and_findings_then_resumes(tmp_path):
         "AdaHessian lr 0.1 seed 1: final train loss",
         "best lr by final loss",
         "2/4",  # SGD's diverged runs
-        "AdaHesScale's final training loss",
+        "At their best learning rates AdaHesScale's final training loss",
         "2 of 8 runs diverged (SGD 2).",
         "optimizers.png",
     ):

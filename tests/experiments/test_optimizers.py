@@ -90,9 +90,20 @@ def test_small_grid_end_to_end(reference):
     assert seconds[0] < seconds[1] < seconds[2]
     # one sentence per finding, from the numbers
     assert any("2 of 12 runs diverged (SGD 2)" in s for s in study.findings)
-    assert any(
-        s.startswith("AdaHesScale's final training loss") for s in study.findings
+    rows = {row["method"]: row for row in study.table}
+    a, b = rows["adahesscale"]["final_train_loss"], rows["adam"]["final_train_loss"]
+    margin = 2 * math.hypot(
+        rows["adahesscale"]["final_train_loss_se"], rows["adam"]["final_train_loss_se"]
     )
+    relation = (
+        "indistinguishable from"
+        if abs(a - b) <= margin
+        else ("lower than" if a < b else "higher than")
+    )
+    assert (
+        f"At their best learning rates AdaHesScale's final training loss "
+        f"({a:.3g}) was {relation} Adam's ({b:.3g})"
+    ) in "\n".join(study.findings)
     assert any("Time per step as a multiple of SGD's" in s for s in study.findings)
     for name in ("curves", "grid", "table", "findings", "figure"):
         assert study.files[name].is_file()

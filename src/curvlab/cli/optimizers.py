@@ -277,11 +277,12 @@ def command(
         typer.Option(
             "--lr",
             help="Learning-rate grid of one method, METHOD=LR,LR,... (repeat the "
-            "option per method). [5 rates per method, see the docs]",
+            "option per method). [5 rates per method: DEFAULT_LRS in "
+            "curvlab.experiments.optimizers]",
         ),
     ] = None,
     seeds: Annotated[
-        int | None, typer.Option(min=1, help="Seeds per (method, lr). [5]")
+        int | None, typer.Option(min=1, help="Seeds per (method, lr). [8]")
     ] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Optimizer steps per run. [2000]")

@@ -16,6 +16,14 @@ best step size).
 (:class:`~curvlab.optim.AdaHessian`, the Hutchinson-diagonal baseline), each with
 its library defaults except the learning rate.
 
+**The default study**: ``mnist5k_mlp`` (4,000 train and 1,000 test digits),
+batch 32, 2,000 steps (16 epochs), curves every 100 steps, 8 seeds, and five
+learning rates per method (:data:`DEFAULT_LRS`, half-decades around each
+method's best on this problem, found with one seed): SGD 1 to 0.01, Adam and
+AdaHesScale 1e-2 to 1e-4, AdaHesScaleGN 1e-3 to 1e-5, AdaHessian 0.1 to 1e-3.
+That is 200 runs; ``curvlab optimizers --out STUDY --workers 2`` trains them in
+about 10 minutes on 2 CPU cores (``benchmarks/RESULTS.md``).
+
 **Seeds.** Seed :math:`s` seeds the model initialisation, the 80/20 train/test
 split of the bundled data and the mini-batch order, so every method sees the
 same initial model and batches for one seed, and the spread over seeds covers
@@ -133,7 +141,7 @@ class OptimizersSettings:
         methods: Methods, from :data:`METHODS`. [all five]
         lrs: Learning rates per method; methods not given keep their stored or
             default grid (:data:`DEFAULT_LRS`).
-        num_seeds: Seeds ``0 .. num_seeds - 1`` per (method, lr). [5]
+        num_seeds: Seeds ``0 .. num_seeds - 1`` per (method, lr). [8]
         steps: Optimizer steps per run. [2000]
         batch_size: Samples per step. [32]
         eval_every: Record the curves every this many steps. [100]
@@ -160,7 +168,7 @@ DEFAULTS: dict[str, Any] = {
     "problem": "mnist5k_mlp",
     "methods": list(METHODS),
     "lrs": None,  # per method, see DEFAULT_LRS
-    "num_seeds": 5,
+    "num_seeds": 8,
     "steps": 2000,
     "batch_size": 32,
     "eval_every": 100,
@@ -309,15 +317,19 @@ class OptimizersStage(framework.GridStage):
         self.settings = OptimizersSettings(**resolved)
         self.device, self.threads = str(device), threads
         self.data_dir = None if data_dir is None else str(data_dir)
+        # interleaved (seed, lr index, method), so that a change of load on a
+        # shared machine slows every method alike
+        lrs, width = resolved["lrs"], max(len(v) for v in resolved["lrs"].values())
         self._units = {
-            unit_key(method, lr, seed): (method, lr, seed)
-            for method in resolved["methods"]
-            for lr in resolved["lrs"][method]
+            unit_key(method, lrs[method][i], seed): (method, lrs[method][i], seed)
             for seed in range(resolved["num_seeds"])
+            for i in range(width)
+            for method in resolved["methods"]
+            if i < len(lrs[method])
         }
 
     def units(self) -> list[str]:
-        """Every (method, lr, seed), methods and lrs in the order given."""
+        """Every (method, lr, seed): by seed, then lr index, then method."""
         return list(self._units)
 
     def unit(self, key: str) -> tuple[str, float, int]:
@@ -630,11 +642,15 @@ def _pm(mean: float | None, error: float | None, scale: float = 1.0) -> str:
 
 
 def _compare(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
-    """'lower than', 'higher than' or 'indistinguishable from' (2 joint s.e.)."""
+    """'lower than', 'higher than' or 'indistinguishable from'.
+
+    Two values are indistinguishable when they differ by at most two joint
+    standard errors; without standard errors (one seed) only the order counts.
+    """
     x, y = a[key], b[key]
-    ex, ey = a.get(f"{key}_se") or 0.0, b.get(f"{key}_se") or 0.0
-    margin = 2 * math.sqrt(ex**2 + ey**2)
-    if abs(x - y) <= margin:
+    ex, ey = a.get(f"{key}_se"), b.get(f"{key}_se")
+    margin = 0.0 if ex is None or ey is None else 2 * math.sqrt(ex**2 + ey**2)
+    if x == y or abs(x - y) <= margin:
         return "indistinguishable from"
     return "lower than" if x < y else "higher than"
 
@@ -658,17 +674,19 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
         )
         if len(ranked) > 1:
             second = ranked[1]
-            relation = _compare(first, second, "final_train_loss")
-            margin = (
-                "indistinguishable within two standard errors"
-                if relation == "indistinguishable from"
-                else "more than two standard errors apart"
-            )
             text += (
                 f"; the runner-up {_LABELS[second['method']]} reached "
-                f"{_pm(second['final_train_loss'], second['final_train_loss_se'])} "
-                f"({margin})"
+                f"{_pm(second['final_train_loss'], second['final_train_loss_se'])}"
             )
+            if settings.num_seeds > 1:
+                apart = _compare(first, second, "final_train_loss") != (
+                    "indistinguishable from"
+                )
+                text += (
+                    " (more than two standard errors apart)"
+                    if apart
+                    else " (within two standard errors)"
+                )
         seeds = settings.num_seeds
         spread = (
             "; one seed" if seeds == 1 else f"; mean ± standard error, {seeds} seeds"
@@ -690,13 +708,26 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
         for other in ("adam", "adahessian", "sgd"):
             if other not in rows:
                 continue
-            relation = _compare(rows[mine], rows[other], "final_train_loss")
-            out.append(
-                f"{_LABELS[mine]}'s final training loss "
-                f"({_fmt(rows[mine]['final_train_loss'])}) was {relation} "
-                f"{_LABELS[other]}'s ({_fmt(rows[other]['final_train_loss'])}) at "
-                "their best learning rates (two standard errors decide)."
+            a, b = rows[mine], rows[other]
+            text = (
+                f"At their best learning rates {_LABELS[mine]}'s final training "
+                f"loss ({_fmt(a['final_train_loss'])}) was "
+                f"{_compare(a, b, 'final_train_loss')} {_LABELS[other]}'s "
+                f"({_fmt(b['final_train_loss'])})"
             )
+            if a["final_test_accuracy"] is not None:
+                text += (
+                    f" and its final test accuracy "
+                    f"({100 * a['final_test_accuracy']:.2f}%) "
+                    f"{_compare(a, b, 'final_test_accuracy')} "
+                    f"{100 * b['final_test_accuracy']:.2f}%"
+                )
+            decide = (
+                "two standard errors decide"
+                if settings.num_seeds > 1
+                else "one seed: no standard errors"
+            )
+            out.append(f"{text} ({decide}).")
     for method, row in rows.items():
         lrs = settings.lrs[method]
         if len(lrs) > 1 and row["best_lr"] in (min(lrs), max(lrs)):

@@ -100,7 +100,8 @@ class StageEvent:
             doing now, named by the stage), ``"step"`` (a step is stored;
             ``values`` is its summary), ``"done"`` (``values["seconds"]``), or
             a kind a stage names for a unit of work inside a step (``spectrum``
-            reports ``"spectrum"`` for every spectrum it finishes).
+            reports ``"spectrum"`` for every spectrum it finishes). A grid
+            stage (:func:`run_grid`) reports ``"unit"`` for each stored unit.
         step: The step concerned (``None`` for ``"start"``/``"done"``).
         index: Units of work finished by this call so far: steps, unless the
             stage counts finer units (:meth:`Stage.num_units`).

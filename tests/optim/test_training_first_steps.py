@@ -117,3 +117,40 @@ def test_adahessian_training_resumes_bit_identically(tmp_path):
     assert torch.equal(
         run.load_parameters(8, flat=True), expected.load_parameters(8, flat=True)
     )
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(
+                    not torch.cuda.is_available(), reason="needs a CUDA device"
+                ),
+            ],
+        ),
+    ],
+)
+def test_adahessian_trains_a_cnn_and_resumes_bit_identically(tmp_path, device):
+    """Convolution kernels take the spatially averaged diagonal (digits_cnn)."""
+    config = _config(
+        "adahessian", 0.01, problem="digits_cnn", steps=8, record_steps=(0, 4, 8)
+    )
+    expected = train(config, tmp_path / "reference", device=device).run
+
+    def stop(event):
+        if event.kind == "step" and event.step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "run", device=device, on_progress=stop)
+    assert train(config, tmp_path / "run", device=device).resumed_from == 4
+    run = RunFolder.open(tmp_path / "run")
+    assert torch.equal(
+        run.load_parameters(8, flat=True), expected.load_parameters(8, flat=True)
+    )
+    losses = [row["train_loss"] for row in expected.metrics()]
+    assert losses[-1] < losses[0]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from curvlab.cli.app import app
@@ -106,15 +107,20 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path, monkeypatch):
         (["--criterion", "best"], "criterion must be one of"),
         (["--problem", "nope"], "problem must be one of"),
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
-        (["--device", "cuda:7"], "CUDA"),
+        (["--device", "nodevice"], "nodevice"),
     ],
 )
 def test_bad_options_exit_2(tmp_path, args, message):
     result = _run("--out", str(tmp_path / "study"), *args)
-    if message == "CUDA" and "CUDA is unavailable" not in result.output:
-        pytest.skip("a CUDA device is available")
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_device_exits_2(tmp_path):
+    result = _run("--out", str(tmp_path / "study"), "--device", "cuda")
+    assert result.exit_code == 2, result.output
+    assert "CUDA" in result.output
 
 
 def test_other_settings_are_refused_until_forced(tmp_path):

@@ -286,7 +286,11 @@ class OptimizersStage(framework.GridStage):
         requested = settings or OptimizersSettings()
         path = self.folder.path / "study.json"
         if not path.is_file() and self.folder.path.is_dir():
-            others = sorted(p.name for p in self.folder.path.iterdir())
+            others = sorted(
+                p.name
+                for p in self.folder.path.iterdir()
+                if not p.name.startswith(".") and p.name != "invocations"
+            )
             if others:
                 raise FileExistsError(
                     f"{str(self.folder.path)!r} is not empty and holds no study "

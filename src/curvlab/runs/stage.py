@@ -903,12 +903,13 @@ def run_grid(
 ) -> GridRunResult:
     """Compute and store the units of a grid stage, skipping stored ones.
 
-    Each unit computed (here, or on a worker of ``client``) is stored by this
-    process: manifest entry removed, :meth:`GridStage.write` (atomic files),
-    entry written. The call is recorded in the study folder's ``invocations/``
-    with its outcome (``finished``, ``failed`` or ``interrupted``); an exception
-    (Ctrl-C, a failing unit) stops the call, cancels the queued units and is
-    re-raised, and the stored units stay stored.
+    After the settings check the call is recorded in the study folder's
+    ``invocations/`` (with its outcome at the end: ``finished``, ``failed`` or
+    ``interrupted``) and :meth:`GridStage.prepare` runs. Each unit computed
+    (here, or on a worker of ``client``) is then stored by this process:
+    manifest entry removed, :meth:`GridStage.write` (atomic files), entry
+    written. An exception (Ctrl-C, a failing unit) stops the call, cancels the
+    queued units and is re-raised; the stored units stay stored.
 
     Args:
         stage: The grid stage, with its resolved settings.
@@ -939,7 +940,6 @@ def run_grid(
     todo, skipped = _split_units(stage, units, force)
     if client is not None and todo:
         _check_client(client)
-    stage.prepare(todo)
     invocation = stage.folder.start_invocation(
         stage.command,
         request={"settings": stage.stored, "units": units, "force": force},
@@ -953,8 +953,9 @@ def run_grid(
     results: dict[str, Any] = {}
     counter = {"done": 0, "total": len(todo)}
     start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
-    notify(StageEvent("start", None, 0, len(todo), start))
     try:
+        stage.prepare(todo)
+        notify(StageEvent("start", None, 0, len(todo), start))
         for unit, result in _unit_results(stage, todo, force, client, notify, counter):
             stage.entry_path(unit).unlink(missing_ok=True)
             files, info = stage.write(unit, result)

@@ -263,13 +263,13 @@ def command(
         Path, typer.Option(help="Study folder; running again resumes the study.")
     ],
     problem: Annotated[
-        str | None, typer.Option(help="Problem name. [mnist5k_mlp]")
+        str | None, typer.Option(help="Problem name. Default: mnist5k_mlp.")
     ] = None,
     methods: Annotated[
         str | None,
         typer.Option(
             help="Comma-separated subset of sgd, adam, adahesscale, "
-            "adahesscalegn, adahessian. [all]"
+            "adahesscalegn, adahessian. Default: all."
         ),
     ] = None,
     lr: Annotated[
@@ -277,35 +277,39 @@ def command(
         typer.Option(
             "--lr",
             help="Learning-rate grid of one method, METHOD=LR,LR,... (repeat the "
-            "option per method). [5 rates per method: DEFAULT_LRS in "
-            "curvlab.experiments.optimizers]",
+            "option per method). Default: 5 rates per method, DEFAULT_LRS in "
+            "curvlab.experiments.optimizers.",
         ),
     ] = None,
     seeds: Annotated[
-        int | None, typer.Option(min=1, help="Seeds per (method, lr). [8]")
+        int | None, typer.Option(min=1, help="Seeds per (method, lr). Default: 8.")
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Optimizer steps per run. [2000]")
+        int | None, typer.Option(min=1, help="Optimizer steps per run. Default: 2000.")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Samples per step. [32]")
+        int | None, typer.Option(min=1, help="Samples per step. Default: 32.")
     ] = None,
     eval_every: Annotated[
         int | None,
-        typer.Option(min=1, help="Record loss and accuracy every N steps. [100]"),
+        typer.Option(
+            min=1, help="Record loss and accuracy every N steps. Default: 100."
+        ),
     ] = None,
     num_samples: Annotated[
         int | None,
-        typer.Option(min=1, help="Train on a balanced subset of N samples. [all]"),
+        typer.Option(
+            min=1, help="Train on a balanced subset of N samples. Default: all."
+        ),
     ] = None,
     dtype: Annotated[
-        str | None, typer.Option(help="float32 or float64. [float32]")
+        str | None, typer.Option(help="float32 or float64. Default: float32.")
     ] = None,
     criterion: Annotated[
         str | None,
         typer.Option(
             help="Best lr by final_loss (final training loss, mean over seeds) or "
-            "mean_loss (mean over the curve, as HesScale's code). [final_loss]"
+            "mean_loss (mean over the curve, as HesScale's code). Default: final_loss."
         ),
     ] = None,
     force: Annotated[
@@ -320,7 +324,7 @@ def command(
         typer.Option(
             min=1,
             help="Train runs in parallel on a loopback Dask cluster of N "
-            "single-thread worker processes.",
+            "single-thread worker processes (each run uses --threads, default 1).",
         ),
     ] = None,
     scheduler: Annotated[

@@ -1,8 +1,8 @@
 r"""Train a problem and record it in a run folder, resumably and reproducibly.
 
-:func:`train` trains ``config.problem``'s model with SGD, Adam or AdaHesScale
-and, at each step of ``config.record_steps`` (before that step's update, so step
-0 is the initialisation), records into the run folder
+:func:`train` trains ``config.problem``'s model with SGD, Adam, AdaHesScale or
+AdaHessian and, at each step of ``config.record_steps`` (before that step's
+update, so step 0 is the initialisation), records into the run folder
 (:class:`~curvlab.runs.RunFolder`):
 
 - the parameters and buffers, and the gradient of the mean train loss
@@ -188,8 +188,10 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         model: The model.
 
     Returns:
-        ``torch.optim.SGD``, ``torch.optim.Adam``, or
-        :class:`curvlab.optim.AdaHesScale` / ``AdaHesScaleGN``.
+        ``torch.optim.SGD``, ``torch.optim.Adam``,
+        :class:`curvlab.optim.AdaHesScale` / ``AdaHesScaleGN``, or
+        :class:`curvlab.optim.AdaHessian` (its probes come from the global
+        generator, which training seeds and checkpoints).
 
     Raises:
         ConfigError: If the optimizer rejects an option.
@@ -201,6 +203,10 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         kind: Any = torch.optim.SGD
     elif config.optimizer == "adam":
         kind = torch.optim.Adam
+    elif config.optimizer == "adahessian":
+        from curvlab.optim import AdaHessian
+
+        kind = AdaHessian
     else:
         from curvlab.diagonal import check_supported
         from curvlab.optim import AdaHesScale, AdaHesScaleGN
@@ -591,6 +597,8 @@ def _update(
         batch = hesscale_batch(model, loss_fn, X, y, variant=optimizer.variant)
         optimizer.step(diagonals=batch)
         return float(batch.loss)
+    if getattr(optimizer, "needs_loss_graph", False):  # AdaHessian
+        return float(optimizer.step(lambda: loss_fn(model(X), y)))
     loss = loss_fn(model(X), y)
     loss.backward()
     optimizer.step()

@@ -69,10 +69,16 @@ __all__ = [
 ]
 
 #: Optimizers a run can train with.
-OPTIMIZERS = ("sgd", "adam", "adahesscale", "adahesscalegn")
+OPTIMIZERS = ("sgd", "adam", "adahesscale", "adahesscalegn", "adahessian")
 
 #: Learning rate when none is given, by optimizer.
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adahesscale": 1e-3, "adahesscalegn": 1e-3}
+DEFAULT_LR = {
+    "sgd": 0.1,
+    "adam": 1e-3,
+    "adahesscale": 1e-3,
+    "adahesscalegn": 1e-3,
+    "adahessian": 0.15,
+}
 
 #: Keyword arguments ``optimizer_options`` may pass to each optimizer.
 OPTIMIZER_OPTIONS = {
@@ -80,6 +86,7 @@ OPTIMIZER_OPTIONS = {
     "adam": ("betas", "eps", "weight_decay", "amsgrad"),
     "adahesscale": ("betas", "eps", "weight_decay"),
     "adahesscalegn": ("betas", "eps", "weight_decay"),
+    "adahessian": ("betas", "eps", "weight_decay", "hessian_power"),
 }
 
 #: Most steps a range of :func:`parse_steps` may list (a set of them is built).
@@ -220,7 +227,8 @@ class TrainConfig:
         problem: A name from :func:`curvlab.problems.names`.
         optimizer: One of :data:`OPTIMIZERS`: ``torch.optim.SGD`` (plain SGD
             unless ``optimizer_options`` sets a momentum), ``torch.optim.Adam``,
-            or :class:`curvlab.optim.AdaHesScale` / ``AdaHesScaleGN``.
+            :class:`curvlab.optim.AdaHesScale` / ``AdaHesScaleGN``, or
+            :class:`curvlab.optim.AdaHessian`.
         lr: Learning rate, constant. ``None`` picks :data:`DEFAULT_LR`.
         steps: Number of optimizer steps.
         batch_size: Train samples per step, drawn without replacement from a

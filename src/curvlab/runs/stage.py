@@ -27,6 +27,19 @@ A stage subclass declares its name, the command that runs it, its resolved
 settings and the per-step work; nothing else. ``curvlab trace``
 (:mod:`curvlab.experiments.trace`) is the smallest complete example, and
 ``docs/architecture.md`` walks through it.
+
+**Grids of independent units.** A study that trains many runs (``curvlab
+optimizers``: one training run per method, learning rate and seed) has no
+recorded steps to walk; its units of work are named runs. :class:`GridStage`
+and :func:`run_grid` give it the same life cycle with units in place of steps:
+settings resolved once by the stage, :class:`SettingsConflictError` for a
+finished unit computed with other settings, the call recorded in the study
+folder's ``invocations/``, one atomic manifest entry per stored unit
+(``manifest/<stage>/<unit>.json``, listing its files and their sizes),
+:class:`StageEvent` progress (kind ``"unit"`` for a stored unit), and an
+interrupted call resumable. Units are independent, so :func:`run_grid` computes
+them on a Dask client when one is given (``client.submit`` per unit, results
+stored by this process as they arrive) and one after the other otherwise.
 """
 
 from __future__ import annotations
@@ -40,10 +53,12 @@ from typing import Any
 import torch
 
 from curvlab.runs.config import parse_steps
-from curvlab.runs.environment import machine_info, package_versions
-from curvlab.runs.folder import MissingStepError, RunFolder
+from curvlab.runs.environment import machine_info, package_versions, utc_now
+from curvlab.runs.folder import MissingStepError, RunFolder, _check_stage
 
 __all__ = [
+    "GridRunResult",
+    "GridStage",
     "SettingsConflictError",
     "Stage",
     "StageEvent",
@@ -51,9 +66,11 @@ __all__ = [
     "StepProgress",
     "StepTable",
     "TableStage",
+    "UnitProgress",
     "pick_setting",
     "read_table_stage",
     "resolve_settings",
+    "run_grid",
     "run_stage",
     "select_steps",
     "settings_differences",
@@ -83,7 +100,8 @@ class StageEvent:
             doing now, named by the stage), ``"step"`` (a step is stored;
             ``values`` is its summary), ``"done"`` (``values["seconds"]``), or
             a kind a stage names for a unit of work inside a step (``spectrum``
-            reports ``"spectrum"`` for every spectrum it finishes).
+            reports ``"spectrum"`` for every spectrum it finishes). A grid
+            stage (:func:`run_grid`) reports ``"unit"`` for each stored unit.
         step: The step concerned (``None`` for ``"start"``/``"done"``).
         index: Units of work finished by this call so far: steps, unless the
             stage counts finer units (:meth:`Stage.num_units`).
@@ -607,4 +625,376 @@ def run_stage(
         summaries={s: summaries[s] for s in chosen if s in summaries},
         seconds=seconds,
         unfinished=tuple(unfinished),
+    )
+
+
+# ------------------------------------------------------------------ grids
+class UnitProgress:
+    """What a :class:`GridStage`'s :meth:`~GridStage.compute` reports in-process.
+
+    On a Dask worker :meth:`GridStage.compute` gets ``None`` instead: nothing
+    reaches the caller before the unit's result.
+
+    Args:
+        notify: The callback of :func:`run_grid`.
+        unit: The unit being computed.
+        counter: ``{"done": units so far, "total": units}``.
+    """
+
+    def __init__(
+        self, notify: Callable[[StageEvent], None], unit: str, counter: dict[str, int]
+    ):
+        self._notify = notify
+        self._unit = unit
+        self._counter = counter
+
+    def phase(self, name: str, step: int | None = None) -> None:
+        """Report what the unit is doing (e.g. the training step it reached).
+
+        Args:
+            name: A short description, e.g. ``"adam lr 0.001 seed 0"``.
+            step: A step inside the unit, if it has steps.
+        """
+        done, total = self._counter["done"], self._counter["total"]
+        values = {"phase": name, "unit": self._unit}
+        self._notify(StageEvent("phase", step, done, total, values))
+
+
+class GridStage:
+    """A resumable study over independent units of work, in a study folder.
+
+    A unit is named by a key that is also a file name (letters, digits, ``_``,
+    ``.``, ``-``), e.g. ``"adam_lr0.001_seed0"``. A subclass sets :attr:`name`,
+    :attr:`command`, :attr:`settings` (the resolved settings object) and
+    :attr:`stored` (their JSON dict), and implements :meth:`units`,
+    :meth:`compute`, :meth:`write` and :meth:`read_summary`. The stage object is
+    sent to Dask workers with each unit, so it must pickle: keep paths and
+    settings in it, never models or open files.
+
+    Args:
+        folder: The study folder (created if missing). It is written through
+            :class:`~curvlab.runs.RunFolder`'s file methods (atomic writes,
+            invocation records) but holds no training run itself.
+
+    Attributes:
+        folder: The study folder as a :class:`~curvlab.runs.RunFolder` (its
+            ``config`` does not exist).
+    """
+
+    name: str
+    command: str
+    settings: Any
+    stored: dict[str, Any]
+
+    def __init__(self, folder: str | Path):
+        path = Path(folder).expanduser()
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{str(path)!r} exists and is not a folder.")
+        self.folder = RunFolder(path)
+
+    def units(self) -> list[str]:
+        """The units of this call, in order.
+
+        Returns:
+            Unit keys.
+        """
+        raise NotImplementedError
+
+    def unit_settings(self, unit: str) -> dict[str, Any]:
+        """The settings that decide a unit's numbers (compared with a stored unit).
+
+        Args:
+            unit: The unit.
+
+        Returns:
+            By default :attr:`stored`.
+        """
+        return self.stored
+
+    def prepare(self, todo: Sequence[str]) -> None:
+        """Called once the units to compute are known, before the first.
+
+        Args:
+            todo: The units this call computes (maybe none).
+        """
+
+    def compute(self, unit: str, progress: UnitProgress | None, force: bool) -> Any:
+        """Compute one unit (in this process or on a Dask worker).
+
+        Args:
+            unit: The unit.
+            progress: Report phases with it; ``None`` on a Dask worker.
+            force: Recompute from scratch: ignore partial work of the unit.
+
+        Returns:
+            The unit's typed result (picklable); it must have a ``summary`` dict.
+        """
+        raise NotImplementedError
+
+    def write(self, unit: str, result: Any) -> tuple[list[Path], dict[str, Any]]:
+        """Store one unit's result atomically (in the calling process).
+
+        Args:
+            unit: The unit.
+            result: What :meth:`compute` returned.
+
+        Returns:
+            The files written and the info kept in the manifest entry (it must
+            include ``"settings": self.unit_settings(unit)``).
+        """
+        raise NotImplementedError
+
+    def read_summary(self, unit: str) -> dict[str, Any]:
+        """Read a stored unit's summary back.
+
+        Args:
+            unit: A stored unit.
+
+        Returns:
+            The summary, as :meth:`compute`'s result holds it.
+        """
+        raise NotImplementedError
+
+    # manifest of the units
+    def entry_path(self, unit: str) -> Path:
+        """The manifest entry file of a unit.
+
+        Args:
+            unit: The unit.
+
+        Returns:
+            ``<folder>/manifest/<stage>/<unit>.json``.
+        """
+        _check_stage(unit)
+        return self.folder.path / "manifest" / self.name / f"{unit}.json"
+
+    def entry(self, unit: str) -> dict[str, Any] | None:
+        """The manifest entry of a unit, or ``None`` (files not checked).
+
+        Args:
+            unit: The unit.
+
+        Returns:
+            ``{"unit", "files": [{"path", "bytes"}], "info", "completed"}``.
+        """
+        path = self.entry_path(unit)
+        return self.folder.read_json(path) if path.is_file() else None
+
+    def is_done(self, unit: str) -> bool:
+        """Whether a unit has an entry and its files exist with their sizes.
+
+        Args:
+            unit: The unit.
+
+        Returns:
+            ``True`` for a stored unit.
+        """
+        entry = self.entry(unit)
+        if entry is None:
+            return False
+        for file in entry["files"]:
+            path = self.folder.path / file["path"]
+            if not path.is_file() or path.stat().st_size != file["bytes"]:
+                return False
+        return True
+
+    def mark_done(
+        self, unit: str, files: Sequence[Path], info: Mapping[str, Any]
+    ) -> None:
+        """Write a unit's manifest entry (after its files were written atomically).
+
+        Args:
+            unit: The unit.
+            files: Its files.
+            info: What to keep with the entry.
+        """
+        listed = [
+            {"path": self.folder.relative(f), "bytes": Path(f).stat().st_size}
+            for f in files
+        ]
+        entry = {"unit": unit, "files": listed, "info": dict(info)}
+        self.folder.write_json(self.entry_path(unit), {**entry, "completed": utc_now()})
+
+
+@dataclass(frozen=True)
+class GridRunResult:
+    """What one call of :func:`run_grid` did.
+
+    Attributes:
+        stage: The stage name.
+        settings: The stage's resolved settings object.
+        computed: Units computed and stored by this call, in the order they
+            finished.
+        skipped: Units that were already stored.
+        results: The typed results of the computed units, by unit.
+        summaries: The summary of every unit of the call, in
+            :meth:`GridStage.units` order (read back for the skipped ones).
+        seconds: Wall time.
+    """
+
+    stage: str
+    settings: Any
+    computed: tuple[str, ...]
+    skipped: tuple[str, ...]
+    results: dict[str, Any]
+    summaries: dict[str, dict[str, Any]]
+    seconds: float
+
+
+def _split_units(
+    stage: GridStage, units: list[str], force: bool
+) -> tuple[list[str], list[str]]:
+    todo, skipped = [], []
+    for unit in units:
+        if force or not stage.is_done(unit):
+            todo.append(unit)
+            continue
+        have = (stage.entry(unit) or {}).get("info", {}).get("settings") or {}
+        differences = settings_differences(have, stage.unit_settings(unit))
+        if differences:
+            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
+            raise SettingsConflictError(
+                f"{unit} of {stage.name} in {str(stage.folder.path)!r} was computed "
+                f"with other settings (stored -> requested: {listed}). Request the "
+                "stored values, or pass force=True (--force) to recompute the "
+                "finished units.",
+                differences,
+            )
+        skipped.append(unit)
+    return todo, skipped
+
+
+def _check_client(client: Any) -> None:
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if not workers:
+        raise ValueError("The Dask client has no workers.")
+    busy = sorted({w.get("nthreads", 1) for w in workers} - {1})
+    if busy:
+        raise ValueError(
+            "Every Dask worker must run one unit at a time (threads_per_worker=1): "
+            "a unit may seed PyTorch's global random generator. Got workers with "
+            f"{busy} threads."
+        )
+
+
+def _unit_results(
+    stage: GridStage,
+    todo: list[str],
+    force: bool,
+    client: Any,
+    notify: Callable[[StageEvent], None],
+    counter: dict[str, int],
+) -> Iterable[tuple[str, Any]]:
+    """Yield ``(unit, result)`` as units finish, here or on the Dask client."""
+    if client is None:
+        for unit in todo:
+            yield unit, stage.compute(unit, UnitProgress(notify, unit, counter), force)
+        return
+    from distributed import as_completed
+
+    futures = {
+        client.submit(stage.compute, unit, None, force, pure=False): unit
+        for unit in todo
+    }
+    try:
+        for future in as_completed(list(futures)):
+            yield futures[future], future.result()
+    finally:
+        client.cancel(list(futures))  # interrupted: leave nothing queued
+
+
+def run_grid(
+    stage: GridStage,
+    *,
+    force: bool = False,
+    client: Any = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
+) -> GridRunResult:
+    """Compute and store the units of a grid stage, skipping stored ones.
+
+    After the settings check the call is recorded in the study folder's
+    ``invocations/`` (with its outcome at the end: ``finished``, ``failed`` or
+    ``interrupted``) and :meth:`GridStage.prepare` runs. Each unit computed
+    (here, or on a worker of ``client``) is then stored by this process:
+    manifest entry removed, :meth:`GridStage.write` (atomic files), entry
+    written. An exception (Ctrl-C, a failing unit) stops the call, cancels the
+    queued units and is re-raised; the stored units stay stored.
+
+    Args:
+        stage: The grid stage, with its resolved settings.
+        force: Recompute stored units too, also those computed with other
+            settings.
+        client: A ``distributed.Client`` whose workers each run one task at a
+            time; ``None`` computes the units one after the other here.
+        device: Recorded in the invocation.
+        data_dir: Recorded in the invocation.
+        on_progress: Called with a :class:`StageEvent`: ``"start"``
+            (``values``: ``todo``, ``skipped``, ``settings``), ``"phase"`` (from
+            a unit computed in this process; ``values``: ``phase``, ``unit``),
+            ``"unit"`` (a unit is stored; ``values`` is its summary with
+            ``"unit"``; ``index`` counts stored units) and ``"done"``.
+
+    Returns:
+        The units computed and skipped, the typed results of the computed ones
+        and every unit's summary.
+
+    Raises:
+        SettingsConflictError: If stored units were computed with other
+            settings and ``force`` is false.
+        ValueError: If a Dask worker runs more than one thread.
+    """
+    notify = on_progress or (lambda event: None)
+    begin = time.perf_counter()
+    units = list(stage.units())
+    todo, skipped = _split_units(stage, units, force)
+    if client is not None and todo:
+        _check_client(client)
+    invocation = stage.folder.start_invocation(
+        stage.command,
+        request={"settings": stage.stored, "units": units, "force": force},
+        device=str(device),
+        data_dir=None if data_dir is None else str(data_dir),
+        parallel="in-process" if client is None else "dask",
+        versions=package_versions(),
+        machine=machine_info(str(device)),
+    )
+    computed: list[str] = []
+    results: dict[str, Any] = {}
+    counter = {"done": 0, "total": len(todo)}
+    start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
+    try:
+        stage.prepare(todo)
+        notify(StageEvent("start", None, 0, len(todo), start))
+        for unit, result in _unit_results(stage, todo, force, client, notify, counter):
+            stage.entry_path(unit).unlink(missing_ok=True)
+            files, info = stage.write(unit, result)
+            stage.mark_done(unit, files, info)
+            computed.append(unit)
+            results[unit] = result
+            counter["done"] += 1
+            values = {"unit": unit, **result.summary}
+            notify(StageEvent("unit", None, counter["done"], len(todo), values))
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(
+            status, computed=computed, error=f"{type(error).__name__}: {error}"
+        )
+        raise
+    summaries = {
+        unit: results[unit].summary if unit in results else stage.read_summary(unit)
+        for unit in units
+    }
+    seconds = time.perf_counter() - begin
+    invocation.finish("finished", computed=computed, skipped=skipped)
+    notify(StageEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
+    return GridRunResult(
+        stage=stage.name,
+        settings=stage.settings,
+        computed=tuple(computed),
+        skipped=tuple(skipped),
+        results=results,
+        summaries=summaries,
+        seconds=seconds,
     )

@@ -1,0 +1,377 @@
+"""``curvlab optimizers``: HesScale's optimization study over a grid of runs.
+
+The work is :func:`curvlab.experiments.optimizers.optimizer_study`; this module
+parses the options, starts a loopback Dask cluster when ``--workers`` asks for
+one (or connects to ``--scheduler``), shows the progress bar and prints the
+table and the findings. Running the same command again resumes: stored runs
+are skipped and an interrupted run restarts from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from curvlab.cli import _common as common
+
+__all__ = ["command", "main", "parse_lrs"]
+
+_LABELS = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adahesscale": "AdaHesScale",
+    "adahesscalegn": "AdaHesScaleGN",
+    "adahessian": "AdaHessian",
+}
+
+
+def parse_lrs(specs: list[str] | None) -> dict[str, list[float]] | None:
+    """Read ``--lr METHOD=LR,LR,...`` options.
+
+    Args:
+        specs: The option values, e.g. ``["adam=1e-3,1e-4", "sgd=0.1"]``.
+
+    Returns:
+        Learning rates per method, or ``None`` when none were given.
+
+    Raises:
+        ValueError: For a malformed value or a method given twice.
+
+    Example:
+        >>> parse_lrs(["adam=1e-3,1e-4", "sgd=0.1"])
+        {'adam': [0.001, 0.0001], 'sgd': [0.1]}
+    """
+    if not specs:
+        return None
+    out: dict[str, list[float]] = {}
+    for spec in specs:
+        method, sep, values = spec.partition("=")
+        method = method.strip().lower()
+        if not sep or not method or not values.strip():
+            raise ValueError(
+                f"--lr takes METHOD=LR,LR,... (e.g. adam=1e-3,1e-4). Got {spec!r}."
+            )
+        if method in out:
+            raise ValueError(f"--lr gives the learning rates of {method} twice.")
+        try:
+            out[method] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--lr {spec!r}: learning rates must be numbers, comma-separated."
+            ) from None
+    return out
+
+
+@contextlib.contextmanager
+def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A client on ``scheduler``, on a loopback ``LocalCluster``, or ``None``."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    if workers is not None and scheduler is not None:
+        raise ValueError("Give --workers (a local cluster) or --scheduler, not both.")
+    try:
+        import distributed
+    except ImportError:
+        raise ValueError(
+            "--workers and --scheduler need dask[distributed]: "
+            "pip install 'dask[distributed]'."
+        ) from None
+    if scheduler is not None:
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    with (
+        distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def _unit_line(values: dict[str, Any]) -> str:
+    label = f"{_LABELS[values['method']]} lr {values['lr']:g} seed {values['seed']}"
+    if values["diverged_at"] is not None:
+        return f"{label}: [red]diverged at step {values['diverged_at']}[/]"
+    accuracy = values["final_test_accuracy"]
+    accuracy_text = "-" if accuracy is None else f"{100 * accuracy:.2f}%"
+    return (
+        f"{label}: final train loss {common.fmt(values['final_train_loss'])}, "
+        f"test accuracy {accuracy_text}"
+    )
+
+
+def _print_table(study, console: Console) -> None:
+    settings = study.settings
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=(
+            f"{settings.problem}: {settings.steps} steps, batch "
+            f"{settings.batch_size}, {settings.num_seeds} seeds "
+            f"(best lr by {settings.criterion.replace('_', ' ')})"
+        ),
+        caption="mean ± standard error over seeds at each method's best lr",
+    )
+    for header in ("method", "best lr", "final train loss", "test acc.", "diverged"):
+        table.add_column(header, justify="right")
+    table.add_column("s/step", justify="right")
+    table.add_column("x SGD", justify="right")
+    for row in study.table:
+        accuracy = row["final_test_accuracy"]
+        table.add_row(
+            _LABELS[row["method"]],
+            common.fmt(row["best_lr"], 3),
+            f"{common.fmt(row['final_train_loss'])} ± "
+            f"{common.fmt(row['final_train_loss_se'], 2)}",
+            "-"
+            if accuracy is None
+            else f"{100 * accuracy:.2f} ± "
+            f"{100 * (row['final_test_accuracy_se'] or 0):.2f}%",
+            f"{row['diverged']}/{row['runs']}",
+            common.fmt(row["seconds_per_step"], 3),
+            common.fmt(row["time_vs_sgd"], 3),
+        )
+    console.print(table)
+
+
+def main(
+    *,
+    out: str | Path,
+    settings: Any,
+    force: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    threads: int | None = None,
+    console: Console | None = None,
+    error_console: Console | None = None,
+) -> int:
+    """Run the study with a progress bar; print its table and findings.
+
+    Args:
+        out: The study folder.
+        settings: An :class:`~curvlab.experiments.optimizers.OptimizersSettings`.
+        force: Retrain stored runs from scratch.
+        workers: Start a loopback Dask ``LocalCluster`` with this many
+            single-thread worker processes.
+        scheduler: Address of a Dask scheduler to train on instead.
+        device: Device to train on.
+        data_dir: Data folder of file-based problems.
+        threads: PyTorch CPU threads per run (default 1 with Dask workers).
+        console: Where to print (default: standard output).
+        error_console: Where to print errors (default: standard error).
+
+    Returns:
+        The exit code: 0 on success, 2 for invalid options or a settings
+        conflict, 130 when interrupted.
+    """
+    from curvlab.experiments.optimizers import optimizer_study
+    from curvlab.runs import ConfigError
+    from curvlab.runs.stage import SettingsConflictError, StageEvent
+
+    console = console or Console()
+    fail = common.error_printer(error_console or Console(stderr=True))
+    try:
+        common.check_device(device)
+        common.check_threads(threads)
+        if workers is not None and workers < 1:
+            raise ValueError(f"--workers must be at least 1. Got {workers}.")
+    except (ConfigError, ValueError, RuntimeError) as error:
+        return fail(str(error))
+    if workers is not None and threads is None:
+        threads = 1
+    errors = (
+        SettingsConflictError,
+        ConfigError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        NotImplementedError,
+        OSError,
+    )
+
+    def call(on_progress):
+        def adapt(event: StageEvent) -> None:
+            if event.kind == "start":
+                skipped = len(event.values["skipped"])
+                if skipped:
+                    console.print(
+                        f"Already stored: {skipped} of {skipped + event.total} runs."
+                    )
+                on_progress(StageEvent("start", None, 0, event.total, {"skipped": []}))
+            elif event.kind == "unit":
+                step = event.values["steps_done"]
+                on_progress(
+                    StageEvent("step", step, event.index, event.total, event.values)
+                )
+            else:
+                on_progress(event)
+
+        with _dask_client(workers, scheduler) as client:
+            return optimizer_study(
+                out,
+                settings,
+                force=force,
+                client=client,
+                device=device,
+                data_dir=data_dir,
+                threads=threads,
+                on_progress=adapt,
+            )
+
+    study = common.run_steps(
+        "optimizers",
+        call,
+        lambda step, values: _unit_line(values),
+        console,
+        fail,
+        errors,
+    )
+    if isinstance(study, int):
+        return study
+    if not study.computed:
+        console.print("Nothing to do: every run of the grid is stored.")
+    _print_table(study, console)
+    for sentence in study.findings:
+        console.print(f"- {escape(sentence)}", soft_wrap=True)
+    report = study.files["findings"].parent
+    console.print(
+        f"Report in {escape(str(report))} (table.csv, grid.csv, curves.csv, "
+        f"findings.md, optimizers.png). Done in {study.seconds:.1f} s.",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def command(
+    out: Annotated[
+        Path, typer.Option(help="Study folder; running again resumes the study.")
+    ],
+    problem: Annotated[
+        str | None, typer.Option(help="Problem name. Default: mnist5k_mlp.")
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated subset of sgd, adam, adahesscale, "
+            "adahesscalegn, adahessian. Default: all."
+        ),
+    ] = None,
+    lr: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lr",
+            help="Learning-rate grid of one method, METHOD=LR,LR,... (repeat the "
+            "option per method). Default: 5 rates per method, DEFAULT_LRS in "
+            "curvlab.experiments.optimizers.",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Seeds per (method, lr). Default: 8.")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimizer steps per run. Default: 2000.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Samples per step. Default: 32.")
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Record loss and accuracy every N steps. Default: 100."
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Train on a balanced subset of N samples. Default: all."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 or float64. Default: float32.")
+    ] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            help="Best lr by final_loss (final training loss, mean over seeds) or "
+            "mean_loss (mean over the curve, as HesScale's code). Default: final_loss."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Retrain stored runs from scratch, also with other settings.",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train runs in parallel on a loopback Dask cluster of N "
+            "single-thread worker processes (each run uses --threads, default 1).",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a Dask scheduler to train on.")
+    ] = None,
+    device: common.DeviceOption = "cpu",
+    data_dir: common.DataDirOption = None,
+    threads: common.ThreadsOption = None,
+) -> None:
+    """HesScale's optimization study: AdaHesScale against SGD, Adam and AdaHessian.
+
+    Trains every (method, learning rate, seed) as a resumable run in OUT/runs/,
+    picks each method's best learning rate, and writes the learning curves
+    (mean ± standard error over seeds, against steps and training time), the
+    table of final values, the time per step relative to SGD and the findings
+    to OUT/report/. A diverging run is recorded as diverged and the study goes
+    on.
+    """
+    from curvlab.experiments.optimizers import OptimizersSettings
+
+    try:
+        settings = OptimizersSettings(
+            problem=problem,
+            methods=None
+            if methods is None
+            else [m.strip().lower() for m in methods.split(",") if m.strip()],
+            lrs=parse_lrs(lr),
+            num_seeds=seeds,
+            steps=steps,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            num_samples=num_samples,
+            dtype=dtype,
+            criterion=criterion,
+        )
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(
+        main(
+            out=out,
+            settings=settings,
+            force=force,
+            workers=workers,
+            scheduler=scheduler,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+        )
+    )

@@ -9,12 +9,13 @@ it the work runs in this process (:func:`curvlab.store.cluster.connect`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
 
 __all__ = [
+    "on_cluster",
     "GpusOption",
     "JobCoresOption",
     "JobMemoryOption",
@@ -76,6 +77,44 @@ def cluster_client(scheduler: str | None, workers: int, **slurm: Any) -> Iterato
 
     with connect(scheduler, workers=workers, **slurm) as client:
         yield client
+
+
+def on_cluster(
+    body: Callable[[Any], int],
+    scheduler: str | None,
+    workers: int,
+    *,
+    gpus: int = 0,
+    walltime: str = "02:00:00",
+    lifetime: str | None = None,
+    cores: int = 4,
+    memory: str = "16GB",
+) -> int:
+    """Run ``body(client)`` with the client of ``--scheduler`` and its options.
+
+    Args:
+        body: Runs the command's stages; returns the exit code.
+        scheduler: ``None`` (this process), ``"local"``, ``"slurm"`` or an address.
+        workers: Processes or jobs.
+        gpus: ``--slurm-gpus``.
+        walltime: ``--slurm-walltime``.
+        lifetime: ``--slurm-lifetime``.
+        cores: ``--slurm-cores``.
+        memory: ``--slurm-memory``.
+
+    Returns:
+        ``body``'s exit code, or 2 (with one line) when the cluster cannot be
+        had or an option is invalid.
+    """
+    from curvlab.cli._common import option_error
+
+    slurm = {"gpus_per_job": gpus, "walltime": walltime, "cores": cores}
+    slurm |= {"worker_lifetime": lifetime, "memory": memory}
+    try:
+        with cluster_client(scheduler, workers, **slurm) as client:
+            return body(client)
+    except (ValueError, OSError, ImportError) as error:
+        return option_error(error)
 
 
 def parse_indices(text: str | None) -> list[int] | None:

@@ -60,35 +60,39 @@ def command(
         seed,
         dtype,
     )
-    slurm = {
-        "gpus_per_job": slurm_gpus,
-        "walltime": slurm_walltime,
-        "cores": slurm_cores,
-        "worker_lifetime": slurm_lifetime,
-        "memory": slurm_memory,
-    }
     try:
         chosen = cluster.parse_indices(indices)
-        with cluster.cluster_client(scheduler, workers, **slurm) as client:
-            code = common.run_stage_command(
-                "measure",
-                lambda folder, problem: MeasureStage(
-                    folder,
-                    settings,
-                    problem.num_params,
-                    client=client,
-                    indices=chosen,
-                    device=device,
-                    data_dir=data_dir,
-                ),
-                run=run,
-                steps=str(step),
-                force=force,
+    except ValueError as error:
+        raise typer.Exit(common.option_error(error)) from None
+
+    def body(client) -> int:
+        return common.run_stage_command(
+            "measure",
+            lambda folder, problem: MeasureStage(
+                folder,
+                settings,
+                problem.num_params,
+                client=client,
+                indices=chosen,
                 device=device,
                 data_dir=data_dir,
-                threads=threads,
-            )
-    except (ValueError, OSError, ImportError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        code = 2
+            ),
+            run=run,
+            steps=str(step),
+            force=force,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+        )
+
+    code = cluster.on_cluster(
+        body,
+        scheduler,
+        workers,
+        gpus=slurm_gpus,
+        walltime=slurm_walltime,
+        lifetime=slurm_lifetime,
+        cores=slurm_cores,
+        memory=slurm_memory,
+    )
     raise typer.Exit(code)

@@ -310,40 +310,41 @@ def command(
         seed,
         dtype,
     )
-    slurm = {
-        "gpus_per_job": slurm_gpus,
-        "walltime": slurm_walltime,
-        "cores": slurm_cores,
-        "worker_lifetime": slurm_lifetime,
-        "memory": slurm_memory,
-    }
-    try:
-        with cluster.cluster_client(scheduler, workers, **slurm) as client:
-            code = run_stage_command(
-                "measure",
-                lambda folder, problem: MeasureStage(
-                    folder,
-                    sketch,
-                    problem.num_params,
-                    client=client,
-                    device=device,
-                    data_dir=data_dir,
-                    max_cols=max_cols,
-                ),
-                run=run,
-                steps=steps,
-                **options,
-            ) or run_stage_command(
-                "solve",
-                lambda folder, problem: SolveStage(folder, client=client),
-                run=run,
-                steps=steps,
-                build=False,
-                **options,
-            )
-    except (ValueError, OSError, ImportError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(2) from None
+
+    def body(client) -> int:
+        return run_stage_command(
+            "measure",
+            lambda folder, problem: MeasureStage(
+                folder,
+                sketch,
+                problem.num_params,
+                client=client,
+                device=device,
+                data_dir=data_dir,
+                max_cols=max_cols,
+            ),
+            run=run,
+            steps=steps,
+            **options,
+        ) or run_stage_command(
+            "solve",
+            lambda folder, problem: SolveStage(folder, client=client),
+            run=run,
+            steps=steps,
+            build=False,
+            **options,
+        )
+
+    code = cluster.on_cluster(
+        body,
+        scheduler,
+        workers,
+        gpus=slurm_gpus,
+        walltime=slurm_walltime,
+        lifetime=slurm_lifetime,
+        cores=slurm_cores,
+        memory=slurm_memory,
+    )
     raise typer.Exit(
         code
         or main(run=run, steps=steps, settings=settings, max_cols=max_cols, **options)

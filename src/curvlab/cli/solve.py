@@ -36,20 +36,19 @@ def command(
             f"relative error {common.fmt(summary['relative_error'])}"
         )
 
-    try:
-        with cluster.cluster_client(scheduler, workers) as client:
-            code = common.run_stage_command(
-                "solve",
-                lambda folder, problem: SolveStage(folder, client=client),
-                run=run,
-                steps=step,
-                force=force,
-                device="cpu",
-                data_dir=None,
-                threads=threads,
-                step_line=line,
-            )
-    except (ValueError, OSError, ImportError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        code = 2
+    def body(client) -> int:
+        return common.run_stage_command(
+            "solve",
+            lambda folder, problem: SolveStage(folder, client=client),
+            run=run,
+            steps=step,
+            force=force,
+            device="cpu",
+            data_dir=None,
+            threads=threads,
+            step_line=line,
+            build=False,
+        )
+
+    code = cluster.on_cluster(body, scheduler, workers)
     raise typer.Exit(code)

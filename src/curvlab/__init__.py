@@ -17,7 +17,6 @@ from curvlab.operators import (
     GGNOperator,
     GradientCovarianceOperator,
     HessianOperator,
-    InverseOperator,
     JacobianOperator,
     KFACOperator,
     NonDeterministicError,
@@ -42,6 +41,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"curvlab.{name}")
+    if name == "InverseOperator":  # an operator built on linalg's solvers
+        from curvlab.linalg import InverseOperator
+
+        return InverseOperator
     raise AttributeError(f"module 'curvlab' has no attribute {name!r}")
 
 
@@ -54,8 +57,8 @@ __all__ = [
     "GGNOperator",
     "GradientCovarianceOperator",
     "HessianOperator",
-    "KFACOperator",
     "InverseOperator",
+    "KFACOperator",
     "JacobianOperator",
     "NonDeterministicError",
     "__version__",

@@ -18,6 +18,7 @@ from curvlab.linalg.certificates import (
 from curvlab.linalg.density import SpectralDensity, spectral_density
 from curvlab.linalg.diag_estimators import DiagonalEstimate, hutchinson_diagonal, xdiag
 from curvlab.linalg.eigsh import EigshResult, eigsh
+from curvlab.linalg.inverse import InverseNotConvergedError, InverseOperator
 from curvlab.linalg.power import PowerIterationResult, power_iteration
 from curvlab.linalg.preconditioners import (
     NystromPreconditioner,
@@ -54,6 +55,8 @@ from curvlab.linalg.trace import (
 )
 
 __all__ = [
+    "InverseNotConvergedError",
+    "InverseOperator",
     "DiagonalEstimate",
     "EigshResult",
     "eigsh",

@@ -11,7 +11,6 @@ from curvlab.operators.empirical_risk import (
 from curvlab.operators.fisher import EmpiricalFisherOperator, FisherOperator
 from curvlab.operators.ggn import GGNOperator
 from curvlab.operators.hessian import HessianOperator
-from curvlab.operators.inverse import InverseNotConvergedError, InverseOperator
 from curvlab.operators.jacobian import JacobianOperator, TransposedJacobianOperator
 from curvlab.operators.kfac import EKFACOperator, KFACInverseOperator, KFACOperator
 
@@ -27,8 +26,6 @@ __all__ = [
     "HessianOperator",
     "KFACInverseOperator",
     "KFACOperator",
-    "InverseNotConvergedError",
-    "InverseOperator",
     "JacobianOperator",
     "NonDeterministicError",
     "ProductOperator",

@@ -30,6 +30,14 @@ import torch
 from torch import Tensor
 
 from curvlab._typing import TensorList
+from curvlab.linalg.solvers import (
+    NegativeCurvatureError,
+    cg,
+    check_damping,
+    check_rhs,
+    neumann,
+    symmetric_operator,
+)
 from curvlab.operators.base import CurvatureOperator
 
 METHODS = ("cg", "neumann", "dense")
@@ -83,7 +91,6 @@ class InverseOperator(CurvatureOperator):
         on_failure: str = "warn",
         **options,
     ):
-        from curvlab.linalg.solvers import check_damping, symmetric_operator
 
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}. Got {method!r}.")
@@ -125,8 +132,6 @@ class InverseOperator(CurvatureOperator):
             :class:`~curvlab.linalg.NeumannResult` (``"dense"``: the solution
             tensor).
         """
-        from curvlab.linalg.solvers import cg, neumann
-
         if self.method == "cg":
             result = cg(self.op, B, self.damping, warn=False, **self.options)
         elif self.method == "neumann":
@@ -141,7 +146,6 @@ class InverseOperator(CurvatureOperator):
         return result
 
     def _dense_solve(self, B: Tensor) -> Tensor:
-        from curvlab.linalg.solvers import NegativeCurvatureError, check_rhs
 
         Bm = check_rhs(B, _Shape(self))
         if self._factor is None:

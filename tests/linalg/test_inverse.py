@@ -9,8 +9,7 @@ import curvlab as cl
 from _compare import compare_matmat, rel_error
 from _truth import dense_ggn
 from conftest import CASES, param_names
-from curvlab.linalg import NegativeCurvatureError, synthetic
-from curvlab.operators import InverseNotConvergedError
+from curvlab.linalg import InverseNotConvergedError, NegativeCurvatureError, synthetic
 
 SHAPES = [(3, 4), (5,), (2, 2, 2)]  # D = 25
 D = 25

@@ -10,18 +10,19 @@ from typer.testing import CliRunner
 from curvlab.cli.app import app
 from curvlab.experiments.overlap import OverlapSettings, overlap_run
 from curvlab.experiments.sketch_stages import (
-    MEASURE_STAGE,
-    SOLVE_STAGE,
     MeasureStage,
     SketchSettings,
     SolveStage,
+    measure_stage,
     sketch_folder,
+    solve_stage,
 )
 from curvlab.experiments.training import train
 from curvlab.runs import RunFolder, TrainConfig
 from curvlab.runs.stage import SettingsConflictError, run_stage
 
 runner = CliRunner()
+MEASURE_STAGE, SOLVE_STAGE = measure_stage("train"), solve_stage("train")
 SKETCH = {"num_outer": 8, "num_inner": 20, "samples_per_class": 2, "num_probes": 6}
 
 
@@ -95,7 +96,7 @@ def test_partial_indices_leave_the_step_unfinished_then_resume(run):
 def test_solve_and_distributed_overlap_refuse_what_is_not_measured(run):
     with pytest.raises(LookupError, match="not completely measured"):
         run_stage(SolveStage(run), [4])
-    with pytest.raises(LookupError, match="no solved sketch"):
+    with pytest.raises(LookupError, match="no solved train sketch"):
         overlap_run(run, OverlapSettings(method="distributed", **SKETCH), [4])
 
 
@@ -158,3 +159,14 @@ def test_measure_on_fake_slurm_survives_a_cancelled_job(run, fake_slurm):
     torch.testing.assert_close(
         store.read("sketch"), mine.read("sketch"), rtol=0, atol=0
     )
+
+
+def test_train_and_test_splits_are_sketched_side_by_side(run):
+    _measure(run)
+    test = MeasureStage(run, SketchSettings(**SKETCH, split="test"), 650)
+    assert run_stage(test, [4]).computed == (4,)
+    assert run.is_done(measure_stage("train"), 4)
+    assert run.is_done(measure_stage("test"), 4)
+    assert sketch_folder(run, 4, "test") != sketch_folder(run, 4, "train")
+    assert run_stage(SolveStage(run, "test"), [4]).computed == (4,)
+    assert not run.is_done(solve_stage("train"), 4)

@@ -41,7 +41,7 @@ def command(
     data_dir: common.DataDirOption = None,
     threads: common.ThreadsOption = None,
 ) -> None:
-    """Measure the SEIGH sketch of a step's Hessian into RUN_DIR/sketch/.
+    """Measure the SEIGH sketch of a step's Hessian into RUN_DIR/sketch_<split>/.
 
     Each measurement is a Hessian-vector product stored in its own file,
     written atomically with its checksum; rerunning takes exactly the missing

@@ -252,8 +252,9 @@ def command(
         bool,
         typer.Option(
             "--distributed",
-            help="Measure each step's sketch into RUN_DIR/sketch/ (on Dask with "
-            "--scheduler), solve it out of core, then take the overlap from it.",
+            help="Measure each step's sketch into RUN_DIR/sketch_<split>/ (on "
+            "Dask with --scheduler), solve it out of core, then take the overlap "
+            "from it.",
         ),
     ] = False,
     scheduler: cluster.SchedulerOption = None,
@@ -328,7 +329,9 @@ def command(
             **options,
         ) or run_stage_command(
             "solve",
-            lambda folder, problem: SolveStage(folder, client=client),
+            lambda folder, problem: SolveStage(
+                folder, sketch.split or "train", client=client
+            ),
             run=run,
             steps=steps,
             build=False,

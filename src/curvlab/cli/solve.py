@@ -15,6 +15,7 @@ def command(
     step: Annotated[
         str | None, typer.Option(help="Measured steps, e.g. 100 or 0:1000:100. [all]")
     ] = None,
+    split: Annotated[str, typer.Option(help="The Hessian's split.")] = "train",
     scheduler: cluster.SchedulerOption = None,
     workers: cluster.WorkersOption = 2,
     force: common.ForceStepsOption = False,
@@ -24,8 +25,8 @@ def command(
 
     Streamed CholeskyQR2 over row blocks of the outer sketch (a Dask map-reduce
     with --scheduler), the small core problem in memory, the eigenvectors
-    written to RUN_DIR/sketch/step_S/solve/ by row block, and the a-posteriori
-    error from the stored probes.
+    written to RUN_DIR/sketch_<split>/step_S/solve/ by row block, and the
+    a-posteriori error from the stored probes.
     """
     from curvlab.experiments.sketch_stages import SolveStage
 
@@ -39,7 +40,7 @@ def command(
     def body(client) -> int:
         return common.run_stage_command(
             "solve",
-            lambda folder, problem: SolveStage(folder, client=client),
+            lambda folder, problem: SolveStage(folder, split, client=client),
             run=run,
             steps=step,
             force=force,

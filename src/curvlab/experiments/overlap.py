@@ -94,7 +94,7 @@ from curvlab.experiments.eigenbasis import (
     resolve_eigenbasis_settings,
     sketch_of,
 )
-from curvlab.experiments.sketch_stages import MEASURE_STAGE, stored_eigenbasis
+from curvlab.experiments.sketch_stages import measure_stage, stored_eigenbasis
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import (
@@ -274,7 +274,7 @@ def resolve_overlap_settings(
             "raise max_exact_dim deliberately."
         )
     if method == "distributed":  # the measured sketch's settings come next
-        stored = {**stored_settings(run, MEASURE_STAGE), **stored}
+        stored = {**stored_settings(run, measure_stage(split)), **stored}
     shared = resolve_eigenbasis_settings(
         pick,
         dim,

@@ -14,14 +14,16 @@ magnitude-mask overlap from the solved store block by block.
 
 Stored in the run folder::
 
-    sketch/step_00000100/            the measurement store (store.json, sketch/,
-                                     probes/) and its solve (solve/result.json,
-                                     solve/eigenvectors/)
+    sketch_train/step_00000100/      the measurement store of the train split's
+                                     Hessian (store.json, sketch/, probes/) and
+                                     its solve (solve/result.json,
+                                     solve/eigenvectors/); sketch_test/ likewise
 
-Stage ``sketch`` is done at a step once every measurement is stored (a call with
-some ``indices`` only advances it); stage ``sketch_solve`` once the solve is
-written. Both resume: measuring again takes exactly the missing (or damaged)
-measurements, and the settings of a finished step are kept unless ``--force``.
+Stage ``sketch_<split>`` is done at a step once every measurement is stored (a
+call with some ``indices`` only advances it); stage ``sketch_solve_<split>``
+once the solve is written. Both resume: measuring again takes exactly the
+missing (or damaged) measurements, and the settings of a finished step are kept
+unless ``--force``.
 With the same plan and seed the result equals the in-memory
 :func:`~curvlab.linalg.sketched_eigh` (tested on a 2-worker ``LocalCluster``).
 """
@@ -60,31 +62,59 @@ from curvlab.runs.stage import (
 )
 
 __all__ = [
-    "MEASURE_STAGE",
-    "SOLVE_STAGE",
     "MeasureStage",
     "SketchSettings",
     "SolveStage",
     "StepHessian",
+    "measure_stage",
     "sketch_folder",
+    "solve_stage",
     "stored_eigenbasis",
 ]
 
-MEASURE_STAGE = "sketch"
-SOLVE_STAGE = "sketch_solve"
+
+def measure_stage(split: str = "train") -> str:
+    """The measurement stage of a split: ``sketch_<split>``.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        The stage name.
+
+    Raises:
+        ValueError: For another split.
+    """
+    return f"sketch_{check_choice('split', split, SPLITS)}"
 
 
-def sketch_folder(run: RunFolder, step: int) -> Path:
-    """The folder of a step's measurement store: ``RUN/sketch/step_XXXXXXXX``.
+def solve_stage(split: str = "train") -> str:
+    """The solve stage of a split: ``sketch_solve_<split>``.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        The stage name.
+
+    Raises:
+        ValueError: For another split.
+    """
+    return f"sketch_solve_{check_choice('split', split, SPLITS)}"
+
+
+def sketch_folder(run: RunFolder, step: int, split: str = "train") -> Path:
+    """The folder of a step's measurement store: ``RUN/sketch_<split>/step_XXXXXXXX``.
 
     Args:
         run: The run folder.
         step: The step.
+        split: The Hessian's split.
 
     Returns:
         The path (it may not exist yet).
     """
-    return run.path / MEASURE_STAGE / step_key(step)
+    return run.path / measure_stage(split) / step_key(step)
 
 
 @dataclass(frozen=True)
@@ -134,12 +164,12 @@ def resolve_sketch_settings(
         TypeError: If a value has the wrong type.
     """
     requested = requested or SketchSettings()
-    stored = stored_settings(run, MEASURE_STAGE)
+    split = check_choice("split", requested.split or "train", SPLITS)
+    stored = stored_settings(run, measure_stage(split))
 
     def pick(name: str, default: Any) -> Any:
         return pick_setting(name, getattr(requested, name), stored, default)
 
-    split = check_choice("split", pick("split", "train"), SPLITS)
     shared = resolve_eigenbasis_settings(
         pick, num_params, run, sketch=True, max_num_outer=num_params - 1
     )
@@ -240,7 +270,6 @@ class MeasureStage(Stage):
         block_size: Measurements per Dask task (default: the store's choice).
     """
 
-    name = MEASURE_STAGE
     command = "measure"
 
     def __init__(
@@ -259,6 +288,7 @@ class MeasureStage(Stage):
         super().__init__(run)
         self.settings = resolve_sketch_settings(run, settings, num_params)
         self.stored = self.settings.stored()
+        self.name = measure_stage(self.settings.split)
         self.num_params = num_params
         self.client = client
         self.indices = None if indices is None else sorted(set(indices))
@@ -289,7 +319,7 @@ class MeasureStage(Stage):
         progress.phase("measure")
         start = time.perf_counter()
         store = measurement_store.create(
-            sketch_folder(self.run, step),
+            sketch_folder(self.run, step, self.settings.split),
             self.plan(),
             num_probes=self.settings.num_probes,
         )
@@ -356,16 +386,18 @@ class SolveStage(Stage):
 
     Args:
         run: The run folder.
+        split: The Hessian's split whose sketches are solved.
         client: A ``distributed.Client`` for the passes over row blocks (the
             workers must see the run folder), or ``None``.
     """
 
-    name = SOLVE_STAGE
     command = "solve"
 
-    def __init__(self, run: RunFolder, *, client=None):
+    def __init__(self, run: RunFolder, split: str = "train", *, client=None):
         super().__init__(run)
-        self.stored = stored_settings(run, MEASURE_STAGE)
+        self.name = solve_stage(split)
+        self.split = split
+        self.stored = stored_settings(run, measure_stage(split))
         self.settings = SketchSettings(**self.stored) if self.stored else None
         self.client = client
 
@@ -375,14 +407,14 @@ class SolveStage(Stage):
         Raises:
             MissingStepError: If the step's sketch is not completely measured.
         """
-        if not self.run.is_done(MEASURE_STAGE, step):
+        if not self.run.is_done(measure_stage(self.split), step):
             raise MissingStepError(
-                f"The sketch of step {step} in {str(self.run.path)!r} is not "
-                f"completely measured. Run `curvlab measure --run {self.run.path} "
-                f"--step {step}` first."
+                f"The {self.split} sketch of step {step} in {str(self.run.path)!r} "
+                f"is not completely measured. Run `curvlab measure --run "
+                f"{self.run.path} --step {step} --split {self.split}` first."
             )
         progress.phase("solve")
-        store = measurement_store.open(sketch_folder(self.run, step))
+        store = measurement_store.open(sketch_folder(self.run, step, self.split))
         result = measurement_store.solve(store, client=self.client, progress=False)
         stages = {k: stop - start for k, (start, stop) in result.stages.items()}
         error = result.a_posteriori
@@ -425,13 +457,16 @@ def stored_eigenbasis(run: RunFolder, step: int, settings: Any) -> Eigenbasis:
         MissingStepError: If the step's store is not solved.
         SettingsConflictError: If the store was measured with other settings.
     """
-    if not run.is_done(SOLVE_STAGE, step):
+    split = settings.split
+    if not run.is_done(solve_stage(split), step):
         raise MissingStepError(
-            f"Step {step} of {str(run.path)!r} has no solved sketch. Run `curvlab "
-            f"measure --run {run.path} --step {step}` and `curvlab solve --run "
-            f"{run.path} --step {step}` (or `curvlab overlap --distributed`)."
+            f"Step {step} of {str(run.path)!r} has no solved {split} sketch. Run "
+            f"`curvlab measure --run {run.path} --step {step} --split {split}` and "
+            f"`curvlab solve --run {run.path} --step {step} --split {split}` (or "
+            "`curvlab overlap --distributed`)."
         )
-    have = (run.entry(MEASURE_STAGE, step) or {}).get("info", {}).get("settings", {})
+    entry = run.entry(measure_stage(split), step) or {}
+    have = entry.get("info", {}).get("settings", {})
     wanted = {name: getattr(settings, name) for name in SketchSettings().stored()}
     differences = settings_differences(have, wanted)
     if differences:
@@ -443,7 +478,7 @@ def stored_eigenbasis(run: RunFolder, step: int, settings: Any) -> Eigenbasis:
             differences,
         )
     start = time.perf_counter()
-    result = measurement_store.load_result(sketch_folder(run, step) / "solve")
+    result = measurement_store.load_result(sketch_folder(run, step, split) / "solve")
     cert = result.a_posteriori
     return Eigenbasis(
         method="distributed",

@@ -24,6 +24,7 @@ from curvlab.cli import hesscale_quality as hesscale_quality_command
 from curvlab.cli import measure as measure_command
 from curvlab.cli import optimizers as optimizers_command
 from curvlab.cli import overlap as overlap_command
+from curvlab.cli import pipeline as pipeline_command
 from curvlab.cli import plot as plot_command
 from curvlab.cli import solve as solve_command
 from curvlab.cli import spectrum as spectrum_command
@@ -88,6 +89,7 @@ app.command("trace")(trace_command.command)
 app.command("tic")(tic_command.command)
 app.command("measure")(measure_command.command)
 app.command("solve")(solve_command.command)
+app.command("pipeline")(pipeline_command.command)
 app.command("optimizers")(optimizers_command.command)
 app.add_typer(plot_command.app, name="plot")
 

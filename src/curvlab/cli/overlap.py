@@ -12,6 +12,7 @@ by :mod:`curvlab.cli.app`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +48,7 @@ from curvlab.experiments.overlap import (
 )
 from curvlab.runs import RunFolder
 
-__all__ = ["command", "main", "render_overlap"]
+__all__ = ["command", "main", "main_distributed", "render_overlap"]
 
 
 def _table_ks(num_outer: int) -> list[int]:
@@ -295,22 +296,58 @@ def command(
         raise typer.Exit(
             main(run=run, steps=steps, settings=settings, max_cols=max_cols, **options)
         )
+    slurm = {"gpus": slurm_gpus, "walltime": slurm_walltime}
+    slurm |= {"lifetime": slurm_lifetime, "cores": slurm_cores, "memory": slurm_memory}
+    code = main_distributed(
+        run=run,
+        steps=steps,
+        settings=settings,
+        max_cols=max_cols,
+        scheduler=scheduler,
+        workers=workers,
+        slurm=slurm,
+        **options,
+    )
+    raise typer.Exit(code)
+
+
+def main_distributed(
+    *,
+    run: str | Path,
+    steps: str | None,
+    settings: OverlapSettings,
+    max_cols: int | None,
+    scheduler: str | None,
+    workers: int,
+    slurm: dict,
+    **options,
+) -> int:
+    """Measure, solve out of core, then take the overlap from the stores.
+
+    Args:
+        run: The run folder.
+        steps: Steps (default all recorded).
+        settings: The overlap's settings; its sketch fields are the
+            measurement's.
+        max_cols: Hessian columns per pass over the data.
+        scheduler: ``--scheduler`` (``None``: this process).
+        workers: ``--workers``.
+        slurm: ``gpus``, ``walltime``, ``lifetime``, ``cores``, ``memory``.
+        **options: ``force``, ``device``, ``data_dir``, ``threads``.
+
+    Returns:
+        The exit code.
+    """
     from curvlab.experiments.sketch_stages import (
         MeasureStage,
         SketchSettings,
         SolveStage,
     )
 
-    sketch = SketchSettings(
-        split,
-        num_outer,
-        num_inner,
-        samples_per_class,
-        test_matrix,
-        num_probes,
-        seed,
-        dtype,
-    )
+    fields = ("split", "num_outer", "num_inner", "samples_per_class")
+    fields += ("test_matrix", "num_probes", "seed", "dtype")
+    sketch = SketchSettings(**{name: getattr(settings, name) for name in fields})
+    device, data_dir = options["device"], options["data_dir"]
 
     def body(client) -> int:
         return run_stage_command(
@@ -338,17 +375,8 @@ def command(
             **options,
         )
 
-    code = cluster.on_cluster(
-        body,
-        scheduler,
-        workers,
-        gpus=slurm_gpus,
-        walltime=slurm_walltime,
-        lifetime=slurm_lifetime,
-        cores=slurm_cores,
-        memory=slurm_memory,
-    )
-    raise typer.Exit(
-        code
-        or main(run=run, steps=steps, settings=settings, max_cols=max_cols, **options)
+    code = cluster.on_cluster(body, scheduler, workers, **slurm)
+    distributed = dataclasses.replace(settings, method="distributed")
+    return code or main(
+        run=run, steps=steps, settings=distributed, max_cols=max_cols, **options
     )

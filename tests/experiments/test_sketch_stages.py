@@ -170,3 +170,23 @@ def test_train_and_test_splits_are_sketched_side_by_side(run):
     assert sketch_folder(run, 4, "test") != sketch_folder(run, 4, "train")
     assert run_stage(SolveStage(run, "test"), [4]).computed == (4,)
     assert not run.is_done(solve_stage("train"), 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measure_on_gpu_workers_equals_the_cpu(run, tmp_path):
+    """One Dask worker per GPU, each building the operator on its device once."""
+    from curvlab.store.cluster import connect
+
+    here = RunFolder.open(shutil.copytree(run.path, tmp_path / "here"))
+    with connect("local", workers=torch.cuda.device_count()) as client:
+        gpu = MeasureStage(
+            run, SketchSettings(**SKETCH), 650, client=client, device="cuda"
+        )
+        stored = run_stage(gpu, [4]).results[4].store
+    mine = run_stage(MeasureStage(here, SketchSettings(**SKETCH), 650), [4])
+    torch.testing.assert_close(
+        stored.read("sketch"),
+        mine.results[4].store.read("sketch"),
+        rtol=1e-10,  # float64 products on another device: rounding only
+        atol=1e-12,
+    )

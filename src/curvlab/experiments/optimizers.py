@@ -22,7 +22,7 @@ learning rates per method (:data:`DEFAULT_LRS`, half-decades around each
 method's best on this problem, found with one seed): SGD 1 to 0.01, Adam and
 AdaHesScale 1e-2 to 1e-4, AdaHesScaleGN 1e-3 to 1e-5, AdaHessian 0.1 to 1e-3.
 That is 200 runs; ``curvlab optimizers --out STUDY --workers 2`` trains them in
-about 10 minutes on 2 CPU cores (``benchmarks/RESULTS.md``).
+under 6 minutes on 2 CPU cores (``benchmarks/RESULTS.md``).
 
 **Seeds.** Seed :math:`s` seeds the model initialisation, the 80/20 train/test
 split of the bundled data and the mini-batch order, so every method sees the

@@ -23,8 +23,7 @@ from torch import Tensor
 from curvlab.subspace._checks import check_mask, default_atol
 from curvlab.subspace.masks import (
     OverlapCurve,
-    _check_ks,
-    _flat,
+    _curve_arguments,
     _ranked_overlaps_all,
     _ranked_overlaps_top_k,
     _ranked_top,
@@ -128,20 +127,9 @@ def overlap_curve(
     D, K = U.shape
     if check:
         _check_columns(U, atol)
-    flat = _flat(params_or_vector, torch.device("cpu"))
-    if flat.numel() != D:
-        raise ValueError(
-            f"The parameters must have D={D} entries, as U has rows. Got "
-            f"{flat.numel()}."
-        )
-    if eigenspace not in ("top_k", "all"):
-        raise ValueError(f"eigenspace must be 'top_k' or 'all'. Got {eigenspace!r}.")
-    if isinstance(num_random, bool) or not isinstance(num_random, int):
-        raise TypeError(f"num_random must be an int. Got {type(num_random).__name__}.")
-    if num_random < 0:
-        raise ValueError(f"num_random must be at least 0. Got {num_random}.")
-    top_k = eigenspace == "top_k"
-    ks = _check_ks(ks, K if top_k else D)
+    flat, top_k, ks = _curve_arguments(
+        params_or_vector, torch.device("cpu"), (D, K), ks, eigenspace, num_random
+    )
     kmax = int(ks.max())
     ks_float = ks.to(torch.float64)
     norms = None

@@ -425,6 +425,40 @@ def _ranked_overlaps_all(norms: Tensor, ranked: Tensor, ks: Tensor, m: int) -> T
     return totals[ks - 1] / ks.clamp(max=m)
 
 
+def _curve_arguments(
+    params_or_vector, device, shape: tuple[int, int], ks, eigenspace, num_random
+) -> tuple[Tensor, bool, Tensor]:
+    """Check the arguments of an overlap curve against a ``(D, K)`` basis.
+
+    Shared by :func:`overlap_curve` and its streaming twin
+    :func:`curvlab.store.overlap_curve`.
+
+    Returns:
+        The flat parameters on ``device``, whether the eigenspace is
+        ``"top_k"``, and the checked mask sizes.
+
+    Raises:
+        ValueError: If the parameters do not have ``D`` entries, or
+            ``eigenspace``, ``num_random`` or ``ks`` are out of range.
+        TypeError: If ``num_random`` is not an int.
+    """
+    D, K = shape
+    flat = _flat(params_or_vector, device)
+    if flat.numel() != D:
+        raise ValueError(
+            f"The parameters must have D={D} entries, as U has rows. Got "
+            f"{flat.numel()}."
+        )
+    if eigenspace not in ("top_k", "all"):
+        raise ValueError(f"eigenspace must be 'top_k' or 'all'. Got {eigenspace!r}.")
+    if isinstance(num_random, bool) or not isinstance(num_random, int):
+        raise TypeError(f"num_random must be an int. Got {type(num_random).__name__}.")
+    if num_random < 0:
+        raise ValueError(f"num_random must be at least 0. Got {num_random}.")
+    top_k = eigenspace == "top_k"
+    return flat, top_k, _check_ks(ks, K if top_k else D)
+
+
 def _check_ks(ks: Iterable[int] | Tensor, high: int) -> Tensor:
     if isinstance(ks, Tensor):
         ks = ks.reshape(-1).tolist()
@@ -519,20 +553,9 @@ def overlap_curve(
     """
     U = _prepare_basis(U, orthonormalize, check, atol)
     D, K = U.shape
-    flat = _flat(params_or_vector, U.device)
-    if flat.numel() != D:
-        raise ValueError(
-            f"The parameters must have D={D} entries, as U has rows. Got "
-            f"{flat.numel()}."
-        )
-    if eigenspace not in ("top_k", "all"):
-        raise ValueError(f"eigenspace must be 'top_k' or 'all'. Got {eigenspace!r}.")
-    if isinstance(num_random, bool) or not isinstance(num_random, int):
-        raise TypeError(f"num_random must be an int. Got {type(num_random).__name__}.")
-    if num_random < 0:
-        raise ValueError(f"num_random must be at least 0. Got {num_random}.")
-    top_k = eigenspace == "top_k"
-    ks = _check_ks(ks, K if top_k else D)
+    flat, top_k, ks = _curve_arguments(
+        params_or_vector, U.device, (D, K), ks, eigenspace, num_random
+    )
     kmax = int(ks.max())
     ks_float = ks.to(torch.float64)
     norms = None if top_k else _row_norms_squared(U)

@@ -249,14 +249,13 @@ def _solvers(case, op, b, args, dim):
             )
 
         solvers[(f"cg (tol {args.peer_tol:g})", None)] = plain_peer_tol
-    for rank in args.ranks:
-        key = ("cg + nystrom", rank)
 
-        def nys(rank=rank):
+    def preconditioned(build):
+        """A solver that builds its preconditioner (timed apart), then runs CG."""
+
+        def solve():
             start = time.perf_counter()
-            P = nystrom_preconditioner(
-                op, args.damping, "auto" if rank == "auto" else int(rank), seed=0
-            )
+            P = build()
             built = time.perf_counter() - start
             result = cg(
                 op,
@@ -275,32 +274,19 @@ def _solvers(case, op, b, args, dim):
                 built,
             )
 
-        solvers[key] = nys
+        return solve
 
-    def kfac():
-        start = time.perf_counter()
-        P = cl.KFACOperator(case.model, case.loss_fn, case.data).inverse(
+    for rank in args.ranks:
+        solvers[("cg + nystrom", rank)] = preconditioned(
+            lambda rank=rank: nystrom_preconditioner(
+                op, args.damping, "auto" if rank == "auto" else int(rank), seed=0
+            )
+        )
+    solvers[("cg + kfac", None)] = preconditioned(
+        lambda: cl.KFACOperator(case.model, case.loss_fn, case.data).inverse(
             damping=args.damping
         )
-        built = time.perf_counter() - start
-        result = cg(
-            op,
-            b,
-            args.damping,
-            tol=args.tol,
-            max_iters=args.max_iters,
-            preconditioner=P,
-        )
-        return (
-            result.solution,
-            result.num_iters,
-            result.num_matvecs,
-            result.converged,
-            P,
-            built,
-        )
-
-    solvers[("cg + kfac", None)] = kfac
+    )
     if args.curvlinops:
         import warnings
 

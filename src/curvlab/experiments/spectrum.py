@@ -41,8 +41,8 @@ file back into records.
 
 **Resuming.** A step whose file is done (manifest entry, sizes intact) with the
 same settings is skipped; other settings raise :class:`SpectrumSettingsError`
-unless ``force=True`` recomputes. Library functions print nothing; progress goes
-to an optional callback (:class:`SpectrumEvent`).
+unless ``force=True`` recomputes. Progress goes to an optional callback
+(:class:`SpectrumEvent`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,31 @@ OPERATORS = ("hessian", "ggn", "residual")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: Settings passed on to :func:`~curvlab.subspace.spectra.block_spectrum`.
+_SPECTRUM_OPTIONS = (
+    "top_k",
+    "bottom_k",
+    "max_exact_dim",
+    "num_probes",
+    "num_steps",
+    "tol",
+    "block_size",
+    "grid_points",
+    "kernel_resolution",
+)
+
+#: Smallest value of each count setting.
+_MINIMUM = {
+    "samples_per_class": 1,
+    "top_k": 0,
+    "bottom_k": 0,
+    "num_probes": 1,
+    "num_steps": 1,
+    "grid_points": 2,
+    "kernel_resolution": 10,
+    "max_exact_dim": 1,
+    "block_size": 1,
+}
 
 #: A step was computed with other settings (the framework's one error type).
 SpectrumSettingsError = SettingsConflictError
@@ -172,18 +198,7 @@ class SpectrumSettings:
             raise ValueError(
                 f"dtype must be one of {tuple(_DTYPES)} or None. Got {self.dtype!r}."
             )
-        minimum = {
-            "samples_per_class": 1,
-            "top_k": 0,
-            "bottom_k": 0,
-            "num_probes": 1,
-            "num_steps": 1,
-            "grid_points": 2,
-            "kernel_resolution": 10,
-            "max_exact_dim": 1,
-            "block_size": 1,
-        }
-        for name, low in minimum.items():
+        for name, low in _MINIMUM.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}. Got {value!r}.")
@@ -205,18 +220,8 @@ class SpectrumSettings:
         Returns:
             The options.
         """
-        return {
-            "top_k": self.top_k,
-            "bottom_k": self.bottom_k,
-            "max_exact_dim": self.max_exact_dim,
-            "num_probes": self.num_probes,
-            "num_steps": self.num_steps,
-            "tol": self.tol,
-            "block_size": self.block_size,
-            "grid_points": self.grid_points,
-            "kernel_resolution": self.kernel_resolution,
-            "seed": seed if self.seed is None else self.seed,
-        }
+        options = {name: getattr(self, name) for name in _SPECTRUM_OPTIONS}
+        return {**options, "seed": seed if self.seed is None else self.seed}
 
 
 #: Progress events of :func:`spectrum_run`: ``"start"``, ``"phase"`` (a step
@@ -228,6 +233,8 @@ SpectrumEvent = StageEvent
 
 #: What :func:`spectrum_run` returns.
 SpectrumResult = StageRunResult
+
+ProgressCallback = Callable[[StageEvent], None]
 
 
 @dataclass(frozen=True)
@@ -258,17 +265,22 @@ class SpectrumStep:
         and ``seconds`` of the full Hessian's spectrum, and ``num_matvecs`` of
         all spectra.
         """
-        return {**_summary(self.spectra), "seconds": self.seconds}
-
-
-ProgressCallback = Callable[[StageEvent], None]
+        full = self.spectra["hessian"].full
+        top, bottom = full.top_eigenvalues, full.bottom_eigenvalues
+        return {
+            "dim": full.dim,
+            "method": full.method,
+            "top_eigenvalue": float(top[0]) if top is not None and len(top) else None,
+            "min_eigenvalue": (
+                float(bottom[0]) if bottom is not None and len(bottom) else None
+            ),
+            "trace": full.trace,
+            "num_matvecs": sum(s.num_matvecs for s in self.spectra.values()),
+            "seconds": self.seconds,
+        }
 
 
 # ----------------------------------------------------------------- data
-def _seed_from(seed: int, *key: int) -> int:
-    return derive_seed(seed, spawn_key=key)
-
-
 def subset_indices(
     y: torch.Tensor, num_classes: int | None, samples_per_class: int, seed: int
 ) -> torch.Tensor:
@@ -290,7 +302,7 @@ def subset_indices(
         ValueError: If a class has too few samples.
     """
     y = y.detach().cpu()
-    generator = torch.Generator().manual_seed(_seed_from(seed, 2))
+    generator = torch.Generator().manual_seed(derive_seed(seed, spawn_key=(2,)))
     order = torch.randperm(y.shape[0], generator=generator)
     if num_classes is None:
         if samples_per_class > y.shape[0]:
@@ -356,50 +368,16 @@ def compute_spectra(
 
     options = settings.spectrum_options(seed)
     hessian = HessianOperator(model, loss_fn, data)
-    blocks = _blocks(settings, hessian)
+    blocks, method = _blocks(settings, hessian), settings.method
     if settings.split_ggn:
         ggn = GGNOperator(model, loss_fn, data)
         split = ggn_residual_split(
-            hessian,
-            ggn,
-            blocks,
-            settings.method,
-            on_spectrum=on_spectrum,
-            **options,
+            hessian, ggn, blocks, method, on_spectrum=on_spectrum, **options
         )
         return dict(split.items())
-
-    def report(spectrum: BlockSpectrum) -> None:
-        if on_spectrum is not None:
-            on_spectrum("hessian", spectrum)
-
-    spectra = layerwise_spectra(
-        hessian, blocks, settings.method, on_spectrum=report, **options
-    )
+    report = None if on_spectrum is None else partial(on_spectrum, "hessian")
+    spectra = layerwise_spectra(hessian, blocks, method, on_spectrum=report, **options)
     return {"hessian": spectra}
-
-
-def _count_spectra(model: nn.Module, loss_fn: nn.Module, data, settings) -> int:
-    from curvlab.operators import HessianOperator
-
-    blocks = _blocks(settings, HessianOperator(model, loss_fn, data))
-    return (1 + len(blocks)) * (3 if settings.split_ggn else 1)
-
-
-def _summary(spectra: dict[str, LayerwiseSpectra]) -> dict[str, Any]:
-    full = spectra["hessian"].full
-    top = full.top_eigenvalues
-    bottom = full.bottom_eigenvalues
-    return {
-        "dim": full.dim,
-        "method": full.method,
-        "top_eigenvalue": None if top is None or not len(top) else float(top[0]),
-        "min_eigenvalue": None
-        if bottom is None or not len(bottom)
-        else float(bottom[0]),
-        "trace": full.trace,
-        "num_matvecs": sum(s.num_matvecs for s in spectra.values()),
-    }
 
 
 def spectrum_run(
@@ -437,9 +415,10 @@ def spectrum_run(
         RunLockedError: If another process computes spectra in the folder.
     """
     stage = SpectrumStage(run, settings, device=device, data_dir=data_dir)
+    chosen = None if steps is None else sorted(set(steps))
     return run_stage(
         stage,
-        None if steps is None else sorted(set(steps)),
+        chosen,
         force=force,
         device=device,
         data_dir=data_dir,
@@ -460,8 +439,7 @@ class SpectrumStage(Stage):
         data_dir: Data folder of file-based problems.
     """
 
-    name = STAGE
-    command = STAGE
+    name = command = STAGE
 
     def __init__(
         self,
@@ -474,27 +452,36 @@ class SpectrumStage(Stage):
         super().__init__(run)
         self.settings = settings or SpectrumSettings()
         self.stored = self.settings.to_dict()
-        self.device = device
-        self.data_dir = data_dir
+        self.device, self.data_dir = device, data_dir
         self._prepared: tuple[Any, BatchedData] | None = None
 
     def _prepare(self) -> tuple[Any, BatchedData]:
         if self._prepared is None:
+            settings = self.settings
             problem = self.run.problem(device=self.device, data_dir=self.data_dir)
-            if self.settings.dtype is not None:
-                problem.model.to(_DTYPES[self.settings.dtype])
-            data = hessian_data(
-                problem, self.settings.samples_per_class, self.run.config.seed
-            )
-            _check_counts(self.settings, problem.num_params)
+            if settings.dtype is not None:
+                problem.model.to(_DTYPES[settings.dtype])
+            seed = self.run.config.seed
+            data = hessian_data(problem, settings.samples_per_class, seed)
+            for name in ("top_k", "bottom_k"):  # the file could not hold more
+                value, dim = getattr(settings, name), problem.num_params
+                if value > dim:
+                    raise ValueError(
+                        f"{name}={value} exceeds the model's D={dim} parameters; "
+                        f"pass at most {dim} (blocks of layers get at most their "
+                        "own size)."
+                    )
             self._prepared = (problem, data)
         return self._prepared
 
     def num_units(self, todo: Sequence[int]) -> int:
         """Spectra to compute: (1 + layers) x (3 with the GGN split) per step."""
+        from curvlab.operators import HessianOperator
+
         problem, data = self._prepare()
-        per_step = _count_spectra(problem.model, problem.loss_fn, data, self.settings)
-        return per_step * len(todo)
+        hessian = HessianOperator(problem.model, problem.loss_fn, data)
+        per_step = 1 + len(_blocks(self.settings, hessian))
+        return per_step * (3 if self.settings.split_ggn else 1) * len(todo)
 
     def compute(self, step: int, progress: StepProgress) -> SpectrumStep:
         """Compute the spectra of one step."""
@@ -504,16 +491,18 @@ class SpectrumStage(Stage):
         tic = time.perf_counter()
 
         def on_spectrum(operator: str, spectrum: BlockSpectrum) -> None:
+            values = {k: getattr(spectrum, k) for k in ("dim", "method", "seconds")}
             progress.advance(
-                "spectrum",
-                operator=operator,
-                block=spectrum.name,
-                dim=spectrum.dim,
-                method=spectrum.method,
-                seconds=spectrum.seconds,
+                "spectrum", operator=operator, block=spectrum.name, **values
             )
 
-        _check_finite(model, step)
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise ValueError(
+                f"The parameters recorded at step {step} hold NaN or infinite "
+                f"values ({', '.join(bad)}): training diverged. Choose earlier "
+                "steps with --steps."
+            )
         try:
             spectra = compute_spectra(
                 model,
@@ -530,13 +519,9 @@ class SpectrumStage(Stage):
                 "not finite because training diverged; choose earlier steps "
                 "with --steps."
             ) from None
+        dim, seconds = spectra["hessian"].full.dim, time.perf_counter() - tic
         return SpectrumStep(
-            step=step,
-            settings=self.settings,
-            spectra=spectra,
-            num_samples=data.num_samples,
-            dim=spectra["hessian"].full.dim,
-            seconds=time.perf_counter() - tic,
+            step, self.settings, spectra, data.num_samples, dim, seconds
         )
 
     def write(self, step: int, result: SpectrumStep) -> tuple[list[Path], dict]:
@@ -564,27 +549,6 @@ class SpectrumStage(Stage):
         return info
 
 
-def _check_counts(settings: SpectrumSettings, dim: int) -> None:
-    """Refuse ``top_k``/``bottom_k`` above D: the stored file could not hold them."""
-    for name in ("top_k", "bottom_k"):
-        value = getattr(settings, name)
-        if value > dim:
-            raise ValueError(
-                f"{name}={value} exceeds the model's D={dim} parameters; pass at "
-                f"most {dim} (blocks of layers get at most their own size)."
-            )
-
-
-def _check_finite(model: torch.nn.Module, step: int) -> None:
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise ValueError(
-            f"The parameters recorded at step {step} hold NaN or infinite values "
-            f"({', '.join(bad)}): training diverged. Choose earlier steps with "
-            "--steps."
-        )
-
-
 # ----------------------------------------------------------------- reading
 def read_spectrum(run: RunFolder, step: int) -> SpectrumStep:
     """Read the spectra stored for a step.
@@ -605,19 +569,19 @@ def read_spectrum(run: RunFolder, step: int) -> SpectrumStep:
             f"No spectrum for step {step} in {str(run.path)!r}; done steps: "
             f"{run.done_steps(STAGE)}. Run `curvlab spectrum --run RUN_DIR`."
         )
-    data = run.read_json(run.path_for(STAGE, step, ".json"))
+    path = run.path_for(STAGE, step, ".json")
+    data = run.read_json(path)
     if data.get("format") != SPECTRUM_FORMAT or data.get("format_version") != 1:
         raise ValueError(
-            f"{run.path_for(STAGE, step, '.json')} is not a curvlab spectrum file "
-            f"of version {SPECTRUM_FORMAT_VERSION}."
+            f"{path} is not a curvlab spectrum file of version "
+            f"{SPECTRUM_FORMAT_VERSION}."
         )
+    spectra = {k: LayerwiseSpectra.from_dict(v) for k, v in data["spectra"].items()}
     return SpectrumStep(
-        step=data["step"],
-        settings=SpectrumSettings(**data["settings"]),
-        spectra={
-            name: LayerwiseSpectra.from_dict(s) for name, s in data["spectra"].items()
-        },
-        num_samples=data["num_samples"],
-        dim=data["dim"],
-        seconds=data["seconds"],
+        data["step"],
+        SpectrumSettings(**data["settings"]),
+        spectra,
+        data["num_samples"],
+        data["dim"],
+        data["seconds"],
     )

@@ -19,9 +19,8 @@ steps takes samples :math:`[(t \bmod E) B, (t \bmod E + 1) B)` of a permutation
 of the train split that depends only on the seed and the epoch
 :math:`\lfloor t/E \rfloor` (drawn by a ``torch.Generator`` seeded from
 ``numpy.random.SeedSequence(seed, spawn_key=(0, epoch))``); the last
-:math:`N - EB` samples of each permutation are skipped. As the order is a
-function of the step, a resumed run needs no data-loader state and draws the
-same batches. PyTorch's global generator (dropout) is seeded from
+:math:`N - EB` samples of each permutation are skipped. A resumed run thus needs
+no data-loader state. PyTorch's global generator (dropout) is seeded from
 ``SeedSequence(seed, spawn_key=(1,))`` inside a fork of the global RNG state, so
 the caller's random state is left alone.
 
@@ -33,13 +32,10 @@ on the same machine, device, PyTorch version and thread count. On CUDA devices
 that needs deterministic kernels: with ``deterministic=True`` (the default)
 training runs under ``torch.use_deterministic_algorithms(True, warn_only=True)``
 with cuDNN's deterministic algorithms and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
-(set if unset); PyTorch warns about any operation that has no deterministic
-implementation. The previous settings are restored afterwards. A larger
+(set if unset), and the previous settings are restored afterwards. A larger
 ``steps`` or more ``record_steps`` extend a run; any other change is refused
-(:class:`~curvlab.runs.ConfigMismatchError`).
-
-Library functions print nothing; progress goes to an optional callback
-(:class:`TrainEvent`).
+(:class:`~curvlab.runs.ConfigMismatchError`). Progress goes to an optional
+callback (:class:`TrainEvent`).
 """
 
 from __future__ import annotations
@@ -78,6 +74,7 @@ __all__ = [
     "batch_indices",
     "build_optimizer",
     "check_trainable",
+    "create_run",
     "derived_seeds",
     "evaluate_split",
     "train",
@@ -86,16 +83,13 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "curvlab-train-checkpoint"
 
-
-#: Progress of :func:`train`, passed to the callback: the stage framework's one
-#: event type. ``index`` counts optimizer steps done and equals ``step``;
-#: ``total`` is the last step this call trains to. Kinds: ``"start"`` (``step``
-#: is where training (re)starts; ``values`` holds ``resumed_from``: the
-#: checkpoint step or ``None``, ``skipped``: record steps already done,
-#: ``todo``: those to do, ``damaged``: what was found damaged and is computed
-#: again), ``"step"`` (``step`` optimizer steps are done; ``values["loss"]`` is
-#: the mini-batch loss), ``"record"`` (``step`` was recorded; ``values`` are its
-#: metrics), ``"checkpoint"`` or ``"done"``.
+#: Progress of :func:`train`: the stage framework's one event type, with
+#: ``index == step`` (optimizer steps done) and ``total`` the last step this call
+#: trains to. Kinds: ``"start"`` (``step``: where training (re)starts;
+#: ``values``: ``resumed_from`` (checkpoint step or ``None``), ``skipped`` and
+#: ``todo`` record steps, ``damaged``: what is computed again), ``"step"``
+#: (``values["loss"]``: the mini-batch loss), ``"record"`` (``values``: the
+#: step's metrics), ``"checkpoint"`` and ``"done"``.
 TrainEvent = StageEvent
 
 ProgressCallback = Callable[[TrainEvent], None]
@@ -125,8 +119,9 @@ class TrainResult:
     seconds: float
 
 
-def _seed_from(seed: int, *key: int) -> int:
-    return derive_seed(seed, spawn_key=key)
+def _global_seed(seed: int) -> int:
+    """Seed of PyTorch's global generators (dropout, AdaHessian's probes)."""
+    return derive_seed(seed, spawn_key=(1,))
 
 
 def derived_seeds(seed: int) -> dict[str, Any]:
@@ -143,7 +138,7 @@ def derived_seeds(seed: int) -> dict[str, Any]:
         "model_init": seed,
         "train_test_split": seed,
         "batch_order": f"numpy.random.SeedSequence({seed}, spawn_key=(0, epoch))",
-        "global_generator": _seed_from(seed, 1),
+        "global_generator": _global_seed(seed),
     }
 
 
@@ -175,7 +170,7 @@ def batch_indices(seed: int, step: int, num_samples: int, batch_size: int) -> Te
         )
     per_epoch = num_samples // batch_size
     epoch, position = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(_seed_from(seed, 0, epoch))
+    generator = torch.Generator().manual_seed(derive_seed(seed, spawn_key=(0, epoch)))
     order = torch.randperm(num_samples, generator=generator)
     return order[position * batch_size : (position + 1) * batch_size]
 
@@ -197,24 +192,21 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         ConfigError: If the optimizer rejects an option.
         NotImplementedError: If AdaHesScale cannot handle a module of the model.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = config.optimizer_kwargs()
-    if config.optimizer == "sgd":
-        kind: Any = torch.optim.SGD
-    elif config.optimizer == "adam":
-        kind = torch.optim.Adam
-    elif config.optimizer == "adahessian":
-        from curvlab.optim import AdaHessian
+    from curvlab.diagonal import check_supported
+    from curvlab.optim import AdaHesScale, AdaHesScaleGN, AdaHessian
 
-        kind = AdaHessian
-    else:
-        from curvlab.diagonal import check_supported
-        from curvlab.optim import AdaHesScale, AdaHesScaleGN
-
+    kind = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adahessian": AdaHessian,
+        "adahesscale": AdaHesScale,
+        "adahesscalegn": AdaHesScaleGN,
+    }[config.optimizer]
+    if config.optimizer.startswith("adahesscale"):
         check_supported(model)
-        kind = AdaHesScale if config.optimizer == "adahesscale" else AdaHesScaleGN
+    kwargs = config.optimizer_kwargs()
     try:
-        return kind(params, **kwargs)
+        return kind([p for p in model.parameters() if p.requires_grad], **kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(
             f"{kind.__name__} rejects the options {kwargs}: {error}"
@@ -258,10 +250,6 @@ def check_trainable(config: TrainConfig, *, data_dir: str | Path | None = None) 
     )
     _check_batch_size(config, len(problem.train_data.y))
     build_optimizer(config, problem.model)
-
-
-def _uses_hesscale(optimizer: torch.optim.Optimizer) -> bool:
-    return hasattr(optimizer, "variant")
 
 
 def evaluate_split(
@@ -313,6 +301,38 @@ def evaluate_split(
     return total_loss / num_samples, accuracy, grads
 
 
+def create_run(
+    out: str | Path,
+    config: TrainConfig,
+    *,
+    force: bool = False,
+    data_dir: str | Path | None = None,
+) -> RunFolder:
+    """Create the run folder of ``config`` (:func:`check_trainable` first).
+
+    Args:
+        out: The folder; reopened if it holds a run with a compatible config.
+        config: The training config.
+        force: Delete an existing run in ``out`` first.
+        data_dir: Data folder of file-based problems.
+
+    Returns:
+        The run folder, its metadata naming the seeds (:func:`derived_seeds`).
+
+    Raises:
+        ConfigMismatchError: If ``out`` holds a run with another config.
+        FileExistsError: If ``out`` is a non-empty folder that is no run folder.
+        ConfigError: If :func:`check_trainable` refuses the config.
+    """
+    return RunFolder.create(
+        out,
+        config,
+        force=force,
+        metadata={"seeds": derived_seeds(config.seed)},
+        check=lambda c: check_trainable(c, data_dir=data_dir),
+    )
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -324,6 +344,8 @@ def train(
     on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Train and record a run into the folder ``out``, resuming what is there.
+
+    :func:`create_run`, then :func:`train_run`.
 
     Args:
         config: The training config.
@@ -344,13 +366,7 @@ def train(
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another config.
         FileExistsError: If ``out`` is a non-empty folder that is no run folder.
-        ConfigError: If the batch size exceeds the train samples or the
-            optimizer rejects an option.
-        FloatingPointError: If the loss becomes NaN or infinite.
-        RunLockedError: If another process trains in the folder.
-        RunIntegrityError: If a checkpoint without a recorded checksum cannot
-            be loaded (damaged records and checkpoints with checksums are
-            computed again).
+        ConfigError: See :func:`train_run`, as for the errors training raises.
 
     Example:
         >>> import tempfile
@@ -360,13 +376,7 @@ def train(
         >>> result.recorded, result.run.recorded_steps()
         ((0, 10, 20), [0, 10, 20])
     """
-    run = RunFolder.create(
-        out,
-        config,
-        force=force,
-        metadata={"seeds": derived_seeds(config.seed)},
-        check=lambda c: check_trainable(c, data_dir=data_dir),
-    )
+    run = create_run(out, config, force=force, data_dir=data_dir)
     return train_run(
         run,
         config,
@@ -414,17 +424,14 @@ def train_run(
     """
     stored = run.config
     config = stored if request is None else request
-    merged = stored
     if config != stored:
         merged = stored.extended_by(config, where=str(run.path))
-    if merged != stored:
-        run.write_config(merged)
+        if merged != stored:
+            run.write_config(merged)
     device = torch.device(device)
     if data_dir is None:
-        for invocation in reversed(run.invocations("train")):
-            if invocation.get("data_dir"):
-                data_dir = invocation["data_dir"]
-                break
+        used = [i["data_dir"] for i in run.invocations("train") if i.get("data_dir")]
+        data_dir = used[-1] if used else None
     invocation = run.start_invocation(
         "train",
         request=config.to_dict(),
@@ -442,7 +449,6 @@ def train_run(
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         invocation.finish(status, error=f"{type(error).__name__}: {error}")
         raise
-    seconds = time.perf_counter() - start
     invocation.finish(
         "finished",
         start_step=result.start_step,
@@ -451,7 +457,7 @@ def train_run(
         recorded=list(result.recorded),
         skipped=list(result.skipped),
     )
-    return replace(result, seconds=seconds)
+    return replace(result, seconds=time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -460,22 +466,21 @@ def _deterministic(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+    cudnn = torch.backends.cudnn
     previous = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
+        cudnn.deterministic,
+        cudnn.benchmark,
     )
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    cudnn.deterministic, cudnn.benchmark = True, False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.backends.cudnn.deterministic = previous[2]
-        torch.backends.cudnn.benchmark = previous[3]
+        cudnn.deterministic, cudnn.benchmark = previous[2:]
 
 
 def _train(
@@ -505,40 +510,36 @@ def _train(
     if not todo:
         report("done", config.steps, config.steps)
         return TrainResult(run, None, None, None, (), skipped, 0.0)
-    first, last = todo[0], todo[-1]
+    last = todo[-1]
     checkpoints = [
         s
         for s in run.entry_steps("checkpoint")
-        if s <= first and run.is_done("checkpoint", s, verify=True)
+        if s <= todo[0] and run.is_done("checkpoint", s, verify=True)
     ]
     resumed_from = max(checkpoints) if checkpoints else None
 
     problem = run.problem(device=device, data_dir=data_dir)
     model, loss_fn = problem.model, problem.loss_fn
     X, y = problem.train_data.X, problem.train_data.y
-    num_train = len(y)
-    _check_batch_size(config, num_train)
+    _check_batch_size(config, len(y))
     optimizer = build_optimizer(config, model)
     cuda = []
     if device.type == "cuda":
-        index = device.index
-        cuda = [torch.cuda.current_device() if index is None else index]
-    record_set = set(config.record_steps)
-    every = config.checkpoint_every
+        cuda = [torch.cuda.current_device() if device.index is None else device.index]
+    record_set, every = set(config.record_steps), config.checkpoint_every
 
     def checkpoint_due(step: int) -> bool:  # no set of all steps: steps may be 1e12
         return step in record_set or (every is not None and step % every == 0)
 
     recorded, todo_set = [], set(todo)
     with torch.random.fork_rng(devices=cuda):
+        begin = 0 if resumed_from is None else resumed_from
         if resumed_from is None:
-            begin = 0
-            torch.default_generator.manual_seed(_seed_from(config.seed, 1))
+            torch.default_generator.manual_seed(_global_seed(config.seed))
             if cuda:
                 with torch.cuda.device(cuda[0]):
-                    torch.cuda.manual_seed(_seed_from(config.seed, 1))
+                    torch.cuda.manual_seed(_global_seed(config.seed))
         else:
-            begin = resumed_from
             path = run.path_for("checkpoint", resumed_from, ".pt")
             _restore(load_checkpoint(path), model, optimizer, cuda, config, path)
         invocation.update(start_step=begin, resumed_from=resumed_from)
@@ -565,7 +566,7 @@ def _train(
                 report("checkpoint", step, last)
             if step == last:
                 break
-            index = batch_indices(config.seed, step, num_train, config.batch_size)
+            index = batch_indices(config.seed, step, len(y), config.batch_size)
             index = index.to(X.device)
             tic = time.perf_counter()
             loss = _update(model, loss_fn, optimizer, X[index], y[index])
@@ -591,7 +592,7 @@ def _update(
 ) -> float:
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    if _uses_hesscale(optimizer):
+    if hasattr(optimizer, "variant"):  # AdaHesScale: diagonals by backpropagation
         from curvlab.diagonal import hesscale_batch
 
         batch = hesscale_batch(model, loss_fn, X, y, variant=optimizer.variant)
@@ -678,21 +679,17 @@ def _checkpoint(
     with run.atomic_path(path) as tmp:
         save_checkpoint(tmp, state)
     run.mark_done("checkpoint", step, files=[path])
-    _prune_checkpoints(run, keep=step)
-
-
-def _prune_checkpoints(run: RunFolder, keep: int) -> None:
-    """Delete checkpoints before ``keep`` and files no entry lists."""
-    for step in run.entry_steps("checkpoint"):
-        if step < keep:
-            run.unmark("checkpoint", step)  # entry first: a crash leaves a stray file
+    # older checkpoints go, entry first (a crash leaves a stray file), then any
+    # file no entry lists
+    for older in run.entry_steps("checkpoint"):
+        if older < step:
+            run.unmark("checkpoint", older)
     listed = {
-        run.path_for("checkpoint", step, ".pt").name
-        for step in run.entry_steps("checkpoint")
+        run.path_for("checkpoint", s, ".pt").name for s in run.entry_steps("checkpoint")
     }
-    for path in (run.path / "checkpoint").iterdir():
-        if path.name not in listed and not path.name.startswith("."):
-            path.unlink(missing_ok=True)
+    for file in (run.path / "checkpoint").iterdir():
+        if file.name not in listed and not file.name.startswith("."):
+            file.unlink(missing_ok=True)
 
 
 def _restore(

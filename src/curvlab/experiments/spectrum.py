@@ -61,15 +61,8 @@ from torch import nn
 
 from curvlab._seeds import derive_seed
 from curvlab.problems.data import BatchedData, balanced_subset
+from curvlab.runs import stage as framework
 from curvlab.runs.folder import MissingStepError, RunFolder
-from curvlab.runs.stage import (
-    SettingsConflictError,
-    Stage,
-    StageEvent,
-    StageRunResult,
-    StepProgress,
-    run_stage,
-)
 from curvlab.subspace.spectra import (
     MAX_EXACT_DIM,
     METHODS,
@@ -108,33 +101,15 @@ OPERATORS = ("hessian", "ggn", "residual")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Settings passed on to :func:`~curvlab.subspace.spectra.block_spectrum`.
-_SPECTRUM_OPTIONS = (
-    "top_k",
-    "bottom_k",
-    "max_exact_dim",
-    "num_probes",
-    "num_steps",
-    "tol",
-    "block_size",
-    "grid_points",
-    "kernel_resolution",
-)
+_SPECTRUM_OPTIONS = ("top_k", "bottom_k", "max_exact_dim", "num_probes", "num_steps")
+_SPECTRUM_OPTIONS += ("tol", "block_size", "grid_points", "kernel_resolution")
 
 #: Smallest value of each count setting.
-_MINIMUM = {
-    "samples_per_class": 1,
-    "top_k": 0,
-    "bottom_k": 0,
-    "num_probes": 1,
-    "num_steps": 1,
-    "grid_points": 2,
-    "kernel_resolution": 10,
-    "max_exact_dim": 1,
-    "block_size": 1,
-}
+_MINIMUM = dict(samples_per_class=1, top_k=0, bottom_k=0, num_probes=1, num_steps=1)
+_MINIMUM |= dict(grid_points=2, kernel_resolution=10, max_exact_dim=1, block_size=1)
 
 #: A step was computed with other settings (the framework's one error type).
-SpectrumSettingsError = SettingsConflictError
+SpectrumSettingsError = framework.SettingsConflictError
 
 
 @dataclass(frozen=True)
@@ -229,12 +204,10 @@ class SpectrumSettings:
 #: done; ``values``: ``operator``, ``block``, ``dim``, ``method``, ``seconds``),
 #: ``"step"`` (a step's file is written; ``values``: its summary) and ``"done"``;
 #: ``index``/``total`` count spectra.
-SpectrumEvent = StageEvent
+SpectrumEvent = framework.StageEvent
 
 #: What :func:`spectrum_run` returns.
-SpectrumResult = StageRunResult
-
-ProgressCallback = Callable[[StageEvent], None]
+SpectrumResult = framework.StageRunResult
 
 
 @dataclass(frozen=True)
@@ -388,7 +361,7 @@ def spectrum_run(
     device: str | torch.device = "cpu",
     data_dir: str | Path | None = None,
     force: bool = False,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Callable[[SpectrumEvent], None] | None = None,
 ) -> SpectrumResult:
     """Compute and store the spectra at recorded steps of a run, resumably.
 
@@ -416,7 +389,7 @@ def spectrum_run(
     """
     stage = SpectrumStage(run, settings, device=device, data_dir=data_dir)
     chosen = None if steps is None else sorted(set(steps))
-    return run_stage(
+    return framework.run_stage(
         stage,
         chosen,
         force=force,
@@ -426,7 +399,7 @@ def spectrum_run(
     )
 
 
-class SpectrumStage(Stage):
+class SpectrumStage(framework.Stage):
     """The spectra over training as a resumable stage (:func:`spectrum_run`).
 
     The problem, its Hessian data and the model's dtype are prepared once, when
@@ -483,7 +456,7 @@ class SpectrumStage(Stage):
         per_step = 1 + len(_blocks(self.settings, hessian))
         return per_step * (3 if self.settings.split_ggn else 1) * len(todo)
 
-    def compute(self, step: int, progress: StepProgress) -> SpectrumStep:
+    def compute(self, step: int, progress: framework.StepProgress) -> SpectrumStep:
         """Compute the spectra of one step."""
         problem, data = self._prepare()
         model = self.run.load_into(problem.model, step).eval()

@@ -52,6 +52,21 @@ PLOTS = "plots"
 _DPI = 110
 _LOG_FLOOR = 1e-7  # densities below this fraction of a panel's maximum are clipped
 
+#: The two panels of a matching figure: title and (column, line style, label)s.
+_MATCH_PANELS = (
+    (
+        "Wasserstein-1 between spectra",
+        (
+            ("wasserstein", "-", "eigenvalues"),
+            ("density_wasserstein", "--", "densities"),
+        ),
+    ),
+    (
+        "LayerHessians matching (as published)",
+        (("layerhessians", "-", "match_distros.py"),),
+    ),
+)
+
 
 def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
     """Read the stored spectra of a run.
@@ -77,6 +92,12 @@ def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
     }
 
 
+def _figure(width: float, height: float, **options) -> Figure:
+    figure = Figure(figsize=(width, height), **options)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def _save(run: RunFolder, figure: Figure, name: str) -> Path:
     path = run.resolve(Path(PLOTS) / name)
     with run.atomic_path(path) as tmp:
@@ -84,22 +105,11 @@ def _save(run: RunFolder, figure: Figure, name: str) -> Path:
     return path
 
 
-def _suffix(operator: str) -> str:
-    return "" if operator == "hessian" else f"_{operator}"
-
-
 def _title(run: RunFolder) -> str:
     config = run.config
     return (
         f"{config.problem} ({config.optimizer}, lr {config.lr:g}, seed {config.seed})"
     )
-
-
-def _step_colors(steps: list[int]):
-    low, high = min(steps), max(steps)
-    norm = colors.Normalize(vmin=low, vmax=high if high > low else low + 1)
-    cmap = cm.viridis
-    return norm, cmap, {s: cmap(norm(s)) for s in steps}
 
 
 def plot_spectrum(
@@ -132,33 +142,29 @@ def plot_spectrum(
             f"Operators {unknown} are not stored (stored: {stored}); compute them "
             "with `curvlab spectrum --split-ggn`."
         )
-    files = []
-    for operator in operators:
-        path = _plot_densities(run, spectra, operator)
-        if path is not None:
-            files.append(path)
-    files.append(_plot_extremes(run, spectra, operators))
-    return files
+    files = [_plot_densities(run, spectra, operator) for operator in operators]
+    return [f for f in files if f is not None] + [
+        _plot_extremes(run, spectra, operators)
+    ]
 
 
-def _panels(step: SpectrumStep, operator: str) -> list[tuple[str, object]]:
-    layerwise = step.spectra[operator]
-    return [("full", layerwise.full), *layerwise.blocks.items()]
+def _panel(stored: SpectrumStep, operator: str, name: str):
+    layerwise = stored.spectra[operator]
+    return layerwise.full if name == "full" else layerwise.blocks.get(name)
 
 
 def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
     steps = sorted(spectra)
     first = spectra[steps[0]]
-    names = [
-        name for name, spectrum in _panels(first, operator) if spectrum.has_measure
-    ]
+    names = ["full", *first.spectra[operator].blocks]
+    names = [name for name in names if _panel(first, operator, name).has_measure]
     if not names:
         return None
+    layers = [name for name in names if name != "full"]
     columns = min(4, len(names))
     rows = math.ceil(len(names) / columns)
     width, height = 3.6 * columns + 1.2, 2.9 * rows + 0.5
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
+    figure = _figure(width, height)
     # a fixed layout: constrained layout costs seconds on log axes
     figure.subplots_adjust(
         left=0.9 / width,
@@ -169,40 +175,32 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
         hspace=0.55,
     )
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    norm, cmap, color = _step_colors(steps)
+    low, high = steps[0], steps[-1]
+    norm = colors.Normalize(vmin=low, vmax=high if high > low else low + 1)
     for ax, name in zip(axes, names, strict=False):
-        curves = []
-        for step in steps:
-            panels = dict(_panels(spectra[step], operator))
-            spectrum = panels.get(name)
-            if spectrum is None or not spectrum.has_measure:
-                continue
-            curves.append((step, spectrum))
+        curves = [(step, _panel(spectra[step], operator, name)) for step in steps]
+        curves = [(step, s) for step, s in curves if s is not None and s.has_measure]
         peak = max(float(s.density.max()) for _, s in curves)
         floor = peak * _LOG_FLOOR
         for step, spectrum in curves:
-            ax.semilogy(
-                spectrum.grid.numpy(),
-                numpy.maximum(spectrum.density.numpy(), floor),
-                color=color[step],
-                linewidth=0.9,
-            )
+            density = numpy.maximum(spectrum.density.numpy(), floor)
+            color = cm.viridis(norm(step))
+            ax.semilogy(spectrum.grid.numpy(), density, color=color, linewidth=0.9)
         ax.set_ylim(floor, peak * 3)
         ax.minorticks_off()
         ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
-        dim = curves[0][1].dim
         # layers numbered 1..L in depth order as in the report, module name beside
-        depth = (
-            [n for n in names if n != "full"].index(name) + 1 if name != "full" else 0
-        )
-        label = "full" if name == "full" else f"layer {depth} (module {name})"
-        ax.set_title(f"{label} (D={dim}, {curves[0][1].method})", fontsize="medium")
+        label = "full"
+        if name != "full":
+            label = f"layer {layers.index(name) + 1} (module {name})"
+        first = curves[0][1]
+        ax.set_title(f"{label} (D={first.dim}, {first.method})", fontsize="medium")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density")
     for ax in axes[len(names) :]:
         ax.set_axis_off()
     bar = figure.colorbar(
-        cm.ScalarMappable(norm=norm, cmap=cmap),
+        cm.ScalarMappable(norm=norm, cmap=cm.viridis),
         cax=figure.add_axes(
             (1 - 0.95 / width, 0.55 / height, 0.15 / width, 1 - 1.15 / height)
         ),
@@ -217,8 +215,7 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
 
 def _plot_extremes(run, spectra: dict[int, SpectrumStep], operators: list[str]):
     steps = sorted(spectra)
-    figure = Figure(figsize=(4.5 * len(operators), 3.4), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _figure(4.5 * len(operators), 3.4, layout="constrained")
     axes = figure.subplots(1, len(operators), squeeze=False).ravel()
     for ax, operator in zip(axes, operators, strict=True):
         fulls = [spectra[s].spectra[operator].full for s in steps]
@@ -280,43 +277,17 @@ def match_rows(
     return [row._asdict() for row in layer_full_distances(by_step)]
 
 
-def _normalised(values: list[float]) -> tuple[numpy.ndarray, float]:
-    array = numpy.asarray(values, dtype=float)
-    peak = float(array.max())
-    return (array / peak if peak > 0 else array), peak
-
-
-def _match_figure(run, layers, values: dict[str, list[float]], title: str) -> Figure:
-    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2)
+def _match_figure(layers, values: dict[str, list[float]], title: str) -> Figure:
+    """Each distance normalised by its maximum over layers, against depth."""
+    figure = _figure(10.0, 3.8, layout="constrained")
     depth = numpy.arange(len(layers)) / max(len(layers) - 1, 1)
-    panels = (
-        (
-            left,
-            "Wasserstein-1 between spectra",
-            [
-                ("wasserstein", "-", "eigenvalues"),
-                ("density_wasserstein", "--", "densities"),
-            ],
-        ),
-        (
-            right,
-            "LayerHessians matching (as published)",
-            [("layerhessians", "-", "match_distros.py")],
-        ),
-    )
-    for ax, heading, curves in panels:
+    for ax, (heading, curves) in zip(figure.subplots(1, 2), _MATCH_PANELS, strict=True):
         for i, (key, style, label) in enumerate(curves):
-            normed, peak = _normalised(values[key])
-            ax.plot(
-                depth,
-                normed,
-                style,
-                marker="o",
-                color=f"C{i}",
-                label=f"{label} (max {peak:.3g})",
-            )
+            array = numpy.asarray(values[key], dtype=float)
+            peak = float(array.max())
+            normed = array / peak if peak > 0 else array
+            label = f"{label} (max {peak:.3g})"
+            ax.plot(depth, normed, style, marker="o", color=f"C{i}", label=label)
         ax.set_xticks(depth, layers, rotation=45 if len(layers) > 6 else 0)
         ax.set_xlabel("layer (depth 1 ... L)")
         ax.set_ylabel("distance / max over layers")
@@ -351,14 +322,13 @@ def plot_match(
         ValueError: If layer spectra or the operator are not stored.
     """
     spectra = load_spectra(run)
-    if step is None:
-        step = max(spectra)
+    step = max(spectra) if step is None else step
     if step not in spectra:
         raise MissingStepError(
             f"No spectrum stored for step {step}; stored steps: {sorted(spectra)}."
         )
     rows = match_rows(spectra, operator)
-    suffix = _suffix(operator)
+    suffix = "" if operator == "hessian" else f"_{operator}"
     table = run.write_table(Path(PLOTS) / f"match_distances{suffix}.csv", rows)
     layers = list(dict.fromkeys(row["layer"] for row in rows))
     keys = ("wasserstein", "density_wasserstein", "layerhessians")
@@ -367,21 +337,16 @@ def plot_match(
         k: [sum(r[k] for r in rows if r["layer"] == layer) for layer in layers]
         for k in keys
     }
-    peak = _match_figure(
-        run,
-        layers,
-        at_step,
-        f"{_title(run)}: layer vs full {operator} spectrum at step {step}",
-    )
-    total = _match_figure(
-        run,
-        layers,
-        summed,
-        f"{_title(run)}: layer vs full {operator} spectrum, summed over "
-        f"{len(spectra)} step(s)",
-    )
+    title = f"{_title(run)}: layer vs full {operator} spectrum"
+    figures = {
+        "peak": (at_step, f"{title} at step {step}"),
+        "wasserstein": (summed, f"{title}, summed over {len(spectra)} step(s)"),
+    }
     return [
-        _save(run, peak, f"match_distros_peak{suffix}.png"),
-        _save(run, total, f"match_distros_wasserstein{suffix}.png"),
-        table,
-    ]
+        _save(
+            run,
+            _match_figure(layers, values, name),
+            f"match_distros_{kind}{suffix}.png",
+        )
+        for kind, (values, name) in figures.items()
+    ] + [table]

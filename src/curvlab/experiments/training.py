@@ -119,11 +119,6 @@ class TrainResult:
     seconds: float
 
 
-def _global_seed(seed: int) -> int:
-    """Seed of PyTorch's global generators (dropout, AdaHessian's probes)."""
-    return derive_seed(seed, spawn_key=(1,))
-
-
 def derived_seeds(seed: int) -> dict[str, Any]:
     """Describe how the run's randomness derives from ``seed`` (for metadata).
 
@@ -138,7 +133,7 @@ def derived_seeds(seed: int) -> dict[str, Any]:
         "model_init": seed,
         "train_test_split": seed,
         "batch_order": f"numpy.random.SeedSequence({seed}, spawn_key=(0, epoch))",
-        "global_generator": _global_seed(seed),
+        "global_generator": derive_seed(seed, spawn_key=(1,)),
     }
 
 
@@ -176,17 +171,17 @@ def batch_indices(seed: int, step: int, num_samples: int, batch_size: int) -> Te
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Create the config's optimizer on the model's parameters.
+    """Create the config's optimizer on the model's trainable parameters.
+
+    AdaHessian's probes come from the global generator, which training seeds and
+    checkpoints.
 
     Args:
         config: The training config.
         model: The model.
 
     Returns:
-        ``torch.optim.SGD``, ``torch.optim.Adam``,
-        :class:`curvlab.optim.AdaHesScale` / ``AdaHesScaleGN``, or
-        :class:`curvlab.optim.AdaHessian` (its probes come from the global
-        generator, which training seeds and checkpoints).
+        The optimizer.
 
     Raises:
         ConfigError: If the optimizer rejects an option.
@@ -308,21 +303,10 @@ def create_run(
     force: bool = False,
     data_dir: str | Path | None = None,
 ) -> RunFolder:
-    """Create the run folder of ``config`` (:func:`check_trainable` first).
+    """Create or reopen the run folder of ``config``, as :func:`train` does.
 
-    Args:
-        out: The folder; reopened if it holds a run with a compatible config.
-        config: The training config.
-        force: Delete an existing run in ``out`` first.
-        data_dir: Data folder of file-based problems.
-
-    Returns:
-        The run folder, its metadata naming the seeds (:func:`derived_seeds`).
-
-    Raises:
-        ConfigMismatchError: If ``out`` holds a run with another config.
-        FileExistsError: If ``out`` is a non-empty folder that is no run folder.
-        ConfigError: If :func:`check_trainable` refuses the config.
+    A new run is checked first (:func:`check_trainable`); its metadata names the
+    seeds (:func:`derived_seeds`). The arguments and errors are :func:`train`'s.
     """
     return RunFolder.create(
         out,
@@ -345,8 +329,6 @@ def train(
 ) -> TrainResult:
     """Train and record a run into the folder ``out``, resuming what is there.
 
-    :func:`create_run`, then :func:`train_run`.
-
     Args:
         config: The training config.
         out: The run folder; created if missing, resumed if it holds a run with
@@ -366,7 +348,8 @@ def train(
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another config.
         FileExistsError: If ``out`` is a non-empty folder that is no run folder.
-        ConfigError: See :func:`train_run`, as for the errors training raises.
+        ConfigError: If :func:`check_trainable` refuses a new run's config; and
+            what :func:`train_run` raises.
 
     Example:
         >>> import tempfile
@@ -535,10 +518,11 @@ def _train(
     with torch.random.fork_rng(devices=cuda):
         begin = 0 if resumed_from is None else resumed_from
         if resumed_from is None:
-            torch.default_generator.manual_seed(_global_seed(config.seed))
+            seed = derive_seed(config.seed, spawn_key=(1,))
+            torch.default_generator.manual_seed(seed)
             if cuda:
                 with torch.cuda.device(cuda[0]):
-                    torch.cuda.manual_seed(_global_seed(config.seed))
+                    torch.cuda.manual_seed(seed)
         else:
             path = run.path_for("checkpoint", resumed_from, ".pt")
             _restore(load_checkpoint(path), model, optimizer, cuda, config, path)

@@ -388,28 +388,18 @@ def spectrum_run(
         RunLockedError: If another process computes spectra in the folder.
     """
     stage = SpectrumStage(run, settings, device=device, data_dir=data_dir)
-    chosen = None if steps is None else sorted(set(steps))
+    steps = None if steps is None else sorted(set(steps))
+    where = {"device": device, "data_dir": data_dir}  # recorded in the invocation
     return framework.run_stage(
-        stage,
-        chosen,
-        force=force,
-        device=device,
-        data_dir=data_dir,
-        on_progress=on_progress,
+        stage, steps, force=force, on_progress=on_progress, **where
     )
 
 
 class SpectrumStage(framework.Stage):
-    """The spectra over training as a resumable stage (:func:`spectrum_run`).
+    """The spectra over training as a resumable stage, :func:`spectrum_run`'s.
 
-    The problem, its Hessian data and the model's dtype are prepared once, when
-    the first step is computed.
-
-    Args:
-        run: The run folder.
-        settings: What to compute (default :class:`SpectrumSettings`).
-        device: Device of the model, data and products.
-        data_dir: Data folder of file-based problems.
+    Its arguments are :func:`spectrum_run`'s. The problem, its Hessian data and
+    the model's dtype are prepared once, when the first step is computed.
     """
 
     name = command = STAGE

@@ -38,13 +38,7 @@ from curvlab.experiments.spectrum import OPERATORS, STAGE, SpectrumStep, read_sp
 from curvlab.runs.folder import MissingStepError, RunFolder
 from curvlab.subspace.spectra import layer_full_distances
 
-__all__ = [
-    "PLOTS",
-    "load_spectra",
-    "match_rows",
-    "plot_match",
-    "plot_spectrum",
-]
+__all__ = ["PLOTS", "load_spectra", "match_rows", "plot_match", "plot_spectrum"]
 
 #: Folder of the plots inside the run folder.
 PLOTS = "plots"
@@ -118,7 +112,7 @@ def plot_spectrum(
     steps: Sequence[int] | None = None,
     operators: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Draw the stored densities over training, one panel per layer and the full one.
+    """Draw the stored densities over training and the extreme eigenvalues.
 
     Args:
         run: The run folder.
@@ -127,7 +121,7 @@ def plot_spectrum(
             stored.
 
     Returns:
-        The PNG files written.
+        The PNG files written (module docstring).
 
     Raises:
         MissingStepError: If nothing is stored.
@@ -250,13 +244,9 @@ def match_rows(
         operator: ``"hessian"``, ``"ggn"`` or ``"residual"``.
 
     Returns:
-        One row per step and layer, the fields of
-        :class:`~curvlab.subspace.spectra.LayerFullDistance` from
-        :func:`~curvlab.subspace.spectra.layer_full_distances`: ``step``,
-        ``layer``, ``depth`` (index), ``dim``, ``wasserstein`` (:math:`W_1`
-        between the spectral measures), ``density_wasserstein`` (between the
-        smoothed densities) and ``layerhessians`` (the published matching
-        procedure).
+        One row per step and layer: the fields of
+        :class:`~curvlab.subspace.spectra.LayerFullDistance`, from
+        :func:`~curvlab.subspace.spectra.layer_full_distances`.
 
     Raises:
         ValueError: If the operator or the layer blocks are not stored, or a
@@ -299,10 +289,7 @@ def _match_figure(layers, values: dict[str, list[float]], title: str) -> Figure:
 
 
 def plot_match(
-    run: RunFolder,
-    *,
-    step: int | None = None,
-    operator: str = "hessian",
+    run: RunFolder, *, step: int | None = None, operator: str = "hessian"
 ) -> list[Path]:
     """Draw the layer-vs-full distances against depth, at a step and over training.
 
@@ -313,9 +300,7 @@ def plot_match(
         operator: ``"hessian"``, ``"ggn"`` or ``"residual"``.
 
     Returns:
-        The files written: ``match_distros_peak.png``,
-        ``match_distros_wasserstein.png`` and ``match_distances.csv`` (suffixed
-        by the operator unless it is the Hessian).
+        The two PNG files and ``match_distances.csv`` (module docstring).
 
     Raises:
         MissingStepError: If nothing is stored or ``step`` is not.

@@ -248,11 +248,7 @@ def check_trainable(config: TrainConfig, *, data_dir: str | Path | None = None) 
 
 
 def evaluate_split(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    data,
-    *,
-    gradient: bool = False,
+    model: nn.Module, loss_fn: nn.Module, data, *, gradient: bool = False
 ) -> tuple[float, float | None, list[Tensor] | None]:
     """Mean loss, accuracy and optionally the gradient over a whole split.
 
@@ -432,14 +428,8 @@ def train_run(
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         invocation.finish(status, error=f"{type(error).__name__}: {error}")
         raise
-    invocation.finish(
-        "finished",
-        start_step=result.start_step,
-        resumed_from=result.resumed_from,
-        end_step=result.end_step,
-        recorded=list(result.recorded),
-        skipped=list(result.skipped),
-    )
+    outcome = {k: v for k, v in vars(result).items() if k not in ("run", "seconds")}
+    invocation.finish("finished", **outcome)  # the other TrainResult fields
     return replace(result, seconds=time.perf_counter() - start)
 
 
@@ -595,11 +585,7 @@ def _norm(tensors: list[Tensor]) -> float:
 
 
 def _record(
-    run: RunFolder,
-    problem,
-    config: TrainConfig,
-    step: int,
-    train_seconds: float,
+    run: RunFolder, problem, config: TrainConfig, step: int, train_seconds: float
 ) -> dict[str, Any]:
     model, loss_fn = problem.model, problem.loss_fn
     tic = time.perf_counter()

@@ -453,11 +453,9 @@ class SpectrumStage(framework.Stage):
         progress.phase("spectra")
         tic = time.perf_counter()
 
-        def on_spectrum(operator: str, spectrum: BlockSpectrum) -> None:
-            values = {k: getattr(spectrum, k) for k in ("dim", "method", "seconds")}
-            progress.advance(
-                "spectrum", operator=operator, block=spectrum.name, **values
-            )
+        def on_spectrum(operator: str, s: BlockSpectrum) -> None:
+            info = dict(block=s.name, dim=s.dim, method=s.method, seconds=s.seconds)
+            progress.advance("spectrum", operator=operator, **info)
 
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:

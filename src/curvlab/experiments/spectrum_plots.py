@@ -100,10 +100,8 @@ def _save(run: RunFolder, figure: Figure, name: str) -> Path:
 
 
 def _title(run: RunFolder) -> str:
-    config = run.config
-    return (
-        f"{config.problem} ({config.optimizer}, lr {config.lr:g}, seed {config.seed})"
-    )
+    c = run.config
+    return f"{c.problem} ({c.optimizer}, lr {c.lr:g}, seed {c.seed})"
 
 
 def plot_spectrum(
@@ -137,9 +135,8 @@ def plot_spectrum(
             "with `curvlab spectrum --split-ggn`."
         )
     files = [_plot_densities(run, spectra, operator) for operator in operators]
-    return [f for f in files if f is not None] + [
-        _plot_extremes(run, spectra, operators)
-    ]
+    files = [f for f in files if f is not None]
+    return [*files, _plot_extremes(run, spectra, operators)]
 
 
 def _panel(stored: SpectrumStep, operator: str, name: str):
@@ -160,14 +157,8 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
     width, height = 3.6 * columns + 1.2, 2.9 * rows + 0.5
     figure = _figure(width, height)
     # a fixed layout: constrained layout costs seconds on log axes
-    figure.subplots_adjust(
-        left=0.9 / width,
-        right=1 - 1.3 / width,
-        bottom=0.55 / height,
-        top=1 - 0.6 / height,
-        wspace=0.35,
-        hspace=0.55,
-    )
+    figure.subplots_adjust(left=0.9 / width, right=1 - 1.3 / width, wspace=0.35)
+    figure.subplots_adjust(bottom=0.55 / height, top=1 - 0.6 / height, hspace=0.55)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     low, high = steps[0], steps[-1]
     norm = colors.Normalize(vmin=low, vmax=high if high > low else low + 1)
@@ -189,8 +180,7 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
             label = f"layer {layers.index(name) + 1} (module {name})"
         first = curves[0][1]
         ax.set_title(f"{label} (D={first.dim}, {first.method})", fontsize="medium")
-        ax.set_xlabel("eigenvalue")
-        ax.set_ylabel("density")
+        ax.set(xlabel="eigenvalue", ylabel="density")
     for ax in axes[len(names) :]:
         ax.set_axis_off()
     bar = figure.colorbar(
@@ -226,8 +216,7 @@ def _plot_extremes(run, spectra: dict[int, SpectrumStep], operators: list[str]):
             ax.plot(steps, [float(v[0]) for v in values], color=color, linewidth=0.8)
         ax.axhline(0.0, color="grey", linewidth=0.6)
         ax.set_title(f"{operator}: extreme eigenvalues (full)", fontsize="medium")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("eigenvalue")
+        ax.set(xlabel="training step", ylabel="eigenvalue")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     figure.suptitle(_title(run))
@@ -279,8 +268,7 @@ def _match_figure(layers, values: dict[str, list[float]], title: str) -> Figure:
             label = f"{label} (max {peak:.3g})"
             ax.plot(depth, normed, style, marker="o", color=f"C{i}", label=label)
         ax.set_xticks(depth, layers, rotation=45 if len(layers) > 6 else 0)
-        ax.set_xlabel("layer (depth 1 ... L)")
-        ax.set_ylabel("distance / max over layers")
+        ax.set(xlabel="layer (depth 1 ... L)", ylabel="distance / max over layers")
         ax.set_ylim(-0.03, 1.08)
         ax.set_title(heading, fontsize="medium")
         ax.legend(fontsize="small")

@@ -325,6 +325,8 @@ def train(
 ) -> TrainResult:
     """Train and record a run into the folder ``out``, resuming what is there.
 
+    :func:`create_run`, then :func:`train_run`.
+
     Args:
         config: The training config.
         out: The run folder; created if missing, resumed if it holds a run with
@@ -356,14 +358,8 @@ def train(
         ((0, 10, 20), [0, 10, 20])
     """
     run = create_run(out, config, force=force, data_dir=data_dir)
-    return train_run(
-        run,
-        config,
-        device=device,
-        data_dir=data_dir,
-        deterministic=deterministic,
-        on_progress=on_progress,
-    )
+    options = {"device": device, "data_dir": data_dir, "on_progress": on_progress}
+    return train_run(run, config, deterministic=deterministic, **options)
 
 
 def train_run(
@@ -502,7 +498,8 @@ def _train(
     record_set, every = set(config.record_steps), config.checkpoint_every
 
     def checkpoint_due(step: int) -> bool:  # no set of all steps: steps may be 1e12
-        return step in record_set or (every is not None and step % every == 0)
+        due = step in record_set or (every is not None and step % every == 0)
+        return due and not run.is_done("checkpoint", step, verify=True)
 
     recorded, todo_set = [], set(todo)
     with torch.random.fork_rng(devices=cuda):
@@ -533,9 +530,7 @@ def _train(
                 train_seconds = 0.0
                 recorded.append(step)
                 report("record", step, last, **metrics)
-            if checkpoint_due(step) and not run.is_done(
-                "checkpoint", step, verify=True
-            ):
+            if checkpoint_due(step):
                 _checkpoint(run, config, model, optimizer, cuda, step)
                 report("checkpoint", step, last)
             if step == last:
@@ -595,11 +590,7 @@ def _record(
     )
     test_loss, test_accuracy, _ = evaluate_split(model, loss_fn, problem.test_data)
     parameters = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = {
-        name: value
-        for name, value in model.state_dict().items()
-        if name not in parameters
-    }
+    buffers = {k: v for k, v in model.state_dict().items() if k not in parameters}
     metrics = {
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
@@ -618,11 +609,9 @@ def _record(
             buffers=buffers,
             attrs={"problem": config.problem, "dtype": config.dtype, **metrics},
         )
-    timings = {
-        "train_seconds": train_seconds,
-        "record_seconds": time.perf_counter() - tic,
-    }
-    run.mark_done("train", step, files=[path], info={**metrics, **timings})
+    seconds = time.perf_counter() - tic
+    info = {**metrics, "train_seconds": train_seconds, "record_seconds": seconds}
+    run.mark_done("train", step, files=[path], info=info)
     run.write_metrics()
     return metrics
 

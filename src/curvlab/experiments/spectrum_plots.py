@@ -46,20 +46,16 @@ PLOTS = "plots"
 _DPI = 110
 _LOG_FLOOR = 1e-7  # densities below this fraction of a panel's maximum are clipped
 
-#: The two panels of a matching figure: title and (column, line style, label)s.
-_MATCH_PANELS = (
-    (
-        "Wasserstein-1 between spectra",
-        (
-            ("wasserstein", "-", "eigenvalues"),
-            ("density_wasserstein", "--", "densities"),
-        ),
+#: The two panels of a matching figure: title -> (column, line style, label)s.
+_MATCH_PANELS = {
+    "Wasserstein-1 between spectra": (
+        ("wasserstein", "-", "eigenvalues"),
+        ("density_wasserstein", "--", "densities"),
     ),
-    (
-        "LayerHessians matching (as published)",
-        (("layerhessians", "-", "match_distros.py"),),
+    "LayerHessians matching (as published)": (
+        ("layerhessians", "-", "match_distros.py"),
     ),
-)
+}
 
 
 def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
@@ -260,7 +256,8 @@ def _match_figure(layers, values: dict[str, list[float]], title: str) -> Figure:
     """Each distance normalised by its maximum over layers, against depth."""
     figure = _figure(10.0, 3.8, layout="constrained")
     depth = numpy.arange(len(layers)) / max(len(layers) - 1, 1)
-    for ax, (heading, curves) in zip(figure.subplots(1, 2), _MATCH_PANELS, strict=True):
+    panels = zip(figure.subplots(1, 2), _MATCH_PANELS.items(), strict=True)
+    for ax, (heading, curves) in panels:
         for i, (key, style, label) in enumerate(curves):
             array = numpy.asarray(values[key], dtype=float)
             peak = float(array.max())
@@ -311,15 +308,11 @@ def plot_match(
         for k in keys
     }
     title = f"{_title(run)}: layer vs full {operator} spectrum"
-    figures = {
-        "peak": (at_step, f"{title} at step {step}"),
-        "wasserstein": (summed, f"{title}, summed over {len(spectra)} step(s)"),
-    }
-    return [
-        _save(
-            run,
-            _match_figure(layers, values, name),
-            f"match_distros_{kind}{suffix}.png",
-        )
-        for kind, (values, name) in figures.items()
-    ] + [table]
+    files = []
+    for kind, values, heading in (
+        ("peak", at_step, f"{title} at step {step}"),
+        ("wasserstein", summed, f"{title}, summed over {len(spectra)} step(s)"),
+    ):
+        figure = _match_figure(layers, values, heading)
+        files.append(_save(run, figure, f"match_distros_{kind}{suffix}.png"))
+    return [*files, table]

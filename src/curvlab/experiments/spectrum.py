@@ -31,12 +31,9 @@ atomically and then marked done in the manifest (stage ``"spectrum"``)::
                  "ggn": ..., "residual": ...}}
 
 where ``BLOCK`` is :meth:`BlockSpectrum.to_dict
-<curvlab.subspace.spectra.BlockSpectrum.to_dict>`: ``name``, ``param_names``,
-``dim``, ``method``, ``nodes`` and ``weights`` (the spectral measure: all
-eigenvalues with weight :math:`1/D`, or the SLQ quadrature), ``top_eigenvalues``,
-``bottom_eigenvalues``, ``converged``, ``grid`` and ``density`` (1024 points,
-smoothed as LayerHessians does), ``kernel_width``, ``trace``, ``num_matvecs``,
-``seconds``. JSON keeps float64 values exactly; :func:`read_spectrum` turns a
+<curvlab.subspace.spectra.BlockSpectrum.to_dict>`: the record's attributes (the
+spectral measure, extreme eigenvalues, the density smoothed as LayerHessians does,
+trace and cost). JSON keeps float64 values exactly; :func:`read_spectrum` turns a
 file back into records.
 
 **Resuming.** A step whose file is done (manifest entry, sizes intact) with the

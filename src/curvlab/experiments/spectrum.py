@@ -134,6 +134,9 @@ class SpectrumSettings:
             the run's seed.
         dtype: ``"float32"`` or ``"float64"`` for model and products; ``None``
             for the run's dtype.
+
+    Raises:
+        ValueError: For an unknown method, blocks or dtype, or counts out of range.
     """
 
     method: str = "auto"
@@ -154,12 +157,6 @@ class SpectrumSettings:
     dtype: str | None = None
 
     def __post_init__(self):
-        """Check the values.
-
-        Raises:
-            ValueError: For an unknown method, blocks or dtype, or counts out of
-                range.
-        """
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}. Got {self.method!r}.")
         if self.blocks not in ("modules", "weights"):
@@ -229,12 +226,7 @@ class SpectrumStep:
 
     @property
     def summary(self) -> dict[str, Any]:
-        """The step's scalars, as kept in the manifest.
-
-        ``dim``, ``method``, ``top_eigenvalue``, ``min_eigenvalue``, ``trace``
-        and ``seconds`` of the full Hessian's spectrum, and ``num_matvecs`` of
-        all spectra.
-        """
+        """The step's scalars for the manifest (``num_matvecs``: of all spectra)."""
         full = self.spectra["hessian"].full
         top, bottom = full.top_eigenvalues, full.bottom_eigenvalues
         return {

@@ -528,10 +528,10 @@ def read_spectrum(run: RunFolder, step: int) -> SpectrumStep:
         )
     spectra = {k: LayerwiseSpectra.from_dict(v) for k, v in data["spectra"].items()}
     return SpectrumStep(
-        data["step"],
-        SpectrumSettings(**data["settings"]),
-        spectra,
-        data["num_samples"],
-        data["dim"],
-        data["seconds"],
+        step=data["step"],
+        settings=SpectrumSettings(**data["settings"]),
+        spectra=spectra,
+        num_samples=data["num_samples"],
+        dim=data["dim"],
+        seconds=data["seconds"],
     )

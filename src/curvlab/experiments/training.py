@@ -32,7 +32,8 @@ on the same machine, device, PyTorch version and thread count. On CUDA devices
 that needs deterministic kernels: with ``deterministic=True`` (the default)
 training runs under ``torch.use_deterministic_algorithms(True, warn_only=True)``
 with cuDNN's deterministic algorithms and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
-(set if unset), and the previous settings are restored afterwards. A larger
+(set if unset); PyTorch warns about any operation that has no deterministic
+implementation, and the previous settings are restored afterwards. A larger
 ``steps`` or more ``record_steps`` extend a run; any other change is refused
 (:class:`~curvlab.runs.ConfigMismatchError`). Progress goes to an optional
 callback (:class:`TrainEvent`).

@@ -13,6 +13,8 @@ import torch
 from curvlab.experiments.training import (
     TrainEvent,
     batch_indices,
+    create_run,
+    derived_seeds,
     evaluate_split,
     train,
     train_run,
@@ -263,6 +265,15 @@ def test_bad_settings(tmp_path):
     with pytest.raises(FloatingPointError, match="diverged"):
         train(_config(problem="digits_logreg", lr=1e38), tmp_path / "c")
     assert RunFolder.open(tmp_path / "c").recorded_steps() == [0]
+
+
+def test_create_run_checks_before_writing(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size must be at most the 100"):
+        create_run(_config(batch_size=101), tmp_path / "a")
+    assert not RunFolder.is_run_folder(tmp_path / "a")
+    run = create_run(_config(), tmp_path / "b")
+    assert run.metadata["seeds"] == derived_seeds(0)
+    assert run.recorded_steps() == []
 
 
 KILLED = textwrap.dedent(

@@ -294,8 +294,8 @@ def evaluate_split(
 
 
 def create_run(
-    out: str | Path,
     config: TrainConfig,
+    out: str | Path,
     *,
     force: bool = False,
     data_dir: str | Path | None = None,
@@ -358,7 +358,7 @@ def train(
         >>> result.recorded, result.run.recorded_steps()
         ((0, 10, 20), [0, 10, 20])
     """
-    run = create_run(out, config, force=force, data_dir=data_dir)
+    run = create_run(config, out, force=force, data_dir=data_dir)
     options = {"device": device, "data_dir": data_dir, "on_progress": on_progress}
     return train_run(run, config, deterministic=deterministic, **options)
 

@@ -116,3 +116,17 @@ def check_finite(tensor: Tensor, what: str):
                 f"{what} must be finite. Got {bad} NaN/Inf value(s) of "
                 f"{tensor.numel()}."
             )
+
+
+def check_batch_samples(X: Tensor, index: int):
+    """Raise unless the inputs ``X`` of batch ``index`` hold at least one sample.
+
+    Args:
+        X: The batch's inputs, samples along the first axis.
+        index: Position of the batch in the data (for the message).
+
+    Raises:
+        ValueError: If ``X`` is a scalar or has no samples.
+    """
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise ValueError(f"Batch {index} has no samples: X has shape {tuple(X.shape)}.")

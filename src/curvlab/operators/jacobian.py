@@ -26,47 +26,34 @@ of :mod:`curvlab.linalg` runs on them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from curvlab._limits import MAX_DENSE_DIM
 from curvlab.operators._checks import (
+    check_batch_samples,
     check_dtype_device,
     check_finite,
     check_flat_input,
     check_list_input,
 )
-from curvlab.operators.empirical_risk import NonDeterministicError
-from curvlab.operators.params import resolve_params
+from curvlab.operators.base import identity_products
+from curvlab.operators.empirical_risk import NonDeterministicError, model_mode
+from curvlab.operators.params import resolve_model_params
 
 
 class _DataJacobian:
     """Model, data and parameters shared by a Jacobian and its transpose."""
 
     def __init__(self, model, data, params, *, max_cols, train_mode, check):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
         if max_cols is not None and (not isinstance(max_cols, int) or max_cols < 1):
             raise ValueError(
                 f"max_cols must be a positive int or None. Got {max_cols}."
             )
-        names, tensors = resolve_params(model, params)
-        dtypes = {t.dtype for t in tensors}
-        devices = {t.device for t in tensors}
-        if len(dtypes) != 1 or len(devices) != 1:
-            raise ValueError(
-                "All selected parameters must share one dtype and device. Got dtypes "
-                f"{sorted(map(str, dtypes))}, devices {sorted(map(str, devices))}."
-            )
-        if not tensors[0].is_floating_point():
-            raise ValueError(
-                f"Parameters must be floating point. Got {tensors[0].dtype}."
-            )
-        for name, t in zip(names, tensors, strict=True):
-            check_finite(t, f"Parameter {name!r}")
+        names, tensors = resolve_model_params(model, params)
         self.model, self.data, self.names = model, data, names
         self.param_shapes = tuple(t.shape for t in tensors)
         self.sizes = [t.numel() for t in tensors]
@@ -78,10 +65,7 @@ class _DataJacobian:
         with self._model_mode(), torch.no_grad():
             for index, batch in enumerate(data):
                 X = self._inputs(batch, index)
-                if X.ndim == 0 or X.shape[0] == 0:
-                    raise ValueError(
-                        f"Batch {index} has no samples: X has shape {tuple(X.shape)}."
-                    )
+                check_batch_samples(X, index)
                 if not batch_sizes:
                     output = self._forward(X)
                     self.output_shape = tuple(output.shape[1:])
@@ -110,18 +94,8 @@ class _DataJacobian:
     def _forward(self, X: Tensor, params=None) -> Tensor:
         return functional_call(self.model, params or self._params(), (X,))
 
-    @contextlib.contextmanager
     def _model_mode(self):
-        if self.train_mode:
-            yield
-            return
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        return model_mode(self.model, self.train_mode)
 
     def _batches(self):
         """Yield ``(index, X)`` and check, on the first pass, that data are fixed."""
@@ -345,7 +319,9 @@ class JacobianOperator:
         r""":math:`J^\top`."""
         return self.adjoint()
 
-    def to_dense(self, *, max_dim: int = 10_000, chunk_size: int = 256) -> Tensor:
+    def to_dense(
+        self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256
+    ) -> Tensor:
         """Materialise ``J`` column by column.
 
         Args:
@@ -417,7 +393,9 @@ class TransposedJacobianOperator(JacobianOperator):
         """
         return JacobianOperator._from_core(self._core)
 
-    def to_dense(self, *, max_dim: int = 10_000, chunk_size: int = 256) -> Tensor:
+    def to_dense(
+        self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256
+    ) -> Tensor:
         """Materialise ``J^T`` (as the transpose of ``J``).
 
         Args:
@@ -436,10 +414,4 @@ def _to_dense(op, dim: int, max_dim: int, chunk_size: int) -> Tensor:
             f"to_dense() would multiply {dim} identity columns, above max_dim="
             f"{max_dim}. Pass a larger max_dim to do it anyway."
         )
-    cols = []
-    for start in range(0, dim, chunk_size):
-        stop = min(start + chunk_size, dim)
-        eye = torch.zeros(dim, stop - start, dtype=op.dtype, device=op.device)
-        eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
-        cols.append(op @ eye)
-    return torch.cat(cols, dim=1)
+    return identity_products(op.matmat, dim, chunk_size, op.dtype, op.device)

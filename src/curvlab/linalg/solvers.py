@@ -52,7 +52,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from curvlab.linalg._operator import CountedOperator
+from curvlab.linalg._operator import CountedOperator, check_product_shape
 
 __all__ = [
     "CGResult",
@@ -77,7 +77,23 @@ class NeumannDivergenceError(ValueError):
 
 
 @dataclass(frozen=True)
-class CGResult:
+class _SolveResult:
+    """Solution and residual norms, the fields every solver's result starts with."""
+
+    solution: Tensor
+    residual_norms: Tensor
+    rhs_norms: Tensor
+
+    @property
+    def relative_residuals(self) -> Tensor:
+        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
+        return self.residual_norms / self.rhs_norms.clamp_min(
+            torch.finfo(self.rhs_norms.dtype).tiny
+        )
+
+
+@dataclass(frozen=True)
+class CGResult(_SolveResult):
     r"""The outcome of :func:`cg`.
 
     Attributes:
@@ -94,9 +110,6 @@ class CGResult:
         num_matvecs: Columns multiplied by the operator (one column = one product).
     """
 
-    solution: Tensor
-    residual_norms: Tensor
-    rhs_norms: Tensor
     iterations: Tensor
     converged_columns: Tensor
     negative_curvature: Tensor
@@ -104,16 +117,9 @@ class CGResult:
     num_iters: int
     num_matvecs: int
 
-    @property
-    def relative_residuals(self) -> Tensor:
-        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
-        return self.residual_norms / self.rhs_norms.clamp_min(
-            torch.finfo(self.rhs_norms.dtype).tiny
-        )
-
 
 @dataclass(frozen=True)
-class NeumannResult:
+class NeumannResult(_SolveResult):
     r"""The outcome of :func:`neumann`.
 
     Attributes:
@@ -128,21 +134,11 @@ class NeumannResult:
             included.
     """
 
-    solution: Tensor
-    residual_norms: Tensor
-    rhs_norms: Tensor
     num_terms: Tensor
     converged_columns: Tensor
     converged: bool
     scale: float
     num_matvecs: int
-
-    @property
-    def relative_residuals(self) -> Tensor:
-        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
-        return self.residual_norms / self.rhs_norms.clamp_min(
-            torch.finfo(self.rhs_norms.dtype).tiny
-        )
 
 
 # ----------------------------------------------------------------------- checks
@@ -267,13 +263,9 @@ class _Preconditioner:
         self.M = M
 
     def __call__(self, R: Tensor) -> Tensor:
-        Z = self.M @ R
-        if not isinstance(Z, Tensor) or Z.shape != R.shape:
-            got = tuple(Z.shape) if isinstance(Z, Tensor) else type(Z).__name__
-            raise ValueError(
-                f"preconditioner @ X must return a tensor shaped like X "
-                f"{tuple(R.shape)}. Got {got}."
-            )
+        Z = check_product_shape(
+            self.M @ R, R.shape, "preconditioner", f"shaped like X {tuple(R.shape)}"
+        )
         if not bool(torch.isfinite(Z).all()):
             raise FloatingPointError("The preconditioner returned NaN or Inf.")
         return Z

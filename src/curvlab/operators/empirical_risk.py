@@ -242,6 +242,17 @@ class EmpiricalRiskOperator(CurvatureOperator):
         self._check_pending = False
 
     # ------------------------------------------------------------------- blocks
+    def _block_names(self, names_or_params) -> list[str]:
+        """The names of a block's parameters, checked to be among this operator's."""
+        names, _ = resolve_params(self.model, names_or_params)
+        outside = [n for n in names if n not in self.param_names]
+        if outside:
+            raise ValueError(
+                f"Block parameters {outside} are not among this operator's parameters "
+                f"{self.param_names}."
+            )
+        return names
+
     def block(self, names_or_params: Sequence[Tensor | str]) -> EmpiricalRiskOperator:
         """Return the diagonal block on a subset of this operator's parameters.
 
@@ -258,13 +269,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         Raises:
             ValueError: If a parameter is not among this operator's parameters.
         """
-        names, _ = resolve_params(self.model, names_or_params)
-        outside = [n for n in names if n not in self.param_names]
-        if outside:
-            raise ValueError(
-                f"Block parameters {outside} are not among this operator's parameters "
-                f"{self.param_names}."
-            )
+        names = self._block_names(names_or_params)
         return type(self)(
             self.model,
             self.loss_fn,

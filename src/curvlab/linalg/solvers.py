@@ -52,6 +52,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_columns
 from curvlab.linalg._operator import CountedOperator, check_product_shape
 
 __all__ = [
@@ -223,15 +224,7 @@ def check_rhs(B, A: CountedOperator, what: str = "B") -> Tensor:
             NaN/Inf.
     """
     D = A.dim
-    if not isinstance(B, Tensor):
-        raise TypeError(
-            f"{what} must be a torch.Tensor of shape (D,) or (D, k) with D={D}. "
-            f"Got {type(B).__name__}."
-        )
-    if B.ndim not in (1, 2) or B.shape[0] != D:
-        raise ValueError(
-            f"{what} must have shape (D,) or (D, k) with D={D}. Got {tuple(B.shape)}."
-        )
+    check_columns(B, D, what)
     if B.dtype != A.dtype:
         raise ValueError(
             f"{what} must have the operator's dtype {A.dtype}. Got {B.dtype}."

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_columns
+
 
 def check_flat_input(X: Tensor, dim: int, dtype: torch.dtype, device: torch.device):
     """Check a flat ``(D,)`` or ``(D, k)`` input of an operator with ``D = dim``.
@@ -23,15 +25,8 @@ def check_flat_input(X: Tensor, dim: int, dtype: torch.dtype, device: torch.devi
         TypeError: If ``X`` is not a tensor.
         ValueError: If the shape, dtype or device does not match.
     """
-    if not isinstance(X, Tensor):
-        raise TypeError(
-            f"Input must be a torch.Tensor of shape (D,) or (D, k) with D={dim} or a "
-            f"list of tensors shaped like the parameters. Got {type(X).__name__}."
-        )
-    if X.ndim not in (1, 2) or X.shape[0] != dim:
-        raise ValueError(
-            f"Input must have shape (D,) or (D, k) with D={dim}. Got {tuple(X.shape)}."
-        )
+    also = " or a list of tensors shaped like the parameters"
+    check_columns(X, dim, also=also)
     check_dtype_device(X, dtype, device)
 
 

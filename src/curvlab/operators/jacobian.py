@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from curvlab._checks import check_columns
 from curvlab._limits import MAX_DENSE_DIM
 from curvlab.operators._checks import (
     check_batch_samples,
@@ -322,19 +323,21 @@ class JacobianOperator:
     def to_dense(
         self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256
     ) -> Tensor:
-        """Materialise ``J`` column by column.
+        """Materialise ``J`` column by column (``J^T`` as the transpose of ``J``).
 
         Args:
             max_dim: Refuse ``D > max_dim``.
             chunk_size: Identity columns per product.
 
         Returns:
-            The ``(N C, D)`` matrix.
+            The ``(N C, D)`` matrix (``(D, N C)`` for ``J^T``).
 
         Raises:
             ValueError: If ``D > max_dim``.
         """
-        return _to_dense(self, self._core.dim, max_dim, chunk_size)
+        J = JacobianOperator._from_core(self._core)
+        dense = _to_dense(J, self._core.dim, max_dim, chunk_size)
+        return dense.T if isinstance(self, TransposedJacobianOperator) else dense
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
@@ -367,17 +370,8 @@ class TransposedJacobianOperator(JacobianOperator):
         """
         core = self._core
         rows = self.shape[1]
-        if not isinstance(U, Tensor):
-            raise TypeError(
-                f"Input must be a torch.Tensor of shape (N*C,) or (N*C, k) with "
-                f"N*C={rows}. Got {type(U).__name__}."
-            )
-        if U.ndim not in (1, 2) or U.shape[0] != rows:
-            raise ValueError(
-                f"Input must have shape (N*C,) or (N*C, k) with N*C={rows} "
-                f"(N={core.num_data} samples, C={core.num_outputs} outputs each). "
-                f"Got {tuple(U.shape)}."
-            )
+        detail = f" (N={core.num_data} samples, C={core.num_outputs} outputs each)"
+        check_columns(U, rows, size="N*C", detail=detail)
         check_dtype_device(U, core.dtype, core.device)
         U2 = U.unsqueeze(1) if U.ndim == 1 else U
         out = _chunked(core.vjp, U2, core.max_cols)
@@ -392,20 +386,6 @@ class TransposedJacobianOperator(JacobianOperator):
             The Jacobian.
         """
         return JacobianOperator._from_core(self._core)
-
-    def to_dense(
-        self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256
-    ) -> Tensor:
-        """Materialise ``J^T`` (as the transpose of ``J``).
-
-        Args:
-            max_dim: Refuse ``D > max_dim``.
-            chunk_size: Identity columns per product.
-
-        Returns:
-            The ``(D, N C)`` matrix.
-        """
-        return self.adjoint().to_dense(max_dim=max_dim, chunk_size=chunk_size).T
 
 
 def _to_dense(op, dim: int, max_dim: int, chunk_size: int) -> Tensor:

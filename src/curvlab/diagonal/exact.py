@@ -287,13 +287,12 @@ def mc_ggn_diagonal(
     :func:`exact_ggn_diagonal` (same two methods).
 
     Args:
-        model: Any model that ``torch.func`` can differentiate, in eval mode.
-        loss_fn: ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``.
-        data: Iterable of ``(X, y)`` batches, iterated once.
+        model: As in :func:`exact_ggn_diagonal`.
+        loss_fn: As in :func:`exact_ggn_diagonal`.
+        data: As in :func:`exact_ggn_diagonal`.
         mc_samples: Number ``m`` of sampled labels per sample.
         seed: Seed; batch ``i`` draws from a generator seeded by ``(seed, i)``.
-        params: ``None`` for all trainable parameters, or a list of the model's
-            parameter tensors or names.
+        params: As in :func:`exact_ggn_diagonal`.
 
     Returns:
         The estimate, a list shaped like the selected parameters.

@@ -471,16 +471,10 @@ def sketch_plan(
         num_inner = num_outer
     elif num_inner is None and isinstance(num_outer, int):
         num_inner = min(2 * num_outer, min(shape))
-    plan = SketchPlan(
-        method=method,
-        shape=shape,
-        num_outer=num_outer,
-        num_inner=num_inner,
-        test_matrix=test_matrix,
-        seed=seed,
-        dtype=_dtype_name(dtype),
-        device=str(torch.device(device)),
-    )
+    plan = SketchPlan(  # the fields in their order
+        method, shape, num_outer, num_inner, test_matrix, seed, _dtype_name(dtype),
+        str(torch.device(device)),
+    )  # fmt: skip
     _validate(plan)
     return plan
 

@@ -297,13 +297,7 @@ def eigsh(
     out = krylov_schur(
         A, k, max_matvecs=max_matvecs, v0=v0, gen=generator(seed), **settings
     )
+    pairs = (out.eigenvalues, out.eigenvectors, out.residual_norms, out.converged)
     return EigshResult(
-        out.eigenvalues,
-        out.eigenvectors,
-        out.residual_norms,
-        out.converged,
-        num_matvecs=A.num_matvecs,
-        num_restarts=out.num_restarts,
-        num_breakdowns=out.num_fresh,
-        **settings,
+        *pairs, A.num_matvecs, out.num_restarts, out.num_fresh, **settings
     )

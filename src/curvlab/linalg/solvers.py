@@ -54,6 +54,7 @@ from torch import Tensor
 
 from curvlab._checks import check_columns
 from curvlab.linalg._operator import CountedOperator, check_product_shape
+from curvlab.operators._checks import check_dtype_device
 
 __all__ = [
     "CGResult",
@@ -225,14 +226,7 @@ def check_rhs(B, A: CountedOperator, what: str = "B") -> Tensor:
     """
     D = A.dim
     check_columns(B, D, what)
-    if B.dtype != A.dtype:
-        raise ValueError(
-            f"{what} must have the operator's dtype {A.dtype}. Got {B.dtype}."
-        )
-    if B.device != A.device:
-        raise ValueError(
-            f"{what} must be on the operator's device {A.device}. Got {B.device}."
-        )
+    check_dtype_device(B, A.dtype, A.device, what)
     if not bool(torch.isfinite(B).all()):
         raise ValueError(f"{what} must be finite. Got NaN or Inf entries.")
     return B.unsqueeze(1) if B.ndim == 1 else B

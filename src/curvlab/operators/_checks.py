@@ -70,25 +70,28 @@ def check_list_input(
     )
 
 
-def check_dtype_device(X: Tensor, dtype: torch.dtype, device: torch.device):
+def check_dtype_device(
+    X: Tensor, dtype: torch.dtype, device: torch.device, name: str = "Input"
+):
     """Check that a tensor has the operator's dtype and device.
 
     Args:
         X: The tensor.
         dtype: Expected dtype.
         device: Expected device.
+        name: The tensor's name in messages.
 
     Raises:
         ValueError: If either mismatches.
     """
     if X.dtype != dtype:
         raise ValueError(
-            f"Input must have the operator's dtype {dtype}. Got {X.dtype}. "
+            f"{name} must have the operator's dtype {dtype}. Got {X.dtype}. "
             "Convert it with `.to(op.dtype)`."
         )
     if X.device != device:
         raise ValueError(
-            f"Input must be on the operator's device {device}. Got {X.device}. "
+            f"{name} must be on the operator's device {device}. Got {X.device}. "
             "Move it with `.to(op.device)`."
         )
 

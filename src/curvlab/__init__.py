@@ -62,11 +62,5 @@ __all__ = [
     "JacobianOperator",
     "NonDeterministicError",
     "__version__",
-    "diagonal",
-    "linalg",
-    "operators",
-    "optim",
-    "problems",
-    "store",
-    "subspace",
+    *_SUBMODULES,
 ]

@@ -10,7 +10,9 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_choice", "check_int"]
+from torch import Tensor
+
+__all__ = ["check_choice", "check_columns", "check_int"]
 
 
 def check_int(
@@ -74,3 +76,43 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}. Got {value!r}.")
     return value
+
+
+def check_columns(
+    X: Any, rows: int, name: str = "Input", size: str = "D", *, also="", detail=""
+) -> Tensor:
+    """Return ``X`` if it is a ``(rows,)`` or ``(rows, k)`` tensor.
+
+    Args:
+        X: The value.
+        rows: The number of rows it must have.
+        name: Its name in messages.
+        size: The symbol of ``rows`` in messages (``"D"``, ``"N*C"``).
+        also: Other accepted forms, appended to the type message.
+        detail: Appended to ``rows`` in the shape message.
+
+    Returns:
+        ``X``.
+
+    Raises:
+        TypeError: If ``X`` is not a tensor.
+        ValueError: If its shape does not match.
+
+    Example:
+        >>> import torch
+        >>> check_columns(torch.zeros(3, 2), 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: Input must have shape (D,) or (D, k) with D=4. Got (3, 2).
+    """
+    if not isinstance(X, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape ({size},) or ({size}, k) with "
+            f"{size}={rows}{also}. Got {type(X).__name__}."
+        )
+    if X.ndim not in (1, 2) or X.shape[0] != rows:
+        raise ValueError(
+            f"{name} must have shape ({size},) or ({size}, k) with {size}={rows}"
+            f"{detail}. Got {tuple(X.shape)}."
+        )
+    return X

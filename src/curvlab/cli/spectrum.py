@@ -239,7 +239,7 @@ def command(
     ] = 1024,
     max_exact_dim: Annotated[
         int, typer.Option(min=1, help="Largest block with a dense eigh.")
-    ] = 4096,
+    ] = SpectrumSettings.max_exact_dim,
     tol: Annotated[
         float, typer.Option(help="Relative tolerance of the Lanczos eigensolves.")
     ] = 1e-6,

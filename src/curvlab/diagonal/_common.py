@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from curvlab.operators._checks import check_batch_samples
+from curvlab.operators.empirical_risk import prepare_batch as _prepare_batch
+
 
 def check_eval_mode(model: nn.Module) -> None:
     """Refuse Dropout or BatchNorm modules in training mode.
@@ -38,10 +41,7 @@ def check_eval_mode(model: nn.Module) -> None:
 
 
 def prepare_batch(batch, index: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Check an ``(X, y)`` batch and move it to the parameters' device and dtype.
-
-    Floating-point inputs and targets take the parameters' dtype; integer labels
-    keep theirs.
+    """Check an ``(X, y)`` batch with samples; move it to ``like``'s device and dtype.
 
     Args:
         batch: What the data yielded.
@@ -49,30 +49,12 @@ def prepare_batch(batch, index: int, like: Tensor) -> tuple[Tensor, Tensor]:
         like: A parameter whose device and dtype the batch should have.
 
     Returns:
-        ``X`` and ``y``.
+        ``X`` and ``y`` (see :func:`curvlab.operators.empirical_risk.prepare_batch`).
 
     Raises:
         TypeError: If the batch is not an ``(X, y)`` pair of tensors.
         ValueError: If ``X`` has no samples.
     """
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(
-            f"data must yield (X, y) pairs. Batch {index} is a "
-            f"{type(batch).__name__}"
-            + (f" of length {len(batch)}." if hasattr(batch, "__len__") else ".")
-        )
-    X, y = batch
-    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(
-            f"Batch {index} must hold tensors (X, y). Got ({type(X).__name__}, "
-            f"{type(y).__name__})."
-        )
-    if X.ndim == 0 or X.shape[0] == 0:
-        raise ValueError(f"Batch {index} has no samples: X has shape {tuple(X.shape)}.")
-    X = X.to(like.device)
-    if X.is_floating_point():
-        X = X.to(like.dtype)
-    y = y.to(like.device)
-    if y.is_floating_point():
-        y = y.to(like.dtype)
+    X, y = _prepare_batch(batch, index, like.dtype, like.device)
+    check_batch_samples(X, index)
     return X, y

@@ -124,16 +124,7 @@ class ConvRule(Rule):
         want_w, want_b = selected(W), selected(b)
         if not (need_input or want_w or want_b):
             return Backward(None, None, [])
-        dims = W.ndim - 2
-        options = (
-            list(module.stride),
-            _conv_padding(module),
-            list(module.dilation),
-            False,
-            [0] * dims,
-            module.groups,
-            [need_input, want_w, want_b],
-        )
+        options = (*_conv_options(module), [need_input, want_w, want_b])
         bias_sizes = [W.shape[0]] if b is not None else None
         g_in, g_w, g_b = torch.ops.aten.convolution_backward(
             g, x, W, bias_sizes, *options
@@ -147,6 +138,19 @@ class ConvRule(Rule):
         if want_b:
             params.append((b, g_b, h_b))
         return Backward(g_in, h_in, params)
+
+
+def _conv_options(module) -> tuple:
+    """``aten.convolution_backward``'s options of a convolution, before the mask."""
+    dims = module.weight.ndim - 2
+    return (
+        list(module.stride),
+        _conv_padding(module),
+        list(module.dilation),
+        False,
+        [0] * dims,
+        module.groups,
+    )
 
 
 def _conv_padding(module) -> list[int] | None:

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
+from curvlab._limits import MAX_HVP_DIAGONAL_DIM
 from curvlab._seeds import derive_seed
 from curvlab._typing import TensorList
 from curvlab.diagonal import ggn_backprop, hessian_backprop
@@ -286,13 +287,12 @@ def mc_ggn_diagonal(
     :func:`exact_ggn_diagonal` (same two methods).
 
     Args:
-        model: Any model that ``torch.func`` can differentiate, in eval mode.
-        loss_fn: ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``.
-        data: Iterable of ``(X, y)`` batches, iterated once.
+        model: As in :func:`exact_ggn_diagonal`.
+        loss_fn: As in :func:`exact_ggn_diagonal`.
+        data: As in :func:`exact_ggn_diagonal`.
         mc_samples: Number ``m`` of sampled labels per sample.
         seed: Seed; batch ``i`` draws from a generator seeded by ``(seed, i)``.
-        params: ``None`` for all trainable parameters, or a list of the model's
-            parameter tensors or names.
+        params: As in :func:`exact_ggn_diagonal`.
 
     Returns:
         The estimate, a list shaped like the selected parameters.
@@ -364,7 +364,7 @@ def exact_hessian_diagonal(
     *,
     params: Sequence[Tensor | str] | None = None,
     chunk_size: int = 64,
-    max_dim: int = 20_000,
+    max_dim: int = MAX_HVP_DIAGONAL_DIM,
 ) -> TensorList:
     r"""Exact diagonal of the Hessian over a data set.
 
@@ -396,10 +396,11 @@ def exact_hessian_diagonal(
         chunk_size: Unit vectors per pass over the data (memory grows with it)
             for Hessian-vector products.
         max_dim: Largest ``D`` accepted for Hessian-vector products (which
-            cost about ``D`` products); raise it deliberately for larger
-            models. It does not apply to Hessian backpropagation, which costs
-            one pass over the data and is guarded by the size of its
-            per-sample factors (above).
+            cost about ``D`` products; default
+            :data:`curvlab._limits.MAX_HVP_DIAGONAL_DIM` = 20000); raise it
+            deliberately for larger models. It does not apply to Hessian
+            backpropagation, which costs one pass over the data and is guarded
+            by the size of its per-sample factors (above).
 
     Returns:
         The diagonal, a list shaped like the selected parameters.

@@ -60,6 +60,7 @@ from curvlab.diagonal._rules import (
     LinearRule,
     MaxPoolRule,
     Rule,
+    _conv_options,
     _conv_padding,
 )
 from curvlab.diagonal.backprop import (
@@ -180,18 +181,12 @@ def _conv(rule, module, x, y, ctx, S, need_input, collector):
         collector.add(b, (per_sample * per_sample).sum((0, 1)))
     if not need_input:
         return None
-    dims = W.ndim - 2
     S_in = torch.ops.aten.convolution_backward(
         S.reshape(K * B, *S.shape[2:]),
         _expanded_like(x, K),
         W,
         None,
-        list(module.stride),
-        _conv_padding(module),
-        list(module.dilation),
-        False,
-        [0] * dims,
-        module.groups,
+        *_conv_options(module),
         [True, False, False],
     )[0]
     return S_in.reshape(K, *x.shape)

@@ -63,7 +63,7 @@ TEST_MATRICES = ("ssrft", "gaussian", "rademacher")
 
 #: Largest ``D`` for which the dense Hessian is built by default: a ``(D, D)``
 #: float64 matrix of 0.5 GB and a dense ``eigh`` of a minute or two.
-DEFAULT_MAX_EXACT_DIM = 8000
+from curvlab._limits import MAX_DENSE_DIM as DEFAULT_MAX_EXACT_DIM  # noqa: E402
 
 #: The paper's Hessian subsets: 500 samples of 10 classes (papers.md §1.5).
 DEFAULT_SAMPLES_PER_CLASS = 50

@@ -97,22 +97,11 @@ class CountedOperator:
             FloatingPointError: If the product contains NaN or Inf.
             ValueError: If the product has the wrong shape.
         """
-        Y = self.op @ X
-        if not isinstance(Y, Tensor) or Y.shape != X.shape:
-            got = tuple(Y.shape) if isinstance(Y, Tensor) else type(Y).__name__
-            raise ValueError(
-                f"{self._what} @ X must return a tensor shaped like X "
-                f"{tuple(X.shape)}. Got {got}."
-            )
+        Y = check_product_shape(
+            self.op @ X, X.shape, self._what, f"shaped like X {tuple(X.shape)}"
+        )
         self.num_matvecs += 1 if X.ndim == 1 else X.shape[1]
-        if not bool(torch.isfinite(Y).all()):
-            where = f" in {step}" if step else ""
-            raise FloatingPointError(
-                f"The product of {self._what} returned NaN or Inf{where} (product "
-                f"number {self.num_matvecs}). Check the model, data and loss for "
-                "non-finite values."
-            )
-        return Y
+        return check_product_finite(Y, self._what, step, self.num_matvecs)
 
     def zeros(self, *shape: int) -> Tensor:
         """Zeros on the operator's dtype and device."""
@@ -136,3 +125,48 @@ class _TensorMap:
 
     def __matmul__(self, X: Tensor) -> Tensor:
         return self.matrix @ X
+
+
+def check_product_shape(Y, shape, what: str, expected: str) -> Tensor:
+    """Return the product ``Y`` if it is a tensor of ``shape``.
+
+    Args:
+        Y: What ``op @ X`` returned.
+        shape: The shape it must have.
+        what: How to name the operator.
+        expected: The shape in words, for the message.
+
+    Returns:
+        ``Y``.
+
+    Raises:
+        ValueError: If ``Y`` is no tensor of that shape.
+    """
+    if not isinstance(Y, Tensor) or tuple(Y.shape) != tuple(shape):
+        got = tuple(Y.shape) if isinstance(Y, Tensor) else type(Y).__name__
+        raise ValueError(f"{what} @ X must return a tensor {expected}. Got {got}.")
+    return Y
+
+
+def check_product_finite(Y: Tensor, what: str, step: str, number: int) -> Tensor:
+    """Return the product ``Y`` if it holds no NaN or Inf.
+
+    Args:
+        Y: The product.
+        what: How to name the operator.
+        step: Where in the algorithm the product happens (``""``: not said).
+        number: Products counted so far, this one included.
+
+    Returns:
+        ``Y``.
+
+    Raises:
+        FloatingPointError: If ``Y`` holds NaN or Inf.
+    """
+    if not bool(torch.isfinite(Y).all()):
+        where = f" in {step}" if step else ""
+        raise FloatingPointError(
+            f"The product of {what} returned NaN or Inf{where} (product number "
+            f"{number}). Check the model, data and loss for non-finite values."
+        )
+    return Y

@@ -35,13 +35,7 @@ import torch
 from torch import Tensor
 
 from curvlab.linalg._operator import CountedOperator
-from curvlab.linalg.trace import (
-    _block_size,
-    _blocks,
-    _check_budget,
-    _exchangeable_sketch,
-    _ProbeStream,
-)
+from curvlab.linalg.trace import _exchangeable_sketch, _probe_products
 
 __all__ = ["DiagonalEstimate", "hutchinson_diagonal", "xdiag"]
 
@@ -117,20 +111,16 @@ def hutchinson_diagonal(
         >>> bool((est.value - torch.tensor([2.0, 3.0])).abs().max() < 0.15)
         True
     """
-    A = CountedOperator(op)
-    m = _check_budget(
-        "hutchinson_diagonal", num_matvecs, "num_matvecs >= 1", lambda b: b >= 1
+    A, m, products = _probe_products(
+        op, "hutchinson_diagonal", num_matvecs, distribution, seed, block_size
     )
-    size = _block_size(block_size, m)
-    probes = _ProbeStream(distribution, A.dim, seed, 0, dtype=A.dtype, device=A.device)
     # Running sums of y = z - c w, w, y², y w, w² with z = ω ⊙ Aω, w = ω ⊙ ω and a
     # shift c (the first block's estimate) that keeps the variance sums from
     # cancelling catastrophically.
     sums = A.zeros(5, A.dim)
     shift = None
-    for start, stop in _blocks(m, size):
-        V = probes.draw(start, stop)
-        z = V * A.apply(V, step="hutchinson_diagonal")
+    for V, AV in products:
+        z = V * AV
         w = V * V
         if shift is None:
             shift = z.sum(1) / w.sum(1)

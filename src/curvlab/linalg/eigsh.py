@@ -292,28 +292,12 @@ def eigsh(
             )
         if not bool(torch.isfinite(v0).all()) or not bool(v0.any()):
             raise ValueError("v0 must be finite and nonzero.")
-    gen = generator(seed)
+    # the settings the iteration runs with, recorded in the result
+    settings = {"tol": float(tol), "which": which, "block_size": block_size, "ncv": ncv}
     out = krylov_schur(
-        A,
-        k,
-        which=which,
-        tol=float(tol),
-        max_matvecs=max_matvecs,
-        block_size=block_size,
-        ncv=ncv,
-        v0=v0,
-        gen=gen,
+        A, k, max_matvecs=max_matvecs, v0=v0, gen=generator(seed), **settings
     )
+    pairs = (out.eigenvalues, out.eigenvectors, out.residual_norms, out.converged)
     return EigshResult(
-        eigenvalues=out.eigenvalues,
-        eigenvectors=out.eigenvectors,
-        residual_norms=out.residual_norms,
-        converged=out.converged,
-        num_matvecs=A.num_matvecs,
-        num_restarts=out.num_restarts,
-        num_breakdowns=out.num_fresh,
-        tol=float(tol),
-        which=which,
-        block_size=block_size,
-        ncv=ncv,
+        *pairs, A.num_matvecs, out.num_restarts, out.num_fresh, **settings
     )

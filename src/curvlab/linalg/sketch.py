@@ -78,7 +78,11 @@ import torch
 from torch import Tensor
 
 from curvlab._checks import check_int
-from curvlab.linalg._operator import CountedOperator
+from curvlab.linalg._operator import (
+    CountedOperator,
+    check_product_finite,
+    check_product_shape,
+)
 from curvlab.linalg.ssrft import (
     TEST_MATRIX_KINDS,
     RandomTestMatrix,
@@ -186,22 +190,10 @@ class LinearMap:
         op = self._adjoint_op() if adjoint else self.op
         rows = self.shape[1] if adjoint else self.shape[0]
         name = f"{self._what}^T" if adjoint else self._what
-        Y = op @ X
-        if not isinstance(Y, Tensor) or tuple(Y.shape) != (rows, X.shape[1]):
-            got = tuple(Y.shape) if isinstance(Y, Tensor) else type(Y).__name__
-            raise ValueError(
-                f"{name} @ X must return a tensor of shape {(rows, X.shape[1])}. "
-                f"Got {got}."
-            )
+        shape = (rows, X.shape[1])
+        Y = check_product_shape(op @ X, shape, name, f"of shape {shape}")
         self.num_matvecs += X.shape[1]
-        if not bool(torch.isfinite(Y).all()):
-            where = f" in {step}" if step else ""
-            raise FloatingPointError(
-                f"The product of {name} returned NaN or Inf{where} (product number "
-                f"{self.num_matvecs}). Check the model, data and loss for "
-                "non-finite values."
-            )
-        return Y
+        return check_product_finite(Y, name, step, self.num_matvecs)
 
 
 # ------------------------------------------------------------------------- plan
@@ -479,16 +471,10 @@ def sketch_plan(
         num_inner = num_outer
     elif num_inner is None and isinstance(num_outer, int):
         num_inner = min(2 * num_outer, min(shape))
-    plan = SketchPlan(
-        method=method,
-        shape=shape,
-        num_outer=num_outer,
-        num_inner=num_inner,
-        test_matrix=test_matrix,
-        seed=seed,
-        dtype=_dtype_name(dtype),
-        device=str(torch.device(device)),
-    )
+    plan = SketchPlan(  # the fields in their order
+        method, shape, num_outer, num_inner, test_matrix, seed, _dtype_name(dtype),
+        str(torch.device(device)),
+    )  # fmt: skip
     _validate(plan)
     return plan
 
@@ -569,6 +555,11 @@ def _measure_all(op, plan: SketchPlan, block_size: int | None, *, adjoint=False)
 
 
 # ----------------------------------------------------------------------- results
+def _plan_field(name: str, doc: str) -> property:
+    """A read-only property that returns ``self.plan.<name>``."""
+    return property(lambda self: getattr(self.plan, name), doc=doc)
+
+
 @dataclass(frozen=True)
 class SketchedEigh:
     r"""A sketched eigendecomposition :math:`A \approx W \Lambda W^\top`.
@@ -585,30 +576,11 @@ class SketchedEigh:
     num_matvecs: int
     plan: SketchPlan
 
-    @property
-    def num_outer(self) -> int:
-        """``k``."""
-        return self.plan.num_outer
-
-    @property
-    def num_inner(self) -> int:
-        """``s``."""
-        return self.plan.num_inner
-
-    @property
-    def test_matrix(self) -> str:
-        """Kind of test matrix."""
-        return self.plan.test_matrix
-
-    @property
-    def seed(self) -> int:
-        """The seed."""
-        return self.plan.seed
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(D, D)``."""
-        return self.plan.shape
+    num_outer = _plan_field("num_outer", "``k``.")
+    num_inner = _plan_field("num_inner", "``s``.")
+    test_matrix = _plan_field("test_matrix", "Kind of test matrix.")
+    seed = _plan_field("seed", "The seed.")
+    shape = _plan_field("shape", "``(D, D)``.")
 
     def __matmul__(self, X: Tensor) -> Tensor:
         r"""Apply the approximation :math:`W \Lambda W^\top` to ``(D,)``/``(D, m)``."""
@@ -658,10 +630,7 @@ class SketchedSVD:
     num_matvecs: int
     plan: SketchPlan
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(m, n)``."""
-        return self.plan.shape
+    shape = _plan_field("shape", "``(m, n)``.")
 
     def __matmul__(self, X: Tensor) -> Tensor:
         r"""Apply :math:`U \Sigma V^\top` to ``(n,)``/``(n, p)``."""

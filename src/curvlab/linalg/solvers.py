@@ -52,7 +52,9 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from curvlab.linalg._operator import CountedOperator
+from curvlab._checks import check_columns
+from curvlab.linalg._operator import CountedOperator, check_product_shape
+from curvlab.operators._checks import check_dtype_device
 
 __all__ = [
     "CGResult",
@@ -77,7 +79,23 @@ class NeumannDivergenceError(ValueError):
 
 
 @dataclass(frozen=True)
-class CGResult:
+class _SolveResult:
+    """Solution and residual norms, the fields every solver's result starts with."""
+
+    solution: Tensor
+    residual_norms: Tensor
+    rhs_norms: Tensor
+
+    @property
+    def relative_residuals(self) -> Tensor:
+        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
+        return self.residual_norms / self.rhs_norms.clamp_min(
+            torch.finfo(self.rhs_norms.dtype).tiny
+        )
+
+
+@dataclass(frozen=True)
+class CGResult(_SolveResult):
     r"""The outcome of :func:`cg`.
 
     Attributes:
@@ -94,9 +112,6 @@ class CGResult:
         num_matvecs: Columns multiplied by the operator (one column = one product).
     """
 
-    solution: Tensor
-    residual_norms: Tensor
-    rhs_norms: Tensor
     iterations: Tensor
     converged_columns: Tensor
     negative_curvature: Tensor
@@ -104,16 +119,9 @@ class CGResult:
     num_iters: int
     num_matvecs: int
 
-    @property
-    def relative_residuals(self) -> Tensor:
-        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
-        return self.residual_norms / self.rhs_norms.clamp_min(
-            torch.finfo(self.rhs_norms.dtype).tiny
-        )
-
 
 @dataclass(frozen=True)
-class NeumannResult:
+class NeumannResult(_SolveResult):
     r"""The outcome of :func:`neumann`.
 
     Attributes:
@@ -128,21 +136,11 @@ class NeumannResult:
             included.
     """
 
-    solution: Tensor
-    residual_norms: Tensor
-    rhs_norms: Tensor
     num_terms: Tensor
     converged_columns: Tensor
     converged: bool
     scale: float
     num_matvecs: int
-
-    @property
-    def relative_residuals(self) -> Tensor:
-        r""":math:`\|r_j\| / \|b_j\|` (``0`` for a zero right-hand side)."""
-        return self.residual_norms / self.rhs_norms.clamp_min(
-            torch.finfo(self.rhs_norms.dtype).tiny
-        )
 
 
 # ----------------------------------------------------------------------- checks
@@ -227,23 +225,8 @@ def check_rhs(B, A: CountedOperator, what: str = "B") -> Tensor:
             NaN/Inf.
     """
     D = A.dim
-    if not isinstance(B, Tensor):
-        raise TypeError(
-            f"{what} must be a torch.Tensor of shape (D,) or (D, k) with D={D}. "
-            f"Got {type(B).__name__}."
-        )
-    if B.ndim not in (1, 2) or B.shape[0] != D:
-        raise ValueError(
-            f"{what} must have shape (D,) or (D, k) with D={D}. Got {tuple(B.shape)}."
-        )
-    if B.dtype != A.dtype:
-        raise ValueError(
-            f"{what} must have the operator's dtype {A.dtype}. Got {B.dtype}."
-        )
-    if B.device != A.device:
-        raise ValueError(
-            f"{what} must be on the operator's device {A.device}. Got {B.device}."
-        )
+    check_columns(B, D, what)
+    check_dtype_device(B, A.dtype, A.device, what)
     if not bool(torch.isfinite(B).all()):
         raise ValueError(f"{what} must be finite. Got NaN or Inf entries.")
     return B.unsqueeze(1) if B.ndim == 1 else B
@@ -267,13 +250,9 @@ class _Preconditioner:
         self.M = M
 
     def __call__(self, R: Tensor) -> Tensor:
-        Z = self.M @ R
-        if not isinstance(Z, Tensor) or Z.shape != R.shape:
-            got = tuple(Z.shape) if isinstance(Z, Tensor) else type(Z).__name__
-            raise ValueError(
-                f"preconditioner @ X must return a tensor shaped like X "
-                f"{tuple(R.shape)}. Got {got}."
-            )
+        Z = check_product_shape(
+            self.M @ R, R.shape, "preconditioner", f"shaped like X {tuple(R.shape)}"
+        )
         if not bool(torch.isfinite(Z).all()):
             raise FloatingPointError("The preconditioner returned NaN or Inf.")
         return Z

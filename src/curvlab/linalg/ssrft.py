@@ -472,42 +472,39 @@ class RandomTestMatrix:
         )
 
 
-class GaussianTestMatrix(RandomTestMatrix):
+class _EntrywiseTestMatrix(RandomTestMatrix):
+    """Independent entries; column ``j`` drawn on the CPU from ``(seed, role, j)``."""
+
+    #: ``draw(shape, generator, dtype=, device=)`` and the dtype it draws in.
+    _draw = staticmethod(gaussian)
+    _draw_dtype = torch.float64
+
+    def _columns(self, idx: Tensor) -> Tensor:
+        cols = [
+            self._draw(
+                (self.dim,),
+                _stream(self.seed, self.role, self.kind, int(j)),
+                dtype=self._draw_dtype,
+                device="cpu",
+            )
+            for j in idx
+        ]
+        out = torch.stack(cols, 1) if cols else torch.empty(self.dim, 0)
+        return out.to(dtype=self.dtype, device=self.device)
+
+
+class GaussianTestMatrix(_EntrywiseTestMatrix):
     """Standard normal entries; column ``j`` from the stream ``(seed, role, j)``."""
 
     kind = "gaussian"
 
-    def _columns(self, idx: Tensor) -> Tensor:
-        cols = [
-            gaussian(
-                (self.dim,),
-                _stream(self.seed, self.role, self.kind, int(j)),
-                dtype=torch.float64,
-                device="cpu",
-            )
-            for j in idx
-        ]
-        out = torch.stack(cols, 1) if cols else torch.empty(self.dim, 0)
-        return out.to(dtype=self.dtype, device=self.device)
 
-
-class RademacherTestMatrix(RandomTestMatrix):
+class RademacherTestMatrix(_EntrywiseTestMatrix):
     """Entries ``±1``; column ``j`` from the stream ``(seed, role, j)``."""
 
     kind = "rademacher"
-
-    def _columns(self, idx: Tensor) -> Tensor:
-        cols = [
-            rademacher(
-                (self.dim,),
-                _stream(self.seed, self.role, self.kind, int(j)),
-                dtype=torch.int8,
-                device="cpu",
-            )
-            for j in idx
-        ]
-        out = torch.stack(cols, 1) if cols else torch.empty(self.dim, 0)
-        return out.to(dtype=self.dtype, device=self.device)
+    _draw = staticmethod(rademacher)
+    _draw_dtype = torch.int8
 
 
 class SSRFTTestMatrix(RandomTestMatrix):

@@ -197,6 +197,20 @@ def _apply(A: CountedOperator, X: Tensor, size: int, step: str) -> Tensor:
     )
 
 
+def _probe_products(op, method: str, num_matvecs, distribution, seed, block_size):
+    """Check a budget of one product per probe; return ``A``, ``m`` and the products.
+
+    The products are an iterator over the probe blocks ``(V, A V)`` of stream 0,
+    computed as they are taken.
+    """
+    A = CountedOperator(op)
+    m = _check_budget(method, num_matvecs, "num_matvecs >= 1", _at_least(1))
+    size = _block_size(block_size, m)
+    probes = _ProbeStream(distribution, A.dim, seed, 0, dtype=A.dtype, device=A.device)
+    blocks = (probes.draw(start, stop) for start, stop in _blocks(m, size))
+    return A, m, ((V, A.apply(V, step=method)) for V in blocks)
+
+
 def _mean_and_error(samples: Tensor) -> tuple[float, float | None]:
     m = samples.numel()
     value = float(samples.mean())
@@ -254,15 +268,10 @@ def hutchinson_trace(
         >>> hutchinson_trace(A, 4).value  # exact: diagonal A, Rademacher probes
         15.0
     """
-    A = CountedOperator(op)
-    m = _check_budget("hutchinson_trace", num_matvecs, "num_matvecs >= 1", _at_least(1))
-    size = _block_size(block_size, m)
-    probes = _ProbeStream(distribution, A.dim, seed, 0, dtype=A.dtype, device=A.device)
-    samples = []
-    for start, stop in _blocks(m, size):
-        V = probes.draw(start, stop)
-        samples.append((V * A.apply(V, step="hutchinson_trace")).sum(0))
-    value, error = _mean_and_error(torch.cat(samples))
+    A, _, products = _probe_products(
+        op, "hutchinson_trace", num_matvecs, distribution, seed, block_size
+    )
+    value, error = _mean_and_error(torch.cat([(V * AV).sum(0) for V, AV in products]))
     return TraceEstimate(value, A.num_matvecs, error)
 
 
@@ -541,17 +550,12 @@ def frobenius_norm_estimate(
         >>> abs(est.value - 30) < 3
         True
     """
-    A = CountedOperator(op)
-    m = _check_budget(
-        "frobenius_norm_estimate", num_matvecs, "num_matvecs >= 1", _at_least(1)
+    A, _, products = _probe_products(
+        op, "frobenius_norm_estimate", num_matvecs, distribution, seed, block_size
     )
-    size = _block_size(block_size, m)
-    probes = _ProbeStream(distribution, A.dim, seed, 0, dtype=A.dtype, device=A.device)
-    samples = []
-    for start, stop in _blocks(m, size):
-        AV = A.apply(probes.draw(start, stop), step="frobenius_norm_estimate")
-        samples.append((AV * AV).sum(0))
-    squared, error = _mean_and_error(torch.cat(samples))
+    squared, error = _mean_and_error(
+        torch.cat([(AV * AV).sum(0) for _, AV in products])
+    )
     return FrobeniusEstimate(
         math.sqrt(max(squared, 0.0)), squared, A.num_matvecs, error
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from curvlab._checks import check_columns
+
 
 def check_flat_input(X: Tensor, dim: int, dtype: torch.dtype, device: torch.device):
     """Check a flat ``(D,)`` or ``(D, k)`` input of an operator with ``D = dim``.
@@ -23,15 +25,8 @@ def check_flat_input(X: Tensor, dim: int, dtype: torch.dtype, device: torch.devi
         TypeError: If ``X`` is not a tensor.
         ValueError: If the shape, dtype or device does not match.
     """
-    if not isinstance(X, Tensor):
-        raise TypeError(
-            f"Input must be a torch.Tensor of shape (D,) or (D, k) with D={dim} or a "
-            f"list of tensors shaped like the parameters. Got {type(X).__name__}."
-        )
-    if X.ndim not in (1, 2) or X.shape[0] != dim:
-        raise ValueError(
-            f"Input must have shape (D,) or (D, k) with D={dim}. Got {tuple(X.shape)}."
-        )
+    also = " or a list of tensors shaped like the parameters"
+    check_columns(X, dim, also=also)
     check_dtype_device(X, dtype, device)
 
 
@@ -75,25 +70,28 @@ def check_list_input(
     )
 
 
-def check_dtype_device(X: Tensor, dtype: torch.dtype, device: torch.device):
+def check_dtype_device(
+    X: Tensor, dtype: torch.dtype, device: torch.device, name: str = "Input"
+):
     """Check that a tensor has the operator's dtype and device.
 
     Args:
         X: The tensor.
         dtype: Expected dtype.
         device: Expected device.
+        name: The tensor's name in messages.
 
     Raises:
         ValueError: If either mismatches.
     """
     if X.dtype != dtype:
         raise ValueError(
-            f"Input must have the operator's dtype {dtype}. Got {X.dtype}. "
+            f"{name} must have the operator's dtype {dtype}. Got {X.dtype}. "
             "Convert it with `.to(op.dtype)`."
         )
     if X.device != device:
         raise ValueError(
-            f"Input must be on the operator's device {device}. Got {X.device}. "
+            f"{name} must be on the operator's device {device}. Got {X.device}. "
             "Move it with `.to(op.device)`."
         )
 
@@ -116,3 +114,17 @@ def check_finite(tensor: Tensor, what: str):
                 f"{what} must be finite. Got {bad} NaN/Inf value(s) of "
                 f"{tensor.numel()}."
             )
+
+
+def check_batch_samples(X: Tensor, index: int):
+    """Raise unless the inputs ``X`` of batch ``index`` hold at least one sample.
+
+    Args:
+        X: The batch's inputs, samples along the first axis.
+        index: Position of the batch in the data (for the message).
+
+    Raises:
+        ValueError: If ``X`` is a scalar or has no samples.
+    """
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise ValueError(f"Batch {index} has no samples: X has shape {tuple(X.shape)}.")

@@ -20,6 +20,7 @@ import numpy
 import torch
 from torch import Tensor
 
+from curvlab._limits import MAX_DENSE_DIM
 from curvlab._typing import TensorList
 from curvlab.operators._checks import check_flat_input, check_list_input
 
@@ -186,7 +187,9 @@ class CurvatureOperator:
         return self * -1.0
 
     # ------------------------------------------------------------------ exports
-    def to_dense(self, *, max_dim: int = 10_000, chunk_size: int = 256) -> Tensor:
+    def to_dense(
+        self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256
+    ) -> Tensor:
         """Materialise the operator by multiplying identity columns in chunks.
 
         Args:
@@ -201,21 +204,13 @@ class CurvatureOperator:
         """
         dim = self.shape[0]
         if dim > max_dim:
+            itemsize = torch.empty((), dtype=self.dtype).element_size()
             raise ValueError(
                 f"to_dense() would build a {dim}x{dim} matrix "
-                f"({dim * dim * self._itemsize() / 2**30:.1f} GiB), above "
+                f"({dim * dim * itemsize / 2**30:.1f} GiB), above "
                 f"max_dim={max_dim}. Pass a larger max_dim to do it anyway."
             )
-        cols = []
-        for start in range(0, dim, chunk_size):
-            stop = min(start + chunk_size, dim)
-            eye = torch.zeros(dim, stop - start, dtype=self.dtype, device=self.device)
-            eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
-            cols.append(self.matmat(eye))
-        return torch.cat(cols, dim=1)
-
-    def _itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return identity_products(self.matmat, dim, chunk_size, self.dtype, self.device)
 
     def to_scipy(self, dtype=numpy.float64):
         """Wrap the operator as a ``scipy.sparse.linalg.LinearOperator``.
@@ -235,3 +230,25 @@ class CurvatureOperator:
             f"{type(self).__name__}(D={self.shape[0]}, dtype={self.dtype}, "
             f"device={self.device})"
         )
+
+
+def identity_products(product, dim: int, chunk_size: int, dtype, device) -> Tensor:
+    """``product(I)`` for the ``(dim, dim)`` identity, handed over in column chunks.
+
+    Args:
+        product: Maps a ``(dim, k)`` tensor to an ``(n, k)`` one.
+        dim: Size of the identity.
+        chunk_size: Identity columns per call.
+        dtype: Dtype of the identity columns.
+        device: Device of the identity columns.
+
+    Returns:
+        The ``(n, dim)`` matrix ``product(I)``.
+    """
+    cols = []
+    for start in range(0, dim, chunk_size):
+        stop = min(start + chunk_size, dim)
+        eye = torch.zeros(dim, stop - start, dtype=dtype, device=device)
+        eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
+        cols.append(product(eye))
+    return torch.cat(cols, dim=1)

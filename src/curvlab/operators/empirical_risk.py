@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from curvlab._typing import TensorList
-from curvlab.operators._checks import check_finite
+from curvlab.operators._checks import check_batch_samples, check_finite
 from curvlab.operators.base import CurvatureOperator
 from curvlab.operators.losses import loss_reduction
-from curvlab.operators.params import resolve_params
+from curvlab.operators.params import resolve_model_params, resolve_params
 
 _RANDOM_MODEL = (
     "The model is random: its output changes for the same input. Likely cause: "
@@ -90,23 +90,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
         check_deterministic: bool = True,
         compile: bool = False,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
+        names, tensors = resolve_model_params(model, params)
         self.reduction = loss_reduction(loss_fn)
-        names, tensors = resolve_params(model, params)
-        dtypes = {t.dtype for t in tensors}
-        devices = {t.device for t in tensors}
-        if len(dtypes) != 1 or len(devices) != 1:
-            raise ValueError(
-                "All selected parameters must share one dtype and device. Got dtypes "
-                f"{sorted(map(str, dtypes))}, devices {sorted(map(str, devices))}."
-            )
-        if not tensors[0].is_floating_point():
-            raise ValueError(
-                f"Parameters must be floating point. Got {tensors[0].dtype}."
-            )
-        for name, t in zip(names, tensors, strict=True):
-            check_finite(t, f"Parameter {name!r}")
         super().__init__(
             [t.shape for t in tensors],
             dtype=tensors[0].dtype,
@@ -173,45 +158,20 @@ class EmpiricalRiskOperator(CurvatureOperator):
         return functional_call(self.model, params, (X,))
 
     def _prepare(self, batch, index: int, check: bool) -> tuple[Tensor, Tensor]:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TypeError(
-                f"data must yield (X, y) pairs. Batch {index} is a "
-                f"{type(batch).__name__}"
-                + (f" of length {len(batch)}." if hasattr(batch, "__len__") else ".")
-            )
-        X, y = batch
-        X = X.to(self.device)
-        if X.is_floating_point():
-            X = X.to(self.dtype)
-        y = y.to(self.device)
-        if y.is_floating_point():
-            y = y.to(self.dtype)
+        X, y = prepare_batch(batch, index, self.dtype, self.device)
         if check:
             check_finite(X, f"Inputs X of batch {index}")
             check_finite(y, f"Targets y of batch {index}")
         return X, y
 
-    @contextlib.contextmanager
     def _model_mode(self):
-        if self.train_mode:
-            yield
-            return
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        return model_mode(self.model, self.train_mode)
 
     def _count_data(self) -> int:
         total = 0
         for index, batch in enumerate(self.data):
             X, _ = self._prepare(batch, index, check=False)
-            if X.ndim == 0 or X.shape[0] == 0:
-                raise ValueError(
-                    f"Batch {index} has no samples: X has shape {tuple(X.shape)}."
-                )
+            check_batch_samples(X, index)
             total += X.shape[0]
         if total == 0:
             raise ValueError("data must yield at least one (X, y) batch. Got none.")
@@ -282,6 +242,17 @@ class EmpiricalRiskOperator(CurvatureOperator):
         self._check_pending = False
 
     # ------------------------------------------------------------------- blocks
+    def _block_names(self, names_or_params) -> list[str]:
+        """The names of a block's parameters, checked to be among this operator's."""
+        names, _ = resolve_params(self.model, names_or_params)
+        outside = [n for n in names if n not in self.param_names]
+        if outside:
+            raise ValueError(
+                f"Block parameters {outside} are not among this operator's parameters "
+                f"{self.param_names}."
+            )
+        return names
+
     def block(self, names_or_params: Sequence[Tensor | str]) -> EmpiricalRiskOperator:
         """Return the diagonal block on a subset of this operator's parameters.
 
@@ -298,13 +269,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         Raises:
             ValueError: If a parameter is not among this operator's parameters.
         """
-        names, _ = resolve_params(self.model, names_or_params)
-        outside = [n for n in names if n not in self.param_names]
-        if outside:
-            raise ValueError(
-                f"Block parameters {outside} are not among this operator's parameters "
-                f"{self.param_names}."
-            )
+        names = self._block_names(names_or_params)
         return type(self)(
             self.model,
             self.loss_fn,
@@ -313,6 +278,67 @@ class EmpiricalRiskOperator(CurvatureOperator):
             check_deterministic=self._check_pending,
             **self._constructor_options(),
         )
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train_mode: bool):
+    """Run ``model`` in eval mode unless ``train_mode``; restore every module's mode.
+
+    Args:
+        model: The model.
+        train_mode: Keep the model's own modes.
+
+    Yields:
+        Nothing; the block runs with the modes set.
+    """
+    if train_mode:
+        yield
+        return
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def prepare_batch(batch, index: int, dtype, device) -> tuple[Tensor, Tensor]:
+    """Check an ``(X, y)`` batch and move it to the operator's device and dtype.
+
+    Floating-point inputs and targets take ``dtype``; integer labels keep theirs.
+
+    Args:
+        batch: What the data yielded.
+        index: Position of the batch (for messages).
+        dtype: The parameters' dtype.
+        device: The parameters' device.
+
+    Returns:
+        ``X`` and ``y``.
+
+    Raises:
+        TypeError: If the batch is not an ``(X, y)`` pair of tensors.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(
+            f"data must yield (X, y) pairs. Batch {index} is a "
+            f"{type(batch).__name__}"
+            + (f" of length {len(batch)}." if hasattr(batch, "__len__") else ".")
+        )
+    X, y = batch
+    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(
+            f"Batch {index} must hold tensors (X, y). Got ({type(X).__name__}, "
+            f"{type(y).__name__})."
+        )
+    X = X.to(device)
+    if X.is_floating_point():
+        X = X.to(dtype)
+    y = y.to(device)
+    if y.is_floating_point():
+        y = y.to(dtype)
+    return X, y
 
 
 def _fingerprint(X: Tensor, y: Tensor) -> tuple:

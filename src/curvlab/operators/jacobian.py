@@ -26,47 +26,35 @@ of :mod:`curvlab.linalg` runs on them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from curvlab._checks import check_columns
+from curvlab._limits import MAX_DENSE_DIM
 from curvlab.operators._checks import (
+    check_batch_samples,
     check_dtype_device,
     check_finite,
     check_flat_input,
     check_list_input,
 )
-from curvlab.operators.empirical_risk import NonDeterministicError
-from curvlab.operators.params import resolve_params
+from curvlab.operators.base import identity_products
+from curvlab.operators.empirical_risk import NonDeterministicError, model_mode
+from curvlab.operators.params import resolve_model_params
 
 
 class _DataJacobian:
     """Model, data and parameters shared by a Jacobian and its transpose."""
 
     def __init__(self, model, data, params, *, max_cols, train_mode, check):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
         if max_cols is not None and (not isinstance(max_cols, int) or max_cols < 1):
             raise ValueError(
                 f"max_cols must be a positive int or None. Got {max_cols}."
             )
-        names, tensors = resolve_params(model, params)
-        dtypes = {t.dtype for t in tensors}
-        devices = {t.device for t in tensors}
-        if len(dtypes) != 1 or len(devices) != 1:
-            raise ValueError(
-                "All selected parameters must share one dtype and device. Got dtypes "
-                f"{sorted(map(str, dtypes))}, devices {sorted(map(str, devices))}."
-            )
-        if not tensors[0].is_floating_point():
-            raise ValueError(
-                f"Parameters must be floating point. Got {tensors[0].dtype}."
-            )
-        for name, t in zip(names, tensors, strict=True):
-            check_finite(t, f"Parameter {name!r}")
+        names, tensors = resolve_model_params(model, params)
         self.model, self.data, self.names = model, data, names
         self.param_shapes = tuple(t.shape for t in tensors)
         self.sizes = [t.numel() for t in tensors]
@@ -78,10 +66,7 @@ class _DataJacobian:
         with self._model_mode(), torch.no_grad():
             for index, batch in enumerate(data):
                 X = self._inputs(batch, index)
-                if X.ndim == 0 or X.shape[0] == 0:
-                    raise ValueError(
-                        f"Batch {index} has no samples: X has shape {tuple(X.shape)}."
-                    )
+                check_batch_samples(X, index)
                 if not batch_sizes:
                     output = self._forward(X)
                     self.output_shape = tuple(output.shape[1:])
@@ -110,18 +95,8 @@ class _DataJacobian:
     def _forward(self, X: Tensor, params=None) -> Tensor:
         return functional_call(self.model, params or self._params(), (X,))
 
-    @contextlib.contextmanager
     def _model_mode(self):
-        if self.train_mode:
-            yield
-            return
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        return model_mode(self.model, self.train_mode)
 
     def _batches(self):
         """Yield ``(index, X)`` and check, on the first pass, that data are fixed."""
@@ -345,20 +320,24 @@ class JacobianOperator:
         r""":math:`J^\top`."""
         return self.adjoint()
 
-    def to_dense(self, *, max_dim: int = 10_000, chunk_size: int = 256) -> Tensor:
-        """Materialise ``J`` column by column.
+    def to_dense(
+        self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256
+    ) -> Tensor:
+        """Materialise ``J`` column by column (``J^T`` as the transpose of ``J``).
 
         Args:
             max_dim: Refuse ``D > max_dim``.
             chunk_size: Identity columns per product.
 
         Returns:
-            The ``(N C, D)`` matrix.
+            The ``(N C, D)`` matrix (``(D, N C)`` for ``J^T``).
 
         Raises:
             ValueError: If ``D > max_dim``.
         """
-        return _to_dense(self, self._core.dim, max_dim, chunk_size)
+        J = JacobianOperator._from_core(self._core)
+        dense = _to_dense(J, self._core.dim, max_dim, chunk_size)
+        return dense.T if isinstance(self, TransposedJacobianOperator) else dense
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
@@ -391,17 +370,8 @@ class TransposedJacobianOperator(JacobianOperator):
         """
         core = self._core
         rows = self.shape[1]
-        if not isinstance(U, Tensor):
-            raise TypeError(
-                f"Input must be a torch.Tensor of shape (N*C,) or (N*C, k) with "
-                f"N*C={rows}. Got {type(U).__name__}."
-            )
-        if U.ndim not in (1, 2) or U.shape[0] != rows:
-            raise ValueError(
-                f"Input must have shape (N*C,) or (N*C, k) with N*C={rows} "
-                f"(N={core.num_data} samples, C={core.num_outputs} outputs each). "
-                f"Got {tuple(U.shape)}."
-            )
+        detail = f" (N={core.num_data} samples, C={core.num_outputs} outputs each)"
+        check_columns(U, rows, size="N*C", detail=detail)
         check_dtype_device(U, core.dtype, core.device)
         U2 = U.unsqueeze(1) if U.ndim == 1 else U
         out = _chunked(core.vjp, U2, core.max_cols)
@@ -417,18 +387,6 @@ class TransposedJacobianOperator(JacobianOperator):
         """
         return JacobianOperator._from_core(self._core)
 
-    def to_dense(self, *, max_dim: int = 10_000, chunk_size: int = 256) -> Tensor:
-        """Materialise ``J^T`` (as the transpose of ``J``).
-
-        Args:
-            max_dim: Refuse ``D > max_dim``.
-            chunk_size: Identity columns per product.
-
-        Returns:
-            The ``(D, N C)`` matrix.
-        """
-        return self.adjoint().to_dense(max_dim=max_dim, chunk_size=chunk_size).T
-
 
 def _to_dense(op, dim: int, max_dim: int, chunk_size: int) -> Tensor:
     if dim > max_dim:
@@ -436,10 +394,4 @@ def _to_dense(op, dim: int, max_dim: int, chunk_size: int) -> Tensor:
             f"to_dense() would multiply {dim} identity columns, above max_dim="
             f"{max_dim}. Pass a larger max_dim to do it anyway."
         )
-    cols = []
-    for start in range(0, dim, chunk_size):
-        stop = min(start + chunk_size, dim)
-        eye = torch.zeros(dim, stop - start, dtype=op.dtype, device=op.device)
-        eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
-        cols.append(op @ eye)
-    return torch.cat(cols, dim=1)
+    return identity_products(op.matmat, dim, chunk_size, op.dtype, op.device)

@@ -79,7 +79,6 @@ from curvlab.operators._kfac_factors import (
 from curvlab.operators.base import CurvatureOperator
 from curvlab.operators.empirical_risk import EmpiricalRiskOperator, _fingerprint
 from curvlab.operators.losses import OutputSpaceLoss
-from curvlab.operators.params import resolve_params
 
 FISHER_TYPES = ("type-2", "mc", "empirical", "forward-only")
 KFAC_APPROXIMATIONS = ("expand", "reduce")
@@ -478,13 +477,7 @@ class _KroneckerOperator(EmpiricalRiskOperator):
         Raises:
             ValueError: If a parameter is not among this operator's parameters.
         """
-        names, _ = resolve_params(self.model, names_or_params)
-        outside = [n for n in names if n not in self.param_names]
-        if outside:
-            raise ValueError(
-                f"Block parameters {outside} are not among this operator's parameters "
-                f"{self.param_names}."
-            )
+        names = self._block_names(names_or_params)
         new_position = {self.param_names.index(n): i for i, n in enumerate(names)}
         kept = [
             i

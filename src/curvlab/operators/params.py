@@ -1,10 +1,12 @@
-"""Resolve which of a model's parameters an operator acts on."""
+"""Resolve which of a model's parameters an operator acts on, and check them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+
+from curvlab.operators._checks import check_finite
 
 
 def resolve_params(
@@ -65,3 +67,38 @@ def resolve_params(
     if len(set(names)) != len(names):
         raise ValueError(f"params must not repeat a parameter. Got {names}.")
     return names, [named[n] for n in names]
+
+
+def resolve_model_params(
+    model: nn.Module, params: Sequence[Tensor | str] | None
+) -> tuple[list[str], list[Tensor]]:
+    """:func:`resolve_params` for an operator on ``model``, with its checks.
+
+    Args:
+        model: The model.
+        params: As in :func:`resolve_params`.
+
+    Returns:
+        Names and tensors, in the order of the flattened vector.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module`` or ``params`` is malformed.
+        ValueError: If the selection is bad (see :func:`resolve_params`), or the
+            parameters do not share one floating-point dtype and one device, or
+            one holds NaN or Inf.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module. Got {type(model)}.")
+    names, tensors = resolve_params(model, params)
+    dtypes = {t.dtype for t in tensors}
+    devices = {t.device for t in tensors}
+    if len(dtypes) != 1 or len(devices) != 1:
+        raise ValueError(
+            "All selected parameters must share one dtype and device. Got dtypes "
+            f"{sorted(map(str, dtypes))}, devices {sorted(map(str, devices))}."
+        )
+    if not tensors[0].is_floating_point():
+        raise ValueError(f"Parameters must be floating point. Got {tensors[0].dtype}.")
+    for name, t in zip(names, tensors, strict=True):
+        check_finite(t, f"Parameter {name!r}")
+    return names, tensors

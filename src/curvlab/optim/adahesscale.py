@@ -77,6 +77,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from curvlab.diagonal.backprop import HesScaleBatch
+from curvlab.optim._checks import adam_defaults
 
 
 class AdaHesScale(Optimizer):
@@ -107,21 +108,7 @@ class AdaHesScale(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ):
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be non-negative. Got {lr}.")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be non-negative. Got {eps}.")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be non-negative. Got {weight_decay}.")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1). Got {betas}.")
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "weight_decay": weight_decay,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, adam_defaults(lr, betas, eps, weight_decay))
 
     def _all_params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]

@@ -81,6 +81,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from curvlab.optim._checks import adam_defaults
+
 __all__ = ["AdaHessian", "hutchinson_hessian_diagonal"]
 
 
@@ -203,23 +205,10 @@ class AdaHessian(Optimizer):
         *,
         generator: torch.Generator | None = None,
     ):
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be non-negative. Got {lr}.")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be non-negative. Got {eps}.")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be non-negative. Got {weight_decay}.")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1). Got {betas}.")
+        defaults = adam_defaults(lr, betas, eps, weight_decay)
         if not 0.0 <= hessian_power <= 1.0:
             raise ValueError(f"hessian_power must lie in [0, 1]. Got {hessian_power}.")
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "hessian_power": hessian_power,
-        }
+        defaults["hessian_power"] = hessian_power
         super().__init__(params, defaults)
         self.generator = generator
 

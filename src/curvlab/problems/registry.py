@@ -198,6 +198,64 @@ def _seeded(
     return lambda seed: factory(*args, seed=seed)
 
 
+# Architectures of the file-based problems: name -> (description, factory,
+# arguments from (classes, channels, image side)).
+_ARCHITECTURES = {
+    "lenet5": ("LeNet-5", models.lenet5, lambda k, c, side: (c, k, side)),
+    "3c3d": ("DeepOBS 3c3d", models.deepobs_3c3d, lambda k, c, side: (k,)),
+    "allcnnc": ("All-CNN-C", models.all_cnn_c, lambda k, c, side: (k,)),
+    "vgg11bn": (
+        "LayerHessians' VGG-11 with BatchNorm",
+        models.vgg11_bn,
+        lambda k, c, side: (k, c) if c != 3 else (k,),
+    ),
+    "resnet18": (
+        "CIFAR ResNet-18",
+        models.resnet18,
+        lambda k, c, side: (k, c) if c != 3 else (k,),
+    ),
+}
+
+# File-based data sets: problem prefix -> (data set, label, classes, channels,
+# architectures). Grey 28x28 images are padded to 32x32 for VGG and ResNet.
+_FILE_PROBLEMS = {
+    "mnist": ("mnist", "MNIST", 10, 1, ("lenet5", "vgg11bn", "resnet18")),
+    "fmnist": (
+        "fashion_mnist",
+        "Fashion-MNIST",
+        10,
+        1,
+        ("lenet5", "vgg11bn", "resnet18"),
+    ),
+    "cifar10": (
+        "cifar10",
+        "CIFAR-10",
+        10,
+        3,
+        ("lenet5", "3c3d", "allcnnc", "vgg11bn", "resnet18"),
+    ),
+    "cifar100": ("cifar100", "CIFAR-100", 100, 3, ("3c3d", "allcnnc", "vgg11bn")),
+    "svhn": ("svhn", "SVHN", 10, 3, ("vgg11bn", "lenet5", "resnet18")),
+}
+
+
+def _file_problems() -> dict[str, _Spec]:
+    specs = {}
+    for prefix, (dataset, label, k, c, archs) in _FILE_PROBLEMS.items():
+        for arch in archs:
+            title, factory, arguments = _ARCHITECTURES[arch]
+            padded = c == 1 and arch in ("vgg11bn", "resnet18")
+            specs[f"{prefix}_{arch}"] = _file_spec(
+                dataset,
+                f"{label} padded to 32x32" if padded else label,
+                title,
+                _seeded(factory, *arguments(k, c, 32 if c == 3 else 28)),
+                k,
+                **({"pad": 2} if padded else {}),
+            )
+    return specs
+
+
 _REGISTRY: dict[str, _Spec] = {
     "digits_logreg": _Spec(
         "sklearn 8x8 digits, standardised (N, 64); logistic regression.",
@@ -247,93 +305,6 @@ _REGISTRY: dict[str, _Spec] = {
         size=16,
         standardize=False,
     ),
-    "mnist_lenet5": _file_spec(
-        "mnist", "MNIST", "LeNet-5", _seeded(models.lenet5, 1, 10, 28), 10
-    ),
-    "fmnist_lenet5": _file_spec(
-        "fashion_mnist",
-        "Fashion-MNIST",
-        "LeNet-5",
-        _seeded(models.lenet5, 1, 10, 28),
-        10,
-    ),
-    "mnist_vgg11bn": _file_spec(
-        "mnist",
-        "MNIST padded to 32x32",
-        "LayerHessians' VGG-11 with BatchNorm",
-        _seeded(models.vgg11_bn, 10, 1),
-        10,
-        pad=2,
-    ),
-    "mnist_resnet18": _file_spec(
-        "mnist",
-        "MNIST padded to 32x32",
-        "CIFAR ResNet-18",
-        _seeded(models.resnet18, 10, 1),
-        10,
-        pad=2,
-    ),
-    "fmnist_vgg11bn": _file_spec(
-        "fashion_mnist",
-        "Fashion-MNIST padded to 32x32",
-        "LayerHessians' VGG-11 with BatchNorm",
-        _seeded(models.vgg11_bn, 10, 1),
-        10,
-        pad=2,
-    ),
-    "fmnist_resnet18": _file_spec(
-        "fashion_mnist",
-        "Fashion-MNIST padded to 32x32",
-        "CIFAR ResNet-18",
-        _seeded(models.resnet18, 10, 1),
-        10,
-        pad=2,
-    ),
-    "cifar10_lenet5": _file_spec(
-        "cifar10", "CIFAR-10", "LeNet-5", _seeded(models.lenet5, 3, 10, 32), 10
-    ),
-    "cifar10_3c3d": _file_spec(
-        "cifar10", "CIFAR-10", "DeepOBS 3c3d", _seeded(models.deepobs_3c3d, 10), 10
-    ),
-    "cifar10_allcnnc": _file_spec(
-        "cifar10", "CIFAR-10", "All-CNN-C", _seeded(models.all_cnn_c, 10), 10
-    ),
-    "cifar10_vgg11bn": _file_spec(
-        "cifar10",
-        "CIFAR-10",
-        "LayerHessians' VGG-11 with BatchNorm",
-        _seeded(models.vgg11_bn, 10),
-        10,
-    ),
-    "cifar10_resnet18": _file_spec(
-        "cifar10", "CIFAR-10", "CIFAR ResNet-18", _seeded(models.resnet18, 10), 10
-    ),
-    "cifar100_3c3d": _file_spec(
-        "cifar100", "CIFAR-100", "DeepOBS 3c3d", _seeded(models.deepobs_3c3d, 100), 100
-    ),
-    "cifar100_allcnnc": _file_spec(
-        "cifar100", "CIFAR-100", "All-CNN-C", _seeded(models.all_cnn_c, 100), 100
-    ),
-    "cifar100_vgg11bn": _file_spec(
-        "cifar100",
-        "CIFAR-100",
-        "LayerHessians' VGG-11 with BatchNorm",
-        _seeded(models.vgg11_bn, 100),
-        100,
-    ),
-    "svhn_vgg11bn": _file_spec(
-        "svhn",
-        "SVHN",
-        "LayerHessians' VGG-11 with BatchNorm",
-        _seeded(models.vgg11_bn, 10),
-        10,
-    ),
-    "svhn_lenet5": _file_spec(
-        "svhn", "SVHN", "LeNet-5", _seeded(models.lenet5, 3, 10, 32), 10
-    ),
-    "svhn_resnet18": _file_spec(
-        "svhn", "SVHN", "CIFAR ResNet-18", _seeded(models.resnet18, 10), 10
-    ),
     "imagenet_resnet18": _Spec(
         "ImageNet arrays (imagenet/{train,val}/X.npy, uint8, memory-mapped; "
         "official splits); torchvision's ResNet-18, standardising its uint8 input.",
@@ -344,7 +315,7 @@ _REGISTRY: dict[str, _Spec] = {
         1000,
         "imagenet",
     ),
-}
+} | _file_problems()
 
 
 def names(*, bundled: bool | None = None) -> list[str]:

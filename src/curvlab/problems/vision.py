@@ -79,48 +79,35 @@ class _VisionSpec(NamedTuple):
     read: Callable[[Path, bool], tuple[Tensor, Tensor]]
 
 
-def _idx_reader(folder: str) -> Callable[[Path, bool], tuple[Tensor, Tensor]]:
-    return lambda root, train: idx.load_idx_split(root, folder, train=train)
-
-
-def _cifar_reader(dataset: str) -> Callable[[Path, bool], tuple[Tensor, Tensor]]:
-    return lambda root, train: cifar.load_cifar_split(root, dataset, train=train)
-
-
 def _svhn_reader(root: Path, train: bool) -> tuple[Tensor, Tensor]:
     return svhn.load_svhn_split(root, train=train)
+
+
+def _idx_spec(folder: str) -> _VisionSpec:
+    return _VisionSpec(
+        folder,
+        tuple(f"{folder}/raw/{name}" for name in idx.IDX_FILES),
+        lambda root, train: idx.load_idx_split(root, folder, train=train),
+    )
+
+
+def _cifar_spec(key: str, title: str) -> _VisionSpec:
+    data = cifar.CIFAR_DATASETS[key]
+    return _VisionSpec(
+        title,
+        tuple(f"{data.folder}/{name}" for name in data.train_files + data.test_files),
+        lambda root, train: cifar.load_cifar_split(root, key, train=train),
+    )
 
 
 #: The data sets :func:`load_vision` reads: a title, the files expected under
 #: ``data_dir`` (torchvision's layout; MNIST and Fashion-MNIST may also be flat
 #: and gzipped, the CIFAR folders may be ``data_dir`` itself) and the reader.
 VISION_DATASETS: dict[str, _VisionSpec] = {
-    "mnist": _VisionSpec(
-        "MNIST", tuple(f"MNIST/raw/{f}" for f in idx.IDX_FILES), _idx_reader("MNIST")
-    ),
-    "fashion_mnist": _VisionSpec(
-        "FashionMNIST",
-        tuple(f"FashionMNIST/raw/{f}" for f in idx.IDX_FILES),
-        _idx_reader("FashionMNIST"),
-    ),
-    "cifar10": _VisionSpec(
-        "CIFAR10",
-        tuple(
-            f"{cifar.CIFAR_DATASETS['cifar10'].folder}/{name}"
-            for name in cifar.CIFAR_DATASETS["cifar10"].train_files
-            + cifar.CIFAR_DATASETS["cifar10"].test_files
-        ),
-        _cifar_reader("cifar10"),
-    ),
-    "cifar100": _VisionSpec(
-        "CIFAR100",
-        tuple(
-            f"{cifar.CIFAR_DATASETS['cifar100'].folder}/{name}"
-            for name in cifar.CIFAR_DATASETS["cifar100"].train_files
-            + cifar.CIFAR_DATASETS["cifar100"].test_files
-        ),
-        _cifar_reader("cifar100"),
-    ),
+    "mnist": _idx_spec("MNIST"),
+    "fashion_mnist": _idx_spec("FashionMNIST"),
+    "cifar10": _cifar_spec("cifar10", "CIFAR10"),
+    "cifar100": _cifar_spec("cifar100", "CIFAR100"),
     "svhn": _VisionSpec("SVHN", svhn.SVHN_FILES, _svhn_reader),
 }
 

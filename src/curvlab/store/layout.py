@@ -528,3 +528,31 @@ def open(path) -> MeasurementStore:  # noqa: A001 - public name fixed by the iss
             f"format {FORMAT_VERSION}."
         )
     return MeasurementStore(Path(path), manifest)
+
+
+def open_cached(
+    cache: dict, root: str, plan_hash: str, during: str
+) -> MeasurementStore:
+    """Open the store at ``root`` once per process, keyed by ``(root, plan_hash)``.
+
+    Dask tasks call this on workers, so a worker reads a store's metadata once.
+
+    Args:
+        cache: The caller's cache of opened stores.
+        root: The store's folder.
+        plan_hash: The plan the task was built for.
+        during: What runs (for the message).
+
+    Returns:
+        The opened store.
+
+    Raises:
+        ValueError: If the store at ``root`` has another plan now.
+    """
+    key = (root, plan_hash)
+    if key not in cache:
+        store = open(root)
+        if store.plan_hash != plan_hash:
+            raise ValueError(f"The store at {root} changed plan during the {during}.")
+        cache[key] = store
+    return cache[key]

@@ -37,8 +37,7 @@ from curvlab.linalg.sketch import measure as measure_columns
 from curvlab.store import _format
 from curvlab.store._format import ColumnError
 from curvlab.store._progress import progress_bar
-from curvlab.store.layout import MeasurementStore, Problem
-from curvlab.store.layout import open as open_store
+from curvlab.store.layout import MeasurementStore, Problem, open_cached
 
 __all__ = ["MeasureResult", "MeasurementError", "measure"]
 
@@ -232,14 +231,8 @@ _OPENED: dict[tuple[str, str], MeasurementStore] = {}
 def _dask_task(root: str, plan_hash: str, kind: str, indices: list[int], name: str):
     from distributed import get_worker
 
-    key = (root, plan_hash)
-    if key not in _OPENED:
-        store = open_store(root)
-        if store.plan_hash != plan_hash:
-            raise ValueError(f"The store at {root} changed plan during the job.")
-        _OPENED[key] = store
-    plugin = get_worker().plugins[name]
-    return measure_block(_OPENED[key], kind, indices, plugin.operator)
+    store = open_cached(_OPENED, root, plan_hash, "job")
+    return measure_block(store, kind, indices, get_worker().plugins[name].operator)
 
 
 # ------------------------------------------------------------------ driver

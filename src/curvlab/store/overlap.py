@@ -13,7 +13,6 @@ the order of float64 summation). Memory: :math:`O(D + K^2 + \sum k)`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Literal
 
@@ -23,10 +22,11 @@ from torch import Tensor
 from curvlab.subspace._checks import check_mask, default_atol
 from curvlab.subspace.masks import (
     OverlapCurve,
+    _best_from_norms,
+    _curve,
     _curve_arguments,
     _ranked_overlaps_all,
     _ranked_overlaps_top_k,
-    _ranked_top,
     _row_norms_squared,
 )
 
@@ -131,7 +131,6 @@ def overlap_curve(
         params_or_vector, torch.device("cpu"), (D, K), ks, eigenspace, num_random
     )
     kmax = int(ks.max())
-    ks_float = ks.to(torch.float64)
     norms = None
     if not top_k:
         norms = torch.cat([_row_norms_squared(rows) for _, rows in U.blocks()])
@@ -142,25 +141,7 @@ def overlap_curve(
             return _ranked_overlaps_top_k(rows, torch.arange(kmax), ks)
         return _ranked_overlaps_all(norms, ranked, ks, K)
 
-    magnitude = overlaps(_ranked_top(flat.abs(), kmax))
-    generator = torch.Generator().manual_seed(seed)
-    random = torch.empty(num_random, len(ks), dtype=torch.float64)
-    for draw in range(num_random):
-        random[draw] = overlaps(torch.randperm(D, generator=generator)[:kmax])
-    random_mean = random.mean(0) if num_random else torch.full_like(ks_float, math.nan)
-    best_values = torch.full_like(ks_float, math.nan)
-    if best and top_k:
-        best_values = _best_top_k(U, ks)
-    elif best:
-        top = torch.topk(norms, kmax).values.cumsum(0)
-        best_values = top[ks - 1] / ks.clamp(max=K)
-    chance = (ks_float if top_k else ks_float.clamp(min=K)) / D
-    return OverlapCurve(
-        ks=ks,
-        magnitude=magnitude,
-        best=best_values,
-        random_mean=random_mean,
-        random=random,
-        chance=chance,
-        eigenspace=eigenspace,
-    )
+    best_values = None
+    if best:
+        best_values = _best_top_k(U, ks) if top_k else _best_from_norms(norms, ks, K)
+    return _curve(overlaps, flat, ks, D, K, eigenspace, num_random, seed, best_values)

@@ -62,8 +62,7 @@ from curvlab.store.cholqr import (
     r_inverse,
     streamed_r,
 )
-from curvlab.store.layout import MeasurementStore
-from curvlab.store.layout import open as open_store
+from curvlab.store.layout import MeasurementStore, open_cached
 
 __all__ = [
     "StoredEigenvectors",
@@ -238,13 +237,7 @@ _OPENED: dict[tuple[str, str], MeasurementStore] = {}
 
 
 def _cached(root: str, plan_hash: str) -> MeasurementStore:
-    key = (root, plan_hash)
-    if key not in _OPENED:
-        store = open_store(root)
-        if store.plan_hash != plan_hash:
-            raise ValueError(f"The store at {root} changed plan during the solve.")
-        _OPENED[key] = store
-    return _OPENED[key]
+    return open_cached(_OPENED, root, plan_hash, "solve")
 
 
 def _outer_rows(store: MeasurementStore, start: int, stop: int) -> Tensor:

@@ -58,7 +58,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -87,16 +87,7 @@ Metric = Literal[
 ]
 
 #: The metric names :func:`grassmann_distance` accepts, in table order.
-METRICS: tuple[str, ...] = (
-    "geodesic",
-    "chordal_2",
-    "chordal_F",
-    "projection_2",
-    "projection_F",
-    "fubini_study",
-    "binet_cauchy",
-    "martin",
-)
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
 def _check_metric(metric: str):
@@ -287,11 +278,8 @@ def overlap(
     Args:
         U: ``(D, p)`` orthonormal basis, float32 or float64.
         V: ``(D, q)`` orthonormal basis, same ``D``, dtype and device.
-        orthonormalize: Replace each basis by the ``Q`` factor of its reduced QR
-            instead of checking orthonormality.
-        atol: Tolerance of the orthonormality check
-            :math:`\max_{ij} |(U^\top U - I)_{ij}| \le` ``atol``; ``None`` for
-            :math:`10\sqrt{\varepsilon}` of the dtype.
+        orthonormalize: As in :func:`grassmann_distance`.
+        atol: As in :func:`grassmann_distance`.
 
     Returns:
         The overlap, a 0-d tensor with the inputs' dtype and device.

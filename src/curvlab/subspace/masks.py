@@ -556,31 +556,47 @@ def overlap_curve(
     flat, top_k, ks = _curve_arguments(
         params_or_vector, U.device, (D, K), ks, eigenspace, num_random
     )
-    kmax = int(ks.max())
-    ks_float = ks.to(torch.float64)
     norms = None if top_k else _row_norms_squared(U)
 
     def overlaps(ranked: Tensor) -> Tensor:
         if top_k:
-            return _ranked_overlaps_top_k(U, ranked, ks)
-        return _ranked_overlaps_all(norms, ranked, ks, K)
+            return _ranked_overlaps_top_k(U, ranked.to(U.device), ks)
+        return _ranked_overlaps_all(norms, ranked.to(U.device), ks, K)
 
+    best_values = None
+    if best:
+        best_values = (
+            _best_overlaps_top_k(U, ks) if top_k else _best_from_norms(norms, ks, K)
+        )
+    return _curve(overlaps, flat, ks, D, K, eigenspace, num_random, seed, best_values)
+
+
+def _best_from_norms(norms: Tensor, ks: Tensor, K: int) -> Tensor:
+    """Best-mask overlaps on the whole eigenspace from the squared row norms."""
+    top = torch.topk(norms, int(ks.max())).values.cumsum(0).cpu()
+    return top[ks - 1] / ks.clamp(max=K)
+
+
+def _curve(
+    overlaps, flat, ks, D, K, eigenspace, num_random, seed, best_values
+) -> OverlapCurve:
+    """Assemble an :class:`OverlapCurve` from ``overlaps(ranked indices)``.
+
+    Shared by :func:`overlap_curve` and its streaming twin
+    :func:`curvlab.store.overlap_curve`; ``best_values`` is ``None`` when the
+    best mask is not asked for.
+    """
+    top_k = eigenspace == "top_k"
+    kmax = int(ks.max())
+    ks_float = ks.to(torch.float64)
     magnitude = overlaps(_ranked_top(flat.abs(), kmax))
-
     generator = torch.Generator().manual_seed(seed)
     random = torch.empty(num_random, len(ks), dtype=torch.float64)
     for draw in range(num_random):
-        ranked = torch.randperm(D, generator=generator)[:kmax].to(U.device)
-        random[draw] = overlaps(ranked)
+        random[draw] = overlaps(torch.randperm(D, generator=generator)[:kmax])
     random_mean = random.mean(0) if num_random else torch.full_like(ks_float, math.nan)
-
-    best_values = torch.full_like(ks_float, math.nan)
-    if best and top_k:
-        best_values = _best_overlaps_top_k(U, ks)
-    elif best:
-        top = torch.topk(norms, kmax).values.cumsum(0).cpu()
-        best_values = top[ks - 1] / ks.clamp(max=K)
-
+    if best_values is None:
+        best_values = torch.full_like(ks_float, math.nan)
     chance = (ks_float if top_k else ks_float.clamp(min=K)) / D
     return OverlapCurve(
         ks=ks,

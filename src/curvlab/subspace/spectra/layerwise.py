@@ -8,8 +8,8 @@ computes those spectra for any curvature operator, each by one of three methods
 
 - ``"exact"``: all eigenvalues, :func:`torch.linalg.eigvalsh` of the dense block
   (``block.to_dense()``, :math:`D_l` products), for :math:`D_l \le`
-  ``max_exact_dim`` (default :data:`MAX_EXACT_DIM` = 4096, a 128 MiB float64
-  matrix and seconds of ``eigh``);
+  ``max_exact_dim`` (default :data:`MAX_EXACT_DIM` = 8000, a 0.48 GiB float64
+  matrix and a minute or two of ``eigvalsh``);
 - ``"lanczos"``: the top ``top_k`` eigenvalues by magnitude (and the
   ``bottom_k`` most negative ones) by restarted Lanczos,
   :func:`curvlab.linalg.eigsh.eigsh`;
@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvlab._limits import MAX_DENSE_DIM
 from curvlab.subspace.spectra.blocks import (
     _param_names,
     _resolve_blocks,
@@ -51,8 +52,8 @@ from curvlab.subspace.spectra.smoothing import _LH_POINTS, _LH_RESOLUTION, _lh_s
 __all__ = ["MAX_EXACT_DIM", "METHODS", "block_spectrum", "layerwise_spectra"]
 
 #: Largest block dimension whose dense matrix ``method="exact"`` builds and
-#: ``"auto"`` picks exact eigenvalues for (a 4096 x 4096 float64 matrix: 128 MiB).
-MAX_EXACT_DIM = 4096
+#: ``"auto"`` picks exact eigenvalues for: :data:`curvlab._limits.MAX_DENSE_DIM`.
+MAX_EXACT_DIM = MAX_DENSE_DIM
 
 #: Spectrum methods of :func:`block_spectrum`.
 METHODS = ("auto", "exact", "lanczos", "slq")

@@ -17,13 +17,15 @@ measurements on the recorded steps, each a resumable stage of that folder:
    with the demo's architecture (64-20-20-20-20-20-10 tanh), stored as stage
    ``hesscale_quality``;
 6. ``report``: the figures and ``report.md`` / ``report.html``
-   (:func:`curvlab.experiments.report.write_report`).
+   (:func:`curvlab.experiments.report.write_report`), rendered from the results
+   the stages returned (:class:`~curvlab.experiments.report.DemoResults`).
 
 Every stage skips what the folder already holds, so calling :func:`demo_run`
-again on the same folder redoes nothing (and an interrupted demo resumes).
-The report is rewritten only when an earlier stage computed something or a
-report file is missing. Nothing here prints: progress goes to an optional
-callback (:class:`DemoEvent`), which ``curvlab demo`` turns into progress bars.
+again on the same folder redoes nothing (and an interrupted demo resumes); the
+report reads back only what a call skipped. It is rewritten only when an
+earlier stage computed something or a report file is missing. Nothing here
+prints: progress goes to an optional callback (:class:`DemoEvent`), which
+``curvlab demo`` turns into progress bars.
 
 Example:
     >>> import tempfile
@@ -35,28 +37,39 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from curvlab.experiments.exhaustive import ExhaustiveSettings, exhaustive_run
+from curvlab.experiments.exhaustive import (
+    ExhaustiveSettings,
+    exhaustive_run,
+    load_exhaustive,
+)
 from curvlab.experiments.hesscale_quality import hesscale_quality
-from curvlab.experiments.overlap import OverlapSettings, overlap_run
+from curvlab.experiments.overlap import OverlapSettings, load_overlap, overlap_run
 from curvlab.experiments.report import (
     HESSCALE_FILE,
     HESSCALE_STAGE,
     REPORT_STAGE,
     TIMINGS_FILE,
+    DemoResults,
+    Report,
+    StepTables,
     write_report,
 )
-from curvlab.experiments.spectrum import SpectrumSettings, spectrum_run
+from curvlab.experiments.spectrum import (
+    SpectrumSettings,
+    read_spectrum,
+    spectrum_run,
+)
 from curvlab.experiments.training import derived_seeds, train_run
 from curvlab.runs import RunFolder, TrainConfig
+from curvlab.runs.stage import StageEvent, StageRunResult
 
 __all__ = [
     "DEMO_STAGES",
@@ -148,40 +161,33 @@ class DemoSettings:
             return default_record_steps(self.steps)
         return tuple(sorted({*self.record_steps, self.steps}))
 
+    def _training(self) -> dict[str, Any]:
+        training = {name: getattr(self, name) for name in _TRAINING}
+        return {**training, "record_steps": self.steps_recorded}
+
     def train_config(self) -> TrainConfig:
         """Return the training config of the run.
 
         Returns:
             Plain SGD with the demo's learning rate, batch size and schedule.
         """
-        return TrainConfig(
-            problem=self.problem,
-            optimizer="sgd",
-            lr=self.lr,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            record_steps=self.steps_recorded,
-            seed=self.seed,
-            dtype=self.dtype,
-            num_samples=self.num_samples,
-        )
+        return TrainConfig(optimizer="sgd", **self._training())
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dict."""
         return {
-            "problem": self.problem,
-            "steps": self.steps,
+            **self._training(),
             "record_steps": list(self.steps_recorded),
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "dtype": self.dtype,
-            "num_samples": self.num_samples,
             "spectrum": self.spectrum.to_dict(),
             "overlap": self.overlap.stored(),
             "exhaustive": self.exhaustive.stored(),
             "hesscale": self.hesscale.to_dict(),
         }
+
+
+#: The settings of :class:`DemoSettings` that are the training config's.
+_TRAINING = ("problem", "steps", "record_steps", "lr", "batch_size", "seed", "dtype")
+_TRAINING += ("num_samples",)
 
 
 def default_record_steps(steps: int) -> tuple[int, ...]:
@@ -272,9 +278,46 @@ class DemoEvent:
 
 DemoCallback = Callable[[DemoEvent], None]
 
+#: Stage events (:class:`~curvlab.runs.stage.StageEvent`) shown as progress.
+_PROGRESS_KINDS = ("start", "step", "spectrum")
 
-def _steps_text(steps: tuple[int, ...] | list[int]) -> str:
+
+def _steps_text(steps: Sequence[int]) -> str:
     return ", ".join(str(s) for s in steps) if steps else "none"
+
+
+class _Stages:
+    """The demo's stages as events: start, progress, done; status and wall time."""
+
+    def __init__(self, notify: DemoCallback):
+        self.notify = notify
+        self.status: dict[str, dict[str, Any]] = {}
+
+    def start(self, name: str, total: int | None, message: str) -> None:
+        self.tic = time.perf_counter()
+        self.notify(DemoEvent(name, "start", 0, total, message))
+
+    def progress(self, name: str, total: int | None = None) -> Callable:
+        """A stage callback that reports the stage's progress (of ``total``)."""
+
+        def forward(event: StageEvent) -> None:
+            if event.kind in _PROGRESS_KINDS:
+                of = total or event.total or None
+                self.notify(DemoEvent(name, "progress", event.index, of))
+
+        return forward
+
+    def done(self, name: str, computed, skipped, message: str) -> None:
+        seconds = time.perf_counter() - self.tic
+        status = "computed" if computed else "skipped"
+        self.status[name] = {
+            "status": status,
+            "seconds": seconds,
+            "computed": list(computed),
+            "skipped": list(skipped),
+        }
+        values = {"status": status, "seconds": seconds}
+        self.notify(DemoEvent(name, "done", message=message, values=values))
 
 
 def demo_run(
@@ -302,244 +345,144 @@ def demo_run(
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another training
             config.
-        SpectrumSettingsError: If spectra in ``out`` were computed with other
-            settings (likewise ``OverlapSettingsError`` for the overlap and the
-            exhaustive check).
+        SettingsConflictError: If a stage's finished steps in ``out`` were
+            computed with other settings.
         FileExistsError: If ``out`` is a non-empty folder that is no run folder.
     """
     settings = settings or DemoSettings()
-    notify = on_progress or (lambda event: None)
-    record_steps = list(settings.steps_recorded)
+    steps = list(settings.steps_recorded)
     config = settings.train_config()
     run = RunFolder.create(out, config, metadata={"seeds": derived_seeds(config.seed)})
-    stages: dict[str, dict[str, Any]] = {}
+    stages = _Stages(on_progress or (lambda event: None))
 
-    def finish(name: str, tic: float, computed, skipped, message: str) -> None:
-        seconds = time.perf_counter() - tic
-        status = "computed" if computed else "skipped"
-        stages[name] = {
-            "status": status,
-            "seconds": seconds,
-            "computed": list(computed),
-            "skipped": list(skipped),
-        }
-        notify(
-            DemoEvent(
-                name,
-                "done",
-                message=message,
-                values={"status": status, "seconds": seconds},
-            )
-        )
-
-    # 1. training
-    tic = time.perf_counter()
-    notify(
-        DemoEvent(
-            "train",
-            "start",
-            0,
-            settings.steps,
-            f"SGD on {settings.problem}, lr {settings.lr:g}, batch "
-            f"{settings.batch_size}, {settings.steps} steps; recording steps "
-            f"{_steps_text(record_steps)}",
-        )
-    )
-
-    def on_train(event) -> None:
-        if event.kind == "step":
-            notify(DemoEvent("train", "progress", event.index, settings.steps))
-
-    result = train_run(run, config, on_progress=on_train)
-    run.write_metrics()
-    finish(
+    stages.start(
         "train",
-        tic,
-        result.recorded,
-        result.skipped,
-        f"recorded steps {_steps_text(result.recorded)}"
-        + (f", already had {_steps_text(result.skipped)}" if result.skipped else ""),
+        settings.steps,
+        f"SGD on {settings.problem}, lr {settings.lr:g}, batch "
+        f"{settings.batch_size}, {settings.steps} steps; recording steps "
+        f"{_steps_text(steps)}",
     )
+    trained = train_run(run, config, on_progress=stages.progress("train", config.steps))
+    run.write_metrics()
+    already = f", already had {_steps_text(trained.skipped)}" if trained.skipped else ""
+    message = f"recorded steps {_steps_text(trained.recorded)}{already}"
+    stages.done("train", trained.recorded, trained.skipped, message)
 
-    # 2. spectra
-    tic = time.perf_counter()
-    notify(
-        DemoEvent(
-            "spectrum",
-            "start",
-            0,
-            None,
-            "Hessian spectra, full and per layer, at each recorded step",
-        )
-    )
-
-    def on_spectrum(event) -> None:
-        if event.kind in ("start", "spectrum"):
-            notify(DemoEvent("spectrum", "progress", event.index, event.total or None))
-
-    spectra = spectrum_run(
-        run, settings.spectrum, steps=record_steps, on_progress=on_spectrum
-    )
-    finish(
-        "spectrum",
-        tic,
-        spectra.computed,
-        spectra.skipped,
-        f"computed steps {_steps_text(spectra.computed)}",
-    )
-
-    # 3. overlap and 4. exhaustive check
-    for name, function, stage_settings, what in (
-        (
-            "overlap",
-            overlap_run,
-            settings.overlap,
-            "overlap of magnitude masks with the top Hessian eigenspace",
-        ),
-        (
-            "exhaustive",
-            exhaustive_run,
-            settings.exhaustive,
-            "sketched (SEIGH) against exact eigendecomposition",
-        ),
+    outcomes: dict[str, StageRunResult] = {}
+    for name, function, stage_settings, total, what in (
+        ("spectrum", spectrum_run, settings.spectrum, None, _SPECTRUM),
+        ("overlap", overlap_run, settings.overlap, len(steps), _OVERLAP),
+        ("exhaustive", exhaustive_run, settings.exhaustive, len(steps), _EXHAUSTIVE),
     ):
-        tic = time.perf_counter()
-        notify(DemoEvent(name, "start", 0, len(record_steps), what))
-
-        def on_step(event, name=name) -> None:
-            if event.kind in ("start", "step"):
-                notify(DemoEvent(name, "progress", event.index, event.total))
-
-        outcome = function(run, stage_settings, steps=record_steps, on_progress=on_step)
-        finish(
-            name,
-            tic,
-            outcome.computed,
-            outcome.skipped,
-            f"computed steps {_steps_text(outcome.computed)}",
+        stages.start(name, total, what)
+        outcome = function(
+            run, stage_settings, steps=steps, on_progress=stages.progress(name)
         )
+        message = f"computed steps {_steps_text(outcome.computed)}"
+        stages.done(name, outcome.computed, outcome.skipped, message)
+        outcomes[name] = outcome
 
-    # 5. HesScale quality
-    tic = time.perf_counter()
     hesscale = settings.hesscale
     total = len(hesscale.seeds) * hesscale.num_samples
-    notify(
-        DemoEvent(
-            "hesscale",
-            "start",
-            0,
-            total,
-            "diagonal curvature estimators against the exact Hessian diagonal",
-        )
-    )
-    computed_hesscale = _hesscale_stage(run, hesscale, settings.dtype, notify, total)
-    finish(
-        "hesscale",
-        tic,
-        [0] if computed_hesscale else [],
-        [] if computed_hesscale else [0],
-        "computed" if computed_hesscale else "already stored",
-    )
+    stages.start("hesscale", total, _HESSCALE)
+    quality = _hesscale_stage(run, hesscale, stages.notify, total)
+    computed = [0] if quality is not None else []
+    message = "computed" if computed else "already stored"
+    stages.done("hesscale", computed, [] if computed else [0], message)
 
-    # 6. report
-    tic = time.perf_counter()
-    notify(DemoEvent("report", "start", 0, None, "figures, report.md, report.html"))
-    timings = _update_timings(run, stages)
-    upstream = any(s["status"] == "computed" for s in stages.values())
+    stages.start("report", None, "figures, report.md, report.html")
+    timings = _update_timings(run, stages.status)
     wanted = settings.to_dict()
     entry = run.entry(REPORT_STAGE)
     fresh = (
-        not upstream
+        all(s["status"] == "skipped" for s in stages.status.values())
         and run.is_done(REPORT_STAGE)
         and entry is not None
         and entry["info"].get("settings") == wanted
     )
     if fresh:
-        report, html = run.resolve("report.md"), run.resolve("report.html")
-        figures = [run.resolve(p) for p in entry["info"]["figures"]]
-        findings = entry["info"]["findings"]
-    else:
-        written = write_report(run, timings=timings, settings=wanted)
-        report, html, figures, findings = (
-            written.markdown,
-            written.html,
-            written.figures,
-            written.findings,
+        info = entry["info"]
+        figures = [run.resolve(p) for p in info["figures"]]
+        report = Report(
+            run.resolve("report.md"),
+            run.resolve("report.html"),
+            figures,
+            info["findings"],
         )
+    else:
+        results = DemoResults(
+            metrics={row["step"]: row for row in run.metrics()},
+            spectra={
+                s: outcomes["spectrum"].results.get(s) or read_spectrum(run, s)
+                for s in steps
+            },
+            overlap=StepTables.of(outcomes["overlap"], lambda: load_overlap(run)),
+            exhaustive=StepTables.of(
+                outcomes["exhaustive"], lambda: load_exhaustive(run)
+            ),
+            hesscale=quality or run.read_json(HESSCALE_FILE),
+        )
+        report = write_report(run, results, timings=timings)
         run.mark_done(
             REPORT_STAGE,
-            files=[report, html, *figures],
+            files=[report.markdown, report.html, *report.figures],
             info={
                 "settings": wanted,
-                "figures": [run.relative(p) for p in figures],
-                "findings": findings,
+                "figures": [run.relative(p) for p in report.figures],
+                "findings": report.findings,
             },
         )
-    finish(
-        "report",
-        tic,
-        [] if fresh else [0],
-        [0] if fresh else [],
-        f"{'kept' if fresh else 'wrote'} {run.relative(report)}",
-    )
+    verb = "kept" if fresh else "wrote"
+    message = f"{verb} {run.relative(report.markdown)}"
+    stages.done("report", [] if fresh else [0], [0] if fresh else [], message)
     if not fresh:
-        _update_timings(run, {"report": stages["report"]})
+        _update_timings(run, {"report": stages.status["report"]})
     summary = {
         "run": run.path,
-        "report": report,
-        "html": html,
-        "figures": figures,
-        "stages": stages,
-        "findings": findings,
+        "report": report.markdown,
+        "html": report.html,
+        "figures": report.figures,
+        "stages": stages.status,
+        "findings": report.findings,
     }
-    return report, summary
+    return report.markdown, summary
+
+
+_SPECTRUM = "Hessian spectra, full and per layer, at each recorded step"
+_OVERLAP = "overlap of magnitude masks with the top Hessian eigenspace"
+_EXHAUSTIVE = "sketched (SEIGH) against exact eigendecomposition"
+_HESSCALE = "diagonal curvature estimators against the exact Hessian diagonal"
 
 
 def _hesscale_stage(
-    run: RunFolder,
-    settings: HesScaleSettings,
-    dtype: str,
-    notify: DemoCallback,
-    total: int,
-) -> bool:
-    """Compute and store the HesScale comparison unless it is stored; say if run."""
+    run: RunFolder, settings: HesScaleSettings, notify: DemoCallback, total: int
+) -> dict[str, Any] | None:
+    """Compute and store the HesScale comparison unless it is stored.
+
+    Returns:
+        The comparison as stored (:data:`HESSCALE_FILE`), or ``None`` when it
+        was stored already.
+    """
     wanted = {**settings.to_dict(), "dtype": "float64"}
     entry = run.entry(HESSCALE_STAGE)
-    if (
-        run.is_done(HESSCALE_STAGE)
-        and entry is not None
-        and entry["info"].get("settings") == wanted
-    ):
-        return False
+    stored = entry is not None and run.is_done(HESSCALE_STAGE)
+    if stored and entry["info"].get("settings") == wanted:
+        return None
     done_seeds: list[int] = []
 
     def on_sample(seed: int, completed: int, num: int) -> None:
         if completed == num:
             done_seeds.append(seed)
-        notify(
-            DemoEvent(
-                "hesscale",
-                "progress",
-                len(done_seeds) * num + (0 if completed == num else completed),
-                total,
-            )
-        )
+        done = len(done_seeds) * num + (0 if completed == num else completed)
+        notify(DemoEvent("hesscale", "progress", done, total))
 
     tic = time.perf_counter()
     result = hesscale_quality(
-        seeds=settings.seeds,
-        num_samples=settings.num_samples,
-        width=settings.width,
-        depth=settings.depth,
-        epochs=settings.epochs,
-        dtype=torch.float64,
-        on_progress=on_sample,
+        **dataclasses.asdict(settings), dtype=torch.float64, on_progress=on_sample
     )
     content = {
         "settings": wanted,
-        "methods": list(result.methods),
-        "layers": list(result.layers),
-        "seeds": list(result.seeds),
+        **{key: list(getattr(result, key)) for key in ("methods", "layers", "seeds")},
         "num_samples": result.num_samples,
         "normalized": result.normalized,
         "mean_errors": result.mean_errors(),
@@ -549,20 +492,17 @@ def _hesscale_stage(
         "seconds": time.perf_counter() - tic,
     }
     path = run.write_json(HESSCALE_FILE, content)
-    run.mark_done(
-        HESSCALE_STAGE,
-        files=[path],
-        info={"settings": wanted, "seconds": content["seconds"]},
-    )
-    return True
+    info = {"settings": wanted, "seconds": content["seconds"]}
+    run.mark_done(HESSCALE_STAGE, files=[path], info=info)
+    return content
 
 
 def _update_timings(
     run: RunFolder, stages: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, float]:
     """Keep, per stage, the wall time of the call that last computed it."""
-    path = run.resolve(TIMINGS_FILE)
-    timings = json.loads(path.read_text()) if path.is_file() else {}
+    stored = run.resolve(TIMINGS_FILE).is_file()
+    timings = run.read_json(TIMINGS_FILE) if stored else {}
     for name, stage in stages.items():
         if stage["status"] == "computed" or name not in timings:
             timings[name] = stage["seconds"]

@@ -1,20 +1,21 @@
-r"""The demo's report: figures, ``report.md`` and ``report.html`` from a run folder.
+r"""The demo's report: figures, ``report.md`` and ``report.html`` from the results.
 
-:func:`write_report` reads what the stages of :func:`curvlab.experiments.demo.demo_run`
-stored in a run folder (training metrics, spectra, overlaps, the exhaustive
-check, the HesScale comparison), draws the figures into ``RUN_DIR/plots/``
+:func:`write_report` renders the results of the stages of
+:func:`curvlab.experiments.demo.demo_run` as it is handed them
+(:class:`DemoResults`: training metrics, spectra, overlaps, the exhaustive
+check, the HesScale comparison). It draws the figures into ``RUN_DIR/plots/``
 (:func:`~curvlab.experiments.spectrum_plots.plot_spectrum`,
 :func:`~curvlab.experiments.spectrum_plots.plot_match`,
 :func:`~curvlab.experiments.overlap_plots.plot_overlap`, and here
-:func:`plot_exhaustive` and :func:`plot_hesscale`), and writes a report of short
-sentences and tables built from the stored numbers: nothing in it is canned
-except the explanations. :func:`markdown_to_html` converts the subset of
-Markdown the report uses (headings, paragraphs, bullet lists, pipe tables,
-images, ``code`` and ``**bold**``) into a standalone HTML page.
+:func:`plot_exhaustive` and :func:`plot_hesscale`) and writes a report of short
+sentences and tables built from those numbers: nothing in it is canned except
+the explanations. :func:`markdown_to_html` converts the subset of Markdown the
+report uses (headings, paragraphs, bullet lists, pipe tables, images, ``code``
+and ``**bold**``) into a standalone HTML page.
 
-Numbers are printed with :func:`fmt` (4 significant digits), so a number in
-the report can be checked against the stored value by formatting it the same
-way.
+Numbers are printed with :func:`~curvlab._format.fmt` (4 significant digits), so
+a number in the report can be checked against the stored value by formatting it
+the same way.
 """
 
 from __future__ import annotations
@@ -22,31 +23,34 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from curvlab._format import fmt
-from curvlab.experiments.exhaustive import exhaustive_stage, load_exhaustive
-from curvlab.experiments.overlap import load_overlap, overlap_stage
+from curvlab.experiments.exhaustive import exhaustive_stage
+from curvlab.experiments.overlap import overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
-from curvlab.experiments.spectrum import STAGE as SPECTRUM_STAGE
-from curvlab.experiments.spectrum import read_spectrum
+from curvlab.experiments.spectrum import SpectrumStep
 from curvlab.experiments.spectrum_plots import PLOTS, plot_match, plot_spectrum
 from curvlab.runs import RunFolder
-from curvlab.subspace.spectra import layer_full_distances
+from curvlab.runs.stage import StageRunResult
+from curvlab.subspace.spectra import BlockSpectrum, layer_full_distances
 
 __all__ = [
     "HESSCALE_FILE",
     "HESSCALE_STAGE",
     "REPORT_STAGE",
     "TIMINGS_FILE",
+    "DemoResults",
     "Report",
+    "StepTables",
     "fmt",
     "markdown_to_html",
     "plot_exhaustive",
@@ -65,6 +69,65 @@ TIMINGS_FILE = "demo_timings.json"
 
 _SPLIT = "train"
 _DPI = 110
+
+
+@dataclass(frozen=True)
+class StepTables:
+    """A table stage's results at the report's steps.
+
+    Attributes:
+        rows: The per-step table rows, steps ascending.
+        summaries: Step -> the step's summary.
+    """
+
+    rows: list[dict[str, Any]]
+    summaries: dict[int, dict[str, Any]]
+
+    @classmethod
+    def of(
+        cls, outcome: StageRunResult, load: Callable[[], tuple[list, dict]]
+    ) -> StepTables:
+        """The computed steps as ``outcome`` holds them; the skipped ones read back.
+
+        Args:
+            outcome: What :func:`~curvlab.runs.stage.run_stage` returned.
+            load: Reads the stage's stored rows and summaries (called only when
+                ``outcome`` skipped steps), e.g. ``lambda: load_overlap(run)``.
+
+        Returns:
+            The rows and summaries of the steps of ``outcome``.
+        """
+        stored = load()[0] if outcome.skipped else []
+        rows = [
+            row
+            for step in outcome.summaries
+            for row in (
+                outcome.results[step].rows
+                if step in outcome.results
+                else [r for r in stored if r["step"] == step]
+            )
+        ]
+        return cls(rows, dict(outcome.summaries))
+
+
+@dataclass(frozen=True)
+class DemoResults:
+    """What the report renders: each demo stage's results at the recorded steps.
+
+    Attributes:
+        metrics: Step -> its training record (``train_loss``, ``test_loss``,
+            accuracies, ``gradient_norm``).
+        spectra: Step -> its spectra (with the layers' blocks).
+        overlap: The mask/eigenspace overlap on the train split.
+        exhaustive: The sketch-vs-exact check on the train split.
+        hesscale: The HesScale comparison, as :data:`HESSCALE_FILE` holds it.
+    """
+
+    metrics: dict[int, dict[str, Any]]
+    spectra: dict[int, SpectrumStep]
+    overlap: StepTables
+    exhaustive: StepTables
+    hesscale: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -88,14 +151,30 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _image(run: RunFolder, path: Path, alt: str) -> str:
-    return f"![{alt}]({run.relative(path)})"
+def _step_table(
+    headers: Sequence[str], steps: Iterable[int], cells: Callable[[int], Iterable]
+) -> str:
+    """One row per step: the step, then its cells (numbers through :func:`fmt`)."""
+    return _table(
+        ("step", *headers),
+        [(s, *(c if isinstance(c, str) else fmt(c) for c in cells(s))) for s in steps],
+    )
+
+
+def _images(figures: Mapping[str, str], *shown: tuple[str, str]) -> str:
+    return "\n\n".join(f"![{alt}]({figures[name]})" for name, alt in shown)
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _save(run: RunFolder, figure: Figure, name: str) -> Path:
@@ -106,7 +185,7 @@ def _save(run: RunFolder, figure: Figure, name: str) -> Path:
 
 
 # ------------------------------------------------------------------ figures
-def plot_exhaustive(run: RunFolder, split: str = _SPLIT) -> Path:
+def plot_exhaustive(run: RunFolder, check: StepTables, split: str = _SPLIT) -> Path:
     """Draw the exhaustive check: eigenvalues and eigenspaces, sketch vs exact.
 
     Left: the ``K`` eigenvalues of largest magnitude at the last step, exact
@@ -115,24 +194,20 @@ def plot_exhaustive(run: RunFolder, split: str = _SPLIT) -> Path:
 
     Args:
         run: The run folder.
-        split: The split of the stored check.
+        check: The check's rows and summaries.
+        split: The split of the check.
 
     Returns:
         ``RUN_DIR/plots/exhaustive_<split>.png``.
-
-    Raises:
-        FileNotFoundError: If no step of the check is stored.
     """
-    rows, summaries = load_exhaustive(run, split)
-    steps = sorted(summaries)
-    last = summaries[steps[-1]]
-    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
-    FigureCanvasAgg(figure)
+    steps = sorted(check.summaries)
+    last = check.summaries[steps[-1]]
+    figure = _figure((10.0, 3.8))
     left, right = figure.subplots(1, 2)
     exact = numpy.asarray(last["eigenvalues_exact"])
-    sketch = numpy.asarray(last["eigenvalues_sketch"])
     index = numpy.arange(1, len(exact) + 1)
     left.plot(index, exact, "-", color="C0", label="exact (dense eigh)")
+    sketch = numpy.asarray(last["eigenvalues_sketch"])
     left.plot(index, sketch, ".", color="C1", markersize=4, label="sketch (SEIGH)")
     left.axhline(0.0, color="0.7", linewidth=0.8)
     left.set_xscale("log")
@@ -140,11 +215,11 @@ def plot_exhaustive(run: RunFolder, split: str = _SPLIT) -> Path:
     left.set_ylabel("eigenvalue λᵢ")
     left.set_title(f"top eigenvalues at step {steps[-1]}", fontsize="medium")
     left.legend(fontsize="small")
-    colors = _step_colors(steps)
-    for step in steps:
-        ks = [r["k"] for r in rows if r["step"] == step]
-        values = [r["basis_overlap"] for r in rows if r["step"] == step]
-        right.plot(ks, values, color=colors[step], label=f"step {step}")
+    cmap, span = colormaps["viridis"], max(len(steps) - 1, 1)
+    for i, step in enumerate(steps):
+        rows = [r for r in check.rows if r["step"] == step]
+        ks, values = [r["k"] for r in rows], [r["basis_overlap"] for r in rows]
+        right.plot(ks, values, color=cmap(0.9 * i / span), label=f"step {step}")
     right.set_xscale("log")
     right.set_ylim(-0.03, 1.03)
     right.set_xlabel("k")
@@ -160,61 +235,35 @@ def plot_exhaustive(run: RunFolder, split: str = _SPLIT) -> Path:
     return _save(run, figure, f"exhaustive_{split}.png")
 
 
-def _step_colors(steps: Sequence[int]) -> dict[int, Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    span = max(len(steps) - 1, 1)
-    return {s: cmap(0.9 * i / span) for i, s in enumerate(steps)}
-
-
-def plot_hesscale(run: RunFolder) -> Path:
+def plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
     """Draw the HesScale comparison: each estimator's total error, HesScale = 1.
 
     Args:
         run: The run folder.
+        hesscale: The comparison, as :data:`HESSCALE_FILE` holds it.
 
     Returns:
         ``RUN_DIR/plots/hesscale_quality.png``.
-
-    Raises:
-        FileNotFoundError: If the comparison is not stored.
     """
-    data = run.read_json(HESSCALE_FILE)
-    methods = data["methods"]
-    totals = [data["normalized"][m]["total"] for m in methods]
-    figure = Figure(figsize=(7.0, 3.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
+    methods = hesscale["methods"]
+    totals = [hesscale["normalized"][m]["total"] for m in methods]
+    ax = _figure((7.0, 3.6)).subplots()
     bars = ax.bar(methods, totals, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, labels=[fmt(t) for t in totals], fontsize="small")
     ax.set_yscale("log")
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
     ax.set_ylabel("L1 error of diag(H) / HesScale's")
     ax.tick_params(axis="x", labelrotation=20)
-    config = data["config"]
     ax.set_title(
-        f"{config['architecture']}, {len(data['seeds'])} seed(s) x "
-        f"{data['num_samples']} samples",
+        f"{hesscale['config']['architecture']}, {len(hesscale['seeds'])} seed(s) x "
+        f"{hesscale['num_samples']} samples",
         fontsize="medium",
     )
-    return _save(run, figure, "hesscale_quality.png")
+    return _save(run, ax.figure, "hesscale_quality.png")
 
 
 # ------------------------------------------------------------------ sections
-def _training(run: RunFolder, steps: Sequence[int]) -> tuple[str, dict[str, Any]]:
-    metrics = {row["step"]: row for row in run.metrics()}
-    rows = [
-        (
-            s,
-            fmt(metrics[s]["train_loss"]),
-            _percent(metrics[s].get("train_accuracy")),
-            fmt(metrics[s]["test_loss"]),
-            _percent(metrics[s].get("test_accuracy")),
-            fmt(metrics[s].get("gradient_norm")),
-        )
-        for s in steps
-    ]
+def _training(metrics: Mapping[int, Mapping[str, Any]], steps: Sequence[int]):
     first, last = metrics[steps[0]], metrics[steps[-1]]
     text = (
         f"From step {steps[0]} to step {steps[-1]} the train loss went from "
@@ -225,48 +274,41 @@ def _training(run: RunFolder, steps: Sequence[int]) -> tuple[str, dict[str, Any]
             f" and the test accuracy from {_percent(first['test_accuracy'])} to "
             f"{_percent(last['test_accuracy'])}"
         )
-    text += ". Loss and gradient norm are over the whole split."
-    table = _table(
-        ("step", "train loss", "train acc", "test loss", "test acc", "‖∇L‖"), rows
+    table = _step_table(
+        ("train loss", "train acc", "test loss", "test acc", "‖∇L‖"),
+        steps,
+        lambda s: (
+            metrics[s]["train_loss"],
+            _percent(metrics[s].get("train_accuracy")),
+            metrics[s]["test_loss"],
+            _percent(metrics[s].get("test_accuracy")),
+            metrics[s].get("gradient_norm"),
+        ),
     )
     findings = {
         "train_loss": {s: metrics[s]["train_loss"] for s in steps},
         "test_accuracy": {s: metrics[s].get("test_accuracy") for s in steps},
     }
+    text += ". Loss and gradient norm are over the whole split."
     return f"## Training\n\n{text}\n\n{table}\n", findings
 
 
-def _largest(block) -> float:
+def _largest(block: BlockSpectrum) -> float:
     return float(max(block.top_eigenvalues.tolist()))
 
 
-def _smallest(block) -> float | None:
+def _smallest(block: BlockSpectrum) -> float | None:
     values = block.bottom_eigenvalues
-    if values is None or not len(values):
-        return None
-    return float(values.min())
+    return None if values is None or not len(values) else float(values.min())
 
 
-def _spectrum(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    spectra = {s: read_spectrum(run, s) for s in steps}
+def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
+    steps = list(spectra)
     fulls = {s: spectra[s].spectra["hessian"].full for s in steps}
     top = {s: _largest(fulls[s]) for s in steps}
     bottom = {s: _smallest(fulls[s]) for s in steps}
     trace = {s: fulls[s].trace for s in steps}
     dim = fulls[steps[0]].dim
-    rows = []
-    for s in steps:
-        mean = trace[s] / dim if trace[s] is not None else None
-        rows.append(
-            (
-                s,
-                fmt(top[s]),
-                fmt(bottom[s]),
-                fmt(trace[s]),
-                fmt(top[s] / mean) if mean else "-",
-                fulls[s].method,
-            )
-        )
     first, last = steps[0], steps[-1]
     peak = max(steps, key=lambda s: top[s])
     lines = [
@@ -292,63 +334,63 @@ def _spectrum(run, steps, figures) -> tuple[str, dict[str, Any]]:
             f"{_percent(-bottom[last] / top[last])} of the top eigenvalue's size, "
             "so the Hessian is not positive semi-definite."
         )
-    settings = spectra[first].settings
-    num = spectra[first].num_samples
-    per_class = (
-        f" ({settings.samples_per_class} per class)"
-        if num != settings.samples_per_class
-        else ""
-    )
-    intro = (
-        f"The Hessian of the mean loss over {num} train samples{per_class}, "
-        f"D = {dim:,}; eigenvalues by `{fulls[first].method}` decomposition."
-    )
-    table = _table(
-        ("step", "top λ", "most negative λ", "tr H", "top λ / (tr H / D)", "method"),
-        rows,
-    )
-    images = "\n\n".join(
-        _image(run, p, alt)
-        for p, alt in (
-            (figures["spectrum_hessian.png"], "Hessian spectral density per step"),
-            (figures["spectrum_extremes.png"], "extreme eigenvalues against step"),
-        )
+    settings, num = spectra[first].settings, spectra[first].num_samples
+    per_class = settings.samples_per_class
+    table = _step_table(
+        ("top λ", "most negative λ", "tr H", "top λ / (tr H / D)", "method"),
+        steps,
+        lambda s: (
+            top[s],
+            bottom[s],
+            trace[s],
+            top[s] / (trace[s] / dim) if trace[s] else None,
+            fulls[s].method,
+        ),
     )
     text = (
         "## How the Hessian's spectrum evolves\n\n"
-        f"{intro}\n\n{' '.join(lines)}\n\n{table}\n\n"
+        f"The Hessian of the mean loss over {num} train samples"
+        + (f" ({per_class} per class)" if num != per_class else "")
+        + f", D = {dim:,}; eigenvalues by `{fulls[first].method}` decomposition."
+        f"\n\n{' '.join(lines)}\n\n{table}\n\n"
         "The densities (log scale, one curve per step, one panel per layer and "
         "one for the whole network) and the extreme eigenvalues against the "
-        f"step:\n\n{images}\n"
+        "step:\n\n"
+        + _images(
+            figures,
+            ("spectrum_hessian.png", "Hessian spectral density per step"),
+            ("spectrum_extremes.png", "extreme eigenvalues against step"),
+        )
+        + "\n"
     )
     return text, {"top_eigenvalue": top, "trace": trace, "dim": dim}
 
 
-def _layers(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    last = steps[-1]
-    layerwise = read_spectrum(run, last).spectra["hessian"]
+def _layers(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
+    last = list(spectra)[-1]
+    layerwise = spectra[last].spectra["hessian"]
     full_top = _largest(layerwise.full)
     distances = {
         row.layer: row.wasserstein for row in layer_full_distances({last: layerwise})
     }
-    names = list(layerwise.blocks)
-    rows = []
-    for depth, (name, block) in enumerate(layerwise.blocks.items(), start=1):
-        rows.append(
-            (
-                f"{depth} (`{', '.join(block.param_names)}`)",
-                f"{block.dim:,}",
-                fmt(_largest(block)),
-                fmt(block.trace),
-                fmt(distances[name]),
-            )
-        )
+    blocks = layerwise.blocks
+    names = list(blocks)
     label = {name: i for i, name in enumerate(names, start=1)}
-    tops = {name: _largest(b) for name, b in layerwise.blocks.items()}
+    tops = {name: _largest(b) for name, b in blocks.items()}
     biggest = max(names, key=lambda n: tops[n])
     closest = min(names, key=lambda n: distances[n])
     farthest = max(names, key=lambda n: distances[n])
-    traces = {n: b.trace for n, b in layerwise.blocks.items()}
+    table = _table(
+        ("layer", "D_l", "top λ", "tr H_l", "W₁ to full"),
+        [
+            (
+                f"{label[n]} (`{', '.join(b.param_names)}`)",
+                f"{b.dim:,}",
+                *map(fmt, (tops[n], b.trace, distances[n])),
+            )
+            for n, b in blocks.items()
+        ],
+    )
     text = (
         "## How each layer compares with the whole\n\n"
         "Each layer's diagonal block H_l of the Hessian (its weights and bias "
@@ -361,21 +403,22 @@ def _layers(run, steps, figures) -> tuple[str, dict[str, Any]]:
         f"never exceed the full one's). Layer {label[closest]}'s spectrum is "
         f"closest to the full one (W₁ = {fmt(distances[closest])}), "
         f"layer {label[farthest]}'s the farthest "
-        f"(W₁ = {fmt(distances[farthest])}).\n\n"
-        + _table(("layer", "D_l", "top λ", "tr H_l", "W₁ to full"), rows)
-        + "\n\nDistance of each layer's spectrum to the full one against depth, "
+        f"(W₁ = {fmt(distances[farthest])}).\n\n{table}\n\n"
+        "Distance of each layer's spectrum to the full one against depth, "
         f"at step {last} and summed over the recorded steps (each normalised by "
         "its maximum over layers; right: the LayerHessians procedure as "
         "published):\n\n"
-        + _image(run, figures["match_distros_peak.png"], "layer vs full at a step")
-        + "\n\n"
-        + _image(run, figures["match_distros_wasserstein.png"], "layer vs full, summed")
+        + _images(
+            figures,
+            ("match_distros_peak.png", "layer vs full at a step"),
+            ("match_distros_wasserstein.png", "layer vs full, summed"),
+        )
         + "\n"
     )
     findings = {
         "step": last,
         "block_top_eigenvalue": tops,
-        "block_trace": traces,
+        "block_trace": {n: b.trace for n, b in blocks.items()},
         "closest_layer": label[closest],
         "farthest_layer": label[farthest],
     }
@@ -390,37 +433,20 @@ def _verdict(row: Mapping[str, Any]) -> str:
     return "within the spread of the random masks"
 
 
-def _overlap(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    rows, summaries = load_overlap(run, _SPLIT)
-    summary_last = summaries[steps[-1]]
-    K = summary_last["settings"]["num_outer"]
-    dim = summary_last["num_params"]
-    small = min(10, K)
-    by = {(r["step"], r["k"]): r for r in rows}
-    table_rows, ratio = [], {}
-    for s in steps:
-        at = by[(s, K)]
-        ratio[s] = at["ratio"]
-        table_rows.append(
-            (
-                s,
-                fmt(summaries[s]["eigenvalues"][0]),
-                fmt(by[(s, small)]["ratio"]),
-                fmt(at["magnitude"]),
-                fmt(at["random_mean"]),
-                fmt(at["chance"]),
-                fmt(at["ratio"]),
-                fmt(at["best_ratio"]),
-            )
-        )
+def _overlap(overlap: StepTables, figures: Mapping[str, str]):
+    summaries = overlap.summaries
+    steps = list(summaries)
     last = steps[-1]
+    settings = summaries[last]["settings"]
+    K, small = settings["num_outer"], min(10, settings["num_outer"])
+    by = {(r["step"], r["k"]): r for r in overlap.rows}
+    ratio = {s: by[(s, K)]["ratio"] for s in steps}
     at = by[(last, K)]
-    num_random = summary_last["settings"]["num_random"]
     sentences = [
         f"At step {last} the magnitude mask of size k = {K} overlaps the top-{K} "
         f"eigenspace {fmt(at['ratio'])} times chance (overlap {fmt(at['magnitude'])}"
-        f" against k/D = {fmt(at['chance'])}; {num_random} random masks: mean "
-        f"{fmt(at['random_mean'])}), {_verdict(at)}."
+        f" against k/D = {fmt(at['chance'])}; {settings['num_random']} random "
+        f"masks: mean {fmt(at['random_mean'])}), {_verdict(at)}."
     ]
     if small != K:
         sentences.append(
@@ -429,85 +455,78 @@ def _overlap(run, steps, figures) -> tuple[str, dict[str, Any]]:
         )
     low = min(steps, key=lambda s: ratio[s])
     high = max(steps, key=lambda s: ratio[s])
-    sentences.append(
+    above = [s for s in steps if ratio[s] > 1]
+    sentences += [
         f"Over training the ratio at k = {K} ranges from {fmt(ratio[low])} (step "
         f"{low}) to {fmt(ratio[high])} (step {high}); the best possible mask of "
         f"the same size reaches {fmt(at['best_ratio'])} times chance at step "
-        f"{last}."
-    )
-    above = [s for s in steps if ratio[s] > 1]
-    sentences.append(
+        f"{last}.",
         "So the largest weights sit in the top curvature directions more than "
         f"chance at {len(above)} of {len(steps)} recorded steps"
-        + (f" ({', '.join(map(str, above))})." if above else ".")
+        + (f" ({', '.join(map(str, above))})." if above else "."),
+    ]
+    table = _step_table(
+        ("λ₁ (largest in size)", f"ratio k={small}", f"magnitude k={K}")
+        + ("random mean", "chance k/D", "ratio", "best mask ratio"),
+        steps,
+        lambda s: (
+            summaries[s]["eigenvalues"][0],
+            by[(s, small)]["ratio"],
+            *(by[(s, K)][c] for c in ("magnitude", "random_mean", "chance")),
+            *(by[(s, K)][c] for c in ("ratio", "best_ratio")),
+        ),
     )
-    method = summary_last["settings"]["method"]
-    hessian = summary_last["hessian"]
     text = (
         "## Do the largest weights sit in the top curvature directions?\n\n"
         f"Take the k weights of largest magnitude (the magnitude mask S_k) and the "
-        f"top-k eigenvectors Q of the Hessian (by |λ|; here {method}, on "
-        f"{hessian['num_samples']} train samples, a larger subset than the "
-        "spectra's, so λ₁ differs from the top λ above). The overlap "
-        "‖Q[S_k, :k]‖²_F / k is the fraction of the top-k eigenspace that "
+        f"top-k eigenvectors Q of the Hessian (by |λ|; here {settings['method']}, "
+        f"on {summaries[last]['hessian']['num_samples']} train samples, a larger "
+        "subset than the spectra's, so λ₁ differs from the top λ above). The "
+        "overlap ‖Q[S_k, :k]‖²_F / k is the fraction of the top-k eigenspace that "
         "lives on those weights; a random mask gets k/D on average (chance), "
-        f"with D = {dim:,}.\n\n"
-        + " ".join(sentences)
-        + "\n\n"
-        + _table(
-            (
-                "step",
-                "λ₁ (largest in size)",
-                f"ratio k={small}",
-                f"magnitude k={K}",
-                "random mean",
-                "chance k/D",
-                "ratio",
-                "best mask ratio",
+        f"with D = {summaries[last]['num_params']:,}.\n\n"
+        f"{' '.join(sentences)}\n\n{table}\n\n"
+        "Overlap against the mask size, against the step, and over chance:\n\n"
+        + _images(
+            figures,
+            *(
+                (f"overlap_{_SPLIT}_{n}.png", f"overlap {_SPLIT} {n.replace('_', ' ')}")
+                for n in ("vs_k", "vs_step", "ratio")
             ),
-            table_rows,
-        )
-        + "\n\nOverlap against the mask size, against the step, and over chance:\n\n"
-        + "\n\n".join(
-            _image(run, figures[name], name.removesuffix(".png").replace("_", " "))
-            for name in (
-                f"overlap_{_SPLIT}_vs_k.png",
-                f"overlap_{_SPLIT}_vs_step.png",
-                f"overlap_{_SPLIT}_ratio.png",
-            )
         )
         + "\n"
     )
     return text, {"k": K, "overlap_ratio": ratio, "chance": at["chance"]}
 
 
-def _exhaustive(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    _, summaries = load_exhaustive(run, _SPLIT)
-    rows = []
-    for s in steps:
-        summary = summaries[s]
-        errors = summary["eigenvalue_errors"]
-        rows.append(
-            (
-                s,
-                fmt(summary["eigenvalues_exact"][0]),
-                fmt(summary["eigenvalues_sketch"][0]),
-                fmt(errors.get("max_rel_top_3", errors.get("max_rel_top_1"))),
-                fmt(summary["basis_overlap"]["at_num_outer"]),
-                fmt(summary["principal_angles_degrees"]["median"]),
-                fmt(summary["magnitude_overlap"]["exact"]),
-                fmt(summary["magnitude_overlap"]["sketch"]),
-                fmt(summary["a_posteriori"]["estimate"]),
-                fmt(summary["a_posteriori"]["exact"]),
-            )
-        )
+def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
+    errors = summary["eigenvalue_errors"]
+    return (
+        summary["eigenvalues_exact"][0],
+        summary["eigenvalues_sketch"][0],
+        errors.get("max_rel_top_3", errors.get("max_rel_top_1")),
+        summary["basis_overlap"]["at_num_outer"],
+        summary["principal_angles_degrees"]["median"],
+        *(summary["magnitude_overlap"][c] for c in ("exact", "sketch")),
+        *(summary["a_posteriori"][c] for c in ("estimate", "exact")),
+    )
+
+
+def _exhaustive(check: StepTables, figures: Mapping[str, str]):
+    summaries = check.summaries
+    steps = list(summaries)
     last = summaries[steps[-1]]
-    settings = last["settings"]
-    K, s_inner = settings["num_outer"], settings["num_inner"]
+    K, s_inner = last["settings"]["num_outer"], last["settings"]["num_inner"]
     lam_exact, lam_sketch = last["eigenvalues_exact"][0], last["eigenvalues_sketch"][0]
-    mag = last["magnitude_overlap"]
-    post = last["a_posteriori"]
+    mag, post = last["magnitude_overlap"], last["a_posteriori"]
     same_side = (mag["exact"] > mag["chance"]) == (mag["sketch"] > mag["chance"])
+    table = _step_table(
+        ("λ₁ exact", "λ₁ sketch", "max rel. error λ₁..₃", f"eigenspace overlap k={K}")
+        + ("median angle (°)", "magnitude ov. exact", "magnitude ov. sketch")
+        + ("error estimate", "error exact"),
+        steps,
+        lambda s: _exhaustive_cells(summaries[s]),
+    )
     text = (
         "## Does the sketch agree with the exact eigendecomposition?\n\n"
         f"The sketched eigendecomposition (SEIGH, {s_inner} Hessian-vector products "
@@ -522,28 +541,12 @@ def _exhaustive(run, steps, figures) -> tuple[str, dict[str, Any]]:
         f"principal angle {fmt(last['principal_angles_degrees']['median'])}°). "
         f"The magnitude-mask overlap at k = {K} is {fmt(mag['sketch'])} from the "
         f"sketch and {fmt(mag['exact'])} exactly (chance {fmt(mag['chance'])}), so "
-        "the sketch "
-        + ("reaches the same verdict" if same_side else "reaches another verdict")
-        + " about chance. Its a-posteriori estimate of the error ‖H − Ĥ‖_F is "
+        f"the sketch reaches {'the same' if same_side else 'another'} verdict "
+        "about chance. Its a-posteriori estimate of the error ‖H − Ĥ‖_F is "
         f"{fmt(post['estimate'])} against {fmt(post['exact'])} exactly (the best "
         f"rank-{K} approximation has {fmt(post['best_rank_k_error'])}).\n\n"
-        + _table(
-            (
-                "step",
-                "λ₁ exact",
-                "λ₁ sketch",
-                "max rel. error λ₁..₃",
-                f"eigenspace overlap k={K}",
-                "median angle (°)",
-                "magnitude ov. exact",
-                "magnitude ov. sketch",
-                "error estimate",
-                "error exact",
-            ),
-            rows,
-        )
-        + "\n\n"
-        + _image(run, figures[f"exhaustive_{_SPLIT}.png"], "sketch against exact")
+        f"{table}\n\n"
+        + _images(figures, (f"exhaustive_{_SPLIT}.png", "sketch against exact"))
         + "\n"
     )
     findings = {
@@ -556,66 +559,66 @@ def _exhaustive(run, steps, figures) -> tuple[str, dict[str, Any]]:
     return text, findings
 
 
-def _hesscale(run, figures) -> tuple[str, dict[str, Any]]:
-    data = run.read_json(HESSCALE_FILE)
-    normalized = data["normalized"]
-    layers = data["layers"]
-    ranking = data["ranking"]
-    rows = [
-        (m, fmt(normalized[m]["total"]), *(fmt(normalized[m][la]) for la in layers))
-        for m in ranking
-    ]
-    config = data["config"]
+def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):
+    normalized, layers = hesscale["normalized"], hesscale["layers"]
+    ranking, config = hesscale["ranking"], hesscale["config"]
     others = [m for m in ("Hutchinson(1)", "GGN-MC(1)", "g²") if m in normalized]
-    comparisons = ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
+    table = _table(
+        ("estimator", "total", *layers),
+        [(m, *(fmt(normalized[m][c]) for c in ("total", *layers))) for m in ranking],
+    )
     text = (
         "## HesScale: how good are cheap diagonal estimates?\n\n"
         f"The L1 error of each estimate of the Hessian diagonal against the exact "
         f"one, on the same architecture ({config['architecture']}, "
         f"{config['num_params']:,} parameters, {config['training']}), for "
-        f"{data['num_samples']} single train samples on each of "
-        f"{len(data['seeds'])} seed(s), divided by HesScale's total error.\n\n"
+        f"{hesscale['num_samples']} single train samples on each of "
+        f"{len(hesscale['seeds'])} seed(s), divided by HesScale's total error.\n\n"
         f"From best to worst: {', '.join(ranking)}. With HesScale's error as 1, "
-        f"{comparisons}; the all-zeros estimate scores "
-        f"{fmt(normalized['zero']['total'])}.\n\n"
-        + _table(("estimator", "total", *layers), rows)
-        + "\n\n"
-        + _image(run, figures["hesscale_quality.png"], "HesScale comparison")
+        + ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
+        + "; the all-zeros estimate scores "
+        f"{fmt(normalized['zero']['total'])}.\n\n{table}\n\n"
+        + _images(figures, ("hesscale_quality.png", "HesScale comparison"))
         + "\n"
     )
-    return text, {
+    findings = {
         "ranking": ranking,
         "total": {m: normalized[m]["total"] for m in ranking},
     }
+    return text, findings
 
 
 # ------------------------------------------------------------------ report
 def render_report(
     run: RunFolder,
-    figures: Mapping[str, Path],
+    results: DemoResults,
+    figures: Mapping[str, str],
     *,
     timings: Mapping[str, float] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Build the report's Markdown from the stored results.
+    """Build the report's Markdown from the stages' results.
 
     Args:
-        run: The run folder, with every demo stage stored.
-        figures: PNG file name (``"spectrum_hessian.png"``, ...) -> its path.
+        run: The run folder (its training config heads the report).
+        results: What the stages computed or had stored.
+        figures: PNG file name (``"spectrum_hessian.png"``, ...) -> its path
+            relative to the run folder.
         timings: Wall time per stage, for the timing table.
 
     Returns:
         The Markdown text and the headline numbers (``findings``).
     """
     config = run.config
-    steps = run.done_steps(SPECTRUM_STAGE)
-    sections, findings = [], {"steps": steps}
+    steps = list(results.spectra)
+    findings: dict[str, Any] = {"steps": steps}
+    sections = []
     for name, (text, found) in (
-        ("training", _training(run, steps)),
-        ("spectrum", _spectrum(run, steps, figures)),
-        ("layers", _layers(run, steps, figures)),
-        ("overlap", _overlap(run, steps, figures)),
-        ("exhaustive", _exhaustive(run, steps, figures)),
-        ("hesscale", _hesscale(run, figures)),
+        ("training", _training(results.metrics, steps)),
+        ("spectrum", _spectrum(results.spectra, figures)),
+        ("layers", _layers(results.spectra, figures)),
+        ("overlap", _overlap(results.overlap, figures)),
+        ("exhaustive", _exhaustive(results.exhaustive, figures)),
+        ("hesscale", _hesscale(results.hesscale, figures)),
     ):
         sections.append(text)
         findings[name] = found
@@ -628,81 +631,72 @@ def render_report(
         f"{', '.join(map(str, steps))}. Every number below is read back from this "
         "run folder; running the demo again on it skips the finished stages.\n"
     )
-    last = steps[-1]
-    spectrum, overlap = findings["spectrum"], findings["overlap"]
+    first, last = steps[0], steps[-1]
+    top, layers = findings["spectrum"]["top_eigenvalue"], findings["layers"]
+    overlap, exhaustive = findings["overlap"], findings["exhaustive"]
     key = [
-        f"- **Spectrum:** at step {steps[0]} the top eigenvalue is "
-        f"{fmt(spectrum['top_eigenvalue'][steps[0]])}; at step {last} it is "
-        f"{fmt(spectrum['top_eigenvalue'][last])}.",
-        f"- **Layers:** at step {last} layer {findings['layers']['closest_layer']}'s "
-        "spectrum is closest to the whole network's, layer "
-        f"{findings['layers']['farthest_layer']}'s the farthest.",
-        f"- **Magnitude vs curvature:** at step {last} the magnitude mask of size "
+        f"**Spectrum:** at step {first} the top eigenvalue is {fmt(top[first])}; "
+        f"at step {last} it is {fmt(top[last])}.",
+        f"**Layers:** at step {last} layer {layers['closest_layer']}'s spectrum is "
+        f"closest to the whole network's, layer {layers['farthest_layer']}'s the "
+        "farthest.",
+        f"**Magnitude vs curvature:** at step {last} the magnitude mask of size "
         f"{overlap['k']} overlaps the top-{overlap['k']} eigenspace "
         f"{fmt(overlap['overlap_ratio'][last])} times chance.",
-        f"- **Sketch vs exact:** at step {last} the sketched top eigenvalue is "
-        f"{fmt(findings['exhaustive']['lambda_1_sketch'][last])}, the exact "
-        f"{fmt(findings['exhaustive']['lambda_1_exact'][last])}.",
-        f"- **HesScale:** best diagonal estimator "
-        f"{findings['hesscale']['ranking'][0]}.",
+        f"**Sketch vs exact:** at step {last} the sketched top eigenvalue is "
+        f"{fmt(exhaustive['lambda_1_sketch'][last])}, the exact "
+        f"{fmt(exhaustive['lambda_1_exact'][last])}.",
+        f"**HesScale:** best diagonal estimator {findings['hesscale']['ranking'][0]}.",
     ]
-    parts = [head, "## Summary\n\n" + "\n".join(key) + "\n", *sections]
+    parts = [head, "## Summary\n\n" + "".join(f"- {k}\n" for k in key), *sections]
     if timings:
+        seconds = [(k, f"{v:.1f}") for k, v in timings.items()]
         parts.append(
             "## Wall time\n\nSeconds of the call that computed each stage:\n\n"
-            + _table(
-                ("stage", "seconds"), [(k, f"{v:.1f}") for k, v in timings.items()]
-            )
+            + _table(("stage", "seconds"), seconds)
             + "\n"
         )
+    overlap_folder = overlap_stage(_SPLIT)
     parts.append(
         "## Files\n\n"
         "- `metrics.csv`: loss, accuracy and gradient norm per recorded step\n"
         "- `spectrum/step_*.json`: full and layer spectra (all eigenvalues)\n"
-        f"- `{overlap_stage(_SPLIT)}/summary.csv`, `{overlap_stage(_SPLIT)}/all.csv`"
-        ": mask overlaps per step and k\n"
+        f"- `{overlap_folder}/summary.csv`, `{overlap_folder}/all.csv`: mask "
+        "overlaps per step and k\n"
         f"- `{exhaustive_stage(_SPLIT)}/summary.csv`: sketch against exact\n"
         f"- `{HESSCALE_FILE}`: the HesScale comparison\n"
         f"- `{PLOTS}/`: the figures\n"
     )
-    return "\n".join(parts), _jsonable(findings)
-
-
-def _jsonable(value: Any) -> Any:
-    """Turn int dict keys into strings so the findings survive a JSON round trip."""
-    return json.loads(json.dumps(value))
+    # JSON round trip: int keys become strings, as in the stored findings
+    return "\n".join(parts), json.loads(json.dumps(findings))
 
 
 def write_report(
-    run: RunFolder,
-    *,
-    timings: Mapping[str, float] | None = None,
-    settings: Mapping[str, Any] | None = None,
+    run: RunFolder, results: DemoResults, *, timings: Mapping[str, float] | None = None
 ) -> Report:
     """Draw the figures and write ``report.md`` and ``report.html``.
 
     Args:
         run: The run folder, with every demo stage stored.
+        results: What the stages computed or had stored.
         timings: Wall time per stage, for the report's timing table.
-        settings: Unused by the text; kept for the caller's bookkeeping.
 
     Returns:
         The files written and the headline numbers.
 
     Raises:
-        MissingStepError: If spectra are missing.
-        FileNotFoundError: If a stage's results are missing.
+        MissingStepError: If spectra are missing (for the spectrum figures).
+        FileNotFoundError: If the overlap is not stored (for its figures).
     """
-    del settings
     paths = [
         *plot_spectrum(run, operators=["hessian"]),
         *plot_match(run),
         *plot_overlap(run),
-        plot_exhaustive(run),
-        plot_hesscale(run),
+        plot_exhaustive(run, results.exhaustive),
+        plot_hesscale(run, results.hesscale),
     ]
-    figures = {p.name: p for p in paths if p.suffix == ".png"}
-    text, findings = render_report(run, figures, timings=timings)
+    figures = {p.name: run.relative(p) for p in paths if p.suffix == ".png"}
+    text, findings = render_report(run, results, figures, timings=timings)
     markdown = run.write_text("report.md", text)
     title = f"curvlab demo: {run.config.problem}"
     page = run.write_text("report.html", markdown_to_html(text, title=title))
@@ -713,12 +707,18 @@ def write_report(
 # ------------------------------------------------------------------ HTML
 _IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 _IMAGE_LINE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+_STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto;"
+    "padding:0 1em;line-height:1.45}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+    "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
+)
 
 
 def _inline(text: str) -> str:
-    parts = re.split(r"(`[^`]*`)", text)
     out = []
-    for part in parts:
+    for part in re.split(r"(`[^`]*`)", text):
         if part.startswith("`") and part.endswith("`") and len(part) >= 2:
             out.append(f"<code>{html.escape(part[1:-1])}</code>")
         else:
@@ -727,8 +727,34 @@ def _inline(text: str) -> str:
     return "".join(out)
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+def _row(line: str, cell: str) -> str:
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    return "".join(f"<{cell}>{_inline(c)}</{cell}>" for c in cells)
+
+
+def _block(lines: list[str]) -> str:
+    heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
+    image = _IMAGE_LINE.match(lines[0])
+    if heading and len(lines) == 1:
+        level = len(heading.group(1))
+        return f"<h{level}>{_inline(heading.group(2))}</h{level}>"
+    if image and len(lines) == 1:
+        alt, src = image.groups()
+        return f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>'
+    if (
+        len(lines) >= 2
+        and lines[0].startswith("|")
+        and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
+    ):
+        rows = "\n".join(f"<tr>{_row(line, 'td')}</tr>" for line in lines[2:])
+        return (
+            f"<table>\n<thead><tr>{_row(lines[0], 'th')}</tr></thead>\n<tbody>\n"
+            f"{rows}\n</tbody>\n</table>"
+        )
+    if all(line.startswith("- ") for line in lines):
+        items = "".join(f"<li>{_inline(line[2:])}</li>\n" for line in lines)
+        return f"<ul>\n{items}</ul>"
+    return f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>"
 
 
 def markdown_to_html(text: str, *, title: str = "report") -> str:
@@ -751,52 +777,10 @@ def markdown_to_html(text: str, *, title: str = "report") -> str:
         >>> "<h1>T</h1>" in page, "<td>1</td>" in page
         (True, True)
     """
-    blocks = re.split(r"\n\s*\n", text.strip())
-    body = []
-    for block in blocks:
-        lines = block.strip().splitlines()
-        if not lines:
-            continue
-        heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
-        if heading and len(lines) == 1:
-            level = len(heading.group(1))
-            body.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif len(lines) == 1 and _IMAGE_LINE.match(lines[0]):
-            alt, src = _IMAGE_LINE.match(lines[0]).groups()
-            body.append(
-                f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>'
-            )
-        elif (
-            len(lines) >= 2
-            and lines[0].startswith("|")
-            and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
-        ):
-            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(lines[0]))
-            rows = [
-                "<tr>"
-                + "".join(f"<td>{_inline(c)}</td>" for c in _cells(line))
-                + "</tr>"
-                for line in lines[2:]
-            ]
-            body.append(
-                f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
-                + "\n".join(rows)
-                + "\n</tbody>\n</table>"
-            )
-        elif all(line.startswith("- ") for line in lines):
-            items = "".join(f"<li>{_inline(line[2:])}</li>\n" for line in lines)
-            body.append(f"<ul>\n{items}</ul>")
-        else:
-            body.append(f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>")
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;"
-        "padding:0 1em;line-height:1.45}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-        "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
-    )
+    blocks = [b.strip().splitlines() for b in re.split(r"\n\s*\n", text.strip())]
+    body = "\n".join(_block(lines) for lines in blocks if lines)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{style}</style>\n</head>\n"
-        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
     )

@@ -1,31 +1,27 @@
 r"""``curvlab demo``: every experiment on one small problem, and a report.
 
-:func:`demo_run` trains ``digits_mlp`` (``D = 3190``) with SGD and records it in a
-run folder (:class:`~curvlab.runs.RunFolder`), then runs the library's
-measurements on the recorded steps, each a resumable stage of that folder:
+:func:`demo_run` trains ``digits_mlp`` (``D = 3190``) with SGD in a run folder
+(:class:`~curvlab.runs.RunFolder`) and runs the library's measurements on the
+recorded steps, each a resumable stage of that folder:
 
-1. ``train``: :func:`~curvlab.experiments.training.train_run` (parameters, full
-   gradient and metrics at the record steps);
-2. ``spectrum``: :func:`~curvlab.experiments.spectrum.spectrum_run` with
-   ``layers=True``: the full Hessian's spectrum and every layer's diagonal block,
-   exact (dense ``eigh``) at this size;
-3. ``overlap``: :func:`~curvlab.experiments.overlap.overlap_run`: overlap of the
-   magnitude masks with the top Hessian eigenspace, exact eigenbasis;
-4. ``exhaustive``: :func:`~curvlab.experiments.exhaustive.exhaustive_run`:
-   the sketched eigendecomposition (SEIGH) against the exact one;
+1. ``train``: :func:`~curvlab.experiments.training.train_run`;
+2. ``spectrum``: :func:`~curvlab.experiments.spectrum.spectrum_run`, the full
+   Hessian's spectrum and every layer's diagonal block (dense ``eigh``);
+3. ``overlap``: :func:`~curvlab.experiments.overlap.overlap_run`, the magnitude
+   masks against the top Hessian eigenspace;
+4. ``exhaustive``: :func:`~curvlab.experiments.exhaustive.exhaustive_run`, the
+   sketched eigendecomposition (SEIGH) against the exact one;
 5. ``hesscale``: :func:`~curvlab.experiments.hesscale_quality.hesscale_quality`
-   with the demo's architecture (64-20-20-20-20-20-10 tanh), stored as stage
+   on the demo's architecture (64-20-20-20-20-20-10 tanh), stored as stage
    ``hesscale_quality``;
-6. ``report``: the figures and ``report.md`` / ``report.html``
-   (:func:`curvlab.experiments.report.write_report`), rendered from the results
-   the stages returned (:class:`~curvlab.experiments.report.DemoResults`).
+6. ``report``: :func:`~curvlab.experiments.report.write_report`, from the
+   results the stages returned (:class:`~curvlab.experiments.report.DemoResults`).
 
-Every stage skips what the folder already holds, so calling :func:`demo_run`
-again on the same folder redoes nothing (and an interrupted demo resumes); the
-report reads back only what a call skipped. It is rewritten only when an
-earlier stage computed something or a report file is missing. Nothing here
-prints: progress goes to an optional callback (:class:`DemoEvent`), which
-``curvlab demo`` turns into progress bars.
+Every stage skips what the folder holds, so a second call redoes nothing and an
+interrupted demo resumes; the report reads back only what a call skipped, and is
+rewritten only when a stage computed something or a report file is missing.
+Nothing here prints: progress goes to an optional callback (:class:`DemoEvent`),
+which ``curvlab demo`` turns into progress bars.
 
 Example:
     >>> import tempfile
@@ -45,6 +41,7 @@ from typing import Any
 
 import torch
 
+from curvlab.experiments import report as reporting
 from curvlab.experiments.exhaustive import (
     ExhaustiveSettings,
     exhaustive_run,
@@ -52,21 +49,8 @@ from curvlab.experiments.exhaustive import (
 )
 from curvlab.experiments.hesscale_quality import hesscale_quality
 from curvlab.experiments.overlap import OverlapSettings, load_overlap, overlap_run
-from curvlab.experiments.report import (
-    HESSCALE_FILE,
-    HESSCALE_STAGE,
-    REPORT_STAGE,
-    TIMINGS_FILE,
-    DemoResults,
-    Report,
-    StepTables,
-    write_report,
-)
-from curvlab.experiments.spectrum import (
-    SpectrumSettings,
-    read_spectrum,
-    spectrum_run,
-)
+from curvlab.experiments.report import DemoResults, Report, StepTables
+from curvlab.experiments.spectrum import SpectrumSettings, read_spectrum, spectrum_run
 from curvlab.experiments.training import derived_seeds, train_run
 from curvlab.runs import RunFolder, TrainConfig
 from curvlab.runs.stage import StageEvent, StageRunResult
@@ -87,6 +71,9 @@ DEMO_STAGES = ("train", "spectrum", "overlap", "exhaustive", "hesscale", "report
 #: Fractions of the training at which the default schedule records: dense early,
 #: where the spectrum changes fastest.
 _RECORD_FRACTIONS = (0.0, 0.05, 0.2, 0.5, 1.0)
+#: The fields of :class:`DemoSettings` that are the training config's.
+_TRAINING = ("problem", "steps", "record_steps", "lr", "batch_size", "seed", "dtype")
+_TRAINING += ("num_samples",)
 
 
 @dataclass(frozen=True)
@@ -109,9 +96,7 @@ class HesScaleSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dict."""
-        values = dataclasses.asdict(self)
-        values["seeds"] = list(self.seeds)
-        return values
+        return {**dataclasses.asdict(self), "seeds": list(self.seeds)}
 
 
 @dataclass(frozen=True)
@@ -161,33 +146,23 @@ class DemoSettings:
             return default_record_steps(self.steps)
         return tuple(sorted({*self.record_steps, self.steps}))
 
-    def _training(self) -> dict[str, Any]:
-        training = {name: getattr(self, name) for name in _TRAINING}
-        return {**training, "record_steps": self.steps_recorded}
-
     def train_config(self) -> TrainConfig:
-        """Return the training config of the run.
-
-        Returns:
-            Plain SGD with the demo's learning rate, batch size and schedule.
-        """
-        return TrainConfig(optimizer="sgd", **self._training())
+        """Return the training config of the run: plain SGD with these settings."""
+        training = {name: getattr(self, name) for name in _TRAINING}
+        return TrainConfig(
+            optimizer="sgd", **{**training, "record_steps": self.steps_recorded}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dict."""
         return {
-            **self._training(),
+            **{name: getattr(self, name) for name in _TRAINING},
             "record_steps": list(self.steps_recorded),
             "spectrum": self.spectrum.to_dict(),
             "overlap": self.overlap.stored(),
             "exhaustive": self.exhaustive.stored(),
             "hesscale": self.hesscale.to_dict(),
         }
-
-
-#: The settings of :class:`DemoSettings` that are the training config's.
-_TRAINING = ("problem", "steps", "record_steps", "lr", "batch_size", "seed", "dtype")
-_TRAINING += ("num_samples",)
 
 
 def default_record_steps(steps: int) -> tuple[int, ...]:
@@ -225,28 +200,18 @@ def quick_settings(*, seed: int = 0, dtype: str = "float32") -> DemoSettings:
     Returns:
         The settings.
     """
+    training = {"problem": "synthetic_regression", "steps": 20, "lr": 0.05}
+    training |= {"record_steps": (0, 20), "batch_size": 20, "num_samples": 200}
+    hessian = {"split": "train", "num_outer": 20, "samples_per_class": 40}
     return DemoSettings(
-        problem="synthetic_regression",
-        steps=20,
-        record_steps=(0, 20),
-        lr=0.05,
-        batch_size=20,
+        **training,
         seed=seed,
         dtype=dtype,
-        num_samples=200,
         spectrum=SpectrumSettings(
             layers=True, samples_per_class=40, top_k=5, bottom_k=2, grid_points=256
         ),
-        overlap=OverlapSettings(
-            split="train",
-            method="exact",
-            num_outer=20,
-            samples_per_class=40,
-            num_random=5,
-        ),
-        exhaustive=ExhaustiveSettings(
-            split="train", num_outer=20, samples_per_class=40, num_probes=5
-        ),
+        overlap=OverlapSettings(**hessian, method="exact", num_random=5),
+        exhaustive=ExhaustiveSettings(**hessian, num_probes=5),
         hesscale=HesScaleSettings(seeds=(0,), num_samples=3, width=8, depth=2),
     )
 
@@ -278,16 +243,13 @@ class DemoEvent:
 
 DemoCallback = Callable[[DemoEvent], None]
 
-#: Stage events (:class:`~curvlab.runs.stage.StageEvent`) shown as progress.
-_PROGRESS_KINDS = ("start", "step", "spectrum")
-
 
 def _steps_text(steps: Sequence[int]) -> str:
     return ", ".join(str(s) for s in steps) if steps else "none"
 
 
 class _Stages:
-    """The demo's stages as events: start, progress, done; status and wall time."""
+    """The demo's stages as events (start, progress, done), with their status."""
 
     def __init__(self, notify: DemoCallback):
         self.notify = notify
@@ -298,11 +260,11 @@ class _Stages:
         self.notify(DemoEvent(name, "start", 0, total, message))
 
     def progress(self, name: str, total: int | None = None) -> Callable:
-        """A stage callback that reports the stage's progress (of ``total``)."""
+        """A stage's callback: its :class:`StageEvent` as progress of ``total``."""
 
         def forward(event: StageEvent) -> None:
-            if event.kind in _PROGRESS_KINDS:
-                of = total or event.total or None
+            if event.kind in ("start", "step", "spectrum"):
+                of = event.total if total is None else total
                 self.notify(DemoEvent(name, "progress", event.index, of))
 
         return forward
@@ -310,12 +272,8 @@ class _Stages:
     def done(self, name: str, computed, skipped, message: str) -> None:
         seconds = time.perf_counter() - self.tic
         status = "computed" if computed else "skipped"
-        self.status[name] = {
-            "status": status,
-            "seconds": seconds,
-            "computed": list(computed),
-            "skipped": list(skipped),
-        }
+        self.status[name] = {"status": status, "seconds": seconds}
+        self.status[name] |= {"computed": list(computed), "skipped": list(skipped)}
         values = {"status": status, "seconds": seconds}
         self.notify(DemoEvent(name, "done", message=message, values=values))
 
@@ -354,20 +312,17 @@ def demo_run(
     config = settings.train_config()
     run = RunFolder.create(out, config, metadata={"seeds": derived_seeds(config.seed)})
     stages = _Stages(on_progress or (lambda event: None))
-
     stages.start(
         "train",
-        settings.steps,
-        f"SGD on {settings.problem}, lr {settings.lr:g}, batch "
-        f"{settings.batch_size}, {settings.steps} steps; recording steps "
-        f"{_steps_text(steps)}",
+        config.steps,
+        f"SGD on {config.problem}, lr {config.lr:g}, batch {config.batch_size}, "
+        f"{config.steps} steps; recording steps {_steps_text(steps)}",
     )
     trained = train_run(run, config, on_progress=stages.progress("train", config.steps))
     run.write_metrics()
-    already = f", already had {_steps_text(trained.skipped)}" if trained.skipped else ""
-    message = f"recorded steps {_steps_text(trained.recorded)}{already}"
+    had = f", already had {_steps_text(trained.skipped)}" if trained.skipped else ""
+    message = f"recorded steps {_steps_text(trained.recorded)}{had}"
     stages.done("train", trained.recorded, trained.skipped, message)
-
     outcomes: dict[str, StageRunResult] = {}
     for name, function, stage_settings, total, what in (
         ("spectrum", spectrum_run, settings.spectrum, None, _SPECTRUM),
@@ -375,98 +330,42 @@ def demo_run(
         ("exhaustive", exhaustive_run, settings.exhaustive, len(steps), _EXHAUSTIVE),
     ):
         stages.start(name, total, what)
-        outcome = function(
-            run, stage_settings, steps=steps, on_progress=stages.progress(name)
-        )
+        on_step = stages.progress(name)
+        outcome = function(run, stage_settings, steps=steps, on_progress=on_step)
         message = f"computed steps {_steps_text(outcome.computed)}"
         stages.done(name, outcome.computed, outcome.skipped, message)
         outcomes[name] = outcome
-
-    hesscale = settings.hesscale
-    total = len(hesscale.seeds) * hesscale.num_samples
-    stages.start("hesscale", total, _HESSCALE)
-    quality = _hesscale_stage(run, hesscale, stages.notify, total)
-    computed = [0] if quality is not None else []
-    message = "computed" if computed else "already stored"
-    stages.done("hesscale", computed, [] if computed else [0], message)
-
+    quality = _hesscale_stage(run, settings.hesscale, stages)
     stages.start("report", None, "figures, report.md, report.html")
-    timings = _update_timings(run, stages.status)
-    wanted = settings.to_dict()
-    entry = run.entry(REPORT_STAGE)
-    fresh = (
-        all(s["status"] == "skipped" for s in stages.status.values())
-        and run.is_done(REPORT_STAGE)
-        and entry is not None
-        and entry["info"].get("settings") == wanted
-    )
-    if fresh:
-        info = entry["info"]
-        figures = [run.resolve(p) for p in info["figures"]]
-        report = Report(
-            run.resolve("report.md"),
-            run.resolve("report.html"),
-            figures,
-            info["findings"],
-        )
-    else:
-        results = DemoResults(
-            metrics={row["step"]: row for row in run.metrics()},
-            spectra={
-                s: outcomes["spectrum"].results.get(s) or read_spectrum(run, s)
-                for s in steps
-            },
-            overlap=StepTables.of(outcomes["overlap"], lambda: load_overlap(run)),
-            exhaustive=StepTables.of(
-                outcomes["exhaustive"], lambda: load_exhaustive(run)
-            ),
-            hesscale=quality or run.read_json(HESSCALE_FILE),
-        )
-        report = write_report(run, results, timings=timings)
-        run.mark_done(
-            REPORT_STAGE,
-            files=[report.markdown, report.html, *report.figures],
-            info={
-                "settings": wanted,
-                "figures": [run.relative(p) for p in report.figures],
-                "findings": report.findings,
-            },
-        )
-    verb = "kept" if fresh else "wrote"
-    message = f"{verb} {run.relative(report.markdown)}"
-    stages.done("report", [] if fresh else [0], [0] if fresh else [], message)
-    if not fresh:
-        _update_timings(run, {"report": stages.status["report"]})
-    summary = {
-        "run": run.path,
-        "report": report.markdown,
-        "html": report.html,
-        "figures": report.figures,
-        "stages": stages.status,
-        "findings": report.findings,
-    }
-    return report.markdown, summary
+    report = _report_stage(run, settings, stages, outcomes, quality)
+    summary = {"run": run.path, "report": report.markdown, "html": report.html}
+    summary |= {"figures": report.figures, "stages": stages.status}
+    return report.markdown, {**summary, "findings": report.findings}
 
 
 _SPECTRUM = "Hessian spectra, full and per layer, at each recorded step"
 _OVERLAP = "overlap of magnitude masks with the top Hessian eigenspace"
 _EXHAUSTIVE = "sketched (SEIGH) against exact eigendecomposition"
-_HESSCALE = "diagonal curvature estimators against the exact Hessian diagonal"
 
 
 def _hesscale_stage(
-    run: RunFolder, settings: HesScaleSettings, notify: DemoCallback, total: int
+    run: RunFolder, settings: HesScaleSettings, stages: _Stages
 ) -> dict[str, Any] | None:
     """Compute and store the HesScale comparison unless it is stored.
 
     Returns:
-        The comparison as stored (:data:`HESSCALE_FILE`), or ``None`` when it
-        was stored already.
+        The comparison as stored (:data:`~curvlab.experiments.report.HESSCALE_FILE`),
+        or ``None`` when it was stored already.
     """
+    total = len(settings.seeds) * settings.num_samples
+    stages.start("hesscale", total, _HESSCALE)
     wanted = {**settings.to_dict(), "dtype": "float64"}
-    entry = run.entry(HESSCALE_STAGE)
-    stored = entry is not None and run.is_done(HESSCALE_STAGE)
-    if stored and entry["info"].get("settings") == wanted:
+    entry = run.entry(reporting.HESSCALE_STAGE)
+    if (
+        run.is_done(reporting.HESSCALE_STAGE)
+        and entry["info"].get("settings") == wanted
+    ):
+        stages.done("hesscale", [], [0], "already stored")
         return None
     done_seeds: list[int] = []
 
@@ -474,7 +373,7 @@ def _hesscale_stage(
         if completed == num:
             done_seeds.append(seed)
         done = len(done_seeds) * num + (0 if completed == num else completed)
-        notify(DemoEvent("hesscale", "progress", done, total))
+        stages.notify(DemoEvent("hesscale", "progress", done, total))
 
     tic = time.perf_counter()
     result = hesscale_quality(
@@ -491,20 +390,67 @@ def _hesscale_stage(
         "config": result.config,
         "seconds": time.perf_counter() - tic,
     }
-    path = run.write_json(HESSCALE_FILE, content)
+    path = run.write_json(reporting.HESSCALE_FILE, content)
     info = {"settings": wanted, "seconds": content["seconds"]}
-    run.mark_done(HESSCALE_STAGE, files=[path], info=info)
+    run.mark_done(reporting.HESSCALE_STAGE, files=[path], info=info)
+    stages.done("hesscale", [0], [], "computed")
     return content
+
+
+_HESSCALE = "diagonal curvature estimators against the exact Hessian diagonal"
+
+
+def _report_stage(
+    run: RunFolder,
+    settings: DemoSettings,
+    stages: _Stages,
+    outcomes: Mapping[str, StageRunResult],
+    quality: dict[str, Any] | None,
+) -> Report:
+    """Write the report from the stages' results, unless it is up to date."""
+    timings = _update_timings(run, stages.status)
+    wanted = settings.to_dict()
+    entry = run.entry(reporting.REPORT_STAGE)
+    if (
+        all(stage["status"] == "skipped" for stage in stages.status.values())
+        and run.is_done(reporting.REPORT_STAGE)
+        and entry["info"].get("settings") == wanted
+    ):
+        info = entry["info"]
+        figures = [run.resolve(path) for path in info["figures"]]
+        files = [run.resolve("report.md"), run.resolve("report.html")]
+        stages.done("report", [], [0], f"kept {run.relative(files[0])}")
+        return Report(*files, figures, info["findings"])
+    spectra = outcomes["spectrum"].results
+    results = DemoResults(
+        metrics={row["step"]: row for row in run.metrics()},
+        spectra={
+            s: spectra.get(s) or read_spectrum(run, s) for s in settings.steps_recorded
+        },
+        overlap=StepTables.of(outcomes["overlap"], lambda: load_overlap(run)),
+        exhaustive=StepTables.of(outcomes["exhaustive"], lambda: load_exhaustive(run)),
+        hesscale=quality or run.read_json(reporting.HESSCALE_FILE),
+    )
+    report = reporting.write_report(run, results, timings=timings)
+    info = {"settings": wanted, "figures": [run.relative(p) for p in report.figures]}
+    run.mark_done(
+        reporting.REPORT_STAGE,
+        files=[report.markdown, report.html, *report.figures],
+        info={**info, "findings": report.findings},
+    )
+    stages.done("report", [0], [], f"wrote {run.relative(report.markdown)}")
+    _update_timings(run, {"report": stages.status["report"]})
+    return report
 
 
 def _update_timings(
     run: RunFolder, stages: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, float]:
     """Keep, per stage, the wall time of the call that last computed it."""
-    stored = run.resolve(TIMINGS_FILE).is_file()
-    timings = run.read_json(TIMINGS_FILE) if stored else {}
+    stored = run.resolve(reporting.TIMINGS_FILE).is_file()
+    timings = run.read_json(reporting.TIMINGS_FILE) if stored else {}
     for name, stage in stages.items():
         if stage["status"] == "computed" or name not in timings:
             timings[name] = stage["seconds"]
-    run.write_json(TIMINGS_FILE, timings)
+    run.write_json(reporting.TIMINGS_FILE, timings)
     return timings

@@ -1,21 +1,12 @@
 r"""The demo's report: figures, ``report.md`` and ``report.html`` from the results.
 
-:func:`write_report` renders the results of the stages of
-:func:`curvlab.experiments.demo.demo_run` as it is handed them
-(:class:`DemoResults`: training metrics, spectra, overlaps, the exhaustive
-check, the HesScale comparison). It draws the figures into ``RUN_DIR/plots/``
-(:func:`~curvlab.experiments.spectrum_plots.plot_spectrum`,
-:func:`~curvlab.experiments.spectrum_plots.plot_match`,
-:func:`~curvlab.experiments.overlap_plots.plot_overlap`, and here
-:func:`plot_exhaustive` and :func:`plot_hesscale`) and writes a report of short
-sentences and tables built from those numbers: nothing in it is canned except
-the explanations. :func:`markdown_to_html` converts the subset of Markdown the
-report uses (headings, paragraphs, bullet lists, pipe tables, images, ``code``
-and ``**bold**``) into a standalone HTML page.
-
-Numbers are printed with :func:`~curvlab._format.fmt` (4 significant digits), so
-a number in the report can be checked against the stored value by formatting it
-the same way.
+:func:`write_report` renders what the stages of
+:func:`curvlab.experiments.demo.demo_run` returned (:class:`DemoResults`), as it
+is handed them: the figures in ``RUN_DIR/plots/``, then short sentences and
+tables built from the numbers (only the explanations are canned), as Markdown
+and as a standalone HTML page (:func:`markdown_to_html`). Numbers are printed
+with :func:`~curvlab._format.fmt` (4 significant digits), so each can be checked
+against the stored value by formatting it the same way.
 """
 
 from __future__ import annotations
@@ -53,9 +44,6 @@ __all__ = [
     "StepTables",
     "fmt",
     "markdown_to_html",
-    "plot_exhaustive",
-    "plot_hesscale",
-    "render_report",
     "write_report",
 ]
 
@@ -68,31 +56,33 @@ REPORT_STAGE = "report"
 TIMINGS_FILE = "demo_timings.json"
 
 _SPLIT = "train"
-_DPI = 110
+_FILES = f"""## Files
+
+- `metrics.csv`: loss, accuracy and gradient norm per recorded step
+- `spectrum/step_*.json`: full and layer spectra (all eigenvalues)
+- `{overlap_stage(_SPLIT)}/summary.csv`, `{overlap_stage(_SPLIT)}/all.csv`: \
+mask overlaps per step and k
+- `{exhaustive_stage(_SPLIT)}/summary.csv`: sketch against exact
+- `{HESSCALE_FILE}`: the HesScale comparison
+- `{PLOTS}/`: the figures
+"""
 
 
 @dataclass(frozen=True)
 class StepTables:
-    """A table stage's results at the report's steps.
-
-    Attributes:
-        rows: The per-step table rows, steps ascending.
-        summaries: Step -> the step's summary.
-    """
+    """A table stage's results: its rows (steps ascending) and summaries by step."""
 
     rows: list[dict[str, Any]]
     summaries: dict[int, dict[str, Any]]
 
     @classmethod
-    def of(
-        cls, outcome: StageRunResult, load: Callable[[], tuple[list, dict]]
-    ) -> StepTables:
-        """The computed steps as ``outcome`` holds them; the skipped ones read back.
+    def of(cls, outcome: StageRunResult, load: Callable[[], tuple]) -> StepTables:
+        """The steps ``outcome`` computed as it holds them, the skipped ones read back.
 
         Args:
             outcome: What :func:`~curvlab.runs.stage.run_stage` returned.
-            load: Reads the stage's stored rows and summaries (called only when
-                ``outcome`` skipped steps), e.g. ``lambda: load_overlap(run)``.
+            load: Reads the stage's stored rows and summaries, e.g.
+                ``lambda: load_overlap(run)``; called only if steps were skipped.
 
         Returns:
             The rows and summaries of the steps of ``outcome``.
@@ -115,8 +105,7 @@ class DemoResults:
     """What the report renders: each demo stage's results at the recorded steps.
 
     Attributes:
-        metrics: Step -> its training record (``train_loss``, ``test_loss``,
-            accuracies, ``gradient_norm``).
+        metrics: Step -> its training record (losses, accuracies, gradient norm).
         spectra: Step -> its spectra (with the layers' blocks).
         overlap: The mask/eigenspace overlap on the train split.
         exhaustive: The sketch-vs-exact check on the train split.
@@ -132,14 +121,7 @@ class DemoResults:
 
 @dataclass(frozen=True)
 class Report:
-    """What :func:`write_report` wrote.
-
-    Attributes:
-        markdown: ``RUN_DIR/report.md``.
-        html: ``RUN_DIR/report.html``.
-        figures: The PNG files the report shows.
-        findings: The headline numbers, as in the report's summary.
-    """
+    """What :func:`write_report` wrote, with the report's headline numbers."""
 
     markdown: Path
     html: Path
@@ -157,18 +139,27 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _step_table(
-    headers: Sequence[str], steps: Iterable[int], cells: Callable[[int], Iterable]
-) -> str:
-    """One row per step: the step, then its cells (numbers through :func:`fmt`)."""
-    return _table(
-        ("step", *headers),
-        [(s, *(c if isinstance(c, str) else fmt(c) for c in cells(s))) for s in steps],
-    )
+def _step_table(headers: Sequence[str], steps: Iterable[int], cells: Callable) -> str:
+    """One row per step: the step, then ``cells(step)`` (numbers through fmt)."""
+    rows = [
+        (s, *(c if isinstance(c, str) else fmt(c) for c in cells(s))) for s in steps
+    ]
+    return _table(("step", *headers), rows)
+
+
+def _section(title: str, *paragraphs: str) -> str:
+    return f"## {title}\n\n" + "\n\n".join(paragraphs) + "\n"
 
 
 def _images(figures: Mapping[str, str], *shown: tuple[str, str]) -> str:
     return "\n\n".join(f"![{alt}]({figures[name]})" for name, alt in shown)
+
+
+def _save(run: RunFolder, figure: Figure, name: str) -> Path:
+    path = run.resolve(Path(PLOTS) / name)
+    with run.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    return path
 
 
 def _figure(size: tuple[float, float]) -> Figure:
@@ -177,29 +168,9 @@ def _figure(size: tuple[float, float]) -> Figure:
     return figure
 
 
-def _save(run: RunFolder, figure: Figure, name: str) -> Path:
-    path = run.resolve(Path(PLOTS) / name)
-    with run.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI)
-    return path
-
-
 # ------------------------------------------------------------------ figures
-def plot_exhaustive(run: RunFolder, check: StepTables, split: str = _SPLIT) -> Path:
-    """Draw the exhaustive check: eigenvalues and eigenspaces, sketch vs exact.
-
-    Left: the ``K`` eigenvalues of largest magnitude at the last step, exact
-    (line) and sketched (points). Right: the overlap of the top-``k`` sketched
-    and exact eigenspaces against ``k``, one curve per step (1 = identical).
-
-    Args:
-        run: The run folder.
-        check: The check's rows and summaries.
-        split: The split of the check.
-
-    Returns:
-        ``RUN_DIR/plots/exhaustive_<split>.png``.
-    """
+def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
+    """Top eigenvalues, exact and sketched; overlap of the top-k eigenspaces."""
     steps = sorted(check.summaries)
     last = check.summaries[steps[-1]]
     figure = _figure((10.0, 3.8))
@@ -229,22 +200,14 @@ def plot_exhaustive(run: RunFolder, check: StepTables, split: str = _SPLIT) -> P
     settings = last["settings"]
     figure.suptitle(
         f"{last['problem']}: SEIGH with K = {settings['num_outer']}, "
-        f"s = {settings['num_inner']} products vs exact ({split} subset of "
+        f"s = {settings['num_inner']} products vs exact ({_SPLIT} subset of "
         f"{last['hessian']['num_samples']} samples)"
     )
-    return _save(run, figure, f"exhaustive_{split}.png")
+    return _save(run, figure, f"exhaustive_{_SPLIT}.png")
 
 
-def plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
-    """Draw the HesScale comparison: each estimator's total error, HesScale = 1.
-
-    Args:
-        run: The run folder.
-        hesscale: The comparison, as :data:`HESSCALE_FILE` holds it.
-
-    Returns:
-        ``RUN_DIR/plots/hesscale_quality.png``.
-    """
+def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
+    """Each estimator's total error of the Hessian diagonal, HesScale's = 1."""
     methods = hesscale["methods"]
     totals = [hesscale["normalized"][m]["total"] for m in methods]
     ax = _figure((7.0, 3.6)).subplots()
@@ -278,19 +241,16 @@ def _training(metrics: Mapping[int, Mapping[str, Any]], steps: Sequence[int]):
         ("train loss", "train acc", "test loss", "test acc", "‖∇L‖"),
         steps,
         lambda s: (
-            metrics[s]["train_loss"],
-            _percent(metrics[s].get("train_accuracy")),
-            metrics[s]["test_loss"],
-            _percent(metrics[s].get("test_accuracy")),
+            *(metrics[s]["train_loss"], _percent(metrics[s].get("train_accuracy"))),
+            *(metrics[s]["test_loss"], _percent(metrics[s].get("test_accuracy"))),
             metrics[s].get("gradient_norm"),
         ),
     )
-    findings = {
+    text += ". Loss and gradient norm are over the whole split."
+    return _section("Training", text, table), {
         "train_loss": {s: metrics[s]["train_loss"] for s in steps},
         "test_accuracy": {s: metrics[s].get("test_accuracy") for s in steps},
     }
-    text += ". Loss and gradient norm are over the whole split."
-    return f"## Training\n\n{text}\n\n{table}\n", findings
 
 
 def _largest(block: BlockSpectrum) -> float:
@@ -308,8 +268,7 @@ def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
     top = {s: _largest(fulls[s]) for s in steps}
     bottom = {s: _smallest(fulls[s]) for s in steps}
     trace = {s: fulls[s].trace for s in steps}
-    dim = fulls[steps[0]].dim
-    first, last = steps[0], steps[-1]
+    first, last, dim = steps[0], steps[-1], fulls[steps[0]].dim
     peak = max(steps, key=lambda s: top[s])
     lines = [
         f"At step {first} the top eigenvalue is {fmt(top[first])}; at step {last} "
@@ -334,34 +293,31 @@ def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
             f"{_percent(-bottom[last] / top[last])} of the top eigenvalue's size, "
             "so the Hessian is not positive semi-definite."
         )
-    settings, num = spectra[first].settings, spectra[first].num_samples
-    per_class = settings.samples_per_class
-    table = _step_table(
-        ("top λ", "most negative λ", "tr H", "top λ / (tr H / D)", "method"),
-        steps,
-        lambda s: (
-            top[s],
-            bottom[s],
-            trace[s],
-            top[s] / (trace[s] / dim) if trace[s] else None,
-            fulls[s].method,
-        ),
+    num, per_class = (
+        spectra[first].num_samples,
+        spectra[first].settings.samples_per_class,
     )
-    text = (
-        "## How the Hessian's spectrum evolves\n\n"
+    text = _section(
+        "How the Hessian's spectrum evolves",
         f"The Hessian of the mean loss over {num} train samples"
         + (f" ({per_class} per class)" if num != per_class else "")
-        + f", D = {dim:,}; eigenvalues by `{fulls[first].method}` decomposition."
-        f"\n\n{' '.join(lines)}\n\n{table}\n\n"
+        + f", D = {dim:,}; eigenvalues by `{fulls[first].method}` decomposition.",
+        " ".join(lines),
+        _step_table(
+            ("top λ", "most negative λ", "tr H", "top λ / (tr H / D)", "method"),
+            steps,
+            lambda s: (
+                (top[s], bottom[s], trace[s])
+                + (top[s] / (trace[s] / dim) if trace[s] else None, fulls[s].method)
+            ),
+        ),
         "The densities (log scale, one curve per step, one panel per layer and "
-        "one for the whole network) and the extreme eigenvalues against the "
-        "step:\n\n"
-        + _images(
+        "one for the whole network) and the extreme eigenvalues against the step:",
+        _images(
             figures,
             ("spectrum_hessian.png", "Hessian spectral density per step"),
             ("spectrum_extremes.png", "extreme eigenvalues against step"),
-        )
-        + "\n"
+        ),
     )
     return text, {"top_eigenvalue": top, "trace": trace, "dim": dim}
 
@@ -369,60 +325,50 @@ def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
 def _layers(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
     last = list(spectra)[-1]
     layerwise = spectra[last].spectra["hessian"]
-    full_top = _largest(layerwise.full)
-    distances = {
-        row.layer: row.wasserstein for row in layer_full_distances({last: layerwise})
-    }
-    blocks = layerwise.blocks
-    names = list(blocks)
-    label = {name: i for i, name in enumerate(names, start=1)}
+    full_top, blocks = _largest(layerwise.full), layerwise.blocks
+    distance = {r.layer: r.wasserstein for r in layer_full_distances({last: layerwise})}
+    label = {name: i for i, name in enumerate(blocks, start=1)}
     tops = {name: _largest(b) for name, b in blocks.items()}
-    biggest = max(names, key=lambda n: tops[n])
-    closest = min(names, key=lambda n: distances[n])
-    farthest = max(names, key=lambda n: distances[n])
-    table = _table(
-        ("layer", "D_l", "top λ", "tr H_l", "W₁ to full"),
-        [
-            (
-                f"{label[n]} (`{', '.join(b.param_names)}`)",
-                f"{b.dim:,}",
-                *map(fmt, (tops[n], b.trace, distances[n])),
-            )
-            for n, b in blocks.items()
-        ],
-    )
-    text = (
-        "## How each layer compares with the whole\n\n"
+    biggest = max(blocks, key=lambda n: tops[n])
+    closest = min(blocks, key=lambda n: distance[n])
+    farthest = max(blocks, key=lambda n: distance[n])
+    text = _section(
+        "How each layer compares with the whole",
         "Each layer's diagonal block H_l of the Hessian (its weights and bias "
         "with each other, ignoring the coupling to other layers) has a spectrum "
         "of its own; the Wasserstein-1 distance W₁ measures how far its "
-        "eigenvalue distribution is from the full Hessian's.\n\n"
+        "eigenvalue distribution is from the full Hessian's.",
         f"At step {last} the largest block eigenvalue is {fmt(tops[biggest])} "
         f"(layer {label[biggest]}), {_percent(tops[biggest] / full_top)} of the "
         f"full Hessian's {fmt(full_top)} (a diagonal block's top eigenvalue can "
         f"never exceed the full one's). Layer {label[closest]}'s spectrum is "
-        f"closest to the full one (W₁ = {fmt(distances[closest])}), "
-        f"layer {label[farthest]}'s the farthest "
-        f"(W₁ = {fmt(distances[farthest])}).\n\n{table}\n\n"
+        f"closest to the full one (W₁ = {fmt(distance[closest])}), "
+        f"layer {label[farthest]}'s the farthest (W₁ = {fmt(distance[farthest])}).",
+        _table(
+            ("layer", "D_l", "top λ", "tr H_l", "W₁ to full"),
+            [
+                (f"{label[n]} (`{', '.join(b.param_names)}`)", f"{b.dim:,}")
+                + tuple(map(fmt, (tops[n], b.trace, distance[n])))
+                for n, b in blocks.items()
+            ],
+        ),
         "Distance of each layer's spectrum to the full one against depth, "
         f"at step {last} and summed over the recorded steps (each normalised by "
         "its maximum over layers; right: the LayerHessians procedure as "
-        "published):\n\n"
-        + _images(
+        "published):",
+        _images(
             figures,
             ("match_distros_peak.png", "layer vs full at a step"),
             ("match_distros_wasserstein.png", "layer vs full, summed"),
-        )
-        + "\n"
+        ),
     )
-    findings = {
+    return text, {
         "step": last,
         "block_top_eigenvalue": tops,
         "block_trace": {n: b.trace for n, b in blocks.items()},
         "closest_layer": label[closest],
         "farthest_layer": label[farthest],
     }
-    return text, findings
 
 
 def _verdict(row: Mapping[str, Any]) -> str:
@@ -434,29 +380,20 @@ def _verdict(row: Mapping[str, Any]) -> str:
 
 
 def _overlap(overlap: StepTables, figures: Mapping[str, str]):
-    summaries = overlap.summaries
-    steps = list(summaries)
-    last = steps[-1]
-    settings = summaries[last]["settings"]
+    summaries, steps = overlap.summaries, list(overlap.summaries)
+    last, settings = steps[-1], overlap.summaries[steps[-1]]["settings"]
     K, small = settings["num_outer"], min(10, settings["num_outer"])
     by = {(r["step"], r["k"]): r for r in overlap.rows}
-    ratio = {s: by[(s, K)]["ratio"] for s in steps}
-    at = by[(last, K)]
+    ratio, at = {s: by[(s, K)]["ratio"] for s in steps}, by[(last, K)]
+    low, high = min(steps, key=ratio.get), max(steps, key=ratio.get)
+    above = [s for s in steps if ratio[s] > 1]
     sentences = [
         f"At step {last} the magnitude mask of size k = {K} overlaps the top-{K} "
         f"eigenspace {fmt(at['ratio'])} times chance (overlap {fmt(at['magnitude'])}"
         f" against k/D = {fmt(at['chance'])}; {settings['num_random']} random "
-        f"masks: mean {fmt(at['random_mean'])}), {_verdict(at)}."
-    ]
-    if small != K:
-        sentences.append(
-            f"For the {small} largest weights it is {fmt(by[(last, small)]['ratio'])}"
-            " times chance."
-        )
-    low = min(steps, key=lambda s: ratio[s])
-    high = max(steps, key=lambda s: ratio[s])
-    above = [s for s in steps if ratio[s] > 1]
-    sentences += [
+        f"masks: mean {fmt(at['random_mean'])}), {_verdict(at)}.",
+        f"For the {small} largest weights it is {fmt(by[(last, small)]['ratio'])}"
+        " times chance.",
         f"Over training the ratio at k = {K} ranges from {fmt(ratio[low])} (step "
         f"{low}) to {fmt(ratio[high])} (step {high}); the best possible mask of "
         f"the same size reaches {fmt(at['best_ratio'])} times chance at step "
@@ -465,36 +402,34 @@ def _overlap(overlap: StepTables, figures: Mapping[str, str]):
         f"chance at {len(above)} of {len(steps)} recorded steps"
         + (f" ({', '.join(map(str, above))})." if above else "."),
     ]
-    table = _step_table(
-        ("λ₁ (largest in size)", f"ratio k={small}", f"magnitude k={K}")
-        + ("random mean", "chance k/D", "ratio", "best mask ratio"),
-        steps,
-        lambda s: (
-            summaries[s]["eigenvalues"][0],
-            by[(s, small)]["ratio"],
-            *(by[(s, K)][c] for c in ("magnitude", "random_mean", "chance")),
-            *(by[(s, K)][c] for c in ("ratio", "best_ratio")),
-        ),
-    )
-    text = (
-        "## Do the largest weights sit in the top curvature directions?\n\n"
-        f"Take the k weights of largest magnitude (the magnitude mask S_k) and the "
+    columns = ("magnitude", "random_mean", "chance", "ratio", "best_ratio")
+    text = _section(
+        "Do the largest weights sit in the top curvature directions?",
+        "Take the k weights of largest magnitude (the magnitude mask S_k) and the "
         f"top-k eigenvectors Q of the Hessian (by |λ|; here {settings['method']}, "
         f"on {summaries[last]['hessian']['num_samples']} train samples, a larger "
         "subset than the spectra's, so λ₁ differs from the top λ above). The "
         "overlap ‖Q[S_k, :k]‖²_F / k is the fraction of the top-k eigenspace that "
         "lives on those weights; a random mask gets k/D on average (chance), "
-        f"with D = {summaries[last]['num_params']:,}.\n\n"
-        f"{' '.join(sentences)}\n\n{table}\n\n"
-        "Overlap against the mask size, against the step, and over chance:\n\n"
-        + _images(
+        f"with D = {summaries[last]['num_params']:,}.",
+        " ".join(sentences if small != K else sentences[:1] + sentences[2:]),
+        _step_table(
+            ("λ₁ (largest in size)", f"ratio k={small}", f"magnitude k={K}")
+            + ("random mean", "chance k/D", "ratio", "best mask ratio"),
+            steps,
+            lambda s: (
+                (summaries[s]["eigenvalues"][0], by[(s, small)]["ratio"])
+                + tuple(by[(s, K)][c] for c in columns)
+            ),
+        ),
+        "Overlap against the mask size, against the step, and over chance:",
+        _images(
             figures,
             *(
                 (f"overlap_{_SPLIT}_{n}.png", f"overlap {_SPLIT} {n.replace('_', ' ')}")
                 for n in ("vs_k", "vs_step", "ratio")
             ),
-        )
-        + "\n"
+        ),
     )
     return text, {"k": K, "overlap_ratio": ratio, "chance": at["chance"]}
 
@@ -513,26 +448,18 @@ def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
 
 
 def _exhaustive(check: StepTables, figures: Mapping[str, str]):
-    summaries = check.summaries
-    steps = list(summaries)
+    summaries, steps = check.summaries, list(check.summaries)
     last = summaries[steps[-1]]
     K, s_inner = last["settings"]["num_outer"], last["settings"]["num_inner"]
     lam_exact, lam_sketch = last["eigenvalues_exact"][0], last["eigenvalues_sketch"][0]
     mag, post = last["magnitude_overlap"], last["a_posteriori"]
-    same_side = (mag["exact"] > mag["chance"]) == (mag["sketch"] > mag["chance"])
-    table = _step_table(
-        ("λ₁ exact", "λ₁ sketch", "max rel. error λ₁..₃", f"eigenspace overlap k={K}")
-        + ("median angle (°)", "magnitude ov. exact", "magnitude ov. sketch")
-        + ("error estimate", "error exact"),
-        steps,
-        lambda s: _exhaustive_cells(summaries[s]),
-    )
-    text = (
-        "## Does the sketch agree with the exact eigendecomposition?\n\n"
+    same = (mag["exact"] > mag["chance"]) == (mag["sketch"] > mag["chance"])
+    text = _section(
+        "Does the sketch agree with the exact eigendecomposition?",
         f"The sketched eigendecomposition (SEIGH, {s_inner} Hessian-vector products "
         f"for K = {K} eigenpairs) against a dense eigh of the same Hessian "
         f"(on {last['hessian']['num_samples']} train samples, built from all "
-        f"D = {last['num_params']:,} Hessian columns).\n\n"
+        f"D = {last['num_params']:,} Hessian columns).",
         f"At step {steps[-1]} the sketch finds the top eigenvalue "
         f"{fmt(lam_sketch)} against {fmt(lam_exact)} exactly (relative error "
         f"{fmt(abs(lam_sketch - lam_exact) / abs(lam_exact))}). Its top-{K} "
@@ -541,97 +468,61 @@ def _exhaustive(check: StepTables, figures: Mapping[str, str]):
         f"principal angle {fmt(last['principal_angles_degrees']['median'])}°). "
         f"The magnitude-mask overlap at k = {K} is {fmt(mag['sketch'])} from the "
         f"sketch and {fmt(mag['exact'])} exactly (chance {fmt(mag['chance'])}), so "
-        f"the sketch reaches {'the same' if same_side else 'another'} verdict "
-        "about chance. Its a-posteriori estimate of the error ‖H − Ĥ‖_F is "
+        f"the sketch reaches {'the same' if same else 'another'} verdict about "
+        "chance. Its a-posteriori estimate of the error ‖H − Ĥ‖_F is "
         f"{fmt(post['estimate'])} against {fmt(post['exact'])} exactly (the best "
-        f"rank-{K} approximation has {fmt(post['best_rank_k_error'])}).\n\n"
-        f"{table}\n\n"
-        + _images(figures, (f"exhaustive_{_SPLIT}.png", "sketch against exact"))
-        + "\n"
+        f"rank-{K} approximation has {fmt(post['best_rank_k_error'])}).",
+        _step_table(
+            ("λ₁ exact", "λ₁ sketch", "max rel. error λ₁..₃")
+            + (f"eigenspace overlap k={K}", "median angle (°)", "magnitude ov. exact")
+            + ("magnitude ov. sketch", "error estimate", "error exact"),
+            steps,
+            lambda s: _exhaustive_cells(summaries[s]),
+        ),
+        _images(figures, (f"exhaustive_{_SPLIT}.png", "sketch against exact")),
     )
-    findings = {
+    return text, {
         "lambda_1_exact": {s: summaries[s]["eigenvalues_exact"][0] for s in steps},
         "lambda_1_sketch": {s: summaries[s]["eigenvalues_sketch"][0] for s in steps},
         "basis_overlap": {
             s: summaries[s]["basis_overlap"]["at_num_outer"] for s in steps
         },
     }
-    return text, findings
 
 
 def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):
     normalized, layers = hesscale["normalized"], hesscale["layers"]
     ranking, config = hesscale["ranking"], hesscale["config"]
     others = [m for m in ("Hutchinson(1)", "GGN-MC(1)", "g²") if m in normalized]
-    table = _table(
-        ("estimator", "total", *layers),
-        [(m, *(fmt(normalized[m][c]) for c in ("total", *layers))) for m in ranking],
-    )
-    text = (
-        "## HesScale: how good are cheap diagonal estimates?\n\n"
+    text = _section(
+        "HesScale: how good are cheap diagonal estimates?",
         f"The L1 error of each estimate of the Hessian diagonal against the exact "
         f"one, on the same architecture ({config['architecture']}, "
         f"{config['num_params']:,} parameters, {config['training']}), for "
         f"{hesscale['num_samples']} single train samples on each of "
-        f"{len(hesscale['seeds'])} seed(s), divided by HesScale's total error.\n\n"
+        f"{len(hesscale['seeds'])} seed(s), divided by HesScale's total error.",
         f"From best to worst: {', '.join(ranking)}. With HesScale's error as 1, "
         + ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
-        + "; the all-zeros estimate scores "
-        f"{fmt(normalized['zero']['total'])}.\n\n{table}\n\n"
-        + _images(figures, ("hesscale_quality.png", "HesScale comparison"))
-        + "\n"
+        + f"; the all-zeros estimate scores {fmt(normalized['zero']['total'])}.",
+        _table(
+            ("estimator", "total", *layers),
+            [
+                (m, *(fmt(normalized[m][c]) for c in ("total", *layers)))
+                for m in ranking
+            ],
+        ),
+        _images(figures, ("hesscale_quality.png", "HesScale comparison")),
     )
-    findings = {
+    return text, {
         "ranking": ranking,
         "total": {m: normalized[m]["total"] for m in ranking},
     }
-    return text, findings
 
 
 # ------------------------------------------------------------------ report
-def render_report(
-    run: RunFolder,
-    results: DemoResults,
-    figures: Mapping[str, str],
-    *,
-    timings: Mapping[str, float] | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """Build the report's Markdown from the stages' results.
-
-    Args:
-        run: The run folder (its training config heads the report).
-        results: What the stages computed or had stored.
-        figures: PNG file name (``"spectrum_hessian.png"``, ...) -> its path
-            relative to the run folder.
-        timings: Wall time per stage, for the timing table.
-
-    Returns:
-        The Markdown text and the headline numbers (``findings``).
-    """
-    config = run.config
-    steps = list(results.spectra)
-    findings: dict[str, Any] = {"steps": steps}
-    sections = []
-    for name, (text, found) in (
-        ("training", _training(results.metrics, steps)),
-        ("spectrum", _spectrum(results.spectra, figures)),
-        ("layers", _layers(results.spectra, figures)),
-        ("overlap", _overlap(results.overlap, figures)),
-        ("exhaustive", _exhaustive(results.exhaustive, figures)),
-        ("hesscale", _hesscale(results.hesscale, figures)),
-    ):
-        sections.append(text)
-        findings[name] = found
-    head = (
-        f"# curvlab demo: {config.problem}\n\n"
-        f"`{config.problem}` (D = {findings['spectrum']['dim']:,} parameters) "
-        f"trained with plain SGD (learning rate {config.lr:g}, batch size "
-        f"{config.batch_size}) for {config.steps} steps in {config.dtype}, seed "
-        f"{config.seed}; the curvature is measured at steps "
-        f"{', '.join(map(str, steps))}. Every number below is read back from this "
-        "run folder; running the demo again on it skips the finished stages.\n"
-    )
-    first, last = steps[0], steps[-1]
+def _head(run: RunFolder, steps: Sequence[int], findings: Mapping[str, Any]) -> str:
+    """The title, what was trained and measured, and the summary's key numbers."""
+    config, first, last = run.config, steps[0], steps[-1]
     top, layers = findings["spectrum"]["top_eigenvalue"], findings["layers"]
     overlap, exhaustive = findings["overlap"], findings["exhaustive"]
     key = [
@@ -648,27 +539,16 @@ def render_report(
         f"{fmt(exhaustive['lambda_1_exact'][last])}.",
         f"**HesScale:** best diagonal estimator {findings['hesscale']['ranking'][0]}.",
     ]
-    parts = [head, "## Summary\n\n" + "".join(f"- {k}\n" for k in key), *sections]
-    if timings:
-        seconds = [(k, f"{v:.1f}") for k, v in timings.items()]
-        parts.append(
-            "## Wall time\n\nSeconds of the call that computed each stage:\n\n"
-            + _table(("stage", "seconds"), seconds)
-            + "\n"
-        )
-    overlap_folder = overlap_stage(_SPLIT)
-    parts.append(
-        "## Files\n\n"
-        "- `metrics.csv`: loss, accuracy and gradient norm per recorded step\n"
-        "- `spectrum/step_*.json`: full and layer spectra (all eigenvalues)\n"
-        f"- `{overlap_folder}/summary.csv`, `{overlap_folder}/all.csv`: mask "
-        "overlaps per step and k\n"
-        f"- `{exhaustive_stage(_SPLIT)}/summary.csv`: sketch against exact\n"
-        f"- `{HESSCALE_FILE}`: the HesScale comparison\n"
-        f"- `{PLOTS}/`: the figures\n"
+    return (
+        f"# curvlab demo: {config.problem}\n\n"
+        f"`{config.problem}` (D = {findings['spectrum']['dim']:,} parameters) "
+        f"trained with plain SGD (learning rate {config.lr:g}, batch size "
+        f"{config.batch_size}) for {config.steps} steps in {config.dtype}, seed "
+        f"{config.seed}; the curvature is measured at steps "
+        f"{', '.join(map(str, steps))}. Every number below is read back from this "
+        "run folder; running the demo again on it skips the finished stages.\n\n"
+        + _section("Summary", "\n".join(f"- {line}" for line in key))
     )
-    # JSON round trip: int keys become strings, as in the stored findings
-    return "\n".join(parts), json.loads(json.dumps(findings))
 
 
 def write_report(
@@ -682,7 +562,7 @@ def write_report(
         timings: Wall time per stage, for the report's timing table.
 
     Returns:
-        The files written and the headline numbers.
+        The files written, the figures and the headline numbers.
 
     Raises:
         MissingStepError: If spectra are missing (for the spectrum figures).
@@ -692,68 +572,85 @@ def write_report(
         *plot_spectrum(run, operators=["hessian"]),
         *plot_match(run),
         *plot_overlap(run),
-        plot_exhaustive(run, results.exhaustive),
-        plot_hesscale(run, results.hesscale),
+        _plot_exhaustive(run, results.exhaustive),
+        _plot_hesscale(run, results.hesscale),
     ]
     figures = {p.name: run.relative(p) for p in paths if p.suffix == ".png"}
-    text, findings = render_report(run, results, figures, timings=timings)
+    steps = list(results.spectra)
+    findings: dict[str, Any] = {"steps": steps}
+    sections = []
+    for name, (section, found) in (
+        ("training", _training(results.metrics, steps)),
+        ("spectrum", _spectrum(results.spectra, figures)),
+        ("layers", _layers(results.spectra, figures)),
+        ("overlap", _overlap(results.overlap, figures)),
+        ("exhaustive", _exhaustive(results.exhaustive, figures)),
+        ("hesscale", _hesscale(results.hesscale, figures)),
+    ):
+        sections.append(section)
+        findings[name] = found
+    if timings:
+        seconds = _table(
+            ("stage", "seconds"), [(k, f"{v:.1f}") for k, v in timings.items()]
+        )
+        sections.append(
+            _section(
+                "Wall time", "Seconds of the call that computed each stage:", seconds
+            )
+        )
+    text = "\n".join([_head(run, steps, findings), *sections, _FILES])
     markdown = run.write_text("report.md", text)
     title = f"curvlab demo: {run.config.problem}"
     page = run.write_text("report.html", markdown_to_html(text, title=title))
-    linked = [run.resolve(m) for m in _IMAGE.findall(text)]
-    return Report(markdown, page, linked, findings)
+    linked = [run.resolve(path) for path in _IMAGE.findall(text)]
+    # JSON round trip: the step keys become strings, as in the stored findings
+    return Report(markdown, page, linked, json.loads(json.dumps(findings)))
 
 
 # ------------------------------------------------------------------ HTML
 _IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
-_IMAGE_LINE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
 _STYLE = (
-    "body{font-family:sans-serif;max-width:60em;margin:2em auto;"
-    "padding:0 1em;line-height:1.45}"
-    "table{border-collapse:collapse;margin:1em 0}"
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
+    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}"
     "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
     "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
 )
 
 
 def _inline(text: str) -> str:
-    out = []
-    for part in re.split(r"(`[^`]*`)", text):
-        if part.startswith("`") and part.endswith("`") and len(part) >= 2:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-        else:
-            escaped = html.escape(part)
-            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped))
-    return "".join(out)
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(
+        f"<code>{html.escape(part[1:-1])}</code>"
+        if len(part) >= 2 and part[0] == part[-1] == "`"
+        else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part))
+        for part in parts
+    )
 
 
-def _row(line: str, cell: str) -> str:
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    return "".join(f"<{cell}>{_inline(c)}</{cell}>" for c in cells)
+def _cells(line: str, tag: str) -> str:
+    cells = line.strip().strip("|").split("|")
+    return "".join(f"<{tag}>{_inline(c.strip())}</{tag}>" for c in cells)
 
 
 def _block(lines: list[str]) -> str:
     heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
-    image = _IMAGE_LINE.match(lines[0])
+    image = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", lines[0])
     if heading and len(lines) == 1:
         level = len(heading.group(1))
         return f"<h{level}>{_inline(heading.group(2))}</h{level}>"
     if image and len(lines) == 1:
-        alt, src = image.groups()
-        return f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>'
-    if (
-        len(lines) >= 2
-        and lines[0].startswith("|")
-        and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
-    ):
-        rows = "\n".join(f"<tr>{_row(line, 'td')}</tr>" for line in lines[2:])
+        alt, src = map(html.escape, image.groups())
+        return f'<p><img src="{src}" alt="{alt}"></p>'
+    if len(lines) > 1 and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip()):
+        rows = "\n".join(f"<tr>{_cells(line, 'td')}</tr>" for line in lines[2:])
         return (
-            f"<table>\n<thead><tr>{_row(lines[0], 'th')}</tr></thead>\n<tbody>\n"
+            f"<table>\n<thead><tr>{_cells(lines[0], 'th')}</tr></thead>\n<tbody>\n"
             f"{rows}\n</tbody>\n</table>"
         )
     if all(line.startswith("- ") for line in lines):
-        items = "".join(f"<li>{_inline(line[2:])}</li>\n" for line in lines)
-        return f"<ul>\n{items}</ul>"
+        return (
+            "<ul>\n" + "".join(f"<li>{_inline(i[2:])}</li>\n" for i in lines) + "</ul>"
+        )
     return f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>"
 
 

@@ -166,16 +166,7 @@ class DemoSettings:
 
 
 def default_record_steps(steps: int) -> tuple[int, ...]:
-    """Return the demo's record steps: 0, 5%, 20%, 50% and 100% of ``steps``.
-
-    Args:
-        steps: Number of SGD steps, at least 0.
-
-    Returns:
-        The sorted distinct steps.
-
-    Raises:
-        ValueError: If ``steps < 0``.
+    """Return the demo's record steps: 0, 5%, 20%, 50% and 100% of ``steps`` >= 0.
 
     Example:
         >>> default_record_steps(1000)
@@ -192,13 +183,6 @@ def quick_settings(*, seed: int = 0, dtype: str = "float32") -> DemoSettings:
     ``synthetic_regression`` (``D = 499``, three layers, MSE) on 200 train
     samples for 20 steps, two record steps, Hessians on 40 samples, ``K = 20``
     eigenpairs and a HesScale comparison on 3 samples of a narrow network.
-
-    Args:
-        seed: The seed.
-        dtype: ``"float32"`` or ``"float64"``.
-
-    Returns:
-        The settings.
     """
     training = {"problem": "synthetic_regression", "steps": 20, "lr": 0.05}
     training |= {"record_steps": (0, 20), "batch_size": 20, "num_samples": 200}

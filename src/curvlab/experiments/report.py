@@ -77,16 +77,7 @@ class StepTables:
 
     @classmethod
     def of(cls, outcome: StageRunResult, load: Callable[[], tuple]) -> StepTables:
-        """The steps ``outcome`` computed as it holds them, the skipped ones read back.
-
-        Args:
-            outcome: What :func:`~curvlab.runs.stage.run_stage` returned.
-            load: Reads the stage's stored rows and summaries, e.g.
-                ``lambda: load_overlap(run)``; called only if steps were skipped.
-
-        Returns:
-            The rows and summaries of the steps of ``outcome``.
-        """
+        """The steps a run_stage call computed as it returned them, others by load()."""
         stored = load()[0] if outcome.skipped else []
         rows = [
             row
@@ -181,22 +172,18 @@ def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
     sketch = numpy.asarray(last["eigenvalues_sketch"])
     left.plot(index, sketch, ".", color="C1", markersize=4, label="sketch (SEIGH)")
     left.axhline(0.0, color="0.7", linewidth=0.8)
-    left.set_xscale("log")
-    left.set_xlabel("i (by decreasing |λ|)")
-    left.set_ylabel("eigenvalue λᵢ")
+    left.set(xscale="log", xlabel="i (by decreasing |λ|)", ylabel="eigenvalue λᵢ")
     left.set_title(f"top eigenvalues at step {steps[-1]}", fontsize="medium")
-    left.legend(fontsize="small")
     cmap, span = colormaps["viridis"], max(len(steps) - 1, 1)
     for i, step in enumerate(steps):
         rows = [r for r in check.rows if r["step"] == step]
         ks, values = [r["k"] for r in rows], [r["basis_overlap"] for r in rows]
         right.plot(ks, values, color=cmap(0.9 * i / span), label=f"step {step}")
-    right.set_xscale("log")
-    right.set_ylim(-0.03, 1.03)
-    right.set_xlabel("k")
-    right.set_ylabel("overlap of top-k eigenspaces")
+    right.set(xscale="log", ylim=(-0.03, 1.03), xlabel="k")
+    right.set(ylabel="overlap of top-k eigenspaces")
     right.set_title("sketched vs exact eigenspace", fontsize="medium")
-    right.legend(fontsize="small")
+    for ax in (left, right):
+        ax.legend(fontsize="small")
     settings = last["settings"]
     figure.suptitle(
         f"{last['problem']}: SEIGH with K = {settings['num_outer']}, "
@@ -213,9 +200,8 @@ def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
     ax = _figure((7.0, 3.6)).subplots()
     bars = ax.bar(methods, totals, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, labels=[fmt(t) for t in totals], fontsize="small")
-    ax.set_yscale("log")
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
-    ax.set_ylabel("L1 error of diag(H) / HesScale's")
+    ax.set(yscale="log", ylabel="L1 error of diag(H) / HesScale's")
     ax.tick_params(axis="x", labelrotation=20)
     ax.set_title(
         f"{hesscale['config']['architecture']}, {len(hesscale['seeds'])} seed(s) x "

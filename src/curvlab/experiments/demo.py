@@ -344,11 +344,7 @@ def _hesscale_stage(
     total = len(settings.seeds) * settings.num_samples
     stages.start("hesscale", total, _HESSCALE)
     wanted = {**settings.to_dict(), "dtype": "float64"}
-    entry = run.entry(reporting.HESSCALE_STAGE)
-    if (
-        run.is_done(reporting.HESSCALE_STAGE)
-        and entry["info"].get("settings") == wanted
-    ):
+    if _stored_info(run, reporting.HESSCALE_STAGE, wanted) is not None:
         stages.done("hesscale", [], [0], "already stored")
         return None
     done_seeds: list[int] = []
@@ -394,13 +390,10 @@ def _report_stage(
     """Write the report from the stages' results, unless it is up to date."""
     timings = _update_timings(run, stages.status)
     wanted = settings.to_dict()
-    entry = run.entry(reporting.REPORT_STAGE)
-    if (
-        all(stage["status"] == "skipped" for stage in stages.status.values())
-        and run.is_done(reporting.REPORT_STAGE)
-        and entry["info"].get("settings") == wanted
+    info = _stored_info(run, reporting.REPORT_STAGE, wanted)
+    if info is not None and all(
+        s["status"] == "skipped" for s in stages.status.values()
     ):
-        info = entry["info"]
         figures = [run.resolve(path) for path in info["figures"]]
         files = [run.resolve("report.md"), run.resolve("report.html")]
         stages.done("report", [], [0], f"kept {run.relative(files[0])}")
@@ -425,6 +418,13 @@ def _report_stage(
     stages.done("report", [0], [], f"wrote {run.relative(report.markdown)}")
     _update_timings(run, {"report": stages.status["report"]})
     return report
+
+
+def _stored_info(run: RunFolder, stage: str, settings: dict) -> dict | None:
+    """The manifest info of a finished stage computed with ``settings``, or ``None``."""
+    entry = run.entry(stage)
+    done = entry is not None and run.is_done(stage)
+    return entry["info"] if done and entry["info"].get("settings") == settings else None
 
 
 def _update_timings(

@@ -49,7 +49,6 @@ from curvlab.experiments.exhaustive import (
 )
 from curvlab.experiments.hesscale_quality import hesscale_quality
 from curvlab.experiments.overlap import OverlapSettings, load_overlap, overlap_run
-from curvlab.experiments.report import DemoResults, Report, StepTables
 from curvlab.experiments.spectrum import SpectrumSettings, read_spectrum, spectrum_run
 from curvlab.experiments.training import derived_seeds, train_run
 from curvlab.runs import RunFolder, TrainConfig
@@ -386,7 +385,7 @@ def _report_stage(
     stages: _Stages,
     outcomes: Mapping[str, StageRunResult],
     quality: dict[str, Any] | None,
-) -> Report:
+) -> reporting.Report:
     """Write the report from the stages' results, unless it is up to date."""
     timings = _update_timings(run, stages.status)
     wanted = settings.to_dict()
@@ -397,15 +396,17 @@ def _report_stage(
         figures = [run.resolve(path) for path in info["figures"]]
         files = [run.resolve("report.md"), run.resolve("report.html")]
         stages.done("report", [], [0], f"kept {run.relative(files[0])}")
-        return Report(*files, figures, info["findings"])
+        return reporting.Report(*files, figures, info["findings"])
     spectra = outcomes["spectrum"].results
-    results = DemoResults(
+    results = reporting.DemoResults(
         metrics={row["step"]: row for row in run.metrics()},
         spectra={
             s: spectra.get(s) or read_spectrum(run, s) for s in settings.steps_recorded
         },
-        overlap=StepTables.of(outcomes["overlap"], lambda: load_overlap(run)),
-        exhaustive=StepTables.of(outcomes["exhaustive"], lambda: load_exhaustive(run)),
+        overlap=reporting.StepTables.of(outcomes["overlap"], lambda: load_overlap(run)),
+        exhaustive=reporting.StepTables.of(
+            outcomes["exhaustive"], lambda: load_exhaustive(run)
+        ),
         hesscale=quality or run.read_json(reporting.HESSCALE_FILE),
     )
     report = reporting.write_report(run, results, timings=timings)

@@ -576,14 +576,10 @@ def write_report(
         sections.append(section)
         findings[name] = found
     if timings:
-        seconds = _table(
-            ("stage", "seconds"), [(k, f"{v:.1f}") for k, v in timings.items()]
-        )
-        sections.append(
-            _section(
-                "Wall time", "Seconds of the call that computed each stage:", seconds
-            )
-        )
+        rows = [(stage, f"{seconds:.1f}") for stage, seconds in timings.items()]
+        table = _table(("stage", "seconds"), rows)
+        intro = "Seconds of the call that computed each stage:"
+        sections.append(_section("Wall time", intro, table))
     text = "\n".join([_head(run, steps, findings), *sections, _FILES])
     markdown = run.write_text("report.md", text)
     title = f"curvlab demo: {run.config.problem}"
@@ -627,7 +623,8 @@ def _block(lines: list[str]) -> str:
     if image and len(lines) == 1:
         alt, src = map(html.escape, image.groups())
         return f'<p><img src="{src}" alt="{alt}"></p>'
-    if len(lines) > 1 and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip()):
+    separator = len(lines) > 1 and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
+    if lines[0].startswith("|") and separator:
         rows = "\n".join(f"<tr>{_cells(line, 'td')}</tr>" for line in lines[2:])
         return (
             f"<table>\n<thead><tr>{_cells(lines[0], 'th')}</tr></thead>\n<tbody>\n"

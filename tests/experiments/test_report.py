@@ -52,10 +52,10 @@ def test_layer_section_computes_its_distances_without_the_match_plot(tmp_path):
     )
     spectrum_run(run, settings, steps=[0])
     figures = {
-        name: run.path / "plots" / name
+        name: f"plots/{name}"
         for name in ("match_distros_peak.png", "match_distros_wasserstein.png")
     }
-    text, findings = _layers(run, [0], figures)
+    text, findings = _layers({0: read_spectrum(run, 0)}, figures)
     assert not (run.path / "plots" / "match_distances.csv").exists()
     rows = layer_full_distances({0: read_spectrum(run, 0).spectra["hessian"]})
     for row in rows:

@@ -1,25 +1,22 @@
 """``curvlab demo``: every experiment on ``digits_mlp``, recorded, with a report.
 
-The work is :func:`curvlab.experiments.demo.demo_run`; this module shows one
-Rich progress bar per stage (training, spectra, overlap, exhaustive check,
-HesScale comparison, report), then prints the headline findings, the per-stage
-wall times and where the report is. Ctrl-C ends it with exit code 130; running
-it again resumes. :func:`command` holds the options and is registered on the
-Typer app by :mod:`curvlab.cli.app`; the demo itself (and with it matplotlib and
-the report) is imported only when it runs.
+:func:`main` runs :func:`curvlab.experiments.demo.demo_run` with one Rich
+progress bar per stage, then prints the headline findings, the wall time of each
+stage and where the report is; Ctrl-C ends it with exit code 130 and running it
+again resumes. The demo (and with it matplotlib) is imported only when it runs.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import TaskID
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from curvlab.cli._common import (
@@ -40,14 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["command", "main"]
 
-_LABELS = {
-    "train": "train",
-    "spectrum": "spectra",
-    "overlap": "overlap",
-    "exhaustive": "exhaustive check",
-    "hesscale": "HesScale",
-    "report": "report",
-}
+_LABELS = {"spectrum": "spectra", "exhaustive": "exhaustive check"}
+_LABELS |= {"hesscale": "HesScale"}
+_REFUSED = (ConfigMismatchError, ConfigError, SettingsConflictError, FileExistsError)
 
 
 def main(
@@ -55,7 +47,7 @@ def main(
     out: str | Path = "runs/demo",
     steps: int = 1000,
     seed: int = 0,
-    dtype: str = "float32",
+    dtype: str | DType = "float32",
     threads: int | None = 1,
     quick: bool = False,
     console: Console | None = None,
@@ -80,7 +72,7 @@ def main(
     """
     from curvlab.experiments.demo import DemoSettings, quick_settings
 
-    console = console or Console()
+    dtype = getattr(dtype, "value", dtype)
     fail = error_printer(error_console or Console(stderr=True))
     if dtype not in DTYPES:
         return fail(f"dtype must be one of {list(DTYPES)}. Got {dtype!r}.")
@@ -95,14 +87,36 @@ def main(
     )
     with torch_threads(threads):
         try:
-            return _run(Path(out), settings, console, fail)
-        except (
-            ConfigMismatchError,
-            ConfigError,
-            SettingsConflictError,
-            FileExistsError,
-        ) as error:
+            return _run(Path(out), settings, console or Console(), fail)
+        except _REFUSED as error:
             return fail(f"{error}\nChoose another --out or delete the folder.")
+
+
+def _on_progress(progress: Progress, current: dict[str, Any]):
+    """Draw the demo's events: a line and a bar per stage, a line when it ends."""
+    tasks: dict[str, TaskID] = {}
+
+    def show(event: DemoEvent) -> None:
+        label = _LABELS.get(event.stage, event.stage)
+        if event.kind == "start":
+            current["label"] = label
+            text = f"[bold]{label}[/]: {escape(event.message)}"
+            progress.console.print(text, highlight=False)
+            tasks[event.stage] = progress.add_task(label, total=event.total)
+        elif event.kind == "progress":
+            progress.update(
+                tasks[event.stage], completed=event.completed, total=event.total
+            )
+        elif event.kind == "done":
+            task = progress.tasks[tasks[event.stage]]
+            done = task.total if task.total is not None else task.completed
+            progress.update(tasks[event.stage], total=done, completed=done)
+            skipped = "skipped, " if event.values.get("status") == "skipped" else ""
+            seconds = event.values.get("seconds", 0.0)
+            text = f"  {label}: {escape(event.message)} ({skipped}{seconds:.1f} s)"
+            progress.console.print(text, highlight=False)
+
+    return show
 
 
 def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int:
@@ -114,36 +128,12 @@ def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int
         "finished stages are skipped."
     )
     start = time.perf_counter()
+    current = {"label": "the start"}
     with progress_bar(console) as progress:
-        tasks: dict[str, TaskID] = {}
-        current = {"label": "the start"}
-
-        def on_progress(event: DemoEvent) -> None:
-            label = _LABELS.get(event.stage, event.stage)
-            if event.kind == "start":
-                current["label"] = label
-                progress.console.print(
-                    f"[bold]{label}[/]: {escape(event.message)}", highlight=False
-                )
-                tasks[event.stage] = progress.add_task(label, total=event.total)
-            elif event.kind == "progress":
-                progress.update(
-                    tasks[event.stage], completed=event.completed, total=event.total
-                )
-            elif event.kind == "done":
-                task = progress.tasks[tasks[event.stage]]
-                done = task.total if task.total is not None else task.completed
-                progress.update(tasks[event.stage], total=done, completed=done)
-                status = event.values.get("status")
-                progress.console.print(
-                    f"  {label}: {escape(event.message)} "
-                    f"({'skipped, ' if status == 'skipped' else ''}"
-                    f"{event.values.get('seconds', 0.0):.1f} s)",
-                    highlight=False,
-                )
-
         outcome = run_guarded(
-            lambda: demo_run(out, settings, on_progress=on_progress),
+            lambda: demo_run(
+                out, settings, on_progress=_on_progress(progress, current)
+            ),
             progress,
             fail,
             (),
@@ -153,15 +143,18 @@ def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int
         return outcome
     report, summary = outcome
     seconds = time.perf_counter() - start
-    _print_findings(summary, console)
+    for line in _findings(summary["findings"]):
+        console.print(f"• {escape(line)}", highlight=False)
     table = Table(title="Wall time of this call", show_header=True)
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("seconds", justify="right")
+    for column, justify in (
+        ("stage", "left"),
+        ("status", "left"),
+        ("seconds", "right"),
+    ):
+        table.add_column(column, justify=justify)
     for name, stage in summary["stages"].items():
-        table.add_row(
-            _LABELS.get(name, name), stage["status"], f"{stage['seconds']:.1f}"
-        )
+        label = _LABELS.get(name, name)
+        table.add_row(label, stage["status"], f"{stage['seconds']:.1f}")
     console.print(table)
     console.print(f"Report: [bold]{escape(str(report))}[/]")
     console.print(f"HTML:   {escape(str(summary['html']))}")
@@ -169,19 +162,15 @@ def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int
     return 0
 
 
-def _print_findings(summary: dict, console: Console) -> None:
-    findings = summary["findings"]
-    last = str(findings["steps"][-1])
-    first = str(findings["steps"][0])
-    top = findings["spectrum"]["top_eigenvalue"]
-    overlap = findings["overlap"]
-    exhaustive = findings["exhaustive"]
-    lines = [
+def _findings(findings: dict[str, Any]) -> list[str]:
+    first, last = (str(step) for step in (findings["steps"][0], findings["steps"][-1]))
+    top, layers = findings["spectrum"]["top_eigenvalue"], findings["layers"]
+    overlap, exhaustive = findings["overlap"], findings["exhaustive"]
+    return [
         f"Top Hessian eigenvalue: {fmt(top[first])} at step {first}, "
         f"{fmt(top[last])} at step {last}.",
         f"Layer closest to the full spectrum at step {last}: "
-        f"{findings['layers']['closest_layer']}; farthest: "
-        f"{findings['layers']['farthest_layer']}.",
+        f"{layers['closest_layer']}; farthest: {layers['farthest_layer']}.",
         f"Magnitude mask of size {overlap['k']} vs top-{overlap['k']} eigenspace at "
         f"step {last}: {fmt(overlap['overlap_ratio'][last])} times chance.",
         f"Sketch vs exact λ₁ at step {last}: {fmt(exhaustive['lambda_1_sketch'][last])}"
@@ -190,8 +179,6 @@ def _print_findings(summary: dict, console: Console) -> None:
         "Diagonal estimators, best first: "
         f"{', '.join(findings['hesscale']['ranking'])}.",
     ]
-    for line in lines:
-        console.print(f"• {escape(line)}", highlight=False)
 
 
 def command(
@@ -225,13 +212,5 @@ def command(
     sketch-vs-exact check and a HesScale comparison, and writes report.md and
     report.html with the figures. A few minutes on 2 CPU cores.
     """
-    raise typer.Exit(
-        main(
-            out=out,
-            steps=steps,
-            seed=seed,
-            dtype=dtype.value,
-            threads=threads,
-            quick=quick,
-        )
-    )
+    options = {"out": out, "steps": steps, "seed": seed, "dtype": dtype}
+    raise typer.Exit(main(**options, threads=threads, quick=quick))

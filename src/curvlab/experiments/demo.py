@@ -1,29 +1,27 @@
 r"""``curvlab demo``: every experiment on one small problem, and a report.
 
-:func:`demo_run` trains ``digits_mlp`` (``D = 3190``) with SGD and records it in a
-run folder (:class:`~curvlab.runs.RunFolder`), then runs the library's
-measurements on the recorded steps, each a resumable stage of that folder:
+:func:`demo_run` trains ``digits_mlp`` (``D = 3190``) with SGD in a run folder
+(:class:`~curvlab.runs.RunFolder`) and runs the library's measurements on the
+recorded steps, each a resumable stage of that folder:
 
-1. ``train``: :func:`~curvlab.experiments.training.train_run` (parameters, full
-   gradient and metrics at the record steps);
-2. ``spectrum``: :func:`~curvlab.experiments.spectrum.spectrum_run` with
-   ``layers=True``: the full Hessian's spectrum and every layer's diagonal block,
-   exact (dense ``eigh``) at this size;
-3. ``overlap``: :func:`~curvlab.experiments.overlap.overlap_run`: overlap of the
-   magnitude masks with the top Hessian eigenspace, exact eigenbasis;
-4. ``exhaustive``: :func:`~curvlab.experiments.exhaustive.exhaustive_run`:
-   the sketched eigendecomposition (SEIGH) against the exact one;
+1. ``train``: :func:`~curvlab.experiments.training.train_run`;
+2. ``spectrum``: :func:`~curvlab.experiments.spectrum.spectrum_run`, the full
+   Hessian's spectrum and every layer's diagonal block (dense ``eigh``);
+3. ``overlap``: :func:`~curvlab.experiments.overlap.overlap_run`, the magnitude
+   masks against the top Hessian eigenspace;
+4. ``exhaustive``: :func:`~curvlab.experiments.exhaustive.exhaustive_run`, the
+   sketched eigendecomposition (SEIGH) against the exact one;
 5. ``hesscale``: :func:`~curvlab.experiments.hesscale_quality.hesscale_quality`
-   with the demo's architecture (64-20-20-20-20-20-10 tanh), stored as stage
+   on the demo's architecture (64-20-20-20-20-20-10 tanh), stored as stage
    ``hesscale_quality``;
-6. ``report``: the figures and ``report.md`` / ``report.html``
-   (:func:`curvlab.experiments.report.write_report`).
+6. ``report``: :func:`~curvlab.experiments.report.write_report`, from the
+   results the stages returned (:class:`~curvlab.experiments.report.DemoResults`).
 
-Every stage skips what the folder already holds, so calling :func:`demo_run`
-again on the same folder redoes nothing (and an interrupted demo resumes).
-The report is rewritten only when an earlier stage computed something or a
-report file is missing. Nothing here prints: progress goes to an optional
-callback (:class:`DemoEvent`), which ``curvlab demo`` turns into progress bars.
+Every stage skips what the folder holds, so a second call redoes nothing and an
+interrupted demo resumes; the report reads back only what a call skipped, and is
+rewritten only when a stage computed something or a report file is missing.
+Nothing here prints: progress goes to an optional callback (:class:`DemoEvent`),
+which ``curvlab demo`` turns into progress bars.
 
 Example:
     >>> import tempfile
@@ -35,28 +33,26 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from curvlab.experiments.exhaustive import ExhaustiveSettings, exhaustive_run
-from curvlab.experiments.hesscale_quality import hesscale_quality
-from curvlab.experiments.overlap import OverlapSettings, overlap_run
-from curvlab.experiments.report import (
-    HESSCALE_FILE,
-    HESSCALE_STAGE,
-    REPORT_STAGE,
-    TIMINGS_FILE,
-    write_report,
+from curvlab.experiments import report as reporting
+from curvlab.experiments.exhaustive import (
+    ExhaustiveSettings,
+    exhaustive_run,
+    load_exhaustive,
 )
-from curvlab.experiments.spectrum import SpectrumSettings, spectrum_run
+from curvlab.experiments.hesscale_quality import hesscale_quality
+from curvlab.experiments.overlap import OverlapSettings, load_overlap, overlap_run
+from curvlab.experiments.spectrum import SpectrumSettings, read_spectrum, spectrum_run
 from curvlab.experiments.training import derived_seeds, train_run
 from curvlab.runs import RunFolder, TrainConfig
+from curvlab.runs.stage import StageEvent, StageRunResult
 
 __all__ = [
     "DEMO_STAGES",
@@ -74,6 +70,9 @@ DEMO_STAGES = ("train", "spectrum", "overlap", "exhaustive", "hesscale", "report
 #: Fractions of the training at which the default schedule records: dense early,
 #: where the spectrum changes fastest.
 _RECORD_FRACTIONS = (0.0, 0.05, 0.2, 0.5, 1.0)
+#: The fields of :class:`DemoSettings` that are the training config's.
+_TRAINING = ("problem", "steps", "record_steps", "lr", "batch_size", "seed", "dtype")
+_TRAINING += ("num_samples",)
 
 
 @dataclass(frozen=True)
@@ -96,9 +95,7 @@ class HesScaleSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dict."""
-        values = dataclasses.asdict(self)
-        values["seeds"] = list(self.seeds)
-        return values
+        return {**dataclasses.asdict(self), "seeds": list(self.seeds)}
 
 
 @dataclass(frozen=True)
@@ -149,34 +146,17 @@ class DemoSettings:
         return tuple(sorted({*self.record_steps, self.steps}))
 
     def train_config(self) -> TrainConfig:
-        """Return the training config of the run.
-
-        Returns:
-            Plain SGD with the demo's learning rate, batch size and schedule.
-        """
+        """Return the training config of the run: plain SGD with these settings."""
+        training = {name: getattr(self, name) for name in _TRAINING}
         return TrainConfig(
-            problem=self.problem,
-            optimizer="sgd",
-            lr=self.lr,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            record_steps=self.steps_recorded,
-            seed=self.seed,
-            dtype=self.dtype,
-            num_samples=self.num_samples,
+            optimizer="sgd", **{**training, "record_steps": self.steps_recorded}
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dict."""
         return {
-            "problem": self.problem,
-            "steps": self.steps,
+            **{name: getattr(self, name) for name in _TRAINING},
             "record_steps": list(self.steps_recorded),
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "dtype": self.dtype,
-            "num_samples": self.num_samples,
             "spectrum": self.spectrum.to_dict(),
             "overlap": self.overlap.stored(),
             "exhaustive": self.exhaustive.stored(),
@@ -185,16 +165,7 @@ class DemoSettings:
 
 
 def default_record_steps(steps: int) -> tuple[int, ...]:
-    """Return the demo's record steps: 0, 5%, 20%, 50% and 100% of ``steps``.
-
-    Args:
-        steps: Number of SGD steps, at least 0.
-
-    Returns:
-        The sorted distinct steps.
-
-    Raises:
-        ValueError: If ``steps < 0``.
+    """Return the demo's record steps: 0, 5%, 20%, 50% and 100% of ``steps`` >= 0.
 
     Example:
         >>> default_record_steps(1000)
@@ -211,36 +182,19 @@ def quick_settings(*, seed: int = 0, dtype: str = "float32") -> DemoSettings:
     ``synthetic_regression`` (``D = 499``, three layers, MSE) on 200 train
     samples for 20 steps, two record steps, Hessians on 40 samples, ``K = 20``
     eigenpairs and a HesScale comparison on 3 samples of a narrow network.
-
-    Args:
-        seed: The seed.
-        dtype: ``"float32"`` or ``"float64"``.
-
-    Returns:
-        The settings.
     """
+    training = {"problem": "synthetic_regression", "steps": 20, "lr": 0.05}
+    training |= {"record_steps": (0, 20), "batch_size": 20, "num_samples": 200}
+    hessian = {"split": "train", "num_outer": 20, "samples_per_class": 40}
     return DemoSettings(
-        problem="synthetic_regression",
-        steps=20,
-        record_steps=(0, 20),
-        lr=0.05,
-        batch_size=20,
+        **training,
         seed=seed,
         dtype=dtype,
-        num_samples=200,
         spectrum=SpectrumSettings(
             layers=True, samples_per_class=40, top_k=5, bottom_k=2, grid_points=256
         ),
-        overlap=OverlapSettings(
-            split="train",
-            method="exact",
-            num_outer=20,
-            samples_per_class=40,
-            num_random=5,
-        ),
-        exhaustive=ExhaustiveSettings(
-            split="train", num_outer=20, samples_per_class=40, num_probes=5
-        ),
+        overlap=OverlapSettings(**hessian, method="exact", num_random=5),
+        exhaustive=ExhaustiveSettings(**hessian, num_probes=5),
         hesscale=HesScaleSettings(seeds=(0,), num_samples=3, width=8, depth=2),
     )
 
@@ -273,8 +227,38 @@ class DemoEvent:
 DemoCallback = Callable[[DemoEvent], None]
 
 
-def _steps_text(steps: tuple[int, ...] | list[int]) -> str:
+def _steps_text(steps: Sequence[int]) -> str:
     return ", ".join(str(s) for s in steps) if steps else "none"
+
+
+class _Stages:
+    """The demo's stages as events (start, progress, done), with their status."""
+
+    def __init__(self, notify: DemoCallback):
+        self.notify = notify
+        self.status: dict[str, dict[str, Any]] = {}
+
+    def start(self, name: str, total: int | None, message: str) -> None:
+        self.tic = time.perf_counter()
+        self.notify(DemoEvent(name, "start", 0, total, message))
+
+    def progress(self, name: str, total: int | None = None) -> Callable:
+        """A stage's callback: its :class:`StageEvent` as progress of ``total``."""
+
+        def forward(event: StageEvent) -> None:
+            if event.kind in ("start", "step", "spectrum"):
+                of = event.total if total is None else total
+                self.notify(DemoEvent(name, "progress", event.index, of))
+
+        return forward
+
+    def done(self, name: str, computed, skipped, message: str) -> None:
+        seconds = time.perf_counter() - self.tic
+        status = "computed" if computed else "skipped"
+        self.status[name] = {"status": status, "seconds": seconds}
+        self.status[name] |= {"computed": list(computed), "skipped": list(skipped)}
+        values = {"status": status, "seconds": seconds}
+        self.notify(DemoEvent(name, "done", message=message, values=values))
 
 
 def demo_run(
@@ -302,244 +286,81 @@ def demo_run(
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another training
             config.
-        SpectrumSettingsError: If spectra in ``out`` were computed with other
-            settings (likewise ``OverlapSettingsError`` for the overlap and the
-            exhaustive check).
+        SettingsConflictError: If a stage's finished steps in ``out`` were
+            computed with other settings.
         FileExistsError: If ``out`` is a non-empty folder that is no run folder.
     """
     settings = settings or DemoSettings()
-    notify = on_progress or (lambda event: None)
-    record_steps = list(settings.steps_recorded)
+    steps = list(settings.steps_recorded)
     config = settings.train_config()
     run = RunFolder.create(out, config, metadata={"seeds": derived_seeds(config.seed)})
-    stages: dict[str, dict[str, Any]] = {}
-
-    def finish(name: str, tic: float, computed, skipped, message: str) -> None:
-        seconds = time.perf_counter() - tic
-        status = "computed" if computed else "skipped"
-        stages[name] = {
-            "status": status,
-            "seconds": seconds,
-            "computed": list(computed),
-            "skipped": list(skipped),
-        }
-        notify(
-            DemoEvent(
-                name,
-                "done",
-                message=message,
-                values={"status": status, "seconds": seconds},
-            )
-        )
-
-    # 1. training
-    tic = time.perf_counter()
-    notify(
-        DemoEvent(
-            "train",
-            "start",
-            0,
-            settings.steps,
-            f"SGD on {settings.problem}, lr {settings.lr:g}, batch "
-            f"{settings.batch_size}, {settings.steps} steps; recording steps "
-            f"{_steps_text(record_steps)}",
-        )
-    )
-
-    def on_train(event) -> None:
-        if event.kind == "step":
-            notify(DemoEvent("train", "progress", event.index, settings.steps))
-
-    result = train_run(run, config, on_progress=on_train)
-    run.write_metrics()
-    finish(
+    stages = _Stages(on_progress or (lambda event: None))
+    stages.start(
         "train",
-        tic,
-        result.recorded,
-        result.skipped,
-        f"recorded steps {_steps_text(result.recorded)}"
-        + (f", already had {_steps_text(result.skipped)}" if result.skipped else ""),
+        config.steps,
+        f"SGD on {config.problem}, lr {config.lr:g}, batch {config.batch_size}, "
+        f"{config.steps} steps; recording steps {_steps_text(steps)}",
     )
-
-    # 2. spectra
-    tic = time.perf_counter()
-    notify(
-        DemoEvent(
-            "spectrum",
-            "start",
-            0,
-            None,
-            "Hessian spectra, full and per layer, at each recorded step",
-        )
-    )
-
-    def on_spectrum(event) -> None:
-        if event.kind in ("start", "spectrum"):
-            notify(DemoEvent("spectrum", "progress", event.index, event.total or None))
-
-    spectra = spectrum_run(
-        run, settings.spectrum, steps=record_steps, on_progress=on_spectrum
-    )
-    finish(
-        "spectrum",
-        tic,
-        spectra.computed,
-        spectra.skipped,
-        f"computed steps {_steps_text(spectra.computed)}",
-    )
-
-    # 3. overlap and 4. exhaustive check
-    for name, function, stage_settings, what in (
-        (
-            "overlap",
-            overlap_run,
-            settings.overlap,
-            "overlap of magnitude masks with the top Hessian eigenspace",
-        ),
-        (
-            "exhaustive",
-            exhaustive_run,
-            settings.exhaustive,
-            "sketched (SEIGH) against exact eigendecomposition",
-        ),
+    trained = train_run(run, config, on_progress=stages.progress("train", config.steps))
+    run.write_metrics()
+    had = f", already had {_steps_text(trained.skipped)}" if trained.skipped else ""
+    message = f"recorded steps {_steps_text(trained.recorded)}{had}"
+    stages.done("train", trained.recorded, trained.skipped, message)
+    outcomes: dict[str, StageRunResult] = {}
+    for name, function, stage_settings, total, what in (
+        ("spectrum", spectrum_run, settings.spectrum, None, _SPECTRUM),
+        ("overlap", overlap_run, settings.overlap, len(steps), _OVERLAP),
+        ("exhaustive", exhaustive_run, settings.exhaustive, len(steps), _EXHAUSTIVE),
     ):
-        tic = time.perf_counter()
-        notify(DemoEvent(name, "start", 0, len(record_steps), what))
+        stages.start(name, total, what)
+        on_step = stages.progress(name)
+        outcome = function(run, stage_settings, steps=steps, on_progress=on_step)
+        message = f"computed steps {_steps_text(outcome.computed)}"
+        stages.done(name, outcome.computed, outcome.skipped, message)
+        outcomes[name] = outcome
+    quality = _hesscale_stage(run, settings.hesscale, stages)
+    stages.start("report", None, "figures, report.md, report.html")
+    report = _report_stage(run, settings, stages, outcomes, quality)
+    summary = {"run": run.path, "report": report.markdown, "html": report.html}
+    summary |= {"figures": report.figures, "stages": stages.status}
+    return report.markdown, {**summary, "findings": report.findings}
 
-        def on_step(event, name=name) -> None:
-            if event.kind in ("start", "step"):
-                notify(DemoEvent(name, "progress", event.index, event.total))
 
-        outcome = function(run, stage_settings, steps=record_steps, on_progress=on_step)
-        finish(
-            name,
-            tic,
-            outcome.computed,
-            outcome.skipped,
-            f"computed steps {_steps_text(outcome.computed)}",
-        )
-
-    # 5. HesScale quality
-    tic = time.perf_counter()
-    hesscale = settings.hesscale
-    total = len(hesscale.seeds) * hesscale.num_samples
-    notify(
-        DemoEvent(
-            "hesscale",
-            "start",
-            0,
-            total,
-            "diagonal curvature estimators against the exact Hessian diagonal",
-        )
-    )
-    computed_hesscale = _hesscale_stage(run, hesscale, settings.dtype, notify, total)
-    finish(
-        "hesscale",
-        tic,
-        [0] if computed_hesscale else [],
-        [] if computed_hesscale else [0],
-        "computed" if computed_hesscale else "already stored",
-    )
-
-    # 6. report
-    tic = time.perf_counter()
-    notify(DemoEvent("report", "start", 0, None, "figures, report.md, report.html"))
-    timings = _update_timings(run, stages)
-    upstream = any(s["status"] == "computed" for s in stages.values())
-    wanted = settings.to_dict()
-    entry = run.entry(REPORT_STAGE)
-    fresh = (
-        not upstream
-        and run.is_done(REPORT_STAGE)
-        and entry is not None
-        and entry["info"].get("settings") == wanted
-    )
-    if fresh:
-        report, html = run.resolve("report.md"), run.resolve("report.html")
-        figures = [run.resolve(p) for p in entry["info"]["figures"]]
-        findings = entry["info"]["findings"]
-    else:
-        written = write_report(run, timings=timings, settings=wanted)
-        report, html, figures, findings = (
-            written.markdown,
-            written.html,
-            written.figures,
-            written.findings,
-        )
-        run.mark_done(
-            REPORT_STAGE,
-            files=[report, html, *figures],
-            info={
-                "settings": wanted,
-                "figures": [run.relative(p) for p in figures],
-                "findings": findings,
-            },
-        )
-    finish(
-        "report",
-        tic,
-        [] if fresh else [0],
-        [0] if fresh else [],
-        f"{'kept' if fresh else 'wrote'} {run.relative(report)}",
-    )
-    if not fresh:
-        _update_timings(run, {"report": stages["report"]})
-    summary = {
-        "run": run.path,
-        "report": report,
-        "html": html,
-        "figures": figures,
-        "stages": stages,
-        "findings": findings,
-    }
-    return report, summary
+_SPECTRUM = "Hessian spectra, full and per layer, at each recorded step"
+_OVERLAP = "overlap of magnitude masks with the top Hessian eigenspace"
+_EXHAUSTIVE = "sketched (SEIGH) against exact eigendecomposition"
 
 
 def _hesscale_stage(
-    run: RunFolder,
-    settings: HesScaleSettings,
-    dtype: str,
-    notify: DemoCallback,
-    total: int,
-) -> bool:
-    """Compute and store the HesScale comparison unless it is stored; say if run."""
+    run: RunFolder, settings: HesScaleSettings, stages: _Stages
+) -> dict[str, Any] | None:
+    """Compute and store the HesScale comparison unless it is stored.
+
+    Returns:
+        The comparison as stored (:data:`~curvlab.experiments.report.HESSCALE_FILE`),
+        or ``None`` when it was stored already.
+    """
+    total = len(settings.seeds) * settings.num_samples
+    stages.start("hesscale", total, _HESSCALE)
     wanted = {**settings.to_dict(), "dtype": "float64"}
-    entry = run.entry(HESSCALE_STAGE)
-    if (
-        run.is_done(HESSCALE_STAGE)
-        and entry is not None
-        and entry["info"].get("settings") == wanted
-    ):
-        return False
+    if _stored_info(run, reporting.HESSCALE_STAGE, wanted) is not None:
+        stages.done("hesscale", [], [0], "already stored")
+        return None
     done_seeds: list[int] = []
 
     def on_sample(seed: int, completed: int, num: int) -> None:
         if completed == num:
             done_seeds.append(seed)
-        notify(
-            DemoEvent(
-                "hesscale",
-                "progress",
-                len(done_seeds) * num + (0 if completed == num else completed),
-                total,
-            )
-        )
+        done = len(done_seeds) * num + (0 if completed == num else completed)
+        stages.notify(DemoEvent("hesscale", "progress", done, total))
 
     tic = time.perf_counter()
     result = hesscale_quality(
-        seeds=settings.seeds,
-        num_samples=settings.num_samples,
-        width=settings.width,
-        depth=settings.depth,
-        epochs=settings.epochs,
-        dtype=torch.float64,
-        on_progress=on_sample,
+        **dataclasses.asdict(settings), dtype=torch.float64, on_progress=on_sample
     )
     content = {
         "settings": wanted,
-        "methods": list(result.methods),
-        "layers": list(result.layers),
-        "seeds": list(result.seeds),
+        **{key: list(getattr(result, key)) for key in ("methods", "layers", "seeds")},
         "num_samples": result.num_samples,
         "normalized": result.normalized,
         "mean_errors": result.mean_errors(),
@@ -548,23 +369,73 @@ def _hesscale_stage(
         "config": result.config,
         "seconds": time.perf_counter() - tic,
     }
-    path = run.write_json(HESSCALE_FILE, content)
-    run.mark_done(
-        HESSCALE_STAGE,
-        files=[path],
-        info={"settings": wanted, "seconds": content["seconds"]},
+    path = run.write_json(reporting.HESSCALE_FILE, content)
+    info = {"settings": wanted, "seconds": content["seconds"]}
+    run.mark_done(reporting.HESSCALE_STAGE, files=[path], info=info)
+    stages.done("hesscale", [0], [], "computed")
+    return content
+
+
+_HESSCALE = "diagonal curvature estimators against the exact Hessian diagonal"
+
+
+def _report_stage(
+    run: RunFolder,
+    settings: DemoSettings,
+    stages: _Stages,
+    outcomes: Mapping[str, StageRunResult],
+    quality: dict[str, Any] | None,
+) -> reporting.Report:
+    """Write the report from the stages' results, unless it is up to date."""
+    timings = _update_timings(run, stages.status)
+    wanted = settings.to_dict()
+    info = _stored_info(run, reporting.REPORT_STAGE, wanted)
+    if info is not None and all(
+        s["status"] == "skipped" for s in stages.status.values()
+    ):
+        figures = [run.resolve(path) for path in info["figures"]]
+        files = [run.resolve("report.md"), run.resolve("report.html")]
+        stages.done("report", [], [0], f"kept {run.relative(files[0])}")
+        return reporting.Report(*files, figures, info["findings"])
+    spectra = outcomes["spectrum"].results
+    results = reporting.DemoResults(
+        metrics={row["step"]: row for row in run.metrics()},
+        spectra={
+            s: spectra.get(s) or read_spectrum(run, s) for s in settings.steps_recorded
+        },
+        overlap=reporting.StepTables.of(outcomes["overlap"], lambda: load_overlap(run)),
+        exhaustive=reporting.StepTables.of(
+            outcomes["exhaustive"], lambda: load_exhaustive(run)
+        ),
+        hesscale=quality or run.read_json(reporting.HESSCALE_FILE),
     )
-    return True
+    report = reporting.write_report(run, results, timings=timings)
+    info = {"settings": wanted, "figures": [run.relative(p) for p in report.figures]}
+    run.mark_done(
+        reporting.REPORT_STAGE,
+        files=[report.markdown, report.html, *report.figures],
+        info={**info, "findings": report.findings},
+    )
+    stages.done("report", [0], [], f"wrote {run.relative(report.markdown)}")
+    _update_timings(run, {"report": stages.status["report"]})
+    return report
+
+
+def _stored_info(run: RunFolder, stage: str, settings: dict) -> dict | None:
+    """The manifest info of a finished stage computed with ``settings``, or ``None``."""
+    entry = run.entry(stage)
+    done = entry is not None and run.is_done(stage)
+    return entry["info"] if done and entry["info"].get("settings") == settings else None
 
 
 def _update_timings(
     run: RunFolder, stages: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, float]:
     """Keep, per stage, the wall time of the call that last computed it."""
-    path = run.resolve(TIMINGS_FILE)
-    timings = json.loads(path.read_text()) if path.is_file() else {}
+    stored = run.resolve(reporting.TIMINGS_FILE).is_file()
+    timings = run.read_json(reporting.TIMINGS_FILE) if stored else {}
     for name, stage in stages.items():
         if stage["status"] == "computed" or name not in timings:
             timings[name] = stage["seconds"]
-    run.write_json(TIMINGS_FILE, timings)
+    run.write_json(reporting.TIMINGS_FILE, timings)
     return timings

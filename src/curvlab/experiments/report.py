@@ -1,20 +1,12 @@
-r"""The demo's report: figures, ``report.md`` and ``report.html`` from a run folder.
+r"""The demo's report: figures, ``report.md`` and ``report.html`` from the results.
 
-:func:`write_report` reads what the stages of :func:`curvlab.experiments.demo.demo_run`
-stored in a run folder (training metrics, spectra, overlaps, the exhaustive
-check, the HesScale comparison), draws the figures into ``RUN_DIR/plots/``
-(:func:`~curvlab.experiments.spectrum_plots.plot_spectrum`,
-:func:`~curvlab.experiments.spectrum_plots.plot_match`,
-:func:`~curvlab.experiments.overlap_plots.plot_overlap`, and here
-:func:`plot_exhaustive` and :func:`plot_hesscale`), and writes a report of short
-sentences and tables built from the stored numbers: nothing in it is canned
-except the explanations. :func:`markdown_to_html` converts the subset of
-Markdown the report uses (headings, paragraphs, bullet lists, pipe tables,
-images, ``code`` and ``**bold**``) into a standalone HTML page.
-
-Numbers are printed with :func:`fmt` (4 significant digits), so a number in
-the report can be checked against the stored value by formatting it the same
-way.
+:func:`write_report` renders what the stages of
+:func:`curvlab.experiments.demo.demo_run` returned (:class:`DemoResults`), as it
+is handed them: the figures in ``RUN_DIR/plots/``, then short sentences and
+tables built from the numbers (only the explanations are canned), as Markdown
+and as a standalone HTML page (:func:`markdown_to_html`). Numbers are printed
+with :func:`~curvlab._format.fmt` (4 significant digits), so each can be checked
+against the stored value by formatting it the same way.
 """
 
 from __future__ import annotations
@@ -22,36 +14,36 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from curvlab._format import fmt
-from curvlab.experiments.exhaustive import exhaustive_stage, load_exhaustive
-from curvlab.experiments.overlap import load_overlap, overlap_stage
+from curvlab.experiments.exhaustive import exhaustive_stage
+from curvlab.experiments.overlap import overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
-from curvlab.experiments.spectrum import STAGE as SPECTRUM_STAGE
-from curvlab.experiments.spectrum import read_spectrum
+from curvlab.experiments.spectrum import SpectrumStep
 from curvlab.experiments.spectrum_plots import PLOTS, plot_match, plot_spectrum
 from curvlab.runs import RunFolder
-from curvlab.subspace.spectra import layer_full_distances
+from curvlab.runs.stage import StageRunResult
+from curvlab.subspace.spectra import BlockSpectrum, layer_full_distances
 
 __all__ = [
     "HESSCALE_FILE",
     "HESSCALE_STAGE",
     "REPORT_STAGE",
     "TIMINGS_FILE",
+    "DemoResults",
     "Report",
+    "StepTables",
     "fmt",
     "markdown_to_html",
-    "plot_exhaustive",
-    "plot_hesscale",
-    "render_report",
     "write_report",
 ]
 
@@ -64,19 +56,63 @@ REPORT_STAGE = "report"
 TIMINGS_FILE = "demo_timings.json"
 
 _SPLIT = "train"
-_DPI = 110
+_FILES = f"""## Files
+
+- `metrics.csv`: loss, accuracy and gradient norm per recorded step
+- `spectrum/step_*.json`: full and layer spectra (all eigenvalues)
+- `{overlap_stage(_SPLIT)}/summary.csv`, `{overlap_stage(_SPLIT)}/all.csv`: \
+mask overlaps per step and k
+- `{exhaustive_stage(_SPLIT)}/summary.csv`: sketch against exact
+- `{HESSCALE_FILE}`: the HesScale comparison
+- `{PLOTS}/`: the figures
+"""
+
+
+@dataclass(frozen=True)
+class StepTables:
+    """A table stage's results: its rows (steps ascending) and summaries by step."""
+
+    rows: list[dict[str, Any]]
+    summaries: dict[int, dict[str, Any]]
+
+    @classmethod
+    def of(cls, outcome: StageRunResult, load: Callable[[], tuple]) -> StepTables:
+        """The steps a run_stage call computed as it returned them, others by load()."""
+        stored = load()[0] if outcome.skipped else []
+        rows = [
+            row
+            for step in outcome.summaries
+            for row in (
+                outcome.results[step].rows
+                if step in outcome.results
+                else [r for r in stored if r["step"] == step]
+            )
+        ]
+        return cls(rows, dict(outcome.summaries))
+
+
+@dataclass(frozen=True)
+class DemoResults:
+    """What the report renders: each demo stage's results at the recorded steps.
+
+    Attributes:
+        metrics: Step -> its training record (losses, accuracies, gradient norm).
+        spectra: Step -> its spectra (with the layers' blocks).
+        overlap: The mask/eigenspace overlap on the train split.
+        exhaustive: The sketch-vs-exact check on the train split.
+        hesscale: The HesScale comparison, as :data:`HESSCALE_FILE` holds it.
+    """
+
+    metrics: dict[int, dict[str, Any]]
+    spectra: dict[int, SpectrumStep]
+    overlap: StepTables
+    exhaustive: StepTables
+    hesscale: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Report:
-    """What :func:`write_report` wrote.
-
-    Attributes:
-        markdown: ``RUN_DIR/report.md``.
-        html: ``RUN_DIR/report.html``.
-        figures: The PNG files the report shows.
-        findings: The headline numbers, as in the report's summary.
-    """
+    """What :func:`write_report` wrote, with the report's headline numbers."""
 
     markdown: Path
     html: Path
@@ -88,133 +124,95 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _image(run: RunFolder, path: Path, alt: str) -> str:
-    return f"![{alt}]({run.relative(path)})"
+def _step_table(headers: Sequence[str], steps: Iterable[int], cells: Callable) -> str:
+    """One row per step: the step, then ``cells(step)`` (numbers through fmt)."""
+    rows = [
+        (s, *(c if isinstance(c, str) else fmt(c) for c in cells(s))) for s in steps
+    ]
+    return _table(("step", *headers), rows)
+
+
+def _section(title: str, *paragraphs: str) -> str:
+    return f"## {title}\n\n" + "\n\n".join(paragraphs) + "\n"
+
+
+def _images(figures: Mapping[str, str], *shown: tuple[str, str]) -> str:
+    return "\n\n".join(f"![{alt}]({figures[name]})" for name, alt in shown)
 
 
 def _save(run: RunFolder, figure: Figure, name: str) -> Path:
     path = run.resolve(Path(PLOTS) / name)
     with run.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI)
+        figure.savefig(tmp, format="png", dpi=110)
     return path
 
 
-# ------------------------------------------------------------------ figures
-def plot_exhaustive(run: RunFolder, split: str = _SPLIT) -> Path:
-    """Draw the exhaustive check: eigenvalues and eigenspaces, sketch vs exact.
-
-    Left: the ``K`` eigenvalues of largest magnitude at the last step, exact
-    (line) and sketched (points). Right: the overlap of the top-``k`` sketched
-    and exact eigenspaces against ``k``, one curve per step (1 = identical).
-
-    Args:
-        run: The run folder.
-        split: The split of the stored check.
-
-    Returns:
-        ``RUN_DIR/plots/exhaustive_<split>.png``.
-
-    Raises:
-        FileNotFoundError: If no step of the check is stored.
-    """
-    rows, summaries = load_exhaustive(run, split)
-    steps = sorted(summaries)
-    last = summaries[steps[-1]]
-    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
+def _figure(size: tuple[float, float]) -> Figure:
+    figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
+    return figure
+
+
+# ------------------------------------------------------------------ figures
+def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
+    """Top eigenvalues, exact and sketched; overlap of the top-k eigenspaces."""
+    steps = sorted(check.summaries)
+    last = check.summaries[steps[-1]]
+    figure = _figure((10.0, 3.8))
     left, right = figure.subplots(1, 2)
     exact = numpy.asarray(last["eigenvalues_exact"])
-    sketch = numpy.asarray(last["eigenvalues_sketch"])
     index = numpy.arange(1, len(exact) + 1)
     left.plot(index, exact, "-", color="C0", label="exact (dense eigh)")
+    sketch = numpy.asarray(last["eigenvalues_sketch"])
     left.plot(index, sketch, ".", color="C1", markersize=4, label="sketch (SEIGH)")
     left.axhline(0.0, color="0.7", linewidth=0.8)
-    left.set_xscale("log")
-    left.set_xlabel("i (by decreasing |λ|)")
-    left.set_ylabel("eigenvalue λᵢ")
+    left.set(xscale="log", xlabel="i (by decreasing |λ|)", ylabel="eigenvalue λᵢ")
     left.set_title(f"top eigenvalues at step {steps[-1]}", fontsize="medium")
-    left.legend(fontsize="small")
-    colors = _step_colors(steps)
-    for step in steps:
-        ks = [r["k"] for r in rows if r["step"] == step]
-        values = [r["basis_overlap"] for r in rows if r["step"] == step]
-        right.plot(ks, values, color=colors[step], label=f"step {step}")
-    right.set_xscale("log")
-    right.set_ylim(-0.03, 1.03)
-    right.set_xlabel("k")
-    right.set_ylabel("overlap of top-k eigenspaces")
+    cmap, span = colormaps["viridis"], max(len(steps) - 1, 1)
+    for i, step in enumerate(steps):
+        rows = [r for r in check.rows if r["step"] == step]
+        ks, values = [r["k"] for r in rows], [r["basis_overlap"] for r in rows]
+        right.plot(ks, values, color=cmap(0.9 * i / span), label=f"step {step}")
+    right.set(xscale="log", ylim=(-0.03, 1.03), xlabel="k")
+    right.set(ylabel="overlap of top-k eigenspaces")
     right.set_title("sketched vs exact eigenspace", fontsize="medium")
-    right.legend(fontsize="small")
+    for ax in (left, right):
+        ax.legend(fontsize="small")
     settings = last["settings"]
     figure.suptitle(
         f"{last['problem']}: SEIGH with K = {settings['num_outer']}, "
-        f"s = {settings['num_inner']} products vs exact ({split} subset of "
+        f"s = {settings['num_inner']} products vs exact ({_SPLIT} subset of "
         f"{last['hessian']['num_samples']} samples)"
     )
-    return _save(run, figure, f"exhaustive_{split}.png")
+    return _save(run, figure, f"exhaustive_{_SPLIT}.png")
 
 
-def _step_colors(steps: Sequence[int]) -> dict[int, Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    span = max(len(steps) - 1, 1)
-    return {s: cmap(0.9 * i / span) for i, s in enumerate(steps)}
-
-
-def plot_hesscale(run: RunFolder) -> Path:
-    """Draw the HesScale comparison: each estimator's total error, HesScale = 1.
-
-    Args:
-        run: The run folder.
-
-    Returns:
-        ``RUN_DIR/plots/hesscale_quality.png``.
-
-    Raises:
-        FileNotFoundError: If the comparison is not stored.
-    """
-    data = run.read_json(HESSCALE_FILE)
-    methods = data["methods"]
-    totals = [data["normalized"][m]["total"] for m in methods]
-    figure = Figure(figsize=(7.0, 3.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
+def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
+    """Each estimator's total error of the Hessian diagonal, HesScale's = 1."""
+    methods = hesscale["methods"]
+    totals = [hesscale["normalized"][m]["total"] for m in methods]
+    ax = _figure((7.0, 3.6)).subplots()
     bars = ax.bar(methods, totals, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, labels=[fmt(t) for t in totals], fontsize="small")
-    ax.set_yscale("log")
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
-    ax.set_ylabel("L1 error of diag(H) / HesScale's")
+    ax.set(yscale="log", ylabel="L1 error of diag(H) / HesScale's")
     ax.tick_params(axis="x", labelrotation=20)
-    config = data["config"]
     ax.set_title(
-        f"{config['architecture']}, {len(data['seeds'])} seed(s) x "
-        f"{data['num_samples']} samples",
+        f"{hesscale['config']['architecture']}, {len(hesscale['seeds'])} seed(s) x "
+        f"{hesscale['num_samples']} samples",
         fontsize="medium",
     )
-    return _save(run, figure, "hesscale_quality.png")
+    return _save(run, ax.figure, "hesscale_quality.png")
 
 
 # ------------------------------------------------------------------ sections
-def _training(run: RunFolder, steps: Sequence[int]) -> tuple[str, dict[str, Any]]:
-    metrics = {row["step"]: row for row in run.metrics()}
-    rows = [
-        (
-            s,
-            fmt(metrics[s]["train_loss"]),
-            _percent(metrics[s].get("train_accuracy")),
-            fmt(metrics[s]["test_loss"]),
-            _percent(metrics[s].get("test_accuracy")),
-            fmt(metrics[s].get("gradient_norm")),
-        )
-        for s in steps
-    ]
+def _training(metrics: Mapping[int, Mapping[str, Any]], steps: Sequence[int]):
     first, last = metrics[steps[0]], metrics[steps[-1]]
     text = (
         f"From step {steps[0]} to step {steps[-1]} the train loss went from "
@@ -225,49 +223,38 @@ def _training(run: RunFolder, steps: Sequence[int]) -> tuple[str, dict[str, Any]
             f" and the test accuracy from {_percent(first['test_accuracy'])} to "
             f"{_percent(last['test_accuracy'])}"
         )
-    text += ". Loss and gradient norm are over the whole split."
-    table = _table(
-        ("step", "train loss", "train acc", "test loss", "test acc", "‖∇L‖"), rows
+    table = _step_table(
+        ("train loss", "train acc", "test loss", "test acc", "‖∇L‖"),
+        steps,
+        lambda s: (
+            *(metrics[s]["train_loss"], _percent(metrics[s].get("train_accuracy"))),
+            *(metrics[s]["test_loss"], _percent(metrics[s].get("test_accuracy"))),
+            metrics[s].get("gradient_norm"),
+        ),
     )
-    findings = {
+    text += ". Loss and gradient norm are over the whole split."
+    return _section("Training", text, table), {
         "train_loss": {s: metrics[s]["train_loss"] for s in steps},
         "test_accuracy": {s: metrics[s].get("test_accuracy") for s in steps},
     }
-    return f"## Training\n\n{text}\n\n{table}\n", findings
 
 
-def _largest(block) -> float:
+def _largest(block: BlockSpectrum) -> float:
     return float(max(block.top_eigenvalues.tolist()))
 
 
-def _smallest(block) -> float | None:
+def _smallest(block: BlockSpectrum) -> float | None:
     values = block.bottom_eigenvalues
-    if values is None or not len(values):
-        return None
-    return float(values.min())
+    return None if values is None or not len(values) else float(values.min())
 
 
-def _spectrum(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    spectra = {s: read_spectrum(run, s) for s in steps}
+def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
+    steps = list(spectra)
     fulls = {s: spectra[s].spectra["hessian"].full for s in steps}
     top = {s: _largest(fulls[s]) for s in steps}
     bottom = {s: _smallest(fulls[s]) for s in steps}
     trace = {s: fulls[s].trace for s in steps}
-    dim = fulls[steps[0]].dim
-    rows = []
-    for s in steps:
-        mean = trace[s] / dim if trace[s] is not None else None
-        rows.append(
-            (
-                s,
-                fmt(top[s]),
-                fmt(bottom[s]),
-                fmt(trace[s]),
-                fmt(top[s] / mean) if mean else "-",
-                fulls[s].method,
-            )
-        )
-    first, last = steps[0], steps[-1]
+    first, last, dim = steps[0], steps[-1], fulls[steps[0]].dim
     peak = max(steps, key=lambda s: top[s])
     lines = [
         f"At step {first} the top eigenvalue is {fmt(top[first])}; at step {last} "
@@ -292,94 +279,82 @@ def _spectrum(run, steps, figures) -> tuple[str, dict[str, Any]]:
             f"{_percent(-bottom[last] / top[last])} of the top eigenvalue's size, "
             "so the Hessian is not positive semi-definite."
         )
-    settings = spectra[first].settings
-    num = spectra[first].num_samples
-    per_class = (
-        f" ({settings.samples_per_class} per class)"
-        if num != settings.samples_per_class
-        else ""
+    num, per_class = (
+        spectra[first].num_samples,
+        spectra[first].settings.samples_per_class,
     )
-    intro = (
-        f"The Hessian of the mean loss over {num} train samples{per_class}, "
-        f"D = {dim:,}; eigenvalues by `{fulls[first].method}` decomposition."
-    )
-    table = _table(
-        ("step", "top λ", "most negative λ", "tr H", "top λ / (tr H / D)", "method"),
-        rows,
-    )
-    images = "\n\n".join(
-        _image(run, p, alt)
-        for p, alt in (
-            (figures["spectrum_hessian.png"], "Hessian spectral density per step"),
-            (figures["spectrum_extremes.png"], "extreme eigenvalues against step"),
-        )
-    )
-    text = (
-        "## How the Hessian's spectrum evolves\n\n"
-        f"{intro}\n\n{' '.join(lines)}\n\n{table}\n\n"
+    text = _section(
+        "How the Hessian's spectrum evolves",
+        f"The Hessian of the mean loss over {num} train samples"
+        + (f" ({per_class} per class)" if num != per_class else "")
+        + f", D = {dim:,}; eigenvalues by `{fulls[first].method}` decomposition.",
+        " ".join(lines),
+        _step_table(
+            ("top λ", "most negative λ", "tr H", "top λ / (tr H / D)", "method"),
+            steps,
+            lambda s: (
+                (top[s], bottom[s], trace[s])
+                + (top[s] / (trace[s] / dim) if trace[s] else None, fulls[s].method)
+            ),
+        ),
         "The densities (log scale, one curve per step, one panel per layer and "
-        "one for the whole network) and the extreme eigenvalues against the "
-        f"step:\n\n{images}\n"
+        "one for the whole network) and the extreme eigenvalues against the step:",
+        _images(
+            figures,
+            ("spectrum_hessian.png", "Hessian spectral density per step"),
+            ("spectrum_extremes.png", "extreme eigenvalues against step"),
+        ),
     )
     return text, {"top_eigenvalue": top, "trace": trace, "dim": dim}
 
 
-def _layers(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    last = steps[-1]
-    layerwise = read_spectrum(run, last).spectra["hessian"]
-    full_top = _largest(layerwise.full)
-    distances = {
-        row.layer: row.wasserstein for row in layer_full_distances({last: layerwise})
-    }
-    names = list(layerwise.blocks)
-    rows = []
-    for depth, (name, block) in enumerate(layerwise.blocks.items(), start=1):
-        rows.append(
-            (
-                f"{depth} (`{', '.join(block.param_names)}`)",
-                f"{block.dim:,}",
-                fmt(_largest(block)),
-                fmt(block.trace),
-                fmt(distances[name]),
-            )
-        )
-    label = {name: i for i, name in enumerate(names, start=1)}
-    tops = {name: _largest(b) for name, b in layerwise.blocks.items()}
-    biggest = max(names, key=lambda n: tops[n])
-    closest = min(names, key=lambda n: distances[n])
-    farthest = max(names, key=lambda n: distances[n])
-    traces = {n: b.trace for n, b in layerwise.blocks.items()}
-    text = (
-        "## How each layer compares with the whole\n\n"
+def _layers(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
+    last = list(spectra)[-1]
+    layerwise = spectra[last].spectra["hessian"]
+    full_top, blocks = _largest(layerwise.full), layerwise.blocks
+    distance = {r.layer: r.wasserstein for r in layer_full_distances({last: layerwise})}
+    label = {name: i for i, name in enumerate(blocks, start=1)}
+    tops = {name: _largest(b) for name, b in blocks.items()}
+    biggest = max(blocks, key=lambda n: tops[n])
+    closest = min(blocks, key=lambda n: distance[n])
+    farthest = max(blocks, key=lambda n: distance[n])
+    text = _section(
+        "How each layer compares with the whole",
         "Each layer's diagonal block H_l of the Hessian (its weights and bias "
         "with each other, ignoring the coupling to other layers) has a spectrum "
         "of its own; the Wasserstein-1 distance W₁ measures how far its "
-        "eigenvalue distribution is from the full Hessian's.\n\n"
+        "eigenvalue distribution is from the full Hessian's.",
         f"At step {last} the largest block eigenvalue is {fmt(tops[biggest])} "
         f"(layer {label[biggest]}), {_percent(tops[biggest] / full_top)} of the "
         f"full Hessian's {fmt(full_top)} (a diagonal block's top eigenvalue can "
         f"never exceed the full one's). Layer {label[closest]}'s spectrum is "
-        f"closest to the full one (W₁ = {fmt(distances[closest])}), "
-        f"layer {label[farthest]}'s the farthest "
-        f"(W₁ = {fmt(distances[farthest])}).\n\n"
-        + _table(("layer", "D_l", "top λ", "tr H_l", "W₁ to full"), rows)
-        + "\n\nDistance of each layer's spectrum to the full one against depth, "
+        f"closest to the full one (W₁ = {fmt(distance[closest])}), "
+        f"layer {label[farthest]}'s the farthest (W₁ = {fmt(distance[farthest])}).",
+        _table(
+            ("layer", "D_l", "top λ", "tr H_l", "W₁ to full"),
+            [
+                (f"{label[n]} (`{', '.join(b.param_names)}`)", f"{b.dim:,}")
+                + tuple(map(fmt, (tops[n], b.trace, distance[n])))
+                for n, b in blocks.items()
+            ],
+        ),
+        "Distance of each layer's spectrum to the full one against depth, "
         f"at step {last} and summed over the recorded steps (each normalised by "
         "its maximum over layers; right: the LayerHessians procedure as "
-        "published):\n\n"
-        + _image(run, figures["match_distros_peak.png"], "layer vs full at a step")
-        + "\n\n"
-        + _image(run, figures["match_distros_wasserstein.png"], "layer vs full, summed")
-        + "\n"
+        "published):",
+        _images(
+            figures,
+            ("match_distros_peak.png", "layer vs full at a step"),
+            ("match_distros_wasserstein.png", "layer vs full, summed"),
+        ),
     )
-    findings = {
+    return text, {
         "step": last,
         "block_top_eigenvalue": tops,
-        "block_trace": traces,
+        "block_trace": {n: b.trace for n, b in blocks.items()},
         "closest_layer": label[closest],
         "farthest_layer": label[farthest],
     }
-    return text, findings
 
 
 def _verdict(row: Mapping[str, Any]) -> str:
@@ -390,130 +365,87 @@ def _verdict(row: Mapping[str, Any]) -> str:
     return "within the spread of the random masks"
 
 
-def _overlap(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    rows, summaries = load_overlap(run, _SPLIT)
-    summary_last = summaries[steps[-1]]
-    K = summary_last["settings"]["num_outer"]
-    dim = summary_last["num_params"]
-    small = min(10, K)
-    by = {(r["step"], r["k"]): r for r in rows}
-    table_rows, ratio = [], {}
-    for s in steps:
-        at = by[(s, K)]
-        ratio[s] = at["ratio"]
-        table_rows.append(
-            (
-                s,
-                fmt(summaries[s]["eigenvalues"][0]),
-                fmt(by[(s, small)]["ratio"]),
-                fmt(at["magnitude"]),
-                fmt(at["random_mean"]),
-                fmt(at["chance"]),
-                fmt(at["ratio"]),
-                fmt(at["best_ratio"]),
-            )
-        )
-    last = steps[-1]
-    at = by[(last, K)]
-    num_random = summary_last["settings"]["num_random"]
+def _overlap(overlap: StepTables, figures: Mapping[str, str]):
+    summaries, steps = overlap.summaries, list(overlap.summaries)
+    last, settings = steps[-1], overlap.summaries[steps[-1]]["settings"]
+    K, small = settings["num_outer"], min(10, settings["num_outer"])
+    by = {(r["step"], r["k"]): r for r in overlap.rows}
+    ratio, at = {s: by[(s, K)]["ratio"] for s in steps}, by[(last, K)]
+    low, high = min(steps, key=ratio.get), max(steps, key=ratio.get)
+    above = [s for s in steps if ratio[s] > 1]
     sentences = [
         f"At step {last} the magnitude mask of size k = {K} overlaps the top-{K} "
         f"eigenspace {fmt(at['ratio'])} times chance (overlap {fmt(at['magnitude'])}"
-        f" against k/D = {fmt(at['chance'])}; {num_random} random masks: mean "
-        f"{fmt(at['random_mean'])}), {_verdict(at)}."
-    ]
-    if small != K:
-        sentences.append(
-            f"For the {small} largest weights it is {fmt(by[(last, small)]['ratio'])}"
-            " times chance."
-        )
-    low = min(steps, key=lambda s: ratio[s])
-    high = max(steps, key=lambda s: ratio[s])
-    sentences.append(
+        f" against k/D = {fmt(at['chance'])}; {settings['num_random']} random "
+        f"masks: mean {fmt(at['random_mean'])}), {_verdict(at)}.",
+        f"For the {small} largest weights it is {fmt(by[(last, small)]['ratio'])}"
+        " times chance.",
         f"Over training the ratio at k = {K} ranges from {fmt(ratio[low])} (step "
         f"{low}) to {fmt(ratio[high])} (step {high}); the best possible mask of "
         f"the same size reaches {fmt(at['best_ratio'])} times chance at step "
-        f"{last}."
-    )
-    above = [s for s in steps if ratio[s] > 1]
-    sentences.append(
+        f"{last}.",
         "So the largest weights sit in the top curvature directions more than "
         f"chance at {len(above)} of {len(steps)} recorded steps"
-        + (f" ({', '.join(map(str, above))})." if above else ".")
-    )
-    method = summary_last["settings"]["method"]
-    hessian = summary_last["hessian"]
-    text = (
-        "## Do the largest weights sit in the top curvature directions?\n\n"
-        f"Take the k weights of largest magnitude (the magnitude mask S_k) and the "
-        f"top-k eigenvectors Q of the Hessian (by |λ|; here {method}, on "
-        f"{hessian['num_samples']} train samples, a larger subset than the "
-        "spectra's, so λ₁ differs from the top λ above). The overlap "
-        "‖Q[S_k, :k]‖²_F / k is the fraction of the top-k eigenspace that "
+        + (f" ({', '.join(map(str, above))})." if above else "."),
+    ]
+    columns = ("magnitude", "random_mean", "chance", "ratio", "best_ratio")
+    text = _section(
+        "Do the largest weights sit in the top curvature directions?",
+        "Take the k weights of largest magnitude (the magnitude mask S_k) and the "
+        f"top-k eigenvectors Q of the Hessian (by |λ|; here {settings['method']}, "
+        f"on {summaries[last]['hessian']['num_samples']} train samples, a larger "
+        "subset than the spectra's, so λ₁ differs from the top λ above). The "
+        "overlap ‖Q[S_k, :k]‖²_F / k is the fraction of the top-k eigenspace that "
         "lives on those weights; a random mask gets k/D on average (chance), "
-        f"with D = {dim:,}.\n\n"
-        + " ".join(sentences)
-        + "\n\n"
-        + _table(
-            (
-                "step",
-                "λ₁ (largest in size)",
-                f"ratio k={small}",
-                f"magnitude k={K}",
-                "random mean",
-                "chance k/D",
-                "ratio",
-                "best mask ratio",
+        f"with D = {summaries[last]['num_params']:,}.",
+        " ".join(sentences if small != K else sentences[:1] + sentences[2:]),
+        _step_table(
+            ("λ₁ (largest in size)", f"ratio k={small}", f"magnitude k={K}")
+            + ("random mean", "chance k/D", "ratio", "best mask ratio"),
+            steps,
+            lambda s: (
+                (summaries[s]["eigenvalues"][0], by[(s, small)]["ratio"])
+                + tuple(by[(s, K)][c] for c in columns)
             ),
-            table_rows,
-        )
-        + "\n\nOverlap against the mask size, against the step, and over chance:\n\n"
-        + "\n\n".join(
-            _image(run, figures[name], name.removesuffix(".png").replace("_", " "))
-            for name in (
-                f"overlap_{_SPLIT}_vs_k.png",
-                f"overlap_{_SPLIT}_vs_step.png",
-                f"overlap_{_SPLIT}_ratio.png",
-            )
-        )
-        + "\n"
+        ),
+        "Overlap against the mask size, against the step, and over chance:",
+        _images(
+            figures,
+            *(
+                (f"overlap_{_SPLIT}_{n}.png", f"overlap {_SPLIT} {n.replace('_', ' ')}")
+                for n in ("vs_k", "vs_step", "ratio")
+            ),
+        ),
     )
     return text, {"k": K, "overlap_ratio": ratio, "chance": at["chance"]}
 
 
-def _exhaustive(run, steps, figures) -> tuple[str, dict[str, Any]]:
-    _, summaries = load_exhaustive(run, _SPLIT)
-    rows = []
-    for s in steps:
-        summary = summaries[s]
-        errors = summary["eigenvalue_errors"]
-        rows.append(
-            (
-                s,
-                fmt(summary["eigenvalues_exact"][0]),
-                fmt(summary["eigenvalues_sketch"][0]),
-                fmt(errors.get("max_rel_top_3", errors.get("max_rel_top_1"))),
-                fmt(summary["basis_overlap"]["at_num_outer"]),
-                fmt(summary["principal_angles_degrees"]["median"]),
-                fmt(summary["magnitude_overlap"]["exact"]),
-                fmt(summary["magnitude_overlap"]["sketch"]),
-                fmt(summary["a_posteriori"]["estimate"]),
-                fmt(summary["a_posteriori"]["exact"]),
-            )
-        )
+def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
+    errors = summary["eigenvalue_errors"]
+    return (
+        summary["eigenvalues_exact"][0],
+        summary["eigenvalues_sketch"][0],
+        errors.get("max_rel_top_3", errors.get("max_rel_top_1")),
+        summary["basis_overlap"]["at_num_outer"],
+        summary["principal_angles_degrees"]["median"],
+        *(summary["magnitude_overlap"][c] for c in ("exact", "sketch")),
+        *(summary["a_posteriori"][c] for c in ("estimate", "exact")),
+    )
+
+
+def _exhaustive(check: StepTables, figures: Mapping[str, str]):
+    summaries, steps = check.summaries, list(check.summaries)
     last = summaries[steps[-1]]
-    settings = last["settings"]
-    K, s_inner = settings["num_outer"], settings["num_inner"]
+    K, s_inner = last["settings"]["num_outer"], last["settings"]["num_inner"]
     lam_exact, lam_sketch = last["eigenvalues_exact"][0], last["eigenvalues_sketch"][0]
-    mag = last["magnitude_overlap"]
-    post = last["a_posteriori"]
-    same_side = (mag["exact"] > mag["chance"]) == (mag["sketch"] > mag["chance"])
-    text = (
-        "## Does the sketch agree with the exact eigendecomposition?\n\n"
+    mag, post = last["magnitude_overlap"], last["a_posteriori"]
+    same = (mag["exact"] > mag["chance"]) == (mag["sketch"] > mag["chance"])
+    text = _section(
+        "Does the sketch agree with the exact eigendecomposition?",
         f"The sketched eigendecomposition (SEIGH, {s_inner} Hessian-vector products "
         f"for K = {K} eigenpairs) against a dense eigh of the same Hessian "
         f"(on {last['hessian']['num_samples']} train samples, built from all "
-        f"D = {last['num_params']:,} Hessian columns).\n\n"
+        f"D = {last['num_params']:,} Hessian columns).",
         f"At step {steps[-1]} the sketch finds the top eigenvalue "
         f"{fmt(lam_sketch)} against {fmt(lam_exact)} exactly (relative error "
         f"{fmt(abs(lam_sketch - lam_exact) / abs(lam_exact))}). Its top-{K} "
@@ -522,66 +454,50 @@ def _exhaustive(run, steps, figures) -> tuple[str, dict[str, Any]]:
         f"principal angle {fmt(last['principal_angles_degrees']['median'])}°). "
         f"The magnitude-mask overlap at k = {K} is {fmt(mag['sketch'])} from the "
         f"sketch and {fmt(mag['exact'])} exactly (chance {fmt(mag['chance'])}), so "
-        "the sketch "
-        + ("reaches the same verdict" if same_side else "reaches another verdict")
-        + " about chance. Its a-posteriori estimate of the error ‖H − Ĥ‖_F is "
+        f"the sketch reaches {'the same' if same else 'another'} verdict about "
+        "chance. Its a-posteriori estimate of the error ‖H − Ĥ‖_F is "
         f"{fmt(post['estimate'])} against {fmt(post['exact'])} exactly (the best "
-        f"rank-{K} approximation has {fmt(post['best_rank_k_error'])}).\n\n"
-        + _table(
-            (
-                "step",
-                "λ₁ exact",
-                "λ₁ sketch",
-                "max rel. error λ₁..₃",
-                f"eigenspace overlap k={K}",
-                "median angle (°)",
-                "magnitude ov. exact",
-                "magnitude ov. sketch",
-                "error estimate",
-                "error exact",
-            ),
-            rows,
-        )
-        + "\n\n"
-        + _image(run, figures[f"exhaustive_{_SPLIT}.png"], "sketch against exact")
-        + "\n"
+        f"rank-{K} approximation has {fmt(post['best_rank_k_error'])}).",
+        _step_table(
+            ("λ₁ exact", "λ₁ sketch", "max rel. error λ₁..₃")
+            + (f"eigenspace overlap k={K}", "median angle (°)", "magnitude ov. exact")
+            + ("magnitude ov. sketch", "error estimate", "error exact"),
+            steps,
+            lambda s: _exhaustive_cells(summaries[s]),
+        ),
+        _images(figures, (f"exhaustive_{_SPLIT}.png", "sketch against exact")),
     )
-    findings = {
+    return text, {
         "lambda_1_exact": {s: summaries[s]["eigenvalues_exact"][0] for s in steps},
         "lambda_1_sketch": {s: summaries[s]["eigenvalues_sketch"][0] for s in steps},
         "basis_overlap": {
             s: summaries[s]["basis_overlap"]["at_num_outer"] for s in steps
         },
     }
-    return text, findings
 
 
-def _hesscale(run, figures) -> tuple[str, dict[str, Any]]:
-    data = run.read_json(HESSCALE_FILE)
-    normalized = data["normalized"]
-    layers = data["layers"]
-    ranking = data["ranking"]
-    rows = [
-        (m, fmt(normalized[m]["total"]), *(fmt(normalized[m][la]) for la in layers))
-        for m in ranking
-    ]
-    config = data["config"]
+def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):
+    normalized, layers = hesscale["normalized"], hesscale["layers"]
+    ranking, config = hesscale["ranking"], hesscale["config"]
     others = [m for m in ("Hutchinson(1)", "GGN-MC(1)", "g²") if m in normalized]
-    comparisons = ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
-    text = (
-        "## HesScale: how good are cheap diagonal estimates?\n\n"
+    text = _section(
+        "HesScale: how good are cheap diagonal estimates?",
         f"The L1 error of each estimate of the Hessian diagonal against the exact "
         f"one, on the same architecture ({config['architecture']}, "
         f"{config['num_params']:,} parameters, {config['training']}), for "
-        f"{data['num_samples']} single train samples on each of "
-        f"{len(data['seeds'])} seed(s), divided by HesScale's total error.\n\n"
+        f"{hesscale['num_samples']} single train samples on each of "
+        f"{len(hesscale['seeds'])} seed(s), divided by HesScale's total error.",
         f"From best to worst: {', '.join(ranking)}. With HesScale's error as 1, "
-        f"{comparisons}; the all-zeros estimate scores "
-        f"{fmt(normalized['zero']['total'])}.\n\n"
-        + _table(("estimator", "total", *layers), rows)
-        + "\n\n"
-        + _image(run, figures["hesscale_quality.png"], "HesScale comparison")
-        + "\n"
+        + ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
+        + f"; the all-zeros estimate scores {fmt(normalized['zero']['total'])}.",
+        _table(
+            ("estimator", "total", *layers),
+            [
+                (m, *(fmt(normalized[m][c]) for c in ("total", *layers)))
+                for m in ranking
+            ],
+        ),
+        _images(figures, ("hesscale_quality.png", "HesScale comparison")),
     )
     return text, {
         "ranking": ranking,
@@ -590,145 +506,135 @@ def _hesscale(run, figures) -> tuple[str, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ report
-def render_report(
-    run: RunFolder,
-    figures: Mapping[str, Path],
-    *,
-    timings: Mapping[str, float] | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """Build the report's Markdown from the stored results.
-
-    Args:
-        run: The run folder, with every demo stage stored.
-        figures: PNG file name (``"spectrum_hessian.png"``, ...) -> its path.
-        timings: Wall time per stage, for the timing table.
-
-    Returns:
-        The Markdown text and the headline numbers (``findings``).
-    """
-    config = run.config
-    steps = run.done_steps(SPECTRUM_STAGE)
-    sections, findings = [], {"steps": steps}
-    for name, (text, found) in (
-        ("training", _training(run, steps)),
-        ("spectrum", _spectrum(run, steps, figures)),
-        ("layers", _layers(run, steps, figures)),
-        ("overlap", _overlap(run, steps, figures)),
-        ("exhaustive", _exhaustive(run, steps, figures)),
-        ("hesscale", _hesscale(run, figures)),
-    ):
-        sections.append(text)
-        findings[name] = found
-    head = (
+def _head(run: RunFolder, steps: Sequence[int], findings: Mapping[str, Any]) -> str:
+    """The title, what was trained and measured, and the summary's key numbers."""
+    config, first, last = run.config, steps[0], steps[-1]
+    top, layers = findings["spectrum"]["top_eigenvalue"], findings["layers"]
+    overlap, exhaustive = findings["overlap"], findings["exhaustive"]
+    key = [
+        f"**Spectrum:** at step {first} the top eigenvalue is {fmt(top[first])}; "
+        f"at step {last} it is {fmt(top[last])}.",
+        f"**Layers:** at step {last} layer {layers['closest_layer']}'s spectrum is "
+        f"closest to the whole network's, layer {layers['farthest_layer']}'s the "
+        "farthest.",
+        f"**Magnitude vs curvature:** at step {last} the magnitude mask of size "
+        f"{overlap['k']} overlaps the top-{overlap['k']} eigenspace "
+        f"{fmt(overlap['overlap_ratio'][last])} times chance.",
+        f"**Sketch vs exact:** at step {last} the sketched top eigenvalue is "
+        f"{fmt(exhaustive['lambda_1_sketch'][last])}, the exact "
+        f"{fmt(exhaustive['lambda_1_exact'][last])}.",
+        f"**HesScale:** best diagonal estimator {findings['hesscale']['ranking'][0]}.",
+    ]
+    return (
         f"# curvlab demo: {config.problem}\n\n"
         f"`{config.problem}` (D = {findings['spectrum']['dim']:,} parameters) "
         f"trained with plain SGD (learning rate {config.lr:g}, batch size "
         f"{config.batch_size}) for {config.steps} steps in {config.dtype}, seed "
         f"{config.seed}; the curvature is measured at steps "
         f"{', '.join(map(str, steps))}. Every number below is read back from this "
-        "run folder; running the demo again on it skips the finished stages.\n"
+        "run folder; running the demo again on it skips the finished stages.\n\n"
+        + _section("Summary", "\n".join(f"- {line}" for line in key))
     )
-    last = steps[-1]
-    spectrum, overlap = findings["spectrum"], findings["overlap"]
-    key = [
-        f"- **Spectrum:** at step {steps[0]} the top eigenvalue is "
-        f"{fmt(spectrum['top_eigenvalue'][steps[0]])}; at step {last} it is "
-        f"{fmt(spectrum['top_eigenvalue'][last])}.",
-        f"- **Layers:** at step {last} layer {findings['layers']['closest_layer']}'s "
-        "spectrum is closest to the whole network's, layer "
-        f"{findings['layers']['farthest_layer']}'s the farthest.",
-        f"- **Magnitude vs curvature:** at step {last} the magnitude mask of size "
-        f"{overlap['k']} overlaps the top-{overlap['k']} eigenspace "
-        f"{fmt(overlap['overlap_ratio'][last])} times chance.",
-        f"- **Sketch vs exact:** at step {last} the sketched top eigenvalue is "
-        f"{fmt(findings['exhaustive']['lambda_1_sketch'][last])}, the exact "
-        f"{fmt(findings['exhaustive']['lambda_1_exact'][last])}.",
-        f"- **HesScale:** best diagonal estimator "
-        f"{findings['hesscale']['ranking'][0]}.",
-    ]
-    parts = [head, "## Summary\n\n" + "\n".join(key) + "\n", *sections]
-    if timings:
-        parts.append(
-            "## Wall time\n\nSeconds of the call that computed each stage:\n\n"
-            + _table(
-                ("stage", "seconds"), [(k, f"{v:.1f}") for k, v in timings.items()]
-            )
-            + "\n"
-        )
-    parts.append(
-        "## Files\n\n"
-        "- `metrics.csv`: loss, accuracy and gradient norm per recorded step\n"
-        "- `spectrum/step_*.json`: full and layer spectra (all eigenvalues)\n"
-        f"- `{overlap_stage(_SPLIT)}/summary.csv`, `{overlap_stage(_SPLIT)}/all.csv`"
-        ": mask overlaps per step and k\n"
-        f"- `{exhaustive_stage(_SPLIT)}/summary.csv`: sketch against exact\n"
-        f"- `{HESSCALE_FILE}`: the HesScale comparison\n"
-        f"- `{PLOTS}/`: the figures\n"
-    )
-    return "\n".join(parts), _jsonable(findings)
-
-
-def _jsonable(value: Any) -> Any:
-    """Turn int dict keys into strings so the findings survive a JSON round trip."""
-    return json.loads(json.dumps(value))
 
 
 def write_report(
-    run: RunFolder,
-    *,
-    timings: Mapping[str, float] | None = None,
-    settings: Mapping[str, Any] | None = None,
+    run: RunFolder, results: DemoResults, *, timings: Mapping[str, float] | None = None
 ) -> Report:
     """Draw the figures and write ``report.md`` and ``report.html``.
 
     Args:
         run: The run folder, with every demo stage stored.
+        results: What the stages computed or had stored.
         timings: Wall time per stage, for the report's timing table.
-        settings: Unused by the text; kept for the caller's bookkeeping.
 
     Returns:
-        The files written and the headline numbers.
+        The files written, the figures and the headline numbers.
 
     Raises:
-        MissingStepError: If spectra are missing.
-        FileNotFoundError: If a stage's results are missing.
+        MissingStepError: If spectra are missing (for the spectrum figures).
+        FileNotFoundError: If the overlap is not stored (for its figures).
     """
-    del settings
     paths = [
         *plot_spectrum(run, operators=["hessian"]),
         *plot_match(run),
         *plot_overlap(run),
-        plot_exhaustive(run),
-        plot_hesscale(run),
+        _plot_exhaustive(run, results.exhaustive),
+        _plot_hesscale(run, results.hesscale),
     ]
-    figures = {p.name: p for p in paths if p.suffix == ".png"}
-    text, findings = render_report(run, figures, timings=timings)
+    figures = {p.name: run.relative(p) for p in paths if p.suffix == ".png"}
+    steps = list(results.spectra)
+    findings: dict[str, Any] = {"steps": steps}
+    sections = []
+    for name, (section, found) in (
+        ("training", _training(results.metrics, steps)),
+        ("spectrum", _spectrum(results.spectra, figures)),
+        ("layers", _layers(results.spectra, figures)),
+        ("overlap", _overlap(results.overlap, figures)),
+        ("exhaustive", _exhaustive(results.exhaustive, figures)),
+        ("hesscale", _hesscale(results.hesscale, figures)),
+    ):
+        sections.append(section)
+        findings[name] = found
+    if timings:
+        rows = [(stage, f"{seconds:.1f}") for stage, seconds in timings.items()]
+        table = _table(("stage", "seconds"), rows)
+        intro = "Seconds of the call that computed each stage:"
+        sections.append(_section("Wall time", intro, table))
+    text = "\n".join([_head(run, steps, findings), *sections, _FILES])
     markdown = run.write_text("report.md", text)
     title = f"curvlab demo: {run.config.problem}"
     page = run.write_text("report.html", markdown_to_html(text, title=title))
-    linked = [run.resolve(m) for m in _IMAGE.findall(text)]
-    return Report(markdown, page, linked, findings)
+    linked = [run.resolve(path) for path in _IMAGE.findall(text)]
+    # JSON round trip: the step keys become strings, as in the stored findings
+    return Report(markdown, page, linked, json.loads(json.dumps(findings)))
 
 
 # ------------------------------------------------------------------ HTML
 _IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
-_IMAGE_LINE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+_STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
+    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}"
+    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+    "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
+)
 
 
 def _inline(text: str) -> str:
     parts = re.split(r"(`[^`]*`)", text)
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) >= 2:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-        else:
-            escaped = html.escape(part)
-            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped))
-    return "".join(out)
+    return "".join(
+        f"<code>{html.escape(part[1:-1])}</code>"
+        if len(part) >= 2 and part[0] == part[-1] == "`"
+        else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part))
+        for part in parts
+    )
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+def _cells(line: str, tag: str) -> str:
+    cells = line.strip().strip("|").split("|")
+    return "".join(f"<{tag}>{_inline(c.strip())}</{tag}>" for c in cells)
+
+
+def _block(lines: list[str]) -> str:
+    heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
+    image = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", lines[0])
+    if heading and len(lines) == 1:
+        level = len(heading.group(1))
+        return f"<h{level}>{_inline(heading.group(2))}</h{level}>"
+    if image and len(lines) == 1:
+        alt, src = map(html.escape, image.groups())
+        return f'<p><img src="{src}" alt="{alt}"></p>'
+    separator = len(lines) > 1 and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
+    if lines[0].startswith("|") and separator:
+        rows = "\n".join(f"<tr>{_cells(line, 'td')}</tr>" for line in lines[2:])
+        return (
+            f"<table>\n<thead><tr>{_cells(lines[0], 'th')}</tr></thead>\n<tbody>\n"
+            f"{rows}\n</tbody>\n</table>"
+        )
+    if all(line.startswith("- ") for line in lines):
+        return (
+            "<ul>\n" + "".join(f"<li>{_inline(i[2:])}</li>\n" for i in lines) + "</ul>"
+        )
+    return f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>"
 
 
 def markdown_to_html(text: str, *, title: str = "report") -> str:
@@ -751,52 +657,10 @@ def markdown_to_html(text: str, *, title: str = "report") -> str:
         >>> "<h1>T</h1>" in page, "<td>1</td>" in page
         (True, True)
     """
-    blocks = re.split(r"\n\s*\n", text.strip())
-    body = []
-    for block in blocks:
-        lines = block.strip().splitlines()
-        if not lines:
-            continue
-        heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
-        if heading and len(lines) == 1:
-            level = len(heading.group(1))
-            body.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif len(lines) == 1 and _IMAGE_LINE.match(lines[0]):
-            alt, src = _IMAGE_LINE.match(lines[0]).groups()
-            body.append(
-                f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>'
-            )
-        elif (
-            len(lines) >= 2
-            and lines[0].startswith("|")
-            and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
-        ):
-            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(lines[0]))
-            rows = [
-                "<tr>"
-                + "".join(f"<td>{_inline(c)}</td>" for c in _cells(line))
-                + "</tr>"
-                for line in lines[2:]
-            ]
-            body.append(
-                f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
-                + "\n".join(rows)
-                + "\n</tbody>\n</table>"
-            )
-        elif all(line.startswith("- ") for line in lines):
-            items = "".join(f"<li>{_inline(line[2:])}</li>\n" for line in lines)
-            body.append(f"<ul>\n{items}</ul>")
-        else:
-            body.append(f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>")
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;"
-        "padding:0 1em;line-height:1.45}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-        "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
-    )
+    blocks = [b.strip().splitlines() for b in re.split(r"\n\s*\n", text.strip())]
+    body = "\n".join(_block(lines) for lines in blocks if lines)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{style}</style>\n</head>\n"
-        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
     )

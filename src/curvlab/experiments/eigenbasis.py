@@ -6,7 +6,7 @@ over a fixed, class-balanced subset of a split at a recorded step
 (:func:`hessian_at_step`) and its ``K`` eigenpairs of largest :math:`|\lambda|`,
 either exactly from the dense matrix (:func:`exact_eigenbasis`) or by SEIGH with
 its a-posteriori error estimate (:func:`sketched_eigenbasis`); both return an
-:class:`Eigenbasis`.
+:class:`Eigenbasis`. :class:`HessianStage` runs either as a stage per split.
 
 References:
     - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
@@ -19,12 +19,13 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,25 +35,40 @@ from curvlab.linalg import a_posteriori_error, sketched_eigh
 from curvlab.operators import HessianOperator
 from curvlab.problems import BatchedData, Problem, balanced_subset
 from curvlab.runs import RunFolder
-from curvlab.runs.stage import StageRunResult, StepProgress, TableStage, run_stage
+from curvlab.runs.stage import (
+    StageEvent,
+    StageRunResult,
+    StepProgress,
+    TableStage,
+    pick_setting,
+    read_table_stage,
+    run_stage,
+    stored_settings,
+)
 
 __all__ = [
     "DEFAULT_MAX_COLS",
     "DEFAULT_MAX_EXACT_DIM",
     "DEFAULT_NUM_PROBES",
     "DEFAULT_SAMPLES_PER_CLASS",
+    "DTYPES",
     "SPLITS",
     "TEST_MATRICES",
     "Eigenbasis",
+    "EigenbasisSettings",
     "HessianStage",
-    "certificate_record",
+    "certified_eigenbasis",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
+    "hessian_record",
     "hessian_subset",
+    "resolve_context",
     "resolve_eigenbasis_settings",
     "sketch_of",
     "sketched_eigenbasis",
+    "split_stage",
+    "subset_at_step",
 ]
 
 #: Splits the Hessian can be taken on.
@@ -60,6 +76,9 @@ SPLITS = ("train", "test")
 
 #: Test matrices of the sketch.
 TEST_MATRICES = ("ssrft", "gaussian", "rademacher")
+
+#: Dtypes of model, data and products.
+DTYPES = ("float32", "float64")
 
 #: Largest ``D`` for which the dense Hessian is built by default: a ``(D, D)``
 #: float64 matrix of 0.5 GB and a dense ``eigh`` of a minute or two.
@@ -73,6 +92,15 @@ DEFAULT_NUM_PROBES = 30
 
 #: Default columns per pass over the data (memory of the Hessian products).
 DEFAULT_MAX_COLS = 128
+
+
+def split_stage(kind: str, split: str) -> str:
+    """The name of a per-split stage, ``<kind>_<split>`` (``"overlap_train"``).
+
+    Raises:
+        ValueError: For a split not in :data:`SPLITS`.
+    """
+    return f"{kind}_{check_choice('split', split, SPLITS)}"
 
 
 def default_num_outer(num_params: int) -> int:
@@ -94,23 +122,73 @@ def default_num_outer(num_params: int) -> int:
     return max(1, min(round(0.05 * num_params), 1000, num_params - 1))
 
 
+@dataclass(frozen=True)
+class EigenbasisSettings:
+    """What a top-eigenbasis stage computes; ``None`` means "not given".
+
+    Unset fields are resolved once (:func:`resolve_eigenbasis_settings`): the
+    requested value, else the one the stage's finished steps were computed
+    with, else the default.
+
+    Attributes:
+        split: ``"train"`` (default) or ``"test"``: the Hessian's split.
+        num_outer: ``K``, eigenpairs (default :func:`default_num_outer`: 5% of
+            ``D``, at most 1000, below ``D``).
+        num_inner: Sketch only: ``s`` Hessian-vector products, ``K <= s <= D``
+            (default ``min(2K, D)``).
+        samples_per_class: Hessian samples per class (regression: in total);
+            default 50 (500 for 10 classes, as the paper).
+        test_matrix: Sketch only: ``"ssrft"`` (default), ``"gaussian"`` or
+            ``"rademacher"``.
+        num_probes: Sketch only: Gaussian probes of the a-posteriori error
+            (default 30).
+        seed: Seed of the test matrices and probes (default: the run's).
+        dtype: ``"float32"`` or ``"float64"``: model, data and products
+            (default: the run's).
+    """
+
+    split: str | None = None
+    num_outer: int | None = None
+    num_inner: int | None = None
+    samples_per_class: int | None = None
+    test_matrix: str | None = None
+    num_probes: int | None = None
+    seed: int | None = None
+    dtype: str | None = None
+
+    #: Fields that only decide whether to compute, not the numbers.
+    unstored: ClassVar[tuple[str, ...]] = ()
+
+    def stored(self) -> dict[str, Any]:
+        """The fields that decide the numbers, as kept in the manifest.
+
+        Returns:
+            Every field except those in :attr:`unstored`.
+        """
+        names = [f.name for f in dataclasses.fields(self)]
+        return {
+            name: getattr(self, name) for name in names if name not in self.unstored
+        }
+
+
 def resolve_eigenbasis_settings(
-    pick: Callable[[str, Any], Any],
-    dim: int,
     run: RunFolder,
+    requested: EigenbasisSettings,
+    stored: Mapping[str, Any],
+    dim: int,
     *,
-    sketch: bool,
-    max_num_outer: int,
+    sketch: bool = True,
+    max_num_outer: int | None = None,
 ) -> dict[str, Any]:
     """Resolve and check the settings every top-eigenbasis stage shares.
 
     Args:
-        pick: ``pick(name, default)``: the requested, else stored, else default
-            value (:func:`~curvlab.runs.stage.pick_setting`).
-        dim: ``D``.
         run: The run folder (its seed and dtype are the defaults).
+        requested: The settings asked for (``split`` is not resolved here).
+        stored: Settings of the stage's finished steps.
+        dim: ``D``.
         sketch: Whether SEIGH is used (else the sketch-only fields are ``None``).
-        max_num_outer: Largest ``K`` allowed.
+        max_num_outer: Largest ``K`` allowed (default ``D - 1``).
 
     Returns:
         ``num_outer`` (default :func:`default_num_outer`), ``num_inner``
@@ -121,8 +199,13 @@ def resolve_eigenbasis_settings(
         ValueError: If a value is out of range.
         TypeError: If a value has the wrong type.
     """
+
+    def pick(name: str, default: Any) -> Any:
+        return pick_setting(name, getattr(requested, name), stored, default)
+
+    high = dim - 1 if max_num_outer is None else max_num_outer
     num_outer = check_int(
-        "num_outer", pick("num_outer", default_num_outer(dim)), 1, max_num_outer
+        "num_outer", pick("num_outer", default_num_outer(dim)), 1, high
     )
     samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
     values = {
@@ -132,9 +215,7 @@ def resolve_eigenbasis_settings(
         "test_matrix": None,
         "num_probes": None,
         "seed": check_int("seed", pick("seed", run.config.seed), 0),
-        "dtype": check_choice(
-            "dtype", pick("dtype", run.config.dtype), ("float32", "float64")
-        ),
+        "dtype": check_choice("dtype", pick("dtype", run.config.dtype), DTYPES),
     }
     if sketch:
         num_inner = pick("num_inner", min(2 * num_outer, dim))
@@ -144,6 +225,35 @@ def resolve_eigenbasis_settings(
         values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
         values["num_probes"] = check_int("num_probes", num_probes, 1)
     return values
+
+
+def resolve_context(
+    run: RunFolder,
+    kind: str,
+    requested: EigenbasisSettings,
+    num_params: int | None = None,
+    stored: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, Any], int]:
+    """The split, the stored settings and ``D`` a stage's resolver starts from.
+
+    Args:
+        run: The run folder.
+        kind: The stage's kind (its name is ``<kind>_<split>``).
+        requested: The settings asked for.
+        num_params: ``D`` (``None``: built from the run's problem).
+        stored: Settings to resume with (``None``: those of the stage).
+
+    Returns:
+        The split (default ``"train"``), the stored settings and ``D``.
+
+    Raises:
+        ValueError: For an unknown split.
+    """
+    split = requested.split or "train"
+    stage = split_stage(kind, split)
+    stored = dict(stored_settings(run, stage) if stored is None else stored)
+    dim = run.problem().num_params if num_params is None else num_params
+    return split, stored, dim
 
 
 def hessian_subset(
@@ -201,14 +311,46 @@ def hessian_subset(
     return subset, indices.cpu()
 
 
-def hessian_at_step(
+def subset_at_step(
     run: RunFolder,
     step: int,
     problem: Problem,
     split: str,
     samples_per_class: int,
+    dtype: str | None = None,
+) -> tuple[BatchedData, Tensor]:
+    """Load a step into the problem's model (in ``dtype``, eval mode); its subset.
+
+    Args:
+        run: The run folder.
+        step: A recorded step.
+        problem: The run's problem, built once; its model is changed in place.
+        split: ``"train"`` or ``"test"``.
+        samples_per_class: See :func:`hessian_subset`.
+        dtype: ``"float32"`` or ``"float64"`` (default: the model's).
+
+    Returns:
+        The :func:`hessian_subset` of the split, in the model's dtype, and its
+        indices.
+
+    Raises:
+        MissingStepError: If the step is not recorded.
+        ValueError: If the subset cannot be drawn.
+    """
+    model = run.load_into(problem.model, step)
+    if dtype is not None:
+        model.to(getattr(torch, dtype))
+    model.eval()
+    param_dtype = next(model.parameters()).dtype
+    return hessian_subset(problem, split, samples_per_class, dtype=param_dtype)
+
+
+def hessian_at_step(
+    run: RunFolder,
+    step: int,
+    problem: Problem,
+    settings: EigenbasisSettings,
     *,
-    dtype: str | torch.dtype | None = None,
     max_cols: int | None = DEFAULT_MAX_COLS,
 ) -> tuple[HessianOperator, Tensor, Tensor]:
     """Load a step into the problem's model and build its Hessian operator.
@@ -218,9 +360,7 @@ def hessian_at_step(
         step: A recorded step.
         problem: The run's problem, built once (:meth:`RunFolder.problem`); its
             model is changed in place (the step's parameters, ``dtype``).
-        split: ``"train"`` or ``"test"``.
-        samples_per_class: See :func:`hessian_subset`.
-        dtype: Dtype of model and data (default: the model's).
+        settings: Resolved settings: ``split``, ``samples_per_class``, ``dtype``.
         max_cols: Columns per pass over the data.
 
     Returns:
@@ -232,18 +372,32 @@ def hessian_at_step(
         MissingStepError: If the step is not recorded.
         ValueError: If the subset cannot be drawn.
     """
+    s = settings
+    data, indices = subset_at_step(
+        run, step, problem, s.split, s.samples_per_class, s.dtype
+    )
     model = problem.model
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    run.load_into(model, step)
-    if dtype is not None:
-        model.to(dtype)
-    model.eval()
-    param_dtype = next(model.parameters()).dtype
-    data, indices = hessian_subset(problem, split, samples_per_class, dtype=param_dtype)
     op = HessianOperator(model, problem.loss_fn, data, max_cols=max_cols)
     params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     return op, params, indices
+
+
+def hessian_record(settings: EigenbasisSettings, indices: Tensor) -> dict[str, Any]:
+    """The JSON record of the subset a step's Hessian was taken on.
+
+    Args:
+        settings: Resolved settings (``split``, ``samples_per_class``).
+        indices: The subset's indices into the split.
+
+    Returns:
+        ``split``, ``num_samples``, ``samples_per_class`` and ``indices``.
+    """
+    return {
+        "split": settings.split,
+        "num_samples": int(indices.numel()),
+        "samples_per_class": settings.samples_per_class,
+        "indices": indices.tolist(),
+    }
 
 
 @dataclass(frozen=True)
@@ -377,17 +531,28 @@ def exact_eigenbasis(
     )
 
 
-def certificate_record(cert) -> dict[str, Any]:
-    """An a-posteriori certificate as the JSON record of :class:`Eigenbasis`.
+def certified_eigenbasis(
+    method: str,
+    eigh: Any,
+    cert: Any,
+    num_matvecs: tuple[int, int],
+    seconds: dict[str, float],
+) -> Eigenbasis:
+    """A sketched eigenbasis with its a-posteriori certificate as JSON record.
 
     Args:
+        method: ``"sketch"`` or ``"distributed"``.
+        eigh: With ``eigenvalues`` and ``eigenvectors`` (a sketched ``eigh``).
         cert: An :class:`~curvlab.linalg.APosterioriError`.
+        num_matvecs: Products of the eigendecomposition and of the certificate.
+        seconds: Timings.
 
     Returns:
-        ``kind="estimate"``, the error, its square, the relative error, the
-        norms, the probes, the probability bounds and the scree bounds.
+        The eigenbasis; its ``a_posteriori`` record has ``kind="estimate"``, the
+        error, its square, the relative error, the norms, the probes, the
+        probability bounds and the scree bounds.
     """
-    return {
+    record = {
         "kind": "estimate",
         "error": cert.error,
         "error_sq": cert.error_sq,
@@ -402,6 +567,17 @@ def certificate_record(cert) -> dict[str, Any]:
         "scree_lower": cert.scree_lower.tolist(),
         "scree_upper": cert.scree_upper.tolist(),
     }
+    return Eigenbasis(
+        method=method,
+        eigenvalues=eigh.eigenvalues,
+        eigenvectors=eigh.eigenvectors,
+        a_posteriori=record,
+        num_matvecs={
+            "eigendecomposition": num_matvecs[0],
+            "a_posteriori": num_matvecs[1],
+        },
+        seconds=seconds,
+    )
 
 
 def sketched_eigenbasis(
@@ -442,53 +618,45 @@ def sketched_eigenbasis(
     sketch_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
-    a_posteriori_seconds = time.perf_counter() - start
-    return Eigenbasis(
-        method="sketch",
-        eigenvalues=sketch.eigenvalues,
-        eigenvectors=sketch.eigenvectors,
-        a_posteriori=certificate_record(cert),
-        num_matvecs={
-            "eigendecomposition": sketch.num_matvecs,
-            "a_posteriori": cert.num_matvecs,
-        },
-        seconds={"sketch": sketch_seconds, "a_posteriori": a_posteriori_seconds},
-    )
+    seconds = {"sketch": sketch_seconds, "a_posteriori": time.perf_counter() - start}
+    matvecs = (sketch.num_matvecs, cert.num_matvecs)
+    return certified_eigenbasis("sketch", sketch, cert, matvecs, seconds)
 
 
-def sketch_of(op, settings: Any) -> Eigenbasis:
-    """:func:`sketched_eigenbasis` with the sketch fields of a stage's settings.
+def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
+    """:func:`sketched_eigenbasis` with the sketch fields of resolved settings.
 
     Args:
         op: The Hessian.
-        settings: Resolved settings with ``num_outer``, ``num_inner``,
-            ``test_matrix``, ``seed`` and ``num_probes``.
+        settings: Resolved settings of a sketch.
 
     Returns:
         The sketched eigenbasis and its a-posteriori error estimate.
     """
+    s = settings
     return sketched_eigenbasis(
         op,
-        settings.num_outer,
-        settings.num_inner,
-        test_matrix=settings.test_matrix,
-        seed=settings.seed,
-        num_probes=settings.num_probes,
+        s.num_outer,
+        s.num_inner,
+        test_matrix=s.test_matrix,
+        seed=s.seed,
+        num_probes=s.num_probes,
     )
 
 
 class HessianStage(TableStage):
-    """A table stage measured on the Hessian of each recorded step.
+    """A table stage measured on the Hessian of each recorded step, per split.
 
-    The overlap and the exhaustive check differ only in what they resolve,
-    measure and summarise; a subclass names those functions:
+    Its name is ``<command>_<split>``. The overlap and the exhaustive check
+    differ only in what they resolve, measure and summarise; a subclass names
+    those functions and what it holds:
 
-    - ``resolve(run, settings, num_params=D)``: the resolved settings (with
-      ``split`` and ``stored()``);
-    - ``stage_name(split)``: the stage's name;
+    - ``resolve(run, settings, num_params=D)``: the resolved settings (an
+      :class:`EigenbasisSettings`);
     - ``measure(run, step, settings, problem, max_cols, on_phase)``: one step's
       result (``rows``, ``summary``);
-    - ``row(summary)``: its row of ``summary.csv``.
+    - ``row(summary)``: its row of ``summary.csv``;
+    - ``what``: what the stage holds, for messages (``"overlap results"``).
 
     Args:
         run: The run folder.
@@ -498,9 +666,9 @@ class HessianStage(TableStage):
     """
 
     resolve: Callable[..., Any]
-    stage_name: Callable[[str], str]
     measure: Callable[..., Any]
     row: Callable[[Mapping[str, Any]], dict[str, Any]]
+    what: str
 
     def __init__(
         self,
@@ -514,41 +682,136 @@ class HessianStage(TableStage):
         kind = type(self)
         self.settings = kind.resolve(run, settings, num_params=problem.num_params)
         self.stored = self.settings.stored()
-        self.name = kind.stage_name(self.settings.split)
+        self.name = split_stage(self.command, self.settings.split)
         self.problem = problem
         self.max_cols = max_cols
+
+    @classmethod
+    def at_step(
+        cls,
+        run: RunFolder,
+        step: int,
+        settings: Any = None,
+        *,
+        problem: Problem | None = None,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> Any:
+        """Measure one step (nothing is stored).
+
+        Args:
+            run: The run folder.
+            step: A recorded step.
+            settings: What to compute; unset fields are resolved (from the
+                stage's stored settings, then the defaults).
+            problem: The run's problem on ``device`` (built when ``None``); its
+                model is overwritten with the step's parameters.
+            device: Device of model, data and products.
+            data_dir: Data folder of file-based problems.
+            max_cols: Hessian columns per pass over the data (memory).
+            on_phase: Called with the name of each phase as the step proceeds.
+
+        Returns:
+            The step's typed result (``rows``, ``summary``).
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+            ValueError: If the settings are invalid or the subset cannot be
+                drawn.
+        """
+        if problem is None:
+            problem = run.problem(device=device, data_dir=data_dir)
+        settings = cls.resolve(run, settings, num_params=problem.num_params)
+        return cls.measure(run, step, settings, problem, max_cols, on_phase)
 
     @classmethod
     def run_on(
         cls,
         run: RunFolder | str | Path,
-        settings: Any,
-        steps: str | Iterable[int] | None,
+        settings: Any = None,
+        steps: str | Iterable[int] | None = None,
         *,
-        device: str | torch.device,
-        data_dir: str | Path | None,
-        max_cols: int | None,
-        **options: Any,
+        force: bool = False,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+        on_progress: Callable[[StageEvent], None] | None = None,
     ) -> StageRunResult:
-        """Build the run's problem on ``device`` and run the stage on it.
+        """Measure and store recorded steps, skipping finished ones.
+
+        For each step not yet done: :meth:`at_step`, then its CSV and JSON
+        written atomically, then the manifest entry (with the settings, the
+        summary row and timings), then the combined tables ``all.csv`` and
+        ``summary.csv`` rewritten. An interruption leaves the finished steps
+        intact; calling again resumes. The call is recorded in
+        ``invocations/``.
 
         Args:
             run: The run folder (or its path).
-            settings: What to compute.
-            steps: Steps (default: every recorded one).
+            settings: What to compute; unset fields come from the stage's
+                stored settings, then the defaults.
+            steps: Steps (default: every recorded one), a list or a string
+                such as ``"0,100:1000:100"``.
+            force: Recompute the requested finished steps, also those computed
+                with other settings (unset fields still come from the stored
+                settings). Steps not requested keep their results, so a stage
+                can then hold steps computed with different settings.
             device: Device of model, data and products.
             data_dir: Data folder of file-based problems.
-            max_cols: Hessian columns per pass over the data.
-            **options: ``force`` and ``on_progress`` of
-                :func:`~curvlab.runs.stage.run_stage`.
+            max_cols: Hessian columns per pass over the data (memory).
+            on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`
+                at the start, at each phase of a step, after each stored step
+                and at the end.
 
         Returns:
-            What :func:`~curvlab.runs.stage.run_stage` returns.
+            The stage, settings, steps computed and skipped, and every
+            requested step's summary.
+
+        Raises:
+            SettingsConflictError: If finished steps were computed with other
+                settings and ``force`` is false.
+            MissingStepError: If a requested step is not recorded.
+            ValueError: If the settings are invalid (e.g. the problem is too
+                large for a dense ``eigh``) or the subset cannot be drawn.
         """
         run = run if isinstance(run, RunFolder) else RunFolder.open(run)
         problem = run.problem(device=torch.device(device), data_dir=data_dir)
         stage = cls(run, settings, problem, max_cols=max_cols)
-        return run_stage(stage, steps, device=device, data_dir=data_dir, **options)
+        return run_stage(
+            stage,
+            steps,
+            force=force,
+            device=device,
+            data_dir=data_dir,
+            on_progress=on_progress,
+        )
+
+    @classmethod
+    def load(
+        cls, run: RunFolder | str | Path, split: str = "train"
+    ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+        """Read the stored results of a split.
+
+        Args:
+            run: The run folder (or its path).
+            split: ``"train"`` or ``"test"``.
+
+        Returns:
+            The rows of every finished step (steps ascending) and the
+            summaries by step.
+
+        Raises:
+            FileNotFoundError: If no step of the split is finished.
+        """
+        run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+        return read_table_stage(
+            run,
+            split_stage(cls.command, split),
+            f"{cls.what} on the {split} split",
+            f"curvlab {cls.command} --run {run.path} --split {split}",
+        )
 
     def compute(self, step: int, progress: StepProgress) -> Any:
         """Measure one step."""

@@ -67,6 +67,7 @@ __all__ = [
     "StepTable",
     "TableStage",
     "UnitProgress",
+    "check_settings",
     "pick_setting",
     "read_table_stage",
     "resolve_settings",
@@ -228,6 +229,32 @@ def settings_differences(
         for name, value in wanted.items()
         if stored.get(name) != value
     ]
+
+
+def check_settings(
+    stored: Mapping[str, Any], wanted: Mapping[str, Any], what: str, remedy: str
+) -> None:
+    """Refuse finished work that was computed with other settings.
+
+    Args:
+        stored: Settings the work was computed with.
+        wanted: Settings of this call.
+        what: The message's start, e.g. ``"Step 4 of trace in '/run' was
+            computed"``.
+        remedy: How to override, e.g. ``"measure again with --force"``.
+
+    Raises:
+        SettingsConflictError: Naming each differing setting with its stored
+            and requested value, if any differs.
+    """
+    differences = settings_differences(stored, wanted)
+    if differences:
+        listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
+        raise SettingsConflictError(
+            f"{what} with other settings (stored -> requested: {listed}). Request "
+            f"the stored values, or {remedy}.",
+            differences,
+        )
 
 
 def select_steps(run: RunFolder, steps: str | Iterable[int] | None) -> list[int]:
@@ -511,18 +538,13 @@ def _check_finished(
         if force or not run.is_done(stage.name, step, verify=True):
             todo.append(step)
             continue
-        entry = run.entry(stage.name, step) or {}
-        have = entry.get("info", {}).get("settings") or {}
-        differences = settings_differences(have, stage.stored)
-        if differences:
-            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-            raise SettingsConflictError(
-                f"Step {step} of {stage.name} in {str(run.path)!r} was computed with "
-                f"other settings (stored -> requested: {listed}). Request the stored "
-                "values, or pass force=True (--force) to recompute the finished "
-                "steps.",
-                differences,
-            )
+        have = (run.entry(stage.name, step) or {}).get("info", {}).get("settings")
+        check_settings(
+            have or {},
+            stage.stored,
+            f"Step {step} of {stage.name} in {str(run.path)!r} was computed",
+            "pass force=True (--force) to recompute the finished steps",
+        )
         skipped.append(step)
     return todo, skipped
 
@@ -849,17 +871,13 @@ def _split_units(
         if force or not stage.is_done(unit):
             todo.append(unit)
             continue
-        have = (stage.entry(unit) or {}).get("info", {}).get("settings") or {}
-        differences = settings_differences(have, stage.unit_settings(unit))
-        if differences:
-            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-            raise SettingsConflictError(
-                f"{unit} of {stage.name} in {str(stage.folder.path)!r} was computed "
-                f"with other settings (stored -> requested: {listed}). Request the "
-                "stored values, or pass force=True (--force) to recompute the "
-                "finished units.",
-                differences,
-            )
+        have = (stage.entry(unit) or {}).get("info", {}).get("settings")
+        check_settings(
+            have or {},
+            stage.unit_settings(unit),
+            f"{unit} of {stage.name} in {str(stage.folder.path)!r} was computed",
+            "pass force=True (--force) to recompute the finished units",
+        )
         skipped.append(unit)
     return todo, skipped
 

@@ -5,16 +5,10 @@ check (:mod:`curvlab.experiments.exhaustive`) take the Hessian of the mean loss
 over a fixed, class-balanced subset of a split at a recorded step
 (:func:`hessian_at_step`) and its ``K`` eigenpairs of largest :math:`|\lambda|`,
 either exactly from the dense matrix (:func:`exact_eigenbasis`) or by SEIGH with
-its a-posteriori error estimate (:func:`sketched_eigenbasis`); both return an
-:class:`Eigenbasis`. :class:`HessianStage` runs either as a stage per split.
-
-References:
-    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
-      magnitudes and Hessian eigenspaces at scale using sketched methods.
-      TMLR; arXiv 2504.14701.
-    - Tropp, Yurtsever, Udell & Cevher (2019). Streaming low-rank matrix
-      approximation with an application to scientific simulation. SIAM J. Sci.
-      Comput. 41(4) (arXiv 1902.08651), §6 (a-posteriori error, scree bounds).
+its a-posteriori error estimate (Tropp, Yurtsever, Udell & Cevher 2019, §6;
+:func:`sketched_eigenbasis`); both return an :class:`Eigenbasis`.
+:class:`HessianStage` runs such a measurement as a stage per split. The traces
+and the TIC take their subset here too (:func:`subset_at_step`).
 """
 
 from __future__ import annotations
@@ -42,6 +36,7 @@ from curvlab.runs.stage import (
     TableStage,
     pick_setting,
     read_table_stage,
+    resolve_settings,
     run_stage,
     stored_settings,
 )
@@ -51,24 +46,20 @@ __all__ = [
     "DEFAULT_MAX_EXACT_DIM",
     "DEFAULT_NUM_PROBES",
     "DEFAULT_SAMPLES_PER_CLASS",
-    "DTYPES",
     "SPLITS",
     "TEST_MATRICES",
     "Eigenbasis",
     "EigenbasisSettings",
     "HessianStage",
-    "certified_eigenbasis",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
-    "hessian_record",
     "hessian_subset",
-    "resolve_context",
     "resolve_eigenbasis_settings",
     "sketch_of",
     "sketched_eigenbasis",
-    "split_stage",
     "subset_at_step",
+    "subset_settings",
 ]
 
 #: Splits the Hessian can be taken on.
@@ -126,9 +117,9 @@ def default_num_outer(num_params: int) -> int:
 class EigenbasisSettings:
     """What a top-eigenbasis stage computes; ``None`` means "not given".
 
-    Unset fields are resolved once (:func:`resolve_eigenbasis_settings`): the
-    requested value, else the one the stage's finished steps were computed
-    with, else the default.
+    Unset fields are resolved once: the requested value, else the one the
+    stage's finished steps were computed with, else the default
+    (:func:`resolve_eigenbasis_settings`).
 
     Attributes:
         split: ``"train"`` (default) or ``"test"``: the Hessian's split.
@@ -160,71 +151,9 @@ class EigenbasisSettings:
     unstored: ClassVar[tuple[str, ...]] = ()
 
     def stored(self) -> dict[str, Any]:
-        """The fields that decide the numbers, as kept in the manifest.
-
-        Returns:
-            Every field except those in :attr:`unstored`.
-        """
+        """The fields that decide the numbers, as kept in the manifest."""
         names = [f.name for f in dataclasses.fields(self)]
-        return {
-            name: getattr(self, name) for name in names if name not in self.unstored
-        }
-
-
-def resolve_eigenbasis_settings(
-    run: RunFolder,
-    requested: EigenbasisSettings,
-    stored: Mapping[str, Any],
-    dim: int,
-    *,
-    sketch: bool = True,
-    max_num_outer: int | None = None,
-) -> dict[str, Any]:
-    """Resolve and check the settings every top-eigenbasis stage shares.
-
-    Args:
-        run: The run folder (its seed and dtype are the defaults).
-        requested: The settings asked for (``split`` is not resolved here).
-        stored: Settings of the stage's finished steps.
-        dim: ``D``.
-        sketch: Whether SEIGH is used (else the sketch-only fields are ``None``).
-        max_num_outer: Largest ``K`` allowed (default ``D - 1``).
-
-    Returns:
-        ``num_outer`` (default :func:`default_num_outer`), ``num_inner``
-        (``min(2K, D)``), ``samples_per_class`` (50), ``test_matrix``
-        (``"ssrft"``), ``num_probes`` (30), ``seed`` and ``dtype`` (the run's).
-
-    Raises:
-        ValueError: If a value is out of range.
-        TypeError: If a value has the wrong type.
-    """
-
-    def pick(name: str, default: Any) -> Any:
-        return pick_setting(name, getattr(requested, name), stored, default)
-
-    high = dim - 1 if max_num_outer is None else max_num_outer
-    num_outer = check_int(
-        "num_outer", pick("num_outer", default_num_outer(dim)), 1, high
-    )
-    samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
-    values = {
-        "num_outer": num_outer,
-        "num_inner": None,
-        "samples_per_class": check_int("samples_per_class", samples, 1),
-        "test_matrix": None,
-        "num_probes": None,
-        "seed": check_int("seed", pick("seed", run.config.seed), 0),
-        "dtype": check_choice("dtype", pick("dtype", run.config.dtype), DTYPES),
-    }
-    if sketch:
-        num_inner = pick("num_inner", min(2 * num_outer, dim))
-        test_matrix = pick("test_matrix", "ssrft")
-        num_probes = pick("num_probes", DEFAULT_NUM_PROBES)
-        values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
-        values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
-        values["num_probes"] = check_int("num_probes", num_probes, 1)
-    return values
+        return {n: getattr(self, n) for n in names if n not in self.unstored}
 
 
 def resolve_context(
@@ -254,6 +183,90 @@ def resolve_context(
     stored = dict(stored_settings(run, stage) if stored is None else stored)
     dim = run.problem().num_params if num_params is None else num_params
     return split, stored, dim
+
+
+def resolve_eigenbasis_settings(
+    run: RunFolder,
+    requested: EigenbasisSettings,
+    stored: Mapping[str, Any],
+    dim: int,
+    *,
+    sketch: bool = True,
+) -> dict[str, Any]:
+    """Resolve and check the settings every top-eigenbasis stage shares.
+
+    Args:
+        run: The run folder (its seed and dtype are the defaults).
+        requested: The settings asked for (``split`` is not resolved here).
+        stored: Settings of the stage's finished steps.
+        dim: ``D``.
+        sketch: Whether SEIGH is used (``K < D``); else the sketch-only fields
+            are ``None`` and ``K <= D``.
+
+    Returns:
+        ``num_outer`` (default :func:`default_num_outer`), ``num_inner``
+        (``min(2K, D)``), ``samples_per_class`` (50), ``test_matrix``
+        (``"ssrft"``), ``num_probes`` (30), ``seed`` and ``dtype`` (the run's).
+
+    Raises:
+        ValueError: If a value is out of range.
+        TypeError: If a value has the wrong type.
+    """
+
+    def pick(name: str, default: Any) -> Any:
+        return pick_setting(name, getattr(requested, name), stored, default)
+
+    num_outer = pick("num_outer", default_num_outer(dim))
+    num_outer = check_int("num_outer", num_outer, 1, dim - 1 if sketch else dim)
+    samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
+    values = {
+        "num_outer": num_outer,
+        "num_inner": None,
+        "samples_per_class": check_int("samples_per_class", samples, 1),
+        "test_matrix": None,
+        "num_probes": None,
+        "seed": check_int("seed", pick("seed", run.config.seed), 0),
+        "dtype": check_choice("dtype", pick("dtype", run.config.dtype), DTYPES),
+    }
+    if sketch:
+        num_inner = pick("num_inner", min(2 * num_outer, dim))
+        test_matrix = pick("test_matrix", "ssrft")
+        num_probes = pick("num_probes", DEFAULT_NUM_PROBES)
+        values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
+        values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
+        values["num_probes"] = check_int("num_probes", num_probes, 1)
+    return values
+
+
+def subset_settings(
+    run: RunFolder, stage: str, requested: Any, **own: tuple[Any, int | None]
+) -> dict[str, Any]:
+    """Resolve and check the settings of a stage on the train subset.
+
+    Args:
+        run: The run folder.
+        stage: The stage's name (its finished steps' settings are the stored).
+        requested: The settings asked for (``None`` fields: not given).
+        **own: The stage's own settings: ``(default, smallest value)`` of an
+            int, ``(default, None)`` of another. Then follow
+            ``samples_per_class`` (50), ``seed`` and ``dtype`` (the run's).
+
+    Returns:
+        ``{setting: value}``, the stage's own settings first.
+
+    Raises:
+        ValueError: If a setting is out of range.
+        TypeError: If a setting has the wrong type.
+    """
+    defaults = {name: default for name, (default, _) in own.items()}
+    defaults["samples_per_class"] = DEFAULT_SAMPLES_PER_CLASS
+    defaults |= {"seed": run.config.seed, "dtype": run.config.dtype}
+    values = resolve_settings(requested, stored_settings(run, stage), defaults)
+    lowest = {name: low for name, (_, low) in own.items() if low is not None}
+    for name, low in {**lowest, "samples_per_class": 1, "seed": 0}.items():
+        check_int(name, values[name], low)
+    check_choice("dtype", values["dtype"], DTYPES)
+    return values
 
 
 def hessian_subset(
@@ -315,34 +328,33 @@ def subset_at_step(
     run: RunFolder,
     step: int,
     problem: Problem,
-    split: str,
-    samples_per_class: int,
-    dtype: str | None = None,
+    settings: Any,
+    split: str = "train",
 ) -> tuple[BatchedData, Tensor]:
-    """Load a step into the problem's model (in ``dtype``, eval mode); its subset.
+    """Load a step into the problem's model; the subset of a split in its dtype.
 
     Args:
         run: The run folder.
         step: A recorded step.
-        problem: The run's problem, built once; its model is changed in place.
+        problem: The run's problem, built once (:meth:`RunFolder.problem`); its
+            model is changed in place: the step's parameters, ``settings.dtype``
+            (``None``: kept), eval mode.
+        settings: Resolved settings with ``samples_per_class`` and ``dtype``.
         split: ``"train"`` or ``"test"``.
-        samples_per_class: See :func:`hessian_subset`.
-        dtype: ``"float32"`` or ``"float64"`` (default: the model's).
 
     Returns:
-        The :func:`hessian_subset` of the split, in the model's dtype, and its
-        indices.
+        The :func:`hessian_subset` of the split and its indices.
 
     Raises:
         MissingStepError: If the step is not recorded.
         ValueError: If the subset cannot be drawn.
     """
     model = run.load_into(problem.model, step)
-    if dtype is not None:
-        model.to(getattr(torch, dtype))
+    if settings.dtype is not None:
+        model.to(getattr(torch, settings.dtype))
     model.eval()
-    param_dtype = next(model.parameters()).dtype
-    return hessian_subset(problem, split, samples_per_class, dtype=param_dtype)
+    dtype = next(model.parameters()).dtype
+    return hessian_subset(problem, split, settings.samples_per_class, dtype=dtype)
 
 
 def hessian_at_step(
@@ -352,52 +364,34 @@ def hessian_at_step(
     settings: EigenbasisSettings,
     *,
     max_cols: int | None = DEFAULT_MAX_COLS,
-) -> tuple[HessianOperator, Tensor, Tensor]:
+) -> tuple[HessianOperator, Tensor, dict[str, Any]]:
     """Load a step into the problem's model and build its Hessian operator.
 
     Args:
         run: The run folder.
         step: A recorded step.
-        problem: The run's problem, built once (:meth:`RunFolder.problem`); its
-            model is changed in place (the step's parameters, ``dtype``).
+        problem: The run's problem, built once; its model is changed in place
+            (:func:`subset_at_step`).
         settings: Resolved settings: ``split``, ``samples_per_class``, ``dtype``.
         max_cols: Columns per pass over the data.
 
     Returns:
-        The Hessian of the mean loss over the subset, the flat parameter
-        vector (in the operator's order, its dtype and device) and the subset's
-        indices.
+        The Hessian of the mean loss over the subset of ``settings.split``, the
+        flat parameter vector (in the operator's order, its dtype and device)
+        and the JSON record of the subset (``split``, ``num_samples``,
+        ``samples_per_class``, ``indices``).
 
     Raises:
         MissingStepError: If the step is not recorded.
         ValueError: If the subset cannot be drawn.
     """
-    s = settings
-    data, indices = subset_at_step(
-        run, step, problem, s.split, s.samples_per_class, s.dtype
-    )
+    data, indices = subset_at_step(run, step, problem, settings, settings.split)
     model = problem.model
     op = HessianOperator(model, problem.loss_fn, data, max_cols=max_cols)
     params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return op, params, indices
-
-
-def hessian_record(settings: EigenbasisSettings, indices: Tensor) -> dict[str, Any]:
-    """The JSON record of the subset a step's Hessian was taken on.
-
-    Args:
-        settings: Resolved settings (``split``, ``samples_per_class``).
-        indices: The subset's indices into the split.
-
-    Returns:
-        ``split``, ``num_samples``, ``samples_per_class`` and ``indices``.
-    """
-    return {
-        "split": settings.split,
-        "num_samples": int(indices.numel()),
-        "samples_per_class": settings.samples_per_class,
-        "indices": indices.tolist(),
-    }
+    subset = {"split": settings.split, "num_samples": int(indices.numel())}
+    subset |= {"samples_per_class": settings.samples_per_class}
+    return op, params, {**subset, "indices": indices.tolist()}
 
 
 @dataclass(frozen=True)
@@ -405,7 +399,8 @@ class Eigenbasis:
     r"""The top eigenpairs by :math:`|\lambda|` of a Hessian, with diagnostics.
 
     Attributes:
-        method: ``"exact"`` or ``"sketch"``.
+        method: ``"exact"``, ``"sketch"`` or ``"distributed"`` (a solved
+            measurement store, :mod:`curvlab.experiments.sketch_stages`).
         eigenvalues: ``(K,)`` by descending magnitude.
         eigenvectors: ``(D, K)`` orthonormal.
         a_posteriori: The error of :math:`Q_K \Lambda_K Q_K^\top` (JSON-ready):
@@ -532,49 +527,39 @@ def exact_eigenbasis(
 
 
 def certified_eigenbasis(
-    method: str,
-    eigh: Any,
-    cert: Any,
-    num_matvecs: tuple[int, int],
-    seconds: dict[str, float],
+    method: str, eigh: Any, cert: Any, num_matvecs: int, seconds: dict[str, float]
 ) -> Eigenbasis:
     """A sketched eigenbasis with its a-posteriori certificate as JSON record.
 
     Args:
         method: ``"sketch"`` or ``"distributed"``.
         eigh: With ``eigenvalues`` and ``eigenvectors`` (a sketched ``eigh``).
-        cert: An :class:`~curvlab.linalg.APosterioriError`.
-        num_matvecs: Products of the eigendecomposition and of the certificate.
+        cert: Its :class:`~curvlab.linalg.APosterioriError`.
+        num_matvecs: Products of the eigendecomposition.
         seconds: Timings.
 
     Returns:
-        The eigenbasis; its ``a_posteriori`` record has ``kind="estimate"``, the
-        error, its square, the relative error, the norms, the probes, the
-        probability bounds and the scree bounds.
+        The eigenbasis; ``a_posteriori`` holds ``kind="estimate"``, the error,
+        its square, the relative error, the norms, the probes, the probability
+        bounds and the scree bounds.
     """
-    record = {
-        "kind": "estimate",
-        "error": cert.error,
-        "error_sq": cert.error_sq,
-        "relative_error": cert.relative_error,
-        "op_norm_sq": cert.op_norm_sq,
-        "approx_norm_sq": cert.approx_norm_sq,
-        "num_probes": cert.num_probes,
-        "bounds": [
-            {"epsilon": e, "p_under": under, "p_over": over}
-            for e, under, over in cert.bounds
-        ],
-        "scree_lower": cert.scree_lower.tolist(),
-        "scree_upper": cert.scree_upper.tolist(),
-    }
+    names = ("error", "error_sq", "relative_error", "op_norm_sq", "approx_norm_sq")
+    record = {"kind": "estimate", **{n: getattr(cert, n) for n in names}}
+    record["num_probes"] = cert.num_probes
+    record["bounds"] = [
+        {"epsilon": e, "p_under": under, "p_over": over}
+        for e, under, over in cert.bounds
+    ]
+    record["scree_lower"] = cert.scree_lower.tolist()
+    record["scree_upper"] = cert.scree_upper.tolist()
     return Eigenbasis(
         method=method,
         eigenvalues=eigh.eigenvalues,
         eigenvectors=eigh.eigenvectors,
         a_posteriori=record,
         num_matvecs={
-            "eigendecomposition": num_matvecs[0],
-            "a_posteriori": num_matvecs[1],
+            "eigendecomposition": num_matvecs,
+            "a_posteriori": cert.num_matvecs,
         },
         seconds=seconds,
     )
@@ -619,20 +604,11 @@ def sketched_eigenbasis(
     start = time.perf_counter()
     cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
     seconds = {"sketch": sketch_seconds, "a_posteriori": time.perf_counter() - start}
-    matvecs = (sketch.num_matvecs, cert.num_matvecs)
-    return certified_eigenbasis("sketch", sketch, cert, matvecs, seconds)
+    return certified_eigenbasis("sketch", sketch, cert, sketch.num_matvecs, seconds)
 
 
 def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
-    """:func:`sketched_eigenbasis` with the sketch fields of resolved settings.
-
-    Args:
-        op: The Hessian.
-        settings: Resolved settings of a sketch.
-
-    Returns:
-        The sketched eigenbasis and its a-posteriori error estimate.
-    """
+    """:func:`sketched_eigenbasis` with the sketch fields of resolved settings."""
     s = settings
     return sketched_eigenbasis(
         op,
@@ -645,18 +621,14 @@ def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
 
 
 class HessianStage(TableStage):
-    """A table stage measured on the Hessian of each recorded step, per split.
+    """A table stage measured on the Hessian at each recorded step, per split.
 
-    Its name is ``<command>_<split>``. The overlap and the exhaustive check
-    differ only in what they resolve, measure and summarise; a subclass names
-    those functions and what it holds:
-
-    - ``resolve(run, settings, num_params=D)``: the resolved settings (an
-      :class:`EigenbasisSettings`);
-    - ``measure(run, step, settings, problem, max_cols, on_phase)``: one step's
-      result (``rows``, ``summary``);
-    - ``row(summary)``: its row of ``summary.csv``;
-    - ``what``: what the stage holds, for messages (``"overlap results"``).
+    Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
+    for messages), resolves its settings (``resolve(run, settings,
+    num_params=D)``: an :class:`EigenbasisSettings`), measures one step
+    (``measure(run, step, settings, problem, max_cols, on_phase)``: a result
+    with ``rows`` and ``summary``) and gives the step's row of ``summary.csv``
+    (:meth:`summary_row`).
 
     Args:
         run: The run folder.
@@ -665,10 +637,9 @@ class HessianStage(TableStage):
         max_cols: Hessian columns per pass over the data.
     """
 
+    what: str
     resolve: Callable[..., Any]
     measure: Callable[..., Any]
-    row: Callable[[Mapping[str, Any]], dict[str, Any]]
-    what: str
 
     def __init__(
         self,
@@ -679,8 +650,7 @@ class HessianStage(TableStage):
         max_cols: int | None = DEFAULT_MAX_COLS,
     ):
         super().__init__(run)
-        kind = type(self)
-        self.settings = kind.resolve(run, settings, num_params=problem.num_params)
+        self.settings = self.resolve(run, settings, num_params=problem.num_params)
         self.stored = self.settings.stored()
         self.name = split_stage(self.command, self.settings.split)
         self.problem = problem
@@ -699,22 +669,22 @@ class HessianStage(TableStage):
         max_cols: int | None = DEFAULT_MAX_COLS,
         on_phase: Callable[[str], None] | None = None,
     ) -> Any:
-        """Measure one step (nothing is stored).
+        """Measure one step; nothing is stored.
 
         Args:
             run: The run folder.
             step: A recorded step.
-            settings: What to compute; unset fields are resolved (from the
-                stage's stored settings, then the defaults).
+            settings: What to compute; unset fields come from the stage's
+                stored settings, then the defaults.
             problem: The run's problem on ``device`` (built when ``None``); its
                 model is overwritten with the step's parameters.
             device: Device of model, data and products.
             data_dir: Data folder of file-based problems.
             max_cols: Hessian columns per pass over the data (memory).
-            on_phase: Called with the name of each phase as the step proceeds.
+            on_phase: Called with the name of each phase of the step.
 
         Returns:
-            The step's typed result (``rows``, ``summary``).
+            The step's result, with its table ``rows`` and ``summary``.
 
         Raises:
             MissingStepError: If the step is not recorded.
@@ -741,12 +711,10 @@ class HessianStage(TableStage):
     ) -> StageRunResult:
         """Measure and store recorded steps, skipping finished ones.
 
-        For each step not yet done: :meth:`at_step`, then its CSV and JSON
-        written atomically, then the manifest entry (with the settings, the
-        summary row and timings), then the combined tables ``all.csv`` and
-        ``summary.csv`` rewritten. An interruption leaves the finished steps
-        intact; calling again resumes. The call is recorded in
-        ``invocations/``.
+        Each step's CSV and JSON are written atomically, then its manifest
+        entry, then ``all.csv`` and ``summary.csv`` are rewritten; an
+        interruption keeps the finished steps and a new call resumes. The call
+        is recorded in ``invocations/`` (:func:`~curvlab.runs.stage.run_stage`).
 
         Args:
             run: The run folder (or its path).
@@ -755,9 +723,7 @@ class HessianStage(TableStage):
             steps: Steps (default: every recorded one), a list or a string
                 such as ``"0,100:1000:100"``.
             force: Recompute the requested finished steps, also those computed
-                with other settings (unset fields still come from the stored
-                settings). Steps not requested keep their results, so a stage
-                can then hold steps computed with different settings.
+                with other settings. Steps not requested keep their results.
             device: Device of model, data and products.
             data_dir: Data folder of file-based problems.
             max_cols: Hessian columns per pass over the data (memory).
@@ -766,8 +732,8 @@ class HessianStage(TableStage):
                 and at the end.
 
         Returns:
-            The stage, settings, steps computed and skipped, and every
-            requested step's summary.
+            The stage, settings, steps computed and skipped, the results of the
+            computed steps and every requested step's summary.
 
         Raises:
             SettingsConflictError: If finished steps were computed with other
@@ -779,14 +745,8 @@ class HessianStage(TableStage):
         run = run if isinstance(run, RunFolder) else RunFolder.open(run)
         problem = run.problem(device=torch.device(device), data_dir=data_dir)
         stage = cls(run, settings, problem, max_cols=max_cols)
-        return run_stage(
-            stage,
-            steps,
-            force=force,
-            device=device,
-            data_dir=data_dir,
-            on_progress=on_progress,
-        )
+        options = {"device": device, "data_dir": data_dir, "on_progress": on_progress}
+        return run_stage(stage, steps, force=force, **options)
 
     @classmethod
     def load(
@@ -815,10 +775,6 @@ class HessianStage(TableStage):
 
     def compute(self, step: int, progress: StepProgress) -> Any:
         """Measure one step."""
-        return type(self).measure(
+        return self.measure(
             self.run, step, self.settings, self.problem, self.max_cols, progress.phase
         )
-
-    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """The step's row of ``summary.csv``."""
-        return type(self).row(summary)

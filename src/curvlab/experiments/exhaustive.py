@@ -68,7 +68,6 @@ from curvlab.experiments.eigenbasis import (
     HessianStage,
     exact_eigenbasis,
     hessian_at_step,
-    hessian_record,
     resolve_context,
     resolve_eigenbasis_settings,
     sketch_of,
@@ -266,7 +265,7 @@ def _measure(
     phase("hessian")
     start = time.perf_counter()
     K = settings.num_outer
-    op, params, indices = hessian_at_step(
+    op, params, subset = hessian_at_step(
         run, step, problem, settings, max_cols=max_cols
     )
     phase("eigh")
@@ -330,7 +329,7 @@ def _measure(
         "problem": run.config.problem,
         "num_params": dim,
         "settings": settings.stored(),
-        "hessian": hessian_record(settings, indices),
+        "hessian": subset,
         "eigenvalues_exact": lam_exact.tolist(),
         "eigenvalues_sketch": lam_sketch.tolist(),
         "eigenvalue_errors": {
@@ -378,33 +377,6 @@ ExhaustiveEvent = StageEvent
 ExhaustiveRunResult = StageRunResult
 
 
-def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    errors = summary["eigenvalue_errors"]
-    post = summary["a_posteriori"]
-    return {
-        "step": summary["step"],
-        "num_params": summary["num_params"],
-        "num_outer": summary["settings"]["num_outer"],
-        "num_inner": summary["settings"]["num_inner"],
-        "lambda_1_exact": summary["eigenvalues_exact"][0],
-        "lambda_1_sketch": summary["eigenvalues_sketch"][0],
-        "max_rel_error_top_3": errors.get("max_rel_top_3", errors.get("max_rel_top_1")),
-        "max_rel_error_top_k": max(errors.values()),
-        "basis_overlap": summary["basis_overlap"]["at_num_outer"],
-        "basis_overlap_min": summary["basis_overlap"]["min"],
-        "angle_median_degrees": summary["principal_angles_degrees"]["median"],
-        "angle_max_degrees": summary["principal_angles_degrees"]["max"],
-        "magnitude_exact": summary["magnitude_overlap"]["exact"],
-        "magnitude_sketch": summary["magnitude_overlap"]["sketch"],
-        "error_estimate": post["estimate"],
-        "error_exact": post["exact"],
-        "best_rank_k_error": post["best_rank_k_error"],
-        "trace": summary["trace"],
-        "fraction_negative": summary["fraction_negative"],
-        "seconds": summary["seconds"]["total"],
-    }
-
-
 class ExhaustiveStage(HessianStage):
     """The exhaustive check as a resumable stage, one per split.
 
@@ -417,7 +389,35 @@ class ExhaustiveStage(HessianStage):
     columns = _COLUMNS
     resolve = staticmethod(resolve_exhaustive_settings)
     measure = staticmethod(_measure)
-    row = staticmethod(_summary_row)
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``: its scalars."""
+        errors = summary["eigenvalue_errors"]
+        post = summary["a_posteriori"]
+        return {
+            "step": summary["step"],
+            "num_params": summary["num_params"],
+            "num_outer": summary["settings"]["num_outer"],
+            "num_inner": summary["settings"]["num_inner"],
+            "lambda_1_exact": summary["eigenvalues_exact"][0],
+            "lambda_1_sketch": summary["eigenvalues_sketch"][0],
+            "max_rel_error_top_3": errors.get(
+                "max_rel_top_3", errors.get("max_rel_top_1")
+            ),
+            "max_rel_error_top_k": max(errors.values()),
+            "basis_overlap": summary["basis_overlap"]["at_num_outer"],
+            "basis_overlap_min": summary["basis_overlap"]["min"],
+            "angle_median_degrees": summary["principal_angles_degrees"]["median"],
+            "angle_max_degrees": summary["principal_angles_degrees"]["max"],
+            "magnitude_exact": summary["magnitude_overlap"]["exact"],
+            "magnitude_sketch": summary["magnitude_overlap"]["sketch"],
+            "error_estimate": post["estimate"],
+            "error_exact": post["exact"],
+            "best_rank_k_error": post["best_rank_k_error"],
+            "trace": summary["trace"],
+            "fraction_negative": summary["fraction_negative"],
+            "seconds": summary["seconds"]["total"],
+        }
 
 
 #: Compare SEIGH with the exact eigendecomposition at one step, nothing stored

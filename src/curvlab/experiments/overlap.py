@@ -77,7 +77,6 @@ from curvlab.experiments.eigenbasis import (
     EigenbasisSettings,
     HessianStage,
     hessian_at_step,
-    hessian_record,
     resolve_context,
     resolve_eigenbasis_settings,
     split_stage,
@@ -230,10 +229,7 @@ def resolve_overlap_settings(
     if method == "distributed":  # the measured sketch's settings come next
         stored = {**measured_settings(run, split), **stored}
     sketch = method != "exact"
-    high = dim - 1 if sketch else dim
-    shared = resolve_eigenbasis_settings(
-        run, requested, stored, dim, sketch=sketch, max_num_outer=high
-    )
+    shared = resolve_eigenbasis_settings(run, requested, stored, dim, sketch=sketch)
     num_random = pick_setting(
         "num_random", requested.num_random, stored, DEFAULT_NUM_RANDOM
     )
@@ -324,46 +320,6 @@ def curve_rows(
     return rows
 
 
-def _summary(
-    run: RunFolder,
-    step: int,
-    settings: OverlapSettings,
-    basis: Eigenbasis,
-    curve: OverlapCurve,
-    indices: Tensor,
-    seconds: dict[str, float],
-) -> dict[str, Any]:
-    last = len(curve.ks) - 1
-    return {
-        "stage": overlap_stage(settings.split),
-        "step": step,
-        "problem": run.config.problem,
-        "num_params": basis.eigenvectors.shape[0],
-        "settings": settings.stored(),
-        "hessian": {
-            "loss": "mean over the subset",
-            **hessian_record(settings, indices),
-        },
-        "eigenvalues": basis.eigenvalues.detach().cpu().tolist(),
-        "trace": basis.trace,
-        "frobenius_norm": math.sqrt(basis.a_posteriori["op_norm_sq"]),
-        "fraction_negative": basis.fraction_negative,
-        "fraction_negative_beyond_rounding": basis.fraction_negative_beyond_rounding,
-        "negative_tolerance": basis.negative_tolerance,
-        "a_posteriori": basis.a_posteriori,
-        "overlap_at_num_outer": {
-            "k": settings.num_outer,
-            **{
-                name: float(getattr(curve, name)[last])
-                for name in ("magnitude", "best", "random_mean", "chance", "ratio")
-            },
-        },
-        "random_mask_seed": mask_seed(settings.seed, step),
-        "num_matvecs": {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())},
-        "seconds": seconds,
-    }
-
-
 def _measure(
     run: RunFolder,
     step: int,
@@ -376,7 +332,7 @@ def _measure(
     phase = on_phase or (lambda name: None)
     phase("hessian")
     start = time.perf_counter()
-    op, params, indices = hessian_at_step(
+    op, params, subset = hessian_at_step(
         run, step, problem, settings, max_cols=max_cols
     )
     load_seconds = time.perf_counter() - start
@@ -390,39 +346,33 @@ def _measure(
         num_random=settings.num_random,
         seed=mask_seed(settings.seed, step),
     )
-    seconds = {
-        "load": load_seconds,
-        **basis.seconds,
-        "overlap": time.perf_counter() - start_overlap,
-        "total": time.perf_counter() - start,
+    seconds = {"load": load_seconds, **basis.seconds}
+    seconds |= {"overlap": time.perf_counter() - start_overlap}
+    at_num_outer = ("magnitude", "best", "random_mean", "chance", "ratio")
+    summary = {
+        "stage": overlap_stage(settings.split),
+        "step": step,
+        "problem": run.config.problem,
+        "num_params": basis.eigenvectors.shape[0],
+        "settings": settings.stored(),
+        "hessian": {"loss": "mean over the subset", **subset},
+        "eigenvalues": basis.eigenvalues.detach().cpu().tolist(),
+        "trace": basis.trace,
+        "frobenius_norm": math.sqrt(basis.a_posteriori["op_norm_sq"]),
+        "fraction_negative": basis.fraction_negative,
+        "fraction_negative_beyond_rounding": basis.fraction_negative_beyond_rounding,
+        "negative_tolerance": basis.negative_tolerance,
+        "a_posteriori": basis.a_posteriori,
+        "overlap_at_num_outer": {
+            "k": settings.num_outer,
+            **{name: float(getattr(curve, name)[-1]) for name in at_num_outer},
+        },
+        "random_mask_seed": mask_seed(settings.seed, step),
+        "num_matvecs": {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())},
+        "seconds": {**seconds, "total": time.perf_counter() - start},
     }
     rows = curve_rows(step, curve, basis.eigenvalues)
-    summary = _summary(run, step, settings, basis, curve, indices, seconds)
     return StepOverlap(step, settings, basis, curve, rows, summary)
-
-
-def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    settings = summary["settings"]
-    error = summary["a_posteriori"]
-    at = summary["overlap_at_num_outer"]
-    values = summary["eigenvalues"]
-    return {
-        "step": summary["step"],
-        "method": settings["method"],
-        "num_params": summary["num_params"],
-        "num_outer": settings["num_outer"],
-        "num_inner": settings["num_inner"],
-        **{f"lambda_{i + 1}": values[i] if len(values) > i else None for i in range(3)},
-        "trace": summary["trace"],
-        "frobenius_norm": summary["frobenius_norm"],
-        "fraction_negative": summary["fraction_negative"],
-        "error_kind": error["kind"],
-        "error": error["error"],
-        "relative_error": error["relative_error"],
-        **{f"overlap_{key}": value for key, value in at.items()},
-        "num_matvecs": summary["num_matvecs"]["total"],
-        "seconds": summary["seconds"]["total"],
-    }
 
 
 class OverlapStage(HessianStage):
@@ -448,7 +398,33 @@ class OverlapStage(HessianStage):
     columns = _CURVE_COLUMNS
     resolve = staticmethod(resolve_overlap_settings)
     measure = staticmethod(_measure)
-    row = staticmethod(_summary_row)
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``: its scalars."""
+        settings = summary["settings"]
+        error = summary["a_posteriori"]
+        at = summary["overlap_at_num_outer"]
+        values = summary["eigenvalues"]
+        return {
+            "step": summary["step"],
+            "method": settings["method"],
+            "num_params": summary["num_params"],
+            "num_outer": settings["num_outer"],
+            "num_inner": settings["num_inner"],
+            **{
+                f"lambda_{i + 1}": values[i] if len(values) > i else None
+                for i in range(3)
+            },
+            "trace": summary["trace"],
+            "frobenius_norm": summary["frobenius_norm"],
+            "fraction_negative": summary["fraction_negative"],
+            "error_kind": error["kind"],
+            "error": error["error"],
+            "relative_error": error["relative_error"],
+            **{f"overlap_{key}": value for key, value in at.items()},
+            "num_matvecs": summary["num_matvecs"]["total"],
+            "seconds": summary["seconds"]["total"],
+        }
 
 
 #: Measure the mask/eigenspace overlap at one step, nothing stored

@@ -163,17 +163,10 @@ def resolve_context(
     num_params: int | None = None,
     stored: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any], int]:
-    """The split, the stored settings and ``D`` a stage's resolver starts from.
+    """The split (default ``"train"``), the stored settings and ``D`` to resolve.
 
-    Args:
-        run: The run folder.
-        kind: The stage's kind (its name is ``<kind>_<split>``).
-        requested: The settings asked for.
-        num_params: ``D`` (``None``: built from the run's problem).
-        stored: Settings to resume with (``None``: those of the stage).
-
-    Returns:
-        The split (default ``"train"``), the stored settings and ``D``.
+    ``stored`` defaults to the settings of stage ``<kind>_<split>``, ``D`` to
+    that of the run's problem.
 
     Raises:
         ValueError: For an unknown split.
@@ -336,9 +329,8 @@ def subset_at_step(
     Args:
         run: The run folder.
         step: A recorded step.
-        problem: The run's problem, built once (:meth:`RunFolder.problem`); its
-            model is changed in place: the step's parameters, ``settings.dtype``
-            (``None``: kept), eval mode.
+        problem: The run's problem, built once; its model is changed in place:
+            the step's parameters, ``settings.dtype`` (if set), eval mode.
         settings: Resolved settings with ``samples_per_class`` and ``dtype``.
         split: ``"train"`` or ``"test"``.
 
@@ -529,19 +521,11 @@ def exact_eigenbasis(
 def certified_eigenbasis(
     method: str, eigh: Any, cert: Any, num_matvecs: int, seconds: dict[str, float]
 ) -> Eigenbasis:
-    """A sketched eigenbasis with its a-posteriori certificate as JSON record.
+    """The :class:`Eigenbasis` of a sketched ``eigh`` and its certificate.
 
-    Args:
-        method: ``"sketch"`` or ``"distributed"``.
-        eigh: With ``eigenvalues`` and ``eigenvectors`` (a sketched ``eigh``).
-        cert: Its :class:`~curvlab.linalg.APosterioriError`.
-        num_matvecs: Products of the eigendecomposition.
-        seconds: Timings.
-
-    Returns:
-        The eigenbasis; ``a_posteriori`` holds ``kind="estimate"``, the error,
-        its square, the relative error, the norms, the probes, the probability
-        bounds and the scree bounds.
+    ``cert`` (an :class:`~curvlab.linalg.APosterioriError`) becomes the JSON
+    record ``a_posteriori`` (``kind="estimate"``); ``num_matvecs`` counts the
+    products of the eigendecomposition.
     """
     names = ("error", "error_sq", "relative_error", "op_norm_sq", "approx_norm_sq")
     record = {"kind": "estimate", **{n: getattr(cert, n) for n in names}}
@@ -674,8 +658,7 @@ class HessianStage(TableStage):
         Args:
             run: The run folder.
             step: A recorded step.
-            settings: What to compute; unset fields come from the stage's
-                stored settings, then the defaults.
+            settings: What to compute, resolved as by :meth:`run_on`.
             problem: The run's problem on ``device`` (built when ``None``); its
                 model is overwritten with the step's parameters.
             device: Device of model, data and products.
@@ -688,8 +671,7 @@ class HessianStage(TableStage):
 
         Raises:
             MissingStepError: If the step is not recorded.
-            ValueError: If the settings are invalid or the subset cannot be
-                drawn.
+            ValueError: If the settings are invalid or the subset is too large.
         """
         if problem is None:
             problem = run.problem(device=device, data_dir=data_dir)

@@ -608,11 +608,11 @@ class HessianStage(TableStage):
     """A table stage measured on the Hessian at each recorded step, per split.
 
     Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
-    for messages), resolves its settings (``resolve(run, settings,
-    num_params=D)``: an :class:`EigenbasisSettings`), measures one step
-    (``measure(run, step, settings, problem, max_cols, on_phase)``: a result
-    with ``rows`` and ``summary``) and gives the step's row of ``summary.csv``
-    (:meth:`summary_row`).
+    for messages) and its settings (``settings_type``, an
+    :class:`EigenbasisSettings`), resolves its own settings
+    (:meth:`own_settings`), measures one step (``measure(run, step, settings,
+    problem, max_cols, on_phase)``: a result with ``rows`` and ``summary``)
+    and gives the step's row of ``summary.csv`` (:meth:`summary_row`).
 
     Args:
         run: The run folder.
@@ -622,7 +622,7 @@ class HessianStage(TableStage):
     """
 
     what: str
-    resolve: Callable[..., Any]
+    settings_type: type[EigenbasisSettings]
     measure: Callable[..., Any]
 
     def __init__(
@@ -639,6 +639,66 @@ class HessianStage(TableStage):
         self.name = split_stage(self.command, self.settings.split)
         self.problem = problem
         self.max_cols = max_cols
+
+    @staticmethod
+    def own_settings(
+        run: RunFolder,
+        requested: Any,
+        split: str,
+        stored: dict[str, Any],
+        dim: int,
+    ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """Resolve and check the settings that are the stage's own.
+
+        Args:
+            run: The run folder.
+            requested: The settings asked for.
+            split: The resolved split.
+            stored: The stored settings.
+            dim: ``D``.
+
+        Returns:
+            The stage's own fields, the stored settings the shared ones are
+            resolved from, and whether SEIGH is used.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def resolve(
+        cls,
+        run: RunFolder,
+        requested: Any = None,
+        *,
+        num_params: int | None = None,
+        stored: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Fill the unset fields of ``requested`` and check the result.
+
+        Unset fields come from ``stored`` (default: the settings of the
+        stage's finished steps), then from the defaults.
+
+        Args:
+            run: The run folder (its seed, dtype and problem size).
+            requested: The settings asked for (a ``settings_type``); ``None``
+                for none.
+            num_params: ``D`` (default: built from the run's problem).
+            stored: Stored settings to resume with.
+
+        Returns:
+            Settings of ``settings_type`` with every field set; the sketch-only
+            fields are ``None`` when no sketch is taken.
+
+        Raises:
+            ValueError: If a value is out of range (e.g. ``num_outer >= D`` for
+                the sketch, or ``D`` too large for a dense ``eigh``).
+            TypeError: If a value has the wrong type.
+        """
+        requested = requested or cls.settings_type()
+        context = resolve_context(run, cls.command, requested, num_params, stored)
+        split, stored, dim = context
+        own, stored, sketch = cls.own_settings(run, requested, split, stored, dim)
+        shared = resolve_eigenbasis_settings(run, requested, stored, dim, sketch=sketch)
+        return cls.settings_type(split=split, **own, **shared)
 
     @classmethod
     def at_step(

@@ -56,6 +56,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -68,8 +69,6 @@ from curvlab.experiments.eigenbasis import (
     HessianStage,
     exact_eigenbasis,
     hessian_at_step,
-    resolve_context,
-    resolve_eigenbasis_settings,
     sketch_of,
     split_stage,
 )
@@ -124,53 +123,9 @@ class ExhaustiveSettings(EigenbasisSettings):
     unstored: ClassVar[tuple[str, ...]] = ("max_dim",)
 
 
-def exhaustive_stage(split: str) -> str:
-    """Return ``"exhaustive_<split>"``, the stage of the exhaustive check.
-
-    Raises:
-        ValueError: For a split other than ``"train"`` or ``"test"``.
-    """
-    return split_stage("exhaustive", split)
-
-
-def resolve_exhaustive_settings(
-    run: RunFolder,
-    requested: ExhaustiveSettings | None = None,
-    *,
-    num_params: int | None = None,
-    stored: Mapping[str, Any] | None = None,
-) -> ExhaustiveSettings:
-    """Fill the unset fields (stored settings of the stage, then defaults), check.
-
-    Args:
-        run: The run folder.
-        requested: The settings asked for.
-        num_params: ``D`` (default: from the run's problem).
-        stored: Settings to resume with (default: the stage's).
-
-    Returns:
-        Settings with every field set.
-
-    Raises:
-        ValueError: If ``D > max_dim`` (the problem is too large for a dense
-            ``eigh``) or a value is out of range.
-        TypeError: If a value has the wrong type.
-    """
-    requested = requested or ExhaustiveSettings()
-    split, stored, dim = resolve_context(
-        run, "exhaustive", requested, num_params, stored
-    )
-    max_dim = check_int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
-    if dim > max_dim:
-        raise ValueError(
-            f"The exhaustive check builds the dense {dim}x{dim} Hessian of "
-            f"{run.config.problem!r} and runs a full eigh on it; D={dim} is above "
-            f"the limit max_dim={max_dim} ({dim * dim * 8 / 2**30:.1f} GiB in "
-            "float64). Use `curvlab overlap --method sketch` on this problem, or "
-            "raise the limit deliberately (--max-dim)."
-        )
-    shared = resolve_eigenbasis_settings(run, requested, stored, dim)
-    return ExhaustiveSettings(split=split, max_dim=max_dim, **shared)
+#: ``exhaustive_stage(split)``: ``"exhaustive_<split>"``, the stage of the
+#: exhaustive check (``ValueError`` for a split other than ``"train"``/``"test"``).
+exhaustive_stage = partial(split_stage, "exhaustive")
 
 
 def basis_overlaps(Q: Tensor, W: Tensor) -> Tensor:
@@ -241,12 +196,8 @@ def _quantiles(values: Tensor) -> dict[str, float]:
     values = values.to(torch.float64)
     qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
     median, q90 = torch.quantile(values, qs).tolist()
-    return {
-        "min": float(values.min()),
-        "median": median,
-        "q90": q90,
-        "max": float(values.max()),
-    }
+    low, high = float(values.min()), float(values.max())
+    return {"min": low, "median": median, "q90": q90, "max": high}
 
 
 def _measure(
@@ -365,7 +316,7 @@ def _measure(
         },
         "trace": exact.trace,
         "fraction_negative": exact.fraction_negative,
-        "fraction_negative_beyond_rounding": (exact.fraction_negative_beyond_rounding),
+        "fraction_negative_beyond_rounding": exact.fraction_negative_beyond_rounding,
         "num_matvecs": matvecs,
         "seconds": seconds,
     }
@@ -387,8 +338,34 @@ class ExhaustiveStage(HessianStage):
     command = "exhaustive"
     what = "exhaustive check"
     columns = _COLUMNS
-    resolve = staticmethod(resolve_exhaustive_settings)
+    settings_type = ExhaustiveSettings
     measure = staticmethod(_measure)
+
+    @staticmethod
+    def own_settings(
+        run: RunFolder,
+        requested: ExhaustiveSettings,
+        split: str,
+        stored: dict[str, Any],
+        dim: int,
+    ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """``max_dim``; always SEIGH.
+
+        Raises:
+            ValueError: If ``D > max_dim`` (the problem is too large for a dense
+                ``eigh``).
+            TypeError: If ``max_dim`` is no int.
+        """
+        max_dim = check_int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
+        if dim > max_dim:
+            raise ValueError(
+                f"The exhaustive check builds the dense {dim}x{dim} Hessian of "
+                f"{run.config.problem!r} and runs a full eigh on it; D={dim} is "
+                f"above the limit max_dim={max_dim} ({dim * dim * 8 / 2**30:.1f} GiB "
+                "in float64). Use `curvlab overlap --method sketch` on this problem, "
+                "or raise the limit deliberately (--max-dim)."
+            )
+        return {"max_dim": max_dim}, stored, True
 
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """The step's row of ``summary.csv``: its scalars."""
@@ -419,6 +396,10 @@ class ExhaustiveStage(HessianStage):
             "seconds": summary["seconds"]["total"],
         }
 
+
+#: Fill the unset fields of :class:`ExhaustiveSettings` and check them
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.resolve`).
+resolve_exhaustive_settings = ExhaustiveStage.resolve
 
 #: Compare SEIGH with the exact eigendecomposition at one step, nothing stored
 #: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.at_step`): a

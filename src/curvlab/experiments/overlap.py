@@ -65,6 +65,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -77,8 +78,6 @@ from curvlab.experiments.eigenbasis import (
     EigenbasisSettings,
     HessianStage,
     hessian_at_step,
-    resolve_context,
-    resolve_eigenbasis_settings,
     split_stage,
 )
 from curvlab.experiments.sketch_stages import (
@@ -167,79 +166,16 @@ class OverlapSettings(EigenbasisSettings):
     unstored: ClassVar[tuple[str, ...]] = ("max_exact_dim",)
 
     def stored(self) -> dict[str, Any]:
-        """The fields that decide the numbers, in the manifest's order.
-
-        Returns:
-            Every field except ``max_exact_dim``.
-        """
+        """The fields that decide the numbers, in the manifest's order."""
         values = super().stored()
         first = ("split", "method", "num_outer", "num_inner")
         first += ("samples_per_class", "num_random")
         return {name: values[name] for name in first} | values
 
 
-def overlap_stage(split: str) -> str:
-    """Return ``"overlap_<split>"``, the stage of the overlap on a split.
-
-    Raises:
-        ValueError: For a split other than ``"train"`` or ``"test"``.
-    """
-    return split_stage("overlap", split)
-
-
-def resolve_overlap_settings(
-    run: RunFolder,
-    requested: OverlapSettings | None = None,
-    *,
-    num_params: int | None = None,
-    stored: Mapping[str, Any] | None = None,
-) -> OverlapSettings:
-    """Fill the unset fields of ``requested`` and validate the result.
-
-    Args:
-        run: The run folder (its seed, dtype and problem size).
-        requested: The settings asked for; ``None`` for none.
-        num_params: ``D`` (default: built from the run's problem).
-        stored: Stored settings to resume with; default those of the stage.
-
-    Returns:
-        Settings with every field set; ``method`` is ``"exact"``, ``"sketch"``
-        or ``"distributed"``; the sketch-only fields are ``None`` for the exact
-        method.
-
-    Raises:
-        ValueError: If a value is out of range (e.g. ``num_outer >= D`` for the
-            sketch, or ``method="exact"`` with ``D > max_exact_dim``).
-        TypeError: If a value has the wrong type.
-    """
-    requested = requested or OverlapSettings()
-    split, stored, dim = resolve_context(run, "overlap", requested, num_params, stored)
-    max_exact_dim = requested.max_exact_dim or DEFAULT_MAX_EXACT_DIM
-    check_int("max_exact_dim", max_exact_dim, 1)
-    method = pick_setting("method", requested.method, stored, "auto")
-    method = check_choice("method", method, METHODS)
-    if method == "auto":
-        method = "exact" if dim <= max_exact_dim else "sketch"
-    if method == "exact" and dim > max_exact_dim:
-        raise ValueError(
-            f"The exact method materialises the {dim}x{dim} Hessian, above "
-            f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), or "
-            "raise max_exact_dim deliberately."
-        )
-    if method == "distributed":  # the measured sketch's settings come next
-        stored = {**measured_settings(run, split), **stored}
-    sketch = method != "exact"
-    shared = resolve_eigenbasis_settings(run, requested, stored, dim, sketch=sketch)
-    num_random = pick_setting(
-        "num_random", requested.num_random, stored, DEFAULT_NUM_RANDOM
-    )
-    return OverlapSettings(
-        split=split,
-        method=method,
-        num_random=check_int("num_random", num_random, 0),
-        max_exact_dim=max_exact_dim,
-        **shared,
-    )
+#: ``overlap_stage(split)``: ``"overlap_<split>"``, the stage of the overlap on a
+#: split (``ValueError`` for a split other than ``"train"`` or ``"test"``).
+overlap_stage = partial(split_stage, "overlap")
 
 
 def mask_seed(seed: int, step: int) -> int:
@@ -396,8 +332,47 @@ class OverlapStage(HessianStage):
     command = "overlap"
     what = "overlap results"
     columns = _CURVE_COLUMNS
-    resolve = staticmethod(resolve_overlap_settings)
+    settings_type = OverlapSettings
     measure = staticmethod(_measure)
+
+    @staticmethod
+    def own_settings(
+        run: RunFolder,
+        requested: OverlapSettings,
+        split: str,
+        stored: dict[str, Any],
+        dim: int,
+    ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """``method``, ``num_random`` and ``max_exact_dim``; SEIGH unless exact.
+
+        ``"auto"`` is ``"exact"`` up to ``max_exact_dim``, else ``"sketch"``;
+        ``"distributed"`` takes the measured sketch's settings as defaults.
+
+        Raises:
+            ValueError: For ``method="exact"`` with ``D > max_exact_dim``, or a
+                value out of range.
+            TypeError: If a value has the wrong type.
+        """
+        max_exact_dim = requested.max_exact_dim or DEFAULT_MAX_EXACT_DIM
+        check_int("max_exact_dim", max_exact_dim, 1)
+        method = pick_setting("method", requested.method, stored, "auto")
+        method = check_choice("method", method, METHODS)
+        if method == "auto":
+            method = "exact" if dim <= max_exact_dim else "sketch"
+        if method == "exact" and dim > max_exact_dim:
+            raise ValueError(
+                f"The exact method materialises the {dim}x{dim} Hessian, above "
+                f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), "
+                "or raise max_exact_dim deliberately."
+            )
+        if method == "distributed":  # the measured sketch's settings come next
+            stored = {**measured_settings(run, split), **stored}
+        num_random = pick_setting(
+            "num_random", requested.num_random, stored, DEFAULT_NUM_RANDOM
+        )
+        own = {"method": method, "num_random": check_int("num_random", num_random, 0)}
+        own["max_exact_dim"] = max_exact_dim
+        return own, stored, method != "exact"
 
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """The step's row of ``summary.csv``: its scalars."""
@@ -426,6 +401,10 @@ class OverlapStage(HessianStage):
             "seconds": summary["seconds"]["total"],
         }
 
+
+#: Fill the unset fields of :class:`OverlapSettings` and check them
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.resolve`).
+resolve_overlap_settings = OverlapStage.resolve
 
 #: Measure the mask/eigenspace overlap at one step, nothing stored
 #: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.at_step`): a

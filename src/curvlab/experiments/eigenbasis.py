@@ -609,10 +609,14 @@ class HessianStage(TableStage):
 
     Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
     for messages) and its settings (``settings_type``, an
-    :class:`EigenbasisSettings`), resolves its own settings
-    (:meth:`own_settings`), measures one step (``measure(run, step, settings,
-    problem, max_cols, on_phase)``: a result with ``rows`` and ``summary``)
-    and gives the step's row of ``summary.csv`` (:meth:`summary_row`).
+    :class:`EigenbasisSettings`), and defines three functions:
+
+    - ``own_settings(run, requested, split, stored, dim)``: the stage's own
+      settings, resolved and checked; the stored settings the shared ones are
+      resolved from; whether SEIGH is used (:meth:`resolve`);
+    - ``measure(run, step, settings, problem, max_cols, on_phase)``: one step's
+      result, with ``rows`` and ``summary``;
+    - :meth:`summary_row`: the step's row of ``summary.csv``.
 
     Args:
         run: The run folder.
@@ -623,6 +627,7 @@ class HessianStage(TableStage):
 
     what: str
     settings_type: type[EigenbasisSettings]
+    own_settings: Callable[..., tuple[dict[str, Any], dict[str, Any], bool]]
     measure: Callable[..., Any]
 
     def __init__(
@@ -639,29 +644,6 @@ class HessianStage(TableStage):
         self.name = split_stage(self.command, self.settings.split)
         self.problem = problem
         self.max_cols = max_cols
-
-    @staticmethod
-    def own_settings(
-        run: RunFolder,
-        requested: Any,
-        split: str,
-        stored: dict[str, Any],
-        dim: int,
-    ) -> tuple[dict[str, Any], dict[str, Any], bool]:
-        """Resolve and check the settings that are the stage's own.
-
-        Args:
-            run: The run folder.
-            requested: The settings asked for.
-            split: The resolved split.
-            stored: The stored settings.
-            dim: ``D``.
-
-        Returns:
-            The stage's own fields, the stored settings the shared ones are
-            resolved from, and whether SEIGH is used.
-        """
-        raise NotImplementedError
 
     @classmethod
     def resolve(

@@ -45,10 +45,11 @@ stored by this process as they arrive) and one after the other otherwise.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -117,8 +118,24 @@ class StageEvent:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
+Key = TypeVar("Key", int, str)
+
+
 @dataclass(frozen=True)
-class StageRunResult:
+class _CallResult(Generic[Key]):
+    """What one call of a runner did, by step or unit (attributes below)."""
+
+    stage: str
+    settings: Any
+    computed: tuple[Key, ...]
+    skipped: tuple[Key, ...]
+    results: dict[Key, Any]
+    summaries: dict[Key, dict[str, Any]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StageRunResult(_CallResult[int]):
     """What one call of :func:`run_stage` did.
 
     Attributes:
@@ -134,13 +151,6 @@ class StageRunResult:
             (:meth:`Stage.write` returned ``None``); not marked done.
     """
 
-    stage: str
-    settings: Any
-    computed: tuple[int, ...]
-    skipped: tuple[int, ...]
-    results: dict[int, Any]
-    summaries: dict[int, dict[str, Any]]
-    seconds: float
     unfinished: tuple[int, ...] = ()
 
 
@@ -529,6 +539,43 @@ def read_table_stage(
 
 
 # ------------------------------------------------------------------ runner
+@contextmanager
+def _recorded(invocation: Any, computed: list) -> Iterator[None]:
+    """Write an interrupted or failed call into its invocation record; re-raise."""
+    try:
+        yield
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(
+            status, computed=computed, error=f"{type(error).__name__}: {error}"
+        )
+        raise
+
+
+def _outcome(
+    stage: Any,
+    computed: list,
+    skipped: list,
+    results: dict,
+    begin: float,
+    invocation: Any,
+    notify: Callable[[StageEvent], None],
+    counts: tuple[int, int],
+) -> dict[str, Any]:
+    """Record a finished call (invocation, ``"done"`` event); its result's fields."""
+    seconds = time.perf_counter() - begin
+    invocation.finish("finished", computed=computed, skipped=skipped)
+    notify(StageEvent("done", None, *counts, {"seconds": seconds}))
+    return {
+        "stage": stage.name,
+        "settings": stage.settings,
+        "computed": tuple(computed),
+        "skipped": tuple(skipped),
+        "results": results,
+        "seconds": seconds,
+    }
+
+
 def _check_finished(
     run: RunFolder, stage: Stage, chosen: list[int], force: bool
 ) -> tuple[list[int], list[int]]:
@@ -607,7 +654,7 @@ def run_stage(
     counter = {"done": 0, "total": len(todo) if units is None else units}
     start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
     notify(StageEvent("start", None, 0, counter["total"], start))
-    try:
+    with _recorded(invocation, computed):
         for step in todo:
             result = stage.compute(step, StepProgress(notify, step, counter))
             run.unmark(stage.name, step)
@@ -624,30 +671,16 @@ def run_stage(
                 counter["done"] += 1
             done, total = counter["done"], counter["total"]
             notify(StageEvent("step", step, done, total, result.summary))
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(
-            status, computed=computed, error=f"{type(error).__name__}: {error}"
-        )
-        raise
     for step in skipped:
         summaries[step] = stage.read_summary(step)
     if not todo and skipped:
         stage.finish(computed)
-    seconds = time.perf_counter() - begin
-    invocation.finish("finished", computed=computed, skipped=skipped)
-    done, total = counter["done"], counter["total"]
-    notify(StageEvent("done", None, done, total, {"seconds": seconds}))
-    return StageRunResult(
-        stage=stage.name,
-        settings=stage.settings,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        results=results,
-        summaries={s: summaries[s] for s in chosen if s in summaries},
-        seconds=seconds,
-        unfinished=tuple(unfinished),
+    counts = (counter["done"], counter["total"])
+    outcome = _outcome(
+        stage, computed, skipped, results, begin, invocation, notify, counts
     )
+    summaries = {s: summaries[s] for s in chosen if s in summaries}
+    return StageRunResult(**outcome, summaries=summaries, unfinished=tuple(unfinished))
 
 
 # ------------------------------------------------------------------ grids
@@ -754,27 +787,15 @@ class GridStage:
         raise NotImplementedError
 
     def write(self, unit: str, result: Any) -> tuple[list[Path], dict[str, Any]]:
-        """Store one unit's result atomically (in the calling process).
+        """Store a unit's result atomically, in this process (:meth:`Stage.write`).
 
-        Args:
-            unit: The unit.
-            result: What :meth:`compute` returned.
-
-        Returns:
-            The files written and the info kept in the manifest entry (it must
-            include ``"settings": self.unit_settings(unit)``).
+        The info kept in the manifest entry must include ``"settings":
+        self.unit_settings(unit)``.
         """
         raise NotImplementedError
 
     def read_summary(self, unit: str) -> dict[str, Any]:
-        """Read a stored unit's summary back.
-
-        Args:
-            unit: A stored unit.
-
-        Returns:
-            The summary, as :meth:`compute`'s result holds it.
-        """
+        """Read a stored unit's summary back, as :meth:`compute`'s result holds it."""
         raise NotImplementedError
 
     # manifest of the units
@@ -839,7 +860,7 @@ class GridStage:
 
 
 @dataclass(frozen=True)
-class GridRunResult:
+class GridRunResult(_CallResult[str]):
     """What one call of :func:`run_grid` did.
 
     Attributes:
@@ -853,14 +874,6 @@ class GridRunResult:
             :meth:`GridStage.units` order (read back for the skipped ones).
         seconds: Wall time.
     """
-
-    stage: str
-    settings: Any
-    computed: tuple[str, ...]
-    skipped: tuple[str, ...]
-    results: dict[str, Any]
-    summaries: dict[str, dict[str, Any]]
-    seconds: float
 
 
 def _split_units(
@@ -982,7 +995,7 @@ def run_grid(
     results: dict[str, Any] = {}
     counter = {"done": 0, "total": len(todo)}
     start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
-    try:
+    with _recorded(invocation, computed):
         stage.prepare(todo)
         notify(StageEvent("start", None, 0, len(todo), start))
         for unit, result in _unit_results(stage, todo, force, client, notify, counter):
@@ -994,25 +1007,12 @@ def run_grid(
             counter["done"] += 1
             values = {"unit": unit, **result.summary}
             notify(StageEvent("unit", None, counter["done"], len(todo), values))
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(
-            status, computed=computed, error=f"{type(error).__name__}: {error}"
-        )
-        raise
     summaries = {
         unit: results[unit].summary if unit in results else stage.read_summary(unit)
         for unit in units
     }
-    seconds = time.perf_counter() - begin
-    invocation.finish("finished", computed=computed, skipped=skipped)
-    notify(StageEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
-    return GridRunResult(
-        stage=stage.name,
-        settings=stage.settings,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        results=results,
-        summaries=summaries,
-        seconds=seconds,
+    counts = (len(todo), len(todo))
+    outcome = _outcome(
+        stage, computed, skipped, results, begin, invocation, notify, counts
     )
+    return GridRunResult(**outcome, summaries=summaries)

@@ -156,55 +156,48 @@ class EigenbasisSettings:
         return {n: getattr(self, n) for n in names if n not in self.unstored}
 
 
-def resolve_context(
+def resolve_eigenbasis_settings(
     run: RunFolder,
     kind: str,
     requested: EigenbasisSettings,
+    *,
     num_params: int | None = None,
     stored: Mapping[str, Any] | None = None,
-) -> tuple[str, dict[str, Any], int]:
-    """The split (default ``"train"``), the stored settings and ``D`` to resolve.
+    own_settings: Callable[..., tuple[dict, dict, bool]] | None = None,
+) -> Any:
+    """Fill the unset fields of a stage's settings and check them.
 
-    ``stored`` defaults to the settings of stage ``<kind>_<split>``, ``D`` to
-    that of the run's problem.
-
-    Raises:
-        ValueError: For an unknown split.
-    """
-    split = requested.split or "train"
-    stage = split_stage(kind, split)
-    stored = dict(stored_settings(run, stage) if stored is None else stored)
-    dim = run.problem().num_params if num_params is None else num_params
-    return split, stored, dim
-
-
-def resolve_eigenbasis_settings(
-    run: RunFolder,
-    requested: EigenbasisSettings,
-    stored: Mapping[str, Any],
-    dim: int,
-    *,
-    sketch: bool = True,
-) -> dict[str, Any]:
-    """Resolve and check the settings every top-eigenbasis stage shares.
+    Each field is the requested value, else the stored one, else the default:
+    ``split`` ``"train"``, ``num_outer`` :func:`default_num_outer`,
+    ``num_inner`` ``min(2K, D)``, ``samples_per_class`` 50, ``test_matrix``
+    ``"ssrft"``, ``num_probes`` 30, ``seed`` and ``dtype`` the run's.
 
     Args:
-        run: The run folder (its seed and dtype are the defaults).
-        requested: The settings asked for (``split`` is not resolved here).
-        stored: Settings of the stage's finished steps.
-        dim: ``D``.
-        sketch: Whether SEIGH is used (``K < D``); else the sketch-only fields
-            are ``None`` and ``K <= D``.
+        run: The run folder (its seed, dtype and problem size).
+        kind: The stage's kind; its name is ``<kind>_<split>``.
+        requested: The settings asked for (an :class:`EigenbasisSettings`).
+        num_params: ``D`` (default: built from the run's problem).
+        stored: Settings to resume with (default: those of the stage's
+            finished steps).
+        own_settings: ``own_settings(run, requested, split, stored, D)`` of a
+            stage with settings of its own: those resolved and checked, the
+            stored settings to resolve the others from, and whether SEIGH is
+            used (else ``K <= D`` and the sketch-only fields are ``None``).
 
     Returns:
-        ``num_outer`` (default :func:`default_num_outer`), ``num_inner``
-        (``min(2K, D)``), ``samples_per_class`` (50), ``test_matrix``
-        (``"ssrft"``), ``num_probes`` (30), ``seed`` and ``dtype`` (the run's).
+        Settings of ``requested``'s type with every field set.
 
     Raises:
         ValueError: If a value is out of range.
         TypeError: If a value has the wrong type.
     """
+    split = requested.split or "train"
+    stage = split_stage(kind, split)
+    stored = dict(stored_settings(run, stage) if stored is None else stored)
+    dim = run.problem().num_params if num_params is None else num_params
+    own, sketch = {}, True
+    if own_settings is not None:
+        own, stored, sketch = own_settings(run, requested, split, stored, dim)
 
     def pick(name: str, default: Any) -> Any:
         return pick_setting(name, getattr(requested, name), stored, default)
@@ -228,7 +221,7 @@ def resolve_eigenbasis_settings(
         values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
         values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
         values["num_probes"] = check_int("num_probes", num_probes, 1)
-    return values
+    return type(requested)(split=split, **own, **values)
 
 
 def subset_settings(
@@ -676,11 +669,15 @@ class HessianStage(TableStage):
             TypeError: If a value has the wrong type.
         """
         requested = requested or cls.settings_type()
-        context = resolve_context(run, cls.command, requested, num_params, stored)
-        split, stored, dim = context
-        own, stored, sketch = cls.own_settings(run, requested, split, stored, dim)
-        shared = resolve_eigenbasis_settings(run, requested, stored, dim, sketch=sketch)
-        return cls.settings_type(split=split, **own, **shared)
+        own = cls.own_settings
+        return resolve_eigenbasis_settings(
+            run,
+            cls.command,
+            requested,
+            num_params=num_params,
+            stored=stored,
+            own_settings=own,
+        )
 
     @classmethod
     def at_step(

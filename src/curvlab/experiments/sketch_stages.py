@@ -49,7 +49,6 @@ from curvlab.experiments.eigenbasis import (
     certified_eigenbasis,
     exact_eigenbasis,
     hessian_at_step,
-    resolve_context,
     resolve_eigenbasis_settings,
     sketch_of,
     split_stage,
@@ -116,39 +115,8 @@ class SketchSettings(EigenbasisSettings):
     """
 
 
-def resolve_sketch_settings(
-    run: RunFolder, requested: SketchSettings | None, num_params: int
-) -> SketchSettings:
-    """Requested, else stored (stage ``sketch_<split>``), else default settings.
-
-    Args:
-        run: The run folder.
-        requested: The settings asked for.
-        num_params: ``D``.
-
-    Returns:
-        Every field set.
-
-    Raises:
-        ValueError: If a value is out of range.
-        TypeError: If a value has the wrong type.
-    """
-    requested = requested or SketchSettings()
-    split, stored, dim = resolve_context(run, "sketch", requested, num_params)
-    shared = resolve_eigenbasis_settings(run, requested, stored, dim)
-    return SketchSettings(split=split, **shared)
-
-
 def measured_settings(run: RunFolder, split: str) -> dict[str, Any]:
-    """The settings the split's sketches were measured with (``{}``: none yet).
-
-    Args:
-        run: The run folder.
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        The stored settings of stage ``sketch_<split>``.
-    """
+    """The settings the split's sketches were measured with (``{}``: none yet)."""
     return stored_settings(run, measure_stage(split))
 
 
@@ -280,7 +248,10 @@ class MeasureStage(_StoreStage):
         block_size: int | None = None,
     ):
         super().__init__(run)
-        self.settings = resolve_sketch_settings(run, settings, num_params)
+        requested = settings or SketchSettings()
+        self.settings = resolve_eigenbasis_settings(
+            run, "sketch", requested, num_params=num_params
+        )
         self.stored = self.settings.stored()
         self.name = measure_stage(self.settings.split)
         self.num_params = num_params

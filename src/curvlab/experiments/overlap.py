@@ -357,9 +357,10 @@ class OverlapStage(HessianStage):
         check_int("max_exact_dim", max_exact_dim, 1)
         method = pick_setting("method", requested.method, stored, "auto")
         method = check_choice("method", method, METHODS)
+        too_large = dim > max_exact_dim
         if method == "auto":
-            method = "exact" if dim <= max_exact_dim else "sketch"
-        if method == "exact" and dim > max_exact_dim:
+            method = "sketch" if too_large else "exact"
+        elif method == "exact" and too_large:
             raise ValueError(
                 f"The exact method materialises the {dim}x{dim} Hessian, above "
                 f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), "

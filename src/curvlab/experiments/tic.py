@@ -47,8 +47,8 @@ class TICStage(framework.TableStage):
     """TIC and generalization-gap estimates at recorded steps.
 
     Raises:
-        ValueError: If a setting is out of range.
-        TypeError: If a setting has the wrong type.
+        ValueError: If a setting is out of range (``damping`` must be > 0).
+        TypeError: If an int setting has another type.
     """
 
     name = command = "tic"

@@ -355,16 +355,15 @@ def hessian_at_step(
     Args:
         run: The run folder.
         step: A recorded step.
-        problem: The run's problem, built once; its model is changed in place
-            (:func:`subset_at_step`).
+        problem: The run's problem (:func:`subset_at_step`).
         settings: Resolved settings: ``split``, ``samples_per_class``, ``dtype``.
         max_cols: Columns per pass over the data.
 
     Returns:
-        The Hessian of the mean loss over the subset of ``settings.split``, the
-        flat parameter vector (in the operator's order, its dtype and device)
-        and the JSON record of the subset (``split``, ``num_samples``,
-        ``samples_per_class``, ``indices``).
+        The Hessian of the mean loss over the subset, the flat parameter vector
+        (in the operator's order, its dtype and device) and the JSON record of
+        the subset (``split``, ``num_samples``, ``samples_per_class``,
+        ``indices``).
 
     Raises:
         MissingStepError: If the step is not recorded.
@@ -647,21 +646,7 @@ class HessianStage(TableStage):
         num_params: int | None = None,
         stored: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Fill the unset fields of ``requested`` and check the result.
-
-        Unset fields come from ``stored`` (default: the settings of the
-        stage's finished steps), then from the defaults.
-
-        Args:
-            run: The run folder (its seed, dtype and problem size).
-            requested: The settings asked for (a ``settings_type``); ``None``
-                for none.
-            num_params: ``D`` (default: built from the run's problem).
-            stored: Stored settings to resume with.
-
-        Returns:
-            Settings of ``settings_type`` with every field set; the sketch-only
-            fields are ``None`` when no sketch is taken.
+        """:func:`resolve_eigenbasis_settings` of the stage (``None``: none asked).
 
         Raises:
             ValueError: If a value is out of range (e.g. ``num_outer >= D`` for
@@ -669,14 +654,10 @@ class HessianStage(TableStage):
             TypeError: If a value has the wrong type.
         """
         requested = requested or cls.settings_type()
+        options = {"num_params": num_params, "stored": stored}
         own = cls.own_settings
         return resolve_eigenbasis_settings(
-            run,
-            cls.command,
-            requested,
-            num_params=num_params,
-            stored=stored,
-            own_settings=own,
+            run, cls.command, requested, own_settings=own, **options
         )
 
     @classmethod

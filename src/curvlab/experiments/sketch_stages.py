@@ -93,16 +93,7 @@ def solve_stage(split: str = "train") -> str:
 
 
 def sketch_folder(run: RunFolder, step: int, split: str = "train") -> Path:
-    """The folder of a step's measurement store: ``RUN/sketch_<split>/step_XXXXXXXX``.
-
-    Args:
-        run: The run folder.
-        step: The step.
-        split: The Hessian's split.
-
-    Returns:
-        The path (it may not exist yet).
-    """
+    """A step's measurement store folder: ``RUN/sketch_<split>/step_XXXXXXXX``."""
     return run.path / measure_stage(split) / step_key(step)
 
 
@@ -441,20 +432,11 @@ def find_eigenbasis(
     settings: Any,
     phase: Callable[[str], None],
 ) -> Eigenbasis:
-    """The top eigenbasis of a step's Hessian by the overlap's ``method``.
+    """The top eigenbasis of a step's Hessian ``op`` by the overlap's ``method``.
 
-    Args:
-        run: The run folder.
-        step: The step.
-        op: The step's Hessian.
-        settings: Resolved overlap settings: ``method`` is ``"exact"`` (dense
-            ``eigh`` up to ``max_exact_dim``), ``"sketch"`` (SEIGH in memory)
-            or ``"distributed"`` (the step's solved store,
-            :func:`stored_eigenbasis`).
-        phase: Called with ``"eigh"``, ``"sketch"`` or ``"load"``.
-
-    Returns:
-        The eigenbasis and its diagnostics.
+    ``"exact"``: dense ``eigh`` (phase ``"eigh"``); ``"sketch"``: SEIGH in
+    memory (``"sketch"``); ``"distributed"``: the step's solved store
+    (``"load"``, :func:`stored_eigenbasis`).
 
     Raises:
         MissingStepError: If the distributed step's store is not solved.
@@ -474,19 +456,11 @@ def find_eigenbasis(
 def mask_overlap_curve(
     params: Tensor, U, ks: Iterable[int], *, num_random: int, seed: int
 ) -> OverlapCurve:
-    """Overlaps of magnitude, best and random masks with eigenvectors ``U``.
+    """Overlaps of magnitude, best and random masks with ``(D, K)`` eigenvectors.
 
-    Args:
-        params: The ``(D,)`` parameters.
-        U: ``(D, K)`` eigenvectors: a tensor (:func:`curvlab.subspace.overlap_curve`)
-            or a store's :class:`~curvlab.store.StoredEigenvectors`, read block
-            by block (:func:`curvlab.store.overlap_curve`, the same curves).
-        ks: Mask sizes.
-        num_random: Random masks.
-        seed: Seed of the random masks.
-
-    Returns:
-        The curves.
+    ``U`` is a tensor (:func:`curvlab.subspace.overlap_curve`) or a store's
+    :class:`~curvlab.store.StoredEigenvectors`, read block by block
+    (:func:`curvlab.store.overlap_curve`, the same curves).
     """
     curve_of = (
         overlap_curve if isinstance(U, Tensor) else measurement_store.overlap_curve

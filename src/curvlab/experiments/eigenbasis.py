@@ -5,26 +5,21 @@ check (:mod:`curvlab.experiments.exhaustive`) take the Hessian of the mean loss
 over a fixed, class-balanced subset of a split at a recorded step
 (:func:`hessian_at_step`) and its ``K`` eigenpairs of largest :math:`|\lambda|`,
 either exactly from the dense matrix (:func:`exact_eigenbasis`) or by SEIGH with
-its a-posteriori error estimate (:func:`sketched_eigenbasis`); both return an
-:class:`Eigenbasis`.
-
-References:
-    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
-      magnitudes and Hessian eigenspaces at scale using sketched methods.
-      TMLR; arXiv 2504.14701.
-    - Tropp, Yurtsever, Udell & Cevher (2019). Streaming low-rank matrix
-      approximation with an application to scientific simulation. SIAM J. Sci.
-      Comput. 41(4) (arXiv 1902.08651), §6 (a-posteriori error, scree bounds).
+its a-posteriori error estimate (Tropp, Yurtsever, Udell & Cevher 2019, §6;
+:func:`sketched_eigenbasis`); both return an :class:`Eigenbasis`.
+:class:`HessianStage` runs such a measurement as a stage per split. The traces
+and the TIC take their subset here too (:func:`subset_at_step`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,7 +29,17 @@ from curvlab.linalg import a_posteriori_error, sketched_eigh
 from curvlab.operators import HessianOperator
 from curvlab.problems import BatchedData, Problem, balanced_subset
 from curvlab.runs import RunFolder
-from curvlab.runs.stage import StageRunResult, StepProgress, TableStage, run_stage
+from curvlab.runs.stage import (
+    StageEvent,
+    StageRunResult,
+    StepProgress,
+    TableStage,
+    pick_setting,
+    read_table_stage,
+    resolve_settings,
+    run_stage,
+    stored_settings,
+)
 
 __all__ = [
     "DEFAULT_MAX_COLS",
@@ -44,8 +49,8 @@ __all__ = [
     "SPLITS",
     "TEST_MATRICES",
     "Eigenbasis",
+    "EigenbasisSettings",
     "HessianStage",
-    "certificate_record",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
@@ -53,6 +58,8 @@ __all__ = [
     "resolve_eigenbasis_settings",
     "sketch_of",
     "sketched_eigenbasis",
+    "subset_at_step",
+    "subset_settings",
 ]
 
 #: Splits the Hessian can be taken on.
@@ -60,6 +67,9 @@ SPLITS = ("train", "test")
 
 #: Test matrices of the sketch.
 TEST_MATRICES = ("ssrft", "gaussian", "rademacher")
+
+#: Dtypes of model, data and products.
+DTYPES = ("float32", "float64")
 
 #: Largest ``D`` for which the dense Hessian is built by default: a ``(D, D)``
 #: float64 matrix of 0.5 GB and a dense ``eigh`` of a minute or two.
@@ -73,6 +83,15 @@ DEFAULT_NUM_PROBES = 30
 
 #: Default columns per pass over the data (memory of the Hessian products).
 DEFAULT_MAX_COLS = 128
+
+
+def split_stage(kind: str, split: str) -> str:
+    """The name of a per-split stage, ``<kind>_<split>`` (``"overlap_train"``).
+
+    Raises:
+        ValueError: For a split not in :data:`SPLITS`.
+    """
+    return f"{kind}_{check_choice('split', split, SPLITS)}"
 
 
 def default_num_outer(num_params: int) -> int:
@@ -94,36 +113,97 @@ def default_num_outer(num_params: int) -> int:
     return max(1, min(round(0.05 * num_params), 1000, num_params - 1))
 
 
+@dataclass(frozen=True)
+class EigenbasisSettings:
+    """What a top-eigenbasis stage computes; ``None`` means "not given".
+
+    Unset fields are resolved once: the requested value, else the one the
+    stage's finished steps were computed with, else the default
+    (:func:`resolve_eigenbasis_settings`).
+
+    Attributes:
+        split: ``"train"`` (default) or ``"test"``: the Hessian's split.
+        num_outer: ``K``, eigenpairs (default :func:`default_num_outer`: 5% of
+            ``D``, at most 1000, below ``D``).
+        num_inner: Sketch only: ``s`` Hessian-vector products, ``K <= s <= D``
+            (default ``min(2K, D)``).
+        samples_per_class: Hessian samples per class (regression: in total);
+            default 50 (500 for 10 classes, as the paper).
+        test_matrix: Sketch only: ``"ssrft"`` (default), ``"gaussian"`` or
+            ``"rademacher"``.
+        num_probes: Sketch only: Gaussian probes of the a-posteriori error
+            (default 30).
+        seed: Seed of the test matrices and probes (default: the run's).
+        dtype: ``"float32"`` or ``"float64"``: model, data and products
+            (default: the run's).
+    """
+
+    split: str | None = None
+    num_outer: int | None = None
+    num_inner: int | None = None
+    samples_per_class: int | None = None
+    test_matrix: str | None = None
+    num_probes: int | None = None
+    seed: int | None = None
+    dtype: str | None = None
+
+    #: Fields that only decide whether to compute, not the numbers.
+    unstored: ClassVar[tuple[str, ...]] = ()
+
+    def stored(self) -> dict[str, Any]:
+        """The fields that decide the numbers, as kept in the manifest."""
+        names = [f.name for f in dataclasses.fields(self)]
+        return {n: getattr(self, n) for n in names if n not in self.unstored}
+
+
 def resolve_eigenbasis_settings(
-    pick: Callable[[str, Any], Any],
-    dim: int,
     run: RunFolder,
+    kind: str,
+    requested: EigenbasisSettings,
     *,
-    sketch: bool,
-    max_num_outer: int,
-) -> dict[str, Any]:
-    """Resolve and check the settings every top-eigenbasis stage shares.
+    num_params: int | None = None,
+    stored: Mapping[str, Any] | None = None,
+    own_settings: Callable[..., tuple[dict, dict, bool]] | None = None,
+) -> Any:
+    """Fill the unset fields of a stage's settings and check them.
+
+    Each field is the requested value, else the stored one, else the default:
+    ``split`` ``"train"``, ``num_outer`` :func:`default_num_outer`,
+    ``num_inner`` ``min(2K, D)``, ``samples_per_class`` 50, ``test_matrix``
+    ``"ssrft"``, ``num_probes`` 30, ``seed`` and ``dtype`` the run's.
 
     Args:
-        pick: ``pick(name, default)``: the requested, else stored, else default
-            value (:func:`~curvlab.runs.stage.pick_setting`).
-        dim: ``D``.
-        run: The run folder (its seed and dtype are the defaults).
-        sketch: Whether SEIGH is used (else the sketch-only fields are ``None``).
-        max_num_outer: Largest ``K`` allowed.
+        run: The run folder (its seed, dtype and problem size).
+        kind: The stage's kind; its name is ``<kind>_<split>``.
+        requested: The settings asked for (an :class:`EigenbasisSettings`).
+        num_params: ``D`` (default: built from the run's problem).
+        stored: Settings to resume with (default: those of the stage's
+            finished steps).
+        own_settings: ``own_settings(run, requested, split, stored, D)`` of a
+            stage with settings of its own: those resolved and checked, the
+            stored settings to resolve the others from, and whether SEIGH is
+            used (else ``K <= D`` and the sketch-only fields are ``None``).
 
     Returns:
-        ``num_outer`` (default :func:`default_num_outer`), ``num_inner``
-        (``min(2K, D)``), ``samples_per_class`` (50), ``test_matrix``
-        (``"ssrft"``), ``num_probes`` (30), ``seed`` and ``dtype`` (the run's).
+        Settings of ``requested``'s type with every field set.
 
     Raises:
         ValueError: If a value is out of range.
         TypeError: If a value has the wrong type.
     """
-    num_outer = check_int(
-        "num_outer", pick("num_outer", default_num_outer(dim)), 1, max_num_outer
-    )
+    split = requested.split or "train"
+    stage = split_stage(kind, split)
+    stored = dict(stored_settings(run, stage) if stored is None else stored)
+    dim = run.problem().num_params if num_params is None else num_params
+    own, sketch = {}, True
+    if own_settings is not None:
+        own, stored, sketch = own_settings(run, requested, split, stored, dim)
+
+    def pick(name: str, default: Any) -> Any:
+        return pick_setting(name, getattr(requested, name), stored, default)
+
+    num_outer = pick("num_outer", default_num_outer(dim))
+    num_outer = check_int("num_outer", num_outer, 1, dim - 1 if sketch else dim)
     samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
     values = {
         "num_outer": num_outer,
@@ -132,9 +212,7 @@ def resolve_eigenbasis_settings(
         "test_matrix": None,
         "num_probes": None,
         "seed": check_int("seed", pick("seed", run.config.seed), 0),
-        "dtype": check_choice(
-            "dtype", pick("dtype", run.config.dtype), ("float32", "float64")
-        ),
+        "dtype": check_choice("dtype", pick("dtype", run.config.dtype), DTYPES),
     }
     if sketch:
         num_inner = pick("num_inner", min(2 * num_outer, dim))
@@ -143,6 +221,37 @@ def resolve_eigenbasis_settings(
         values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
         values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
         values["num_probes"] = check_int("num_probes", num_probes, 1)
+    return type(requested)(split=split, **own, **values)
+
+
+def subset_settings(
+    run: RunFolder, stage: str, requested: Any, **own: tuple[Any, int | None]
+) -> dict[str, Any]:
+    """Resolve and check the settings of a stage on the train subset.
+
+    Args:
+        run: The run folder.
+        stage: The stage's name (its finished steps' settings are the stored).
+        requested: The settings asked for (``None`` fields: not given).
+        **own: The stage's own settings: ``(default, smallest value)`` of an
+            int, ``(default, None)`` of another. Then follow
+            ``samples_per_class`` (50), ``seed`` and ``dtype`` (the run's).
+
+    Returns:
+        ``{setting: value}``, the stage's own settings first.
+
+    Raises:
+        ValueError: If a setting is out of range.
+        TypeError: If a setting has the wrong type.
+    """
+    defaults = {name: default for name, (default, _) in own.items()}
+    defaults["samples_per_class"] = DEFAULT_SAMPLES_PER_CLASS
+    defaults |= {"seed": run.config.seed, "dtype": run.config.dtype}
+    values = resolve_settings(requested, stored_settings(run, stage), defaults)
+    lowest = {name: low for name, (_, low) in own.items() if low is not None}
+    for name, low in {**lowest, "samples_per_class": 1, "seed": 0}.items():
+        check_int(name, values[name], low)
+    check_choice("dtype", values["dtype"], DTYPES)
     return values
 
 
@@ -201,49 +310,72 @@ def hessian_subset(
     return subset, indices.cpu()
 
 
-def hessian_at_step(
+def subset_at_step(
     run: RunFolder,
     step: int,
     problem: Problem,
-    split: str,
-    samples_per_class: int,
-    *,
-    dtype: str | torch.dtype | None = None,
-    max_cols: int | None = DEFAULT_MAX_COLS,
-) -> tuple[HessianOperator, Tensor, Tensor]:
-    """Load a step into the problem's model and build its Hessian operator.
+    settings: Any,
+    split: str = "train",
+) -> tuple[BatchedData, Tensor]:
+    """Load a step into the problem's model; the subset of a split in its dtype.
 
     Args:
         run: The run folder.
         step: A recorded step.
-        problem: The run's problem, built once (:meth:`RunFolder.problem`); its
-            model is changed in place (the step's parameters, ``dtype``).
+        problem: The run's problem, built once; its model is changed in place:
+            the step's parameters, ``settings.dtype`` (if set), eval mode.
+        settings: Resolved settings with ``samples_per_class`` and ``dtype``.
         split: ``"train"`` or ``"test"``.
-        samples_per_class: See :func:`hessian_subset`.
-        dtype: Dtype of model and data (default: the model's).
-        max_cols: Columns per pass over the data.
 
     Returns:
-        The Hessian of the mean loss over the subset, the flat parameter
-        vector (in the operator's order, its dtype and device) and the subset's
-        indices.
+        The :func:`hessian_subset` of the split and its indices.
 
     Raises:
         MissingStepError: If the step is not recorded.
         ValueError: If the subset cannot be drawn.
     """
-    model = problem.model
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    run.load_into(model, step)
-    if dtype is not None:
-        model.to(dtype)
+    model = run.load_into(problem.model, step)
+    if settings.dtype is not None:
+        model.to(getattr(torch, settings.dtype))
     model.eval()
-    param_dtype = next(model.parameters()).dtype
-    data, indices = hessian_subset(problem, split, samples_per_class, dtype=param_dtype)
+    dtype = next(model.parameters()).dtype
+    return hessian_subset(problem, split, settings.samples_per_class, dtype=dtype)
+
+
+def hessian_at_step(
+    run: RunFolder,
+    step: int,
+    problem: Problem,
+    settings: EigenbasisSettings,
+    *,
+    max_cols: int | None = DEFAULT_MAX_COLS,
+) -> tuple[HessianOperator, Tensor, dict[str, Any]]:
+    """Load a step into the problem's model and build its Hessian operator.
+
+    Args:
+        run: The run folder.
+        step: A recorded step.
+        problem: The run's problem (:func:`subset_at_step`).
+        settings: Resolved settings: ``split``, ``samples_per_class``, ``dtype``.
+        max_cols: Columns per pass over the data.
+
+    Returns:
+        The Hessian of the mean loss over the subset, the flat parameter vector
+        (in the operator's order, its dtype and device) and the JSON record of
+        the subset (``split``, ``num_samples``, ``samples_per_class``,
+        ``indices``).
+
+    Raises:
+        MissingStepError: If the step is not recorded.
+        ValueError: If the subset cannot be drawn.
+    """
+    data, indices = subset_at_step(run, step, problem, settings, settings.split)
+    model = problem.model
     op = HessianOperator(model, problem.loss_fn, data, max_cols=max_cols)
     params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return op, params, indices
+    subset = {"split": settings.split, "num_samples": int(indices.numel())}
+    subset |= {"samples_per_class": settings.samples_per_class}
+    return op, params, {**subset, "indices": indices.tolist()}
 
 
 @dataclass(frozen=True)
@@ -251,7 +383,8 @@ class Eigenbasis:
     r"""The top eigenpairs by :math:`|\lambda|` of a Hessian, with diagnostics.
 
     Attributes:
-        method: ``"exact"`` or ``"sketch"``.
+        method: ``"exact"``, ``"sketch"`` or ``"distributed"`` (a solved
+            measurement store, :mod:`curvlab.experiments.sketch_stages`).
         eigenvalues: ``(K,)`` by descending magnitude.
         eigenvectors: ``(D, K)`` orthonormal.
         a_posteriori: The error of :math:`Q_K \Lambda_K Q_K^\top` (JSON-ready):
@@ -377,31 +510,35 @@ def exact_eigenbasis(
     )
 
 
-def certificate_record(cert) -> dict[str, Any]:
-    """An a-posteriori certificate as the JSON record of :class:`Eigenbasis`.
+def certified_eigenbasis(
+    method: str, eigh: Any, cert: Any, num_matvecs: int, seconds: dict[str, float]
+) -> Eigenbasis:
+    """The :class:`Eigenbasis` of a sketched ``eigh`` and its certificate.
 
-    Args:
-        cert: An :class:`~curvlab.linalg.APosterioriError`.
-
-    Returns:
-        ``kind="estimate"``, the error, its square, the relative error, the
-        norms, the probes, the probability bounds and the scree bounds.
+    ``cert`` (an :class:`~curvlab.linalg.APosterioriError`) becomes the JSON
+    record ``a_posteriori`` (``kind="estimate"``); ``num_matvecs`` counts the
+    products of the eigendecomposition.
     """
-    return {
-        "kind": "estimate",
-        "error": cert.error,
-        "error_sq": cert.error_sq,
-        "relative_error": cert.relative_error,
-        "op_norm_sq": cert.op_norm_sq,
-        "approx_norm_sq": cert.approx_norm_sq,
-        "num_probes": cert.num_probes,
-        "bounds": [
-            {"epsilon": e, "p_under": under, "p_over": over}
-            for e, under, over in cert.bounds
-        ],
-        "scree_lower": cert.scree_lower.tolist(),
-        "scree_upper": cert.scree_upper.tolist(),
-    }
+    names = ("error", "error_sq", "relative_error", "op_norm_sq", "approx_norm_sq")
+    record = {"kind": "estimate", **{n: getattr(cert, n) for n in names}}
+    record["num_probes"] = cert.num_probes
+    record["bounds"] = [
+        {"epsilon": e, "p_under": under, "p_over": over}
+        for e, under, over in cert.bounds
+    ]
+    record["scree_lower"] = cert.scree_lower.tolist()
+    record["scree_upper"] = cert.scree_upper.tolist()
+    return Eigenbasis(
+        method=method,
+        eigenvalues=eigh.eigenvalues,
+        eigenvectors=eigh.eigenvectors,
+        a_posteriori=record,
+        num_matvecs={
+            "eigendecomposition": num_matvecs,
+            "a_posteriori": cert.num_matvecs,
+        },
+        seconds=seconds,
+    )
 
 
 def sketched_eigenbasis(
@@ -442,53 +579,36 @@ def sketched_eigenbasis(
     sketch_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
-    a_posteriori_seconds = time.perf_counter() - start
-    return Eigenbasis(
-        method="sketch",
-        eigenvalues=sketch.eigenvalues,
-        eigenvectors=sketch.eigenvectors,
-        a_posteriori=certificate_record(cert),
-        num_matvecs={
-            "eigendecomposition": sketch.num_matvecs,
-            "a_posteriori": cert.num_matvecs,
-        },
-        seconds={"sketch": sketch_seconds, "a_posteriori": a_posteriori_seconds},
-    )
+    seconds = {"sketch": sketch_seconds, "a_posteriori": time.perf_counter() - start}
+    return certified_eigenbasis("sketch", sketch, cert, sketch.num_matvecs, seconds)
 
 
-def sketch_of(op, settings: Any) -> Eigenbasis:
-    """:func:`sketched_eigenbasis` with the sketch fields of a stage's settings.
-
-    Args:
-        op: The Hessian.
-        settings: Resolved settings with ``num_outer``, ``num_inner``,
-            ``test_matrix``, ``seed`` and ``num_probes``.
-
-    Returns:
-        The sketched eigenbasis and its a-posteriori error estimate.
-    """
+def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
+    """:func:`sketched_eigenbasis` with the sketch fields of resolved settings."""
+    s = settings
     return sketched_eigenbasis(
         op,
-        settings.num_outer,
-        settings.num_inner,
-        test_matrix=settings.test_matrix,
-        seed=settings.seed,
-        num_probes=settings.num_probes,
+        s.num_outer,
+        s.num_inner,
+        test_matrix=s.test_matrix,
+        seed=s.seed,
+        num_probes=s.num_probes,
     )
 
 
 class HessianStage(TableStage):
-    """A table stage measured on the Hessian of each recorded step.
+    """A table stage measured on the Hessian at each recorded step, per split.
 
-    The overlap and the exhaustive check differ only in what they resolve,
-    measure and summarise; a subclass names those functions:
+    Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
+    for messages) and its settings (``settings_type``, an
+    :class:`EigenbasisSettings`), and defines three functions:
 
-    - ``resolve(run, settings, num_params=D)``: the resolved settings (with
-      ``split`` and ``stored()``);
-    - ``stage_name(split)``: the stage's name;
+    - ``own_settings(run, requested, split, stored, dim)``: the stage's own
+      settings, resolved and checked; the stored settings the shared ones are
+      resolved from; whether SEIGH is used (:meth:`resolve`);
     - ``measure(run, step, settings, problem, max_cols, on_phase)``: one step's
-      result (``rows``, ``summary``);
-    - ``row(summary)``: its row of ``summary.csv``.
+      result, with ``rows`` and ``summary``;
+    - :meth:`summary_row`: the step's row of ``summary.csv``.
 
     Args:
         run: The run folder.
@@ -497,10 +617,10 @@ class HessianStage(TableStage):
         max_cols: Hessian columns per pass over the data.
     """
 
-    resolve: Callable[..., Any]
-    stage_name: Callable[[str], str]
+    what: str
+    settings_type: type[EigenbasisSettings]
+    own_settings: Callable[..., tuple[dict[str, Any], dict[str, Any], bool]]
     measure: Callable[..., Any]
-    row: Callable[[Mapping[str, Any]], dict[str, Any]]
 
     def __init__(
         self,
@@ -511,51 +631,152 @@ class HessianStage(TableStage):
         max_cols: int | None = DEFAULT_MAX_COLS,
     ):
         super().__init__(run)
-        kind = type(self)
-        self.settings = kind.resolve(run, settings, num_params=problem.num_params)
+        self.settings = self.resolve(run, settings, num_params=problem.num_params)
         self.stored = self.settings.stored()
-        self.name = kind.stage_name(self.settings.split)
+        self.name = split_stage(self.command, self.settings.split)
         self.problem = problem
         self.max_cols = max_cols
+
+    @classmethod
+    def resolve(
+        cls,
+        run: RunFolder,
+        requested: Any = None,
+        *,
+        num_params: int | None = None,
+        stored: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """:func:`resolve_eigenbasis_settings` of the stage (``None``: none asked).
+
+        Raises:
+            ValueError: If a value is out of range (e.g. ``num_outer >= D`` for
+                the sketch, or ``D`` too large for a dense ``eigh``).
+            TypeError: If a value has the wrong type.
+        """
+        requested = requested or cls.settings_type()
+        options = {"num_params": num_params, "stored": stored}
+        own = cls.own_settings
+        return resolve_eigenbasis_settings(
+            run, cls.command, requested, own_settings=own, **options
+        )
+
+    @classmethod
+    def at_step(
+        cls,
+        run: RunFolder,
+        step: int,
+        settings: Any = None,
+        *,
+        problem: Problem | None = None,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> Any:
+        """Measure one step; nothing is stored.
+
+        Args:
+            run: The run folder.
+            step: A recorded step.
+            settings: What to compute, resolved as by :meth:`run_on`.
+            problem: The run's problem on ``device`` (built when ``None``); its
+                model is overwritten with the step's parameters.
+            device: Device of model, data and products.
+            data_dir: Data folder of file-based problems.
+            max_cols: Hessian columns per pass over the data (memory).
+            on_phase: Called with the name of each phase of the step.
+
+        Returns:
+            The step's result, with its table ``rows`` and ``summary``.
+
+        Raises:
+            MissingStepError: If the step is not recorded.
+            ValueError: If the settings are invalid or the subset is too large.
+        """
+        if problem is None:
+            problem = run.problem(device=device, data_dir=data_dir)
+        settings = cls.resolve(run, settings, num_params=problem.num_params)
+        return cls.measure(run, step, settings, problem, max_cols, on_phase)
 
     @classmethod
     def run_on(
         cls,
         run: RunFolder | str | Path,
-        settings: Any,
-        steps: str | Iterable[int] | None,
+        settings: Any = None,
+        steps: str | Iterable[int] | None = None,
         *,
-        device: str | torch.device,
-        data_dir: str | Path | None,
-        max_cols: int | None,
-        **options: Any,
+        force: bool = False,
+        device: str | torch.device = "cpu",
+        data_dir: str | Path | None = None,
+        max_cols: int | None = DEFAULT_MAX_COLS,
+        on_progress: Callable[[StageEvent], None] | None = None,
     ) -> StageRunResult:
-        """Build the run's problem on ``device`` and run the stage on it.
+        """Measure and store recorded steps, skipping finished ones.
+
+        Each step's CSV and JSON are written atomically, then its manifest
+        entry, then ``all.csv`` and ``summary.csv`` are rewritten; an
+        interruption keeps the finished steps and a new call resumes. The call
+        is recorded in ``invocations/`` (:func:`~curvlab.runs.stage.run_stage`).
 
         Args:
             run: The run folder (or its path).
-            settings: What to compute.
-            steps: Steps (default: every recorded one).
+            settings: What to compute; unset fields come from the stage's
+                stored settings, then the defaults.
+            steps: Steps (default: every recorded one), a list or a string
+                such as ``"0,100:1000:100"``.
+            force: Recompute the requested finished steps, also those computed
+                with other settings. Steps not requested keep their results.
             device: Device of model, data and products.
             data_dir: Data folder of file-based problems.
-            max_cols: Hessian columns per pass over the data.
-            **options: ``force`` and ``on_progress`` of
-                :func:`~curvlab.runs.stage.run_stage`.
+            max_cols: Hessian columns per pass over the data (memory).
+            on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`
+                at the start, at each phase of a step, after each stored step
+                and at the end.
 
         Returns:
-            What :func:`~curvlab.runs.stage.run_stage` returns.
+            The stage, settings, steps computed and skipped, the results of the
+            computed steps and every requested step's summary.
+
+        Raises:
+            SettingsConflictError: If finished steps were computed with other
+                settings and ``force`` is false.
+            MissingStepError: If a requested step is not recorded.
+            ValueError: If the settings are invalid (e.g. the problem is too
+                large for a dense ``eigh``) or the subset cannot be drawn.
         """
         run = run if isinstance(run, RunFolder) else RunFolder.open(run)
         problem = run.problem(device=torch.device(device), data_dir=data_dir)
         stage = cls(run, settings, problem, max_cols=max_cols)
-        return run_stage(stage, steps, device=device, data_dir=data_dir, **options)
+        options = {"device": device, "data_dir": data_dir, "on_progress": on_progress}
+        return run_stage(stage, steps, force=force, **options)
+
+    @classmethod
+    def load(
+        cls, run: RunFolder | str | Path, split: str = "train"
+    ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+        """Read the stored results of a split.
+
+        Args:
+            run: The run folder (or its path).
+            split: ``"train"`` or ``"test"``.
+
+        Returns:
+            The rows of every finished step (steps ascending) and the
+            summaries by step.
+
+        Raises:
+            FileNotFoundError: If no step of the split is finished.
+        """
+        run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+        return read_table_stage(
+            run,
+            split_stage(cls.command, split),
+            f"{cls.what} on the {split} split",
+            f"curvlab {cls.command} --run {run.path} --split {split}",
+        )
 
     def compute(self, step: int, progress: StepProgress) -> Any:
         """Measure one step."""
-        return type(self).measure(
+        return self.measure(
             self.run, step, self.settings, self.problem, self.max_cols, progress.phase
         )
-
-    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """The step's row of ``summary.csv``."""
-        return type(self).row(summary)

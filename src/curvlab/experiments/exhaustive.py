@@ -35,7 +35,7 @@ step marked done in the manifest; rerunning skips finished steps::
                                          abs_error, rel_error, basis_overlap,
                                          magnitude_exact, magnitude_sketch,
                                          chance
-    exhaustive_train/step_00000100.json  summary (:func:`exhaustive_at_step`)
+    exhaustive_train/step_00000100.json  summary (:class:`StepExhaustive`)
     exhaustive_train/all.csv             rows of every finished step
     exhaustive_train/summary.csv         one row per finished step
 
@@ -54,34 +54,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from curvlab._checks import check_choice, check_int
+from curvlab._checks import check_int
 from curvlab.experiments.eigenbasis import (
-    DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
-    SPLITS,
+    EigenbasisSettings,
     HessianStage,
     exact_eigenbasis,
     hessian_at_step,
-    resolve_eigenbasis_settings,
     sketch_of,
+    split_stage,
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
-from curvlab.runs.stage import (
-    StageEvent,
-    StageRunResult,
-    pick_setting,
-    read_table_stage,
-    stored_settings,
-)
+from curvlab.runs.stage import StageEvent, StageRunResult
 from curvlab.subspace import overlap_curve, principal_angles
 
 __all__ = [
@@ -114,117 +107,25 @@ _COLUMNS = (
 
 
 @dataclass(frozen=True)
-class ExhaustiveSettings:
+class ExhaustiveSettings(EigenbasisSettings):
     """What the exhaustive check computes; ``None`` means "not given".
 
+    The fields of :class:`~curvlab.experiments.eigenbasis.EigenbasisSettings`
+    (``num_outer`` is the number of eigenpairs compared), and:
+
     Attributes:
-        split: ``"train"`` or ``"test"``.
-        num_outer: ``K``, eigenpairs compared (default: 5% of ``D``, at most
-            1000, below ``D``).
-        num_inner: ``s``, sketch products, ``K <= s <= D`` (default
-            ``min(2K, D)``).
-        samples_per_class: Hessian samples per class (default 50).
-        test_matrix: ``"ssrft"`` (default), ``"gaussian"`` or ``"rademacher"``.
-        num_probes: Gaussian probes of the a-posteriori estimate (default 30).
-        seed: Seed of sketch and probes (default: the run's seed).
-        dtype: Dtype of model, data and products (default: the run's).
         max_dim: Largest ``D`` for which the dense Hessian is built (default
             8000); larger problems are refused. Not stored.
     """
 
-    split: str | None = None
-    num_outer: int | None = None
-    num_inner: int | None = None
-    samples_per_class: int | None = None
-    test_matrix: str | None = None
-    num_probes: int | None = None
-    seed: int | None = None
-    dtype: str | None = None
     max_dim: int | None = None
 
-    def stored(self) -> dict[str, Any]:
-        """Return the fields that decide the numbers (kept in the manifest).
-
-        Returns:
-            Every field except ``max_dim``.
-        """
-        return {
-            name: getattr(self, name)
-            for name in (
-                "split",
-                "num_outer",
-                "num_inner",
-                "samples_per_class",
-                "test_matrix",
-                "num_probes",
-                "seed",
-                "dtype",
-            )
-        }
+    unstored: ClassVar[tuple[str, ...]] = ("max_dim",)
 
 
-def exhaustive_stage(split: str) -> str:
-    """Return the stage name of the exhaustive check on a split.
-
-    Args:
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        ``"exhaustive_<split>"``.
-
-    Raises:
-        ValueError: For another split.
-    """
-    return f"exhaustive_{check_choice('split', split, SPLITS)}"
-
-
-def resolve_exhaustive_settings(
-    run: RunFolder,
-    requested: ExhaustiveSettings | None = None,
-    *,
-    num_params: int | None = None,
-    stored: Mapping[str, Any] | None = None,
-) -> ExhaustiveSettings:
-    """Fill the unset fields (stored settings of the stage, then defaults), check.
-
-    Args:
-        run: The run folder.
-        requested: The settings asked for.
-        num_params: ``D`` (default: from the run's problem).
-        stored: Settings to resume with (default: the stage's).
-
-    Returns:
-        Settings with every field set.
-
-    Raises:
-        ValueError: If ``D > max_dim`` (the problem is too large for a dense
-            ``eigh``) or a value is out of range.
-        TypeError: If a value has the wrong type.
-    """
-    requested = requested or ExhaustiveSettings()
-    split = requested.split or "train"
-    stage = exhaustive_stage(split)
-    stored = dict(stored_settings(run, stage) if stored is None else stored)
-    if num_params is None:
-        num_params = run.problem().num_params
-    dim = num_params
-    max_dim = check_int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
-    if dim > max_dim:
-        raise ValueError(
-            f"The exhaustive check builds the dense {dim}x{dim} Hessian of "
-            f"{run.config.problem!r} and runs a full eigh on it; D={dim} is above "
-            f"the limit max_dim={max_dim} ({dim * dim * 8 / 2**30:.1f} GiB in "
-            "float64). Use `curvlab overlap --method sketch` on this problem, or "
-            "raise the limit deliberately (--max-dim)."
-        )
-
-    def pick(name: str, default: Any) -> Any:
-        return pick_setting(name, getattr(requested, name), stored, default)
-
-    shared = resolve_eigenbasis_settings(
-        pick, dim, run, sketch=True, max_num_outer=dim - 1
-    )
-    return ExhaustiveSettings(split=split, max_dim=max_dim, **shared)
+#: ``exhaustive_stage(split)``: ``"exhaustive_<split>"``, the stage of the
+#: exhaustive check (``ValueError`` for a split other than ``"train"``/``"test"``).
+exhaustive_stage = partial(split_stage, "exhaustive")
 
 
 def basis_overlaps(Q: Tensor, W: Tensor) -> Tensor:
@@ -272,7 +173,14 @@ class StepExhaustive:
         step: The training step.
         settings: The resolved settings.
         rows: One dict per ``k`` (columns in the module docstring), as stored.
-        summary: The JSON summary, as stored.
+        summary: The JSON summary, as stored: ``eigenvalues_exact`` and
+            ``eigenvalues_sketch`` (``K`` each), ``eigenvalue_errors`` (max
+            relative error of the top 1, 3, 10 and ``K``), ``basis_overlap``
+            (at ``K``, min and mean over ``k``), ``principal_angles_degrees``
+            (min, median, 90% quantile, max), ``magnitude_overlap`` (exact and
+            sketch at ``K``), ``a_posteriori`` (estimate, exact error of the
+            sketch, ratio, best rank-``K`` error), ``trace``,
+            ``fraction_negative``, ``num_matvecs``, ``seconds``.
         angles: ``(K,)`` principal angles (radians, ascending) between the exact
             and the sketched ``K``-dimensional eigenspaces.
     """
@@ -288,58 +196,8 @@ def _quantiles(values: Tensor) -> dict[str, float]:
     values = values.to(torch.float64)
     qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
     median, q90 = torch.quantile(values, qs).tolist()
-    return {
-        "min": float(values.min()),
-        "median": median,
-        "q90": q90,
-        "max": float(values.max()),
-    }
-
-
-def exhaustive_at_step(
-    run: RunFolder,
-    step: int,
-    settings: ExhaustiveSettings | None = None,
-    *,
-    problem: Problem | None = None,
-    device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None,
-    max_cols: int | None = DEFAULT_MAX_COLS,
-    on_phase: Callable[[str], None] | None = None,
-) -> StepExhaustive:
-    r"""Compare SEIGH with the exact eigendecomposition at one step (not stored).
-
-    Args:
-        run: The run folder.
-        step: A recorded step.
-        settings: What to compute (unset fields resolved by
-            :func:`resolve_exhaustive_settings`).
-        problem: The run's problem on ``device`` (built when ``None``).
-        device: Device of model, data and products.
-        data_dir: Data folder of file-based problems.
-        max_cols: Hessian columns per pass over the data.
-        on_phase: Called with ``"hessian"``, ``"eigh"``, ``"sketch"`` and
-            ``"compare"``.
-
-    Returns:
-        The rows per ``k``, the principal angles and the summary:
-        ``eigenvalues_exact``/``eigenvalues_sketch`` (``K`` each),
-        ``eigenvalue_errors`` (max relative error of the top 1, 3, 10 and
-        ``K``), ``basis_overlap`` (at ``K``, and min over ``k``),
-        ``principal_angles_degrees`` (min, median, 90% quantile, max),
-        ``magnitude_overlap`` (exact and sketch at ``K``), ``a_posteriori``
-        (estimate, exact error of the sketch, ratio, best rank-``K`` error),
-        ``trace``, ``fraction_negative``, ``num_matvecs``, ``seconds``.
-
-    Raises:
-        ValueError: If the problem is too large for the dense check or the
-            settings are invalid.
-        MissingStepError: If the step is not recorded.
-    """
-    if problem is None:
-        problem = run.problem(device=device, data_dir=data_dir)
-    settings = resolve_exhaustive_settings(run, settings, num_params=problem.num_params)
-    return _measure(run, step, settings, problem, max_cols, on_phase)
+    low, high = float(values.min()), float(values.max())
+    return {"min": low, "median": median, "q90": q90, "max": high}
 
 
 def _measure(
@@ -350,19 +208,16 @@ def _measure(
     max_cols: int | None,
     on_phase: Callable[[str], None] | None,
 ) -> StepExhaustive:
-    """:func:`exhaustive_at_step` with resolved settings and a built problem."""
+    """Compare SEIGH with the exact eigendecomposition at one step (not stored).
+
+    Phases: ``"hessian"``, ``"eigh"``, ``"sketch"`` and ``"compare"``.
+    """
     phase = on_phase or (lambda name: None)
     phase("hessian")
     start = time.perf_counter()
     K = settings.num_outer
-    op, params, indices = hessian_at_step(
-        run,
-        step,
-        problem,
-        settings.split,
-        settings.samples_per_class,
-        dtype=settings.dtype,
-        max_cols=max_cols,
+    op, params, subset = hessian_at_step(
+        run, step, problem, settings, max_cols=max_cols
     )
     phase("eigh")
     exact = exact_eigenbasis(op, K, max_dim=settings.max_dim, keep_dense=True)
@@ -425,12 +280,7 @@ def _measure(
         "problem": run.config.problem,
         "num_params": dim,
         "settings": settings.stored(),
-        "hessian": {
-            "split": settings.split,
-            "num_samples": int(indices.numel()),
-            "samples_per_class": settings.samples_per_class,
-            "indices": indices.tolist(),
-        },
+        "hessian": subset,
         "eigenvalues_exact": lam_exact.tolist(),
         "eigenvalues_sketch": lam_sketch.tolist(),
         "eigenvalue_errors": {
@@ -466,7 +316,7 @@ def _measure(
         },
         "trace": exact.trace,
         "fraction_negative": exact.fraction_negative,
-        "fraction_negative_beyond_rounding": (exact.fraction_negative_beyond_rounding),
+        "fraction_negative_beyond_rounding": exact.fraction_negative_beyond_rounding,
         "num_matvecs": matvecs,
         "seconds": seconds,
     }
@@ -478,114 +328,89 @@ ExhaustiveEvent = StageEvent
 ExhaustiveRunResult = StageRunResult
 
 
-def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    errors = summary["eigenvalue_errors"]
-    post = summary["a_posteriori"]
-    return {
-        "step": summary["step"],
-        "num_params": summary["num_params"],
-        "num_outer": summary["settings"]["num_outer"],
-        "num_inner": summary["settings"]["num_inner"],
-        "lambda_1_exact": summary["eigenvalues_exact"][0],
-        "lambda_1_sketch": summary["eigenvalues_sketch"][0],
-        "max_rel_error_top_3": errors.get("max_rel_top_3", errors.get("max_rel_top_1")),
-        "max_rel_error_top_k": max(errors.values()),
-        "basis_overlap": summary["basis_overlap"]["at_num_outer"],
-        "basis_overlap_min": summary["basis_overlap"]["min"],
-        "angle_median_degrees": summary["principal_angles_degrees"]["median"],
-        "angle_max_degrees": summary["principal_angles_degrees"]["max"],
-        "magnitude_exact": summary["magnitude_overlap"]["exact"],
-        "magnitude_sketch": summary["magnitude_overlap"]["sketch"],
-        "error_estimate": post["estimate"],
-        "error_exact": post["exact"],
-        "best_rank_k_error": post["best_rank_k_error"],
-        "trace": summary["trace"],
-        "fraction_negative": summary["fraction_negative"],
-        "seconds": summary["seconds"]["total"],
-    }
-
-
-def exhaustive_run(
-    run: RunFolder | str | Path,
-    settings: ExhaustiveSettings | None = None,
-    steps: str | Iterable[int] | None = None,
-    *,
-    force: bool = False,
-    device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None,
-    max_cols: int | None = DEFAULT_MAX_COLS,
-    on_progress: Callable[[ExhaustiveEvent], None] | None = None,
-) -> ExhaustiveRunResult:
-    """Run and store the exhaustive check at recorded steps, skipping finished ones.
-
-    Refuses problems with ``D > max_dim`` before any work. Each step's CSV and
-    JSON are written atomically, then its manifest entry; an interruption keeps
-    the finished steps and a new call resumes (unset settings come from the
-    stage's stored ones). The call is recorded in ``invocations/``.
-
-    Args:
-        run: The run folder (or its path).
-        settings: What to compute (:class:`ExhaustiveSettings`).
-        steps: Steps (default: every recorded one), list or string
-            (``"0,100:1000:100"``).
-        force: Recompute the requested finished steps, also with other settings
-            (unset fields still come from the stored settings).
-        device: Device of model, data and products.
-        data_dir: Data folder of file-based problems.
-        max_cols: Hessian columns per pass over the data.
-        on_progress: Called with an :class:`ExhaustiveEvent`.
-
-    Returns:
-        Stage, settings, computed and skipped steps, and the summaries.
-
-    Raises:
-        ValueError: If the problem is too large or a setting is invalid.
-        OverlapSettingsError: If finished steps were computed with other
-            settings and ``force`` is false.
-        MissingStepError: If a requested step is not recorded.
-    """
-    return ExhaustiveStage.run_on(
-        run,
-        settings,
-        steps,
-        force=force,
-        device=device,
-        data_dir=data_dir,
-        max_cols=max_cols,
-        on_progress=on_progress,
-    )
-
-
 class ExhaustiveStage(HessianStage):
-    """The exhaustive check as a resumable stage (:func:`exhaustive_run` runs it)."""
+    """The exhaustive check as a resumable stage, one per split.
+
+    :meth:`~curvlab.experiments.eigenbasis.HessianStage.run_on` refuses
+    problems with ``D > max_dim`` before any work.
+    """
 
     command = "exhaustive"
+    what = "exhaustive check"
     columns = _COLUMNS
-    resolve = staticmethod(resolve_exhaustive_settings)
-    stage_name = staticmethod(exhaustive_stage)
+    settings_type = ExhaustiveSettings
     measure = staticmethod(_measure)
-    row = staticmethod(_summary_row)
+
+    @staticmethod
+    def own_settings(
+        run: RunFolder,
+        requested: ExhaustiveSettings,
+        split: str,
+        stored: dict[str, Any],
+        dim: int,
+    ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """``max_dim``; always SEIGH.
+
+        Raises:
+            ValueError: If ``D > max_dim`` (the problem is too large for a dense
+                ``eigh``).
+            TypeError: If ``max_dim`` is no int.
+        """
+        max_dim = check_int("max_dim", requested.max_dim or DEFAULT_MAX_EXACT_DIM, 1)
+        if dim > max_dim:
+            raise ValueError(
+                f"The exhaustive check builds the dense {dim}x{dim} Hessian of "
+                f"{run.config.problem!r} and runs a full eigh on it; D={dim} is "
+                f"above the limit max_dim={max_dim} ({dim * dim * 8 / 2**30:.1f} GiB "
+                "in float64). Use `curvlab overlap --method sketch` on this problem, "
+                "or raise the limit deliberately (--max-dim)."
+            )
+        return {"max_dim": max_dim}, stored, True
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``: its scalars."""
+        errors = summary["eigenvalue_errors"]
+        post = summary["a_posteriori"]
+        return {
+            "step": summary["step"],
+            "num_params": summary["num_params"],
+            "num_outer": summary["settings"]["num_outer"],
+            "num_inner": summary["settings"]["num_inner"],
+            "lambda_1_exact": summary["eigenvalues_exact"][0],
+            "lambda_1_sketch": summary["eigenvalues_sketch"][0],
+            "max_rel_error_top_3": errors.get(
+                "max_rel_top_3", errors.get("max_rel_top_1")
+            ),
+            "max_rel_error_top_k": max(errors.values()),
+            "basis_overlap": summary["basis_overlap"]["at_num_outer"],
+            "basis_overlap_min": summary["basis_overlap"]["min"],
+            "angle_median_degrees": summary["principal_angles_degrees"]["median"],
+            "angle_max_degrees": summary["principal_angles_degrees"]["max"],
+            "magnitude_exact": summary["magnitude_overlap"]["exact"],
+            "magnitude_sketch": summary["magnitude_overlap"]["sketch"],
+            "error_estimate": post["estimate"],
+            "error_exact": post["exact"],
+            "best_rank_k_error": post["best_rank_k_error"],
+            "trace": summary["trace"],
+            "fraction_negative": summary["fraction_negative"],
+            "seconds": summary["seconds"]["total"],
+        }
 
 
-def load_exhaustive(
-    run: RunFolder | str | Path, split: str = "train"
-) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    """Read the stored exhaustive check of a split.
+#: Fill the unset fields of :class:`ExhaustiveSettings` and check them
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.resolve`).
+resolve_exhaustive_settings = ExhaustiveStage.resolve
 
-    Args:
-        run: The run folder (or its path).
-        split: ``"train"`` or ``"test"``.
+#: Compare SEIGH with the exact eigendecomposition at one step, nothing stored
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.at_step`): a
+#: :class:`StepExhaustive`.
+exhaustive_at_step = ExhaustiveStage.at_step
 
-    Returns:
-        The rows of every finished step and the summaries by step.
+#: Run and store the exhaustive check at recorded steps, skipping finished ones
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.run_on`).
+exhaustive_run = ExhaustiveStage.run_on
 
-    Raises:
-        FileNotFoundError: If no step is finished.
-    """
-    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    return read_table_stage(
-        run,
-        exhaustive_stage(split),
-        f"exhaustive check on the {split} split",
-        f"curvlab exhaustive --run {run.path} --split {split}",
-    )
+#: Read the stored exhaustive check of a split: the rows of every finished step
+#: and the summaries by step
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.load`).
+load_exhaustive = ExhaustiveStage.load

@@ -37,26 +37,17 @@ done in the manifest only once both files are complete (stage
                                       k-th by |λ|), magnitude, best,
                                       random_mean, random_std, random_min,
                                       random_max, chance, ratio, best_ratio
-    overlap_train/step_00000100.json  the step's summary (:func:`overlap_at_step`)
+    overlap_train/step_00000100.json  the step's summary (:class:`StepOverlap`)
     overlap_train/all.csv             the rows of every finished step
     overlap_train/summary.csv         one row per finished step (scalars)
 
-Running again skips the finished steps. Options that are not given are taken
-from the stage's stored settings, so ``overlap_run(run, OverlapSettings())``
-resumes; options that change the numbers of finished steps are refused
-(:class:`OverlapSettingsError`) unless ``force=True``, which recomputes them.
-
-**Randomness** derives from ``seed`` (default: the run's seed): the sketch's test
-matrices and the a-posteriori probes are the streams ``(seed, role)`` of
-:mod:`curvlab.linalg` (the same test matrix at every step, as in the paper), the
-random masks of step ``t`` come from a generator seeded with
-``SeedSequence([seed, t])``. The same run, settings and device give the same
-numbers.
-
-Library functions print nothing; progress goes to an optional callback
-(:class:`OverlapEvent`). :mod:`curvlab.experiments.overlap_plots` draws the
-stored results, :mod:`curvlab.experiments.exhaustive` checks the sketch against
-the exact eigendecomposition.
+Running again skips the finished steps; unset options come from the stage's
+stored settings, and options that change the numbers of finished steps are
+refused (:class:`OverlapSettingsError`) unless ``force=True``. The random masks
+of step ``t`` come from ``SeedSequence([seed, t])`` (:func:`mask_seed`), the
+sketch and probes from the streams ``(seed, role)`` of :mod:`curvlab.linalg`
+(the same test matrix at every step, as in the paper).
+:mod:`curvlab.experiments.overlap_plots` draws the stored results.
 
 References:
     - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
@@ -70,31 +61,30 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from curvlab._checks import check_choice, check_int
 from curvlab._seeds import derive_seed
 from curvlab.experiments.eigenbasis import (
-    DEFAULT_MAX_COLS,
     DEFAULT_MAX_EXACT_DIM,
-    SPLITS,
     Eigenbasis,
+    EigenbasisSettings,
     HessianStage,
-    exact_eigenbasis,
     hessian_at_step,
-    resolve_eigenbasis_settings,
-    sketch_of,
+    split_stage,
 )
-from curvlab.experiments.sketch_stages import measure_stage, stored_eigenbasis
+from curvlab.experiments.sketch_stages import (
+    find_eigenbasis,
+    mask_overlap_curve,
+    measured_settings,
+)
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import (
@@ -102,11 +92,8 @@ from curvlab.runs.stage import (
     StageEvent,
     StageRunResult,
     pick_setting,
-    read_table_stage,
-    stored_settings,
 )
-from curvlab.store import overlap_curve as store_overlap_curve
-from curvlab.subspace import OverlapCurve, overlap_curve
+from curvlab.subspace import OverlapCurve
 
 __all__ = [
     "METHODS",
@@ -155,141 +142,40 @@ OverlapRunResult = StageRunResult
 
 
 @dataclass(frozen=True)
-class OverlapSettings:
+class OverlapSettings(EigenbasisSettings):
     """What an overlap measurement computes; ``None`` means "not given".
 
-    Unset fields are filled by :func:`resolve_overlap_settings`: from the stored
-    settings of the stage when it has finished steps, else from the defaults.
+    The fields of :class:`~curvlab.experiments.eigenbasis.EigenbasisSettings`
+    (the sketch-only ones are ``None`` for the exact method), and:
 
     Attributes:
-        split: ``"train"`` or ``"test"``: the split the Hessian is taken on.
         method: ``"exact"``, ``"sketch"`` or ``"auto"`` (exact when
             ``D <= max_exact_dim``), resolved to ``"exact"`` or ``"sketch"``; or
             ``"distributed"``: the step's solved measurement store
             (:mod:`curvlab.experiments.sketch_stages`), whose sketch settings
             are then the defaults.
-        num_outer: ``K``: eigenpairs and largest mask size; default
-            :func:`default_num_outer` (5% of ``D``, at most 1000, the paper's
-            budgets).
-        num_inner: Sketch only: products ``s``, ``K <= s <= D``; default
-            ``min(2K, D)``.
-        samples_per_class: Hessian samples per class (regression: in total);
-            default 50 (500 for 10 classes, as the paper).
         num_random: Random masks per step; default 10.
-        test_matrix: Sketch only: ``"ssrft"`` (default), ``"gaussian"`` or
-            ``"rademacher"``.
-        num_probes: Sketch only: Gaussian probes of the a-posteriori error
-            (default 30).
-        seed: Seed of sketch, probes and random masks; default the run's seed.
-        dtype: ``"float32"`` or ``"float64"``: dtype of model, data and Hessian
-            products; default the run's dtype.
         max_exact_dim: Largest ``D`` of the exact method (``"auto"`` picks the
             sketch above it; ``"exact"`` refuses it). Not stored: it only decides.
     """
 
-    split: str | None = None
     method: str | None = None
-    num_outer: int | None = None
-    num_inner: int | None = None
-    samples_per_class: int | None = None
     num_random: int | None = None
-    test_matrix: str | None = None
-    num_probes: int | None = None
-    seed: int | None = None
-    dtype: str | None = None
     max_exact_dim: int | None = None
 
+    unstored: ClassVar[tuple[str, ...]] = ("max_exact_dim",)
+
     def stored(self) -> dict[str, Any]:
-        """Return the fields that decide the numbers (kept in the manifest).
-
-        Returns:
-            Every field except ``max_exact_dim``.
-        """
-        values = dataclasses.asdict(self)
-        values.pop("max_exact_dim")
-        return values
+        """The fields that decide the numbers, in the manifest's order."""
+        values = super().stored()
+        first = ("split", "method", "num_outer", "num_inner")
+        first += ("samples_per_class", "num_random")
+        return {name: values[name] for name in first} | values
 
 
-def overlap_stage(split: str) -> str:
-    """Return the stage name of the overlap on a split.
-
-    Args:
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        ``"overlap_<split>"``.
-
-    Raises:
-        ValueError: For another split.
-    """
-    return f"overlap_{check_choice('split', split, SPLITS)}"
-
-
-def resolve_overlap_settings(
-    run: RunFolder,
-    requested: OverlapSettings | None = None,
-    *,
-    num_params: int | None = None,
-    stored: Mapping[str, Any] | None = None,
-) -> OverlapSettings:
-    """Fill the unset fields of ``requested`` and validate the result.
-
-    Unset fields come from ``stored`` (default: the settings of the stage's
-    finished steps), then from the defaults (:class:`OverlapSettings`).
-
-    Args:
-        run: The run folder (its seed, dtype and problem size).
-        requested: The settings asked for; ``None`` for none.
-        num_params: ``D`` (default: built from the run's problem).
-        stored: Stored settings to resume with; default those of the stage.
-
-    Returns:
-        Settings with every field set; ``method`` is ``"exact"`` or ``"sketch"``;
-        the sketch-only fields are ``None`` for the exact method.
-
-    Raises:
-        ValueError: If a value is out of range (e.g. ``num_outer >= D`` for the
-            sketch, or ``method="exact"`` with ``D > max_exact_dim``).
-        TypeError: If a value has the wrong type.
-    """
-    requested = requested or OverlapSettings()
-    split = check_choice("split", requested.split or "train", SPLITS)
-    stored = dict(
-        stored_settings(run, overlap_stage(split)) if stored is None else stored
-    )
-    dim = run.problem().num_params if num_params is None else num_params
-
-    def pick(name: str, default: Any) -> Any:
-        return pick_setting(name, getattr(requested, name), stored, default)
-
-    max_exact_dim = requested.max_exact_dim or DEFAULT_MAX_EXACT_DIM
-    check_int("max_exact_dim", max_exact_dim, 1)
-    method = check_choice("method", pick("method", "auto"), METHODS)
-    if method == "auto":
-        method = "exact" if dim <= max_exact_dim else "sketch"
-    if method == "exact" and dim > max_exact_dim:
-        raise ValueError(
-            f"The exact method materialises the {dim}x{dim} Hessian, above "
-            f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), or "
-            "raise max_exact_dim deliberately."
-        )
-    if method == "distributed":  # the measured sketch's settings come next
-        stored = {**stored_settings(run, measure_stage(split)), **stored}
-    shared = resolve_eigenbasis_settings(
-        pick,
-        dim,
-        run,
-        sketch=method != "exact",
-        max_num_outer=dim if method == "exact" else dim - 1,
-    )
-    num_random = check_int("num_random", pick("num_random", DEFAULT_NUM_RANDOM), 0)
-    return OverlapSettings(
-        split=split,
-        method=method,
-        num_random=num_random,
-        max_exact_dim=max_exact_dim,
-        **shared,
-    )
+#: ``overlap_stage(split)``: ``"overlap_<split>"``, the stage of the overlap on a
+#: split (``ValueError`` for a split other than ``"train"`` or ``"test"``).
+overlap_stage = partial(split_stage, "overlap")
 
 
 def mask_seed(seed: int, step: int) -> int:
@@ -316,7 +202,10 @@ class StepOverlap:
         curve: Overlap of magnitude, best and random masks for ``k = 1..K``.
         rows: The step's table, one dict per ``k`` (columns in the module
             docstring), as stored.
-        summary: The step's JSON summary, as stored.
+        summary: The step's JSON summary, as stored: ``settings``, ``hessian``
+            subset, ``eigenvalues``, ``trace``, ``frobenius_norm``,
+            ``fraction_negative``, ``a_posteriori``, ``overlap_at_num_outer``,
+            ``num_matvecs``, ``seconds``.
     """
 
     step: int
@@ -367,97 +256,6 @@ def curve_rows(
     return rows
 
 
-def _summary(
-    run: RunFolder,
-    step: int,
-    settings: OverlapSettings,
-    basis: Eigenbasis,
-    curve: OverlapCurve,
-    indices: Tensor,
-    seconds: dict[str, float],
-) -> dict[str, Any]:
-    dim = basis.eigenvectors.shape[0]
-    K = settings.num_outer
-    last = len(curve.ks) - 1
-    matvecs = {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())}
-    return {
-        "stage": overlap_stage(settings.split),
-        "step": step,
-        "problem": run.config.problem,
-        "num_params": dim,
-        "settings": settings.stored(),
-        "hessian": {
-            "loss": "mean over the subset",
-            "split": settings.split,
-            "num_samples": int(indices.numel()),
-            "samples_per_class": settings.samples_per_class,
-            "indices": indices.tolist(),
-        },
-        "eigenvalues": basis.eigenvalues.detach().cpu().tolist(),
-        "trace": basis.trace,
-        "frobenius_norm": math.sqrt(basis.a_posteriori["op_norm_sq"]),
-        "fraction_negative": basis.fraction_negative,
-        "fraction_negative_beyond_rounding": basis.fraction_negative_beyond_rounding,
-        "negative_tolerance": basis.negative_tolerance,
-        "a_posteriori": basis.a_posteriori,
-        "overlap_at_num_outer": {
-            "k": K,
-            "magnitude": float(curve.magnitude[last]),
-            "best": float(curve.best[last]),
-            "random_mean": float(curve.random_mean[last]),
-            "chance": float(curve.chance[last]),
-            "ratio": float(curve.ratio[last]),
-        },
-        "random_mask_seed": mask_seed(settings.seed, step),
-        "num_matvecs": matvecs,
-        "seconds": seconds,
-    }
-
-
-def overlap_at_step(
-    run: RunFolder,
-    step: int,
-    settings: OverlapSettings | None = None,
-    *,
-    problem: Problem | None = None,
-    device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None,
-    max_cols: int | None = DEFAULT_MAX_COLS,
-    on_phase: Callable[[str], None] | None = None,
-) -> StepOverlap:
-    r"""Measure the mask/eigenspace overlap at one step (nothing is stored).
-
-    Args:
-        run: The run folder.
-        step: A recorded step.
-        settings: What to compute; unset fields are resolved by
-            :func:`resolve_overlap_settings` (from the stage's stored settings,
-            then the defaults).
-        problem: The run's problem on ``device`` (built when ``None``); its
-            model is overwritten with the step's parameters.
-        device: Device of model, data and products.
-        data_dir: Data folder of file-based problems.
-        max_cols: Hessian columns per pass over the data (memory).
-        on_phase: Called with ``"hessian"`` (loading the step), ``"eigh"``
-            (dense Hessian and eigh) or ``"sketch"`` (SEIGH and probes), and
-            ``"overlap"`` as the measurement proceeds.
-
-    Returns:
-        The eigenbasis, the overlap curve, the table rows and the summary
-        (``settings``, ``hessian`` subset, ``eigenvalues``, ``trace``,
-        ``frobenius_norm``, ``fraction_negative``, ``a_posteriori``,
-        ``overlap_at_num_outer``, ``num_matvecs``, ``seconds``).
-
-    Raises:
-        MissingStepError: If the step is not recorded.
-        ValueError: If the settings are invalid or the subset cannot be drawn.
-    """
-    if problem is None:
-        problem = run.problem(device=device, data_dir=data_dir)
-    settings = resolve_overlap_settings(run, settings, num_params=problem.num_params)
-    return _measure(run, step, settings, problem, max_cols, on_phase)
-
-
 def _measure(
     run: RunFolder,
     step: int,
@@ -470,128 +268,51 @@ def _measure(
     phase = on_phase or (lambda name: None)
     phase("hessian")
     start = time.perf_counter()
-    op, params, indices = hessian_at_step(
-        run,
-        step,
-        problem,
-        settings.split,
-        settings.samples_per_class,
-        dtype=settings.dtype,
-        max_cols=max_cols,
+    op, params, subset = hessian_at_step(
+        run, step, problem, settings, max_cols=max_cols
     )
     load_seconds = time.perf_counter() - start
-    if settings.method == "distributed":
-        phase("load")
-        basis = stored_eigenbasis(run, step, settings)
-    elif settings.method == "exact":
-        phase("eigh")
-        basis = exact_eigenbasis(
-            op, settings.num_outer, max_dim=settings.max_exact_dim or op.shape[0]
-        )
-    else:
-        phase("sketch")
-        basis = sketch_of(op, settings)
+    basis = find_eigenbasis(run, step, op, settings, phase)
     phase("overlap")
     start_overlap = time.perf_counter()
-    U = basis.eigenvectors
-    curve_of = (
-        store_overlap_curve if settings.method == "distributed" else overlap_curve
-    )
-    curve = curve_of(
-        params.to(device=U.device),
-        U,
+    curve = mask_overlap_curve(
+        params,
+        basis.eigenvectors,
         range(1, settings.num_outer + 1),
-        best=True,
         num_random=settings.num_random,
         seed=mask_seed(settings.seed, step),
     )
-    overlap_seconds = time.perf_counter() - start_overlap
-    seconds = {
-        "load": load_seconds,
-        **basis.seconds,
-        "overlap": overlap_seconds,
-        "total": time.perf_counter() - start,
+    seconds = {"load": load_seconds, **basis.seconds}
+    seconds |= {"overlap": time.perf_counter() - start_overlap}
+    at_num_outer = ("magnitude", "best", "random_mean", "chance", "ratio")
+    summary = {
+        "stage": overlap_stage(settings.split),
+        "step": step,
+        "problem": run.config.problem,
+        "num_params": basis.eigenvectors.shape[0],
+        "settings": settings.stored(),
+        "hessian": {"loss": "mean over the subset", **subset},
+        "eigenvalues": basis.eigenvalues.detach().cpu().tolist(),
+        "trace": basis.trace,
+        "frobenius_norm": math.sqrt(basis.a_posteriori["op_norm_sq"]),
+        "fraction_negative": basis.fraction_negative,
+        "fraction_negative_beyond_rounding": basis.fraction_negative_beyond_rounding,
+        "negative_tolerance": basis.negative_tolerance,
+        "a_posteriori": basis.a_posteriori,
+        "overlap_at_num_outer": {
+            "k": settings.num_outer,
+            **{name: float(getattr(curve, name)[-1]) for name in at_num_outer},
+        },
+        "random_mask_seed": mask_seed(settings.seed, step),
+        "num_matvecs": {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())},
+        "seconds": {**seconds, "total": time.perf_counter() - start},
     }
     rows = curve_rows(step, curve, basis.eigenvalues)
-    summary = _summary(run, step, settings, basis, curve, indices, seconds)
     return StepOverlap(step, settings, basis, curve, rows, summary)
 
 
-def _summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    settings = summary["settings"]
-    error = summary["a_posteriori"]
-    at = summary["overlap_at_num_outer"]
-    values = summary["eigenvalues"]
-    return {
-        "step": summary["step"],
-        "method": settings["method"],
-        "num_params": summary["num_params"],
-        "num_outer": settings["num_outer"],
-        "num_inner": settings["num_inner"],
-        "lambda_1": values[0] if values else None,
-        "lambda_2": values[1] if len(values) > 1 else None,
-        "lambda_3": values[2] if len(values) > 2 else None,
-        "trace": summary["trace"],
-        "frobenius_norm": summary["frobenius_norm"],
-        "fraction_negative": summary["fraction_negative"],
-        "error_kind": error["kind"],
-        "error": error["error"],
-        "relative_error": error["relative_error"],
-        "overlap_k": at["k"],
-        "overlap_magnitude": at["magnitude"],
-        "overlap_best": at["best"],
-        "overlap_random_mean": at["random_mean"],
-        "overlap_chance": at["chance"],
-        "overlap_ratio": at["ratio"],
-        "num_matvecs": summary["num_matvecs"]["total"],
-        "seconds": summary["seconds"]["total"],
-    }
-
-
-def overlap_run(
-    run: RunFolder | str | Path,
-    settings: OverlapSettings | None = None,
-    steps: str | Iterable[int] | None = None,
-    *,
-    force: bool = False,
-    device: str | torch.device = "cpu",
-    data_dir: str | Path | None = None,
-    max_cols: int | None = DEFAULT_MAX_COLS,
-    on_progress: Callable[[OverlapEvent], None] | None = None,
-) -> OverlapRunResult:
-    """Measure and store the overlap at recorded steps, skipping finished ones.
-
-    For each step not yet done: :func:`overlap_at_step`, then its CSV and JSON
-    written atomically, then the manifest entry (with the settings, a few
-    scalars and timings), then the combined tables ``all.csv`` and
-    ``summary.csv`` rewritten. An interruption leaves the finished steps intact;
-    calling again resumes. The call is recorded in ``invocations/``.
-
-    Args:
-        run: The run folder (or its path).
-        settings: What to compute (see :class:`OverlapSettings`); unset fields
-            come from the stage's stored settings, then the defaults.
-        steps: Steps to measure (default: every recorded step), a list or a
-            string such as ``"0,100:1000:100"``.
-        force: Recompute the requested finished steps, also those computed
-            with other settings (unset fields still come from the stored
-            settings). Steps not requested keep their results, so a stage can
-            then hold steps computed with different settings.
-        device: Device of model, data and products.
-        data_dir: Data folder of file-based problems.
-        max_cols: Hessian columns per pass over the data (memory).
-        on_progress: Called with an :class:`OverlapEvent` at the start, at each
-            phase of a step, after each stored step and at the end.
-
-    Returns:
-        The stage, settings, steps computed and skipped, and every requested
-        step's summary.
-
-    Raises:
-        OverlapSettingsError: If finished steps were computed with other
-            settings and ``force`` is false.
-        MissingStepError: If a requested step is not recorded.
-        ValueError: If the settings are invalid or the subset cannot be drawn.
+class OverlapStage(HessianStage):
+    """The overlap analysis as a resumable stage, one per split.
 
     Example:
         >>> import tempfile
@@ -607,49 +328,96 @@ def overlap_run(
         >>> overlap_run(run).skipped  # resumes with the stored settings
         (0, 2)
     """
-    return OverlapStage.run_on(
-        run,
-        settings,
-        steps,
-        force=force,
-        device=device,
-        data_dir=data_dir,
-        max_cols=max_cols,
-        on_progress=on_progress,
-    )
-
-
-class OverlapStage(HessianStage):
-    """The overlap analysis as a resumable stage (:func:`overlap_run` runs it)."""
 
     command = "overlap"
+    what = "overlap results"
     columns = _CURVE_COLUMNS
-    resolve = staticmethod(resolve_overlap_settings)
-    stage_name = staticmethod(overlap_stage)
+    settings_type = OverlapSettings
     measure = staticmethod(_measure)
-    row = staticmethod(_summary_row)
+
+    @staticmethod
+    def own_settings(
+        run: RunFolder,
+        requested: OverlapSettings,
+        split: str,
+        stored: dict[str, Any],
+        dim: int,
+    ) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """``method``, ``num_random`` and ``max_exact_dim``; SEIGH unless exact.
+
+        ``"auto"`` is ``"exact"`` up to ``max_exact_dim``, else ``"sketch"``;
+        ``"distributed"`` takes the measured sketch's settings as defaults.
+
+        Raises:
+            ValueError: For ``method="exact"`` with ``D > max_exact_dim``, or a
+                value out of range.
+            TypeError: If a value has the wrong type.
+        """
+        max_exact_dim = requested.max_exact_dim or DEFAULT_MAX_EXACT_DIM
+        check_int("max_exact_dim", max_exact_dim, 1)
+        method = pick_setting("method", requested.method, stored, "auto")
+        method = check_choice("method", method, METHODS)
+        too_large = dim > max_exact_dim
+        if method == "auto":
+            method = "sketch" if too_large else "exact"
+        elif method == "exact" and too_large:
+            raise ValueError(
+                f"The exact method materialises the {dim}x{dim} Hessian, above "
+                f"max_exact_dim={max_exact_dim}. Use method='sketch' (or 'auto'), "
+                "or raise max_exact_dim deliberately."
+            )
+        if method == "distributed":  # the measured sketch's settings come next
+            stored = {**measured_settings(run, split), **stored}
+        num_random = pick_setting(
+            "num_random", requested.num_random, stored, DEFAULT_NUM_RANDOM
+        )
+        own = {"method": method, "num_random": check_int("num_random", num_random, 0)}
+        own["max_exact_dim"] = max_exact_dim
+        return own, stored, method != "exact"
+
+    def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The step's row of ``summary.csv``: its scalars."""
+        settings = summary["settings"]
+        error = summary["a_posteriori"]
+        at = summary["overlap_at_num_outer"]
+        values = summary["eigenvalues"]
+        return {
+            "step": summary["step"],
+            "method": settings["method"],
+            "num_params": summary["num_params"],
+            "num_outer": settings["num_outer"],
+            "num_inner": settings["num_inner"],
+            **{
+                f"lambda_{i + 1}": values[i] if len(values) > i else None
+                for i in range(3)
+            },
+            "trace": summary["trace"],
+            "frobenius_norm": summary["frobenius_norm"],
+            "fraction_negative": summary["fraction_negative"],
+            "error_kind": error["kind"],
+            "error": error["error"],
+            "relative_error": error["relative_error"],
+            **{f"overlap_{key}": value for key, value in at.items()},
+            "num_matvecs": summary["num_matvecs"]["total"],
+            "seconds": summary["seconds"]["total"],
+        }
 
 
-def load_overlap(
-    run: RunFolder | str | Path, split: str = "train"
-) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    """Read the stored overlap results of a split.
+#: Fill the unset fields of :class:`OverlapSettings` and check them
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.resolve`).
+resolve_overlap_settings = OverlapStage.resolve
 
-    Args:
-        run: The run folder (or its path).
-        split: ``"train"`` or ``"test"``.
+#: Measure the mask/eigenspace overlap at one step, nothing stored
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.at_step`): a
+#: :class:`StepOverlap`.
+overlap_at_step = OverlapStage.at_step
 
-    Returns:
-        The rows of every finished step (one per ``(step, k)``, steps ascending)
-        and the summaries by step.
+#: Measure and store the overlap at recorded steps, skipping finished ones
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.run_on`; example in
+#: :class:`OverlapStage`).
+overlap_run = OverlapStage.run_on
 
-    Raises:
-        FileNotFoundError: If no step of the split is finished.
-    """
-    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    return read_table_stage(
-        run,
-        overlap_stage(split),
-        f"overlap results on the {split} split",
-        f"curvlab overlap --run {run.path} --split {split}",
-    )
+#: Read the stored overlap of a split: the rows of every finished step (one per
+#: ``(step, k)``) and the summaries by step
+#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.load`).
+load_overlap = OverlapStage.load

@@ -48,6 +48,9 @@ __all__ = ["PLOTS_FOLDER", "plot_overlap", "plot_overlap_split"]
 PLOTS_FOLDER = "plots"
 
 _DPI = 120
+_K_LABEL = "k (mask size = eigenspace dimension)"
+_OVERLAP_LABEL = r"overlap $\|Q_{S,:k}\|_F^2 / k$"
+_RANDOM = {"color": "0.6", "lw": 0.8}
 
 
 def _by_step(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, list]]:
@@ -62,21 +65,22 @@ def _by_step(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, list]]:
     return out
 
 
-def _step_colors(steps: Sequence[int]) -> dict[int, Any]:
-    cmap = colormaps["viridis"]
+def _step_norm(steps: Sequence[int]) -> Normalize:
     low, high = min(steps), max(steps)
-    norm = Normalize(vmin=low, vmax=high if high > low else low + 1)
+    return Normalize(vmin=low, vmax=high if high > low else low + 1)
+
+
+def _step_colors(steps: Sequence[int]) -> dict[int, Any]:
+    cmap, norm = colormaps["viridis"], _step_norm(steps)
     return {s: cmap(0.9 * norm(s)) for s in steps}
 
 
 def _colorbar(figure: Figure, axes, steps: Sequence[int]) -> None:
     """A colour bar of the training step (the colours of :func:`_step_colors`)."""
-    low, high = min(steps), max(steps)
-    norm = Normalize(vmin=low, vmax=high if high > low else low + 1)
     base = colormaps["viridis"]
     cmap = ListedColormap([base(0.9 * i / 255) for i in range(256)])
-    bar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, pad=0.02)
-    bar.set_label("training step")
+    mappable = ScalarMappable(norm=_step_norm(steps), cmap=cmap)
+    figure.colorbar(mappable, ax=axes, pad=0.02).set_label("training step")
 
 
 def _title(summary: Mapping[str, Any], split: str) -> str:
@@ -93,7 +97,8 @@ def _title(summary: Mapping[str, Any], split: str) -> str:
     )
 
 
-def _save(run: RunFolder, figure: Figure, name: str) -> Path:
+def _save(run: RunFolder, figure: Figure, name: str, title: str) -> Path:
+    figure.suptitle(title, fontsize=10)
     path = run.resolve(Path(PLOTS_FOLDER) / name)
     FigureCanvasAgg(figure)
     with run.atomic_path(path) as tmp:
@@ -108,10 +113,7 @@ def _pick_ks(num_outer: int) -> list[int]:
     return [*ks, num_outer]
 
 
-def _plot_vs_k(run, split, data, summaries) -> Path:
-    steps = sorted(data)
-    colors = _step_colors(steps)
-    first = summaries[steps[0]]
+def _plot_vs_k(data, steps, colors) -> Figure:
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     left, right = figure.subplots(1, 2, sharey=True)
     for step in steps:
@@ -119,62 +121,52 @@ def _plot_vs_k(run, split, data, summaries) -> Path:
         ks = columns["k"]
         left.plot(ks, columns["magnitude"], color=colors[step], lw=1.4)
         right.plot(ks, columns["best"], color=colors[step], lw=1.4)
-        left.plot(ks, columns["random_mean"], color="0.6", lw=0.8, alpha=0.6)
-    ks = data[steps[-1]]["k"]
+        left.plot(ks, columns["random_mean"], alpha=0.6, **_RANDOM)
+    last = data[steps[-1]]
     for axes in (left, right):
-        axes.plot(ks, data[steps[-1]]["chance"], "k--", lw=1.2, label="chance k/D")
-        axes.set_xlabel("k (mask size = eigenspace dimension)")
+        axes.plot(last["k"], last["chance"], "k--", lw=1.2, label="chance k/D")
+        axes.set_xlabel(_K_LABEL)
         axes.grid(alpha=0.3)
-    left.plot([], [], color="0.6", lw=0.8, label="random masks (mean)")
+    left.plot([], [], label="random masks (mean)", **_RANDOM)
     left.plot([], [], color=colors[steps[-1]], lw=1.4, label="magnitude mask")
     right.plot([], [], color=colors[steps[-1]], lw=1.4, label="best mask")
-    left.set_ylabel(r"overlap $\|Q_{S,:k}\|_F^2 / k$")
+    left.set_ylabel(_OVERLAP_LABEL)
     left.set_title("magnitude mask (k largest |θ|)")
     right.set_title("best mask (k largest row norms of Q[:, :k])")
     left.legend(loc="upper left", fontsize=8)
     right.legend(loc="upper left", fontsize=8)
     left.set_ylim(bottom=0)
     _colorbar(figure, [left, right], steps)
-    figure.suptitle(_title(first, split), fontsize=10)
-    return _save(run, figure, f"overlap_{split}_vs_k.png")
+    return figure
 
 
-def _plot_vs_step(run, split, data, summaries) -> Path:
-    steps = sorted(data)
+def _plot_vs_step(data, steps, colors) -> Figure:
     num_outer = int(max(max(data[step]["k"]) for step in steps))
     ks = _pick_ks(num_outer)
     cmap = colormaps["tab10"]
     figure = Figure(figsize=(8, 5.4), layout="constrained")
     axes = figure.subplots()
+    lines = {"magnitude": ("-o", {"ms": 4}), "best": ("--", {"lw": 1.0})}
+    lines["chance"] = (":", {"lw": 1.2})
     for i, k in enumerate(ks):
-        color = cmap(i % 10)
-        magnitude, best, chance = [], [], []
-        for step in steps:
-            columns = data[step]
-            if float(k) not in columns["k"]:  # a step measured with a smaller K
-                magnitude.append(math.nan)
-                best.append(math.nan)
-                chance.append(math.nan)
-                continue
-            j = columns["k"].index(float(k))
-            magnitude.append(columns["magnitude"][j])
-            best.append(columns["best"][j])
-            chance.append(columns["chance"][j])
-        axes.plot(steps, magnitude, "-o", color=color, ms=4, label=f"k={k} magnitude")
-        axes.plot(steps, best, "--", color=color, lw=1.0, label=f"k={k} best")
-        axes.plot(steps, chance, ":", color=color, lw=1.2, label=f"k={k} chance")
+        for column, (style, kind) in lines.items():
+            values = [  # nan where a step was measured with a smaller K
+                data[s][column][data[s]["k"].index(float(k))]
+                if float(k) in data[s]["k"]
+                else math.nan
+                for s in steps
+            ]
+            label = f"k={k} {column}"
+            axes.plot(steps, values, style, color=cmap(i % 10), label=label, **kind)
     axes.set_yscale("log")
     axes.set_xlabel("training step")
-    axes.set_ylabel(r"overlap $\|Q_{S,:k}\|_F^2 / k$")
+    axes.set_ylabel(_OVERLAP_LABEL)
     axes.grid(alpha=0.3, which="both")
     figure.legend(fontsize=7, ncol=len(ks), loc="outside lower center")
-    figure.suptitle(_title(summaries[steps[0]], split), fontsize=10)
-    return _save(run, figure, f"overlap_{split}_vs_step.png")
+    return figure
 
 
-def _plot_ratio(run, split, data, summaries) -> Path:
-    steps = sorted(data)
-    colors = _step_colors(steps)
+def _plot_ratio(data, steps, colors) -> Figure:
     figure = Figure(figsize=(8, 4.8), layout="constrained")
     axes = figure.subplots()
     for step in steps:
@@ -183,18 +175,21 @@ def _plot_ratio(run, split, data, summaries) -> Path:
         pairs = zip(columns["random_mean"], columns["chance"], strict=True)
         random = [r / c for r, c in pairs]
         axes.plot(ks, columns["ratio"], color=colors[step], lw=1.4)
-        axes.plot(ks, random, color="0.6", lw=0.8, alpha=0.6)
+        axes.plot(ks, random, alpha=0.6, **_RANDOM)
     axes.axhline(1.0, color="k", ls="--", lw=1.2, label="chance (ratio 1)")
-    axes.plot([], [], color="0.6", lw=0.8, label="random masks (mean)")
+    axes.plot([], [], label="random masks (mean)", **_RANDOM)
     axes.plot([], [], color=colors[steps[-1]], lw=1.4, label="magnitude mask")
     axes.set_yscale("log")
-    axes.set_xlabel("k (mask size = eigenspace dimension)")
+    axes.set_xlabel(_K_LABEL)
     axes.set_ylabel("overlap / chance  =  ov(k) / (k/D)")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8, loc="upper right")
     _colorbar(figure, axes, steps)
-    figure.suptitle(_title(summaries[steps[0]], split), fontsize=10)
-    return _save(run, figure, f"overlap_{split}_ratio.png")
+    return figure
+
+
+#: The figures of a split: file name suffix and drawing function.
+_FIGURES = {"vs_k": _plot_vs_k, "vs_step": _plot_vs_step, "ratio": _plot_ratio}
 
 
 def plot_overlap_split(run: RunFolder | str | Path, split: str = "train") -> list[Path]:
@@ -213,10 +208,11 @@ def plot_overlap_split(run: RunFolder | str | Path, split: str = "train") -> lis
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     rows, summaries = load_overlap(run, split)
     data = _by_step(rows)
+    steps = sorted(data)
+    title, colors = _title(summaries[steps[0]], split), _step_colors(steps)
     return [
-        _plot_vs_k(run, split, data, summaries),
-        _plot_vs_step(run, split, data, summaries),
-        _plot_ratio(run, split, data, summaries),
+        _save(run, draw(data, steps, colors), f"overlap_{split}_{name}.png", title)
+        for name, draw in _FIGURES.items()
     ]
 
 

@@ -10,7 +10,9 @@ this process, or on a Dask cluster: a laptop, a scheduler address, SLURM), and
 the store is then solved out of core (:func:`curvlab.store.solve`: streamed
 CholeskyQR2, core problem, eigenvectors on disk, a-posteriori error from the
 stored probes). ``curvlab overlap --method distributed`` computes the
-magnitude-mask overlap from the solved store block by block.
+magnitude-mask overlap from the solved store block by block: the overlap finds
+its eigenbasis by method here (:func:`find_eigenbasis`), and its mask overlaps
+from eigenvectors in memory or on disk (:func:`mask_overlap_curve`).
 
 Stored in the run folder::
 
@@ -30,43 +32,42 @@ With the same plan and seed the result equals the in-memory
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from curvlab import store as measurement_store
-from curvlab._checks import check_choice
 from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_COLS,
-    SPLITS,
     Eigenbasis,
-    certificate_record,
+    EigenbasisSettings,
+    certified_eigenbasis,
+    exact_eigenbasis,
     hessian_at_step,
     resolve_eigenbasis_settings,
+    sketch_of,
+    split_stage,
 )
 from curvlab.linalg import sketch_plan
 from curvlab.runs import MissingStepError, RunFolder
 from curvlab.runs.folder import step_key
-from curvlab.runs.stage import (
-    SettingsConflictError,
-    Stage,
-    StepProgress,
-    pick_setting,
-    settings_differences,
-    stored_settings,
-)
+from curvlab.runs.stage import Stage, StepProgress, check_settings, stored_settings
+from curvlab.subspace import OverlapCurve, overlap_curve
 
 __all__ = [
     "MeasureStage",
     "SketchSettings",
     "SolveStage",
     "StepHessian",
+    "find_eigenbasis",
+    "mask_overlap_curve",
     "measure_stage",
+    "measured_settings",
     "sketch_folder",
     "solve_stage",
     "stored_eigenbasis",
@@ -76,104 +77,38 @@ __all__ = [
 def measure_stage(split: str = "train") -> str:
     """The measurement stage of a split: ``sketch_<split>``.
 
-    Args:
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        The stage name.
-
     Raises:
-        ValueError: For another split.
+        ValueError: For a split other than ``"train"`` or ``"test"``.
     """
-    return f"sketch_{check_choice('split', split, SPLITS)}"
+    return split_stage("sketch", split)
 
 
 def solve_stage(split: str = "train") -> str:
     """The solve stage of a split: ``sketch_solve_<split>``.
 
-    Args:
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        The stage name.
-
     Raises:
-        ValueError: For another split.
+        ValueError: For a split other than ``"train"`` or ``"test"``.
     """
-    return f"sketch_solve_{check_choice('split', split, SPLITS)}"
+    return split_stage("sketch_solve", split)
 
 
 def sketch_folder(run: RunFolder, step: int, split: str = "train") -> Path:
-    """The folder of a step's measurement store: ``RUN/sketch_<split>/step_XXXXXXXX``.
-
-    Args:
-        run: The run folder.
-        step: The step.
-        split: The Hessian's split.
-
-    Returns:
-        The path (it may not exist yet).
-    """
+    """A step's measurement store folder: ``RUN/sketch_<split>/step_XXXXXXXX``."""
     return run.path / measure_stage(split) / step_key(step)
 
 
 @dataclass(frozen=True)
-class SketchSettings:
+class SketchSettings(EigenbasisSettings):
     """What a distributed sketch measures; ``None`` means "not given".
 
-    Attributes:
-        split: ``"train"`` (default) or ``"test"``: the Hessian's split.
-        num_outer: ``K`` (default 5% of ``D``, at most 1000).
-        num_inner: ``s`` Hessian-vector products, ``K <= s <= D`` (``min(2K, D)``).
-        samples_per_class: Hessian samples per class (50).
-        test_matrix: ``"ssrft"`` (default), ``"gaussian"`` or ``"rademacher"``.
-        num_probes: Gaussian probes of the a-posteriori error (30).
-        seed: Seed of the test matrices and probes (the run's).
-        dtype: ``"float32"`` or ``"float64"`` (the run's).
+    The fields of :class:`~curvlab.experiments.eigenbasis.EigenbasisSettings`,
+    all of them stored.
     """
 
-    split: str | None = None
-    num_outer: int | None = None
-    num_inner: int | None = None
-    samples_per_class: int | None = None
-    test_matrix: str | None = None
-    num_probes: int | None = None
-    seed: int | None = None
-    dtype: str | None = None
 
-    def stored(self) -> dict[str, Any]:
-        """The settings as kept in the manifest (all of them decide the numbers)."""
-        return dataclasses.asdict(self)
-
-
-def resolve_sketch_settings(
-    run: RunFolder, requested: SketchSettings | None, num_params: int
-) -> SketchSettings:
-    """Requested, else stored (stage ``sketch``), else default settings, checked.
-
-    Args:
-        run: The run folder.
-        requested: The settings asked for.
-        num_params: ``D``.
-
-    Returns:
-        Every field set.
-
-    Raises:
-        ValueError: If a value is out of range.
-        TypeError: If a value has the wrong type.
-    """
-    requested = requested or SketchSettings()
-    split = check_choice("split", requested.split or "train", SPLITS)
-    stored = stored_settings(run, measure_stage(split))
-
-    def pick(name: str, default: Any) -> Any:
-        return pick_setting(name, getattr(requested, name), stored, default)
-
-    shared = resolve_eigenbasis_settings(
-        pick, num_params, run, sketch=True, max_num_outer=num_params - 1
-    )
-    return SketchSettings(split=split, **shared)
+def measured_settings(run: RunFolder, split: str) -> dict[str, Any]:
+    """The settings the split's sketches were measured with (``{}``: none yet)."""
+    return stored_settings(run, measure_stage(split))
 
 
 @dataclass(frozen=True)
@@ -215,13 +150,7 @@ class StepHessian:
         run = RunFolder.open(self.run)
         problem = run.problem(device=device, data_dir=self.data_dir)
         op, _, _ = hessian_at_step(
-            run,
-            self.step,
-            problem,
-            self.settings.split,
-            self.settings.samples_per_class,
-            dtype=self.settings.dtype,
-            max_cols=self.max_cols,
+            run, self.step, problem, self.settings, max_cols=self.max_cols
         )
         return op
 
@@ -255,7 +184,31 @@ class StepMeasurement:
     summary: dict[str, Any]
 
 
-class MeasureStage(Stage):
+class _StoreStage(Stage):
+    """A stage that writes into the steps' measurement stores.
+
+    The manifest entry of a step lists the store's last file written
+    (:meth:`last_file`) and keeps the step's summary.
+    """
+
+    def last_file(self, result: Any) -> Path | None:
+        """The last file the step wrote; ``None`` while the step is unfinished."""
+        raise NotImplementedError
+
+    def write(self, step: int, result: Any):
+        """Mark the step done (unless unfinished); the manifest keeps the summary."""
+        path = self.last_file(result)
+        if path is None:
+            return None
+        return [path], {k: v for k, v in result.summary.items() if k != "step"}
+
+    def read_summary(self, step: int) -> dict[str, Any]:
+        """The summary kept in the step's manifest entry."""
+        info = dict((self.run.entry(self.name, step) or {}).get("info", {}))
+        return {"step": step, **info}
+
+
+class MeasureStage(_StoreStage):
     """Measure the SEIGH sketch of recorded steps into their stores.
 
     Args:
@@ -286,7 +239,10 @@ class MeasureStage(Stage):
         block_size: int | None = None,
     ):
         super().__init__(run)
-        self.settings = resolve_sketch_settings(run, settings, num_params)
+        requested = settings or SketchSettings()
+        self.settings = resolve_eigenbasis_settings(
+            run, "sketch", requested, num_params=num_params
+        )
         self.stored = self.settings.stored()
         self.name = measure_stage(self.settings.split)
         self.num_params = num_params
@@ -355,17 +311,11 @@ class MeasureStage(Stage):
             store, outcome.measured, outcome.missing, outcome.probes_missing, summary
         )
 
-    def write(self, step: int, result: StepMeasurement):
-        """Mark the step done once every measurement and probe is stored."""
+    def last_file(self, result: StepMeasurement) -> Path | None:
+        """The store's manifest, once every measurement and probe is stored."""
         if result.missing or result.probes_missing:
             return None
-        manifest = result.store.path / "store.json"
-        return [manifest], {k: v for k, v in result.summary.items() if k != "step"}
-
-    def read_summary(self, step: int) -> dict[str, Any]:
-        """The summary kept in the step's manifest entry."""
-        info = dict((self.run.entry(self.name, step) or {}).get("info", {}))
-        return {"step": step, **info}
+        return result.store.path / "store.json"
 
 
 @dataclass(frozen=True)
@@ -381,7 +331,7 @@ class StepSolve:
     summary: dict[str, Any]
 
 
-class SolveStage(Stage):
+class SolveStage(_StoreStage):
     """Solve the measured stores of recorded steps out of core.
 
     Args:
@@ -427,26 +377,21 @@ class SolveStage(Stage):
         }
         return StepSolve(result, summary)
 
-    def write(self, step: int, result: StepSolve):
-        """The solve's ``result.json`` is its last file written: list it."""
-        path = result.result.path / "result.json"
-        return [path], {k: v for k, v in result.summary.items() if k != "step"}
-
-    def read_summary(self, step: int) -> dict[str, Any]:
-        """The summary kept in the step's manifest entry."""
-        info = dict((self.run.entry(self.name, step) or {}).get("info", {}))
-        return {"step": step, **info}
+    def last_file(self, result: StepSolve) -> Path:
+        """The solve's ``result.json``, its last file written."""
+        return result.result.path / "result.json"
 
 
-def stored_eigenbasis(run: RunFolder, step: int, settings: Any) -> Eigenbasis:
+def stored_eigenbasis(
+    run: RunFolder, step: int, settings: EigenbasisSettings
+) -> Eigenbasis:
     """The eigenbasis of a step's solved store, its eigenvectors left on disk.
 
     Args:
         run: The run folder.
-        step: A step whose stage ``sketch_solve`` is done.
-        settings: Settings with the sketch fields (``split``, ``num_outer``,
-            ``num_inner``, ``samples_per_class``, ``test_matrix``,
-            ``num_probes``, ``seed``, ``dtype``); they must be the store's.
+        step: A step whose stage ``sketch_solve_<split>`` is done.
+        settings: Resolved settings with the sketch fields; they must be the
+            store's.
 
     Returns:
         ``method="distributed"``; ``eigenvectors`` is the
@@ -466,28 +411,59 @@ def stored_eigenbasis(run: RunFolder, step: int, settings: Any) -> Eigenbasis:
             "`curvlab overlap --distributed`)."
         )
     entry = run.entry(measure_stage(split), step) or {}
-    have = entry.get("info", {}).get("settings", {})
-    wanted = {name: getattr(settings, name) for name in SketchSettings().stored()}
-    differences = settings_differences(have, wanted)
-    if differences:
-        listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-        raise SettingsConflictError(
-            f"The sketch of step {step} was measured with other settings (stored "
-            f"-> requested: {listed}). Request the stored values, or measure "
-            "again with --force.",
-            differences,
-        )
+    check_settings(
+        entry.get("info", {}).get("settings") or {},
+        {name: getattr(settings, name) for name in SketchSettings().stored()},
+        f"The sketch of step {step} was measured",
+        "measure again with --force",
+    )
     start = time.perf_counter()
     result = measurement_store.load_result(sketch_folder(run, step, split) / "solve")
     cert = result.a_posteriori
-    return Eigenbasis(
-        method="distributed",
-        eigenvalues=result.eigenvalues,
-        eigenvectors=result.eigenvectors,
-        a_posteriori=certificate_record(cert),
-        num_matvecs={
-            "eigendecomposition": result.plan.num_inner,
-            "a_posteriori": cert.num_probes,
-        },
-        seconds={"load_store": time.perf_counter() - start},
+    seconds = {"load_store": time.perf_counter() - start}
+    num_inner = result.plan.num_inner
+    return certified_eigenbasis("distributed", result, cert, num_inner, seconds)
+
+
+def find_eigenbasis(
+    run: RunFolder,
+    step: int,
+    op,
+    settings: Any,
+    phase: Callable[[str], None],
+) -> Eigenbasis:
+    """The top eigenbasis of a step's Hessian ``op`` by the overlap's ``method``.
+
+    ``"exact"``: dense ``eigh`` (phase ``"eigh"``); ``"sketch"``: SEIGH in
+    memory (``"sketch"``); ``"distributed"``: the step's solved store
+    (``"load"``, :func:`stored_eigenbasis`).
+
+    Raises:
+        MissingStepError: If the distributed step's store is not solved.
+        SettingsConflictError: If it was measured with other settings.
+    """
+    if settings.method == "distributed":
+        phase("load")
+        return stored_eigenbasis(run, step, settings)
+    if settings.method == "exact":
+        phase("eigh")
+        max_dim = settings.max_exact_dim or op.shape[0]
+        return exact_eigenbasis(op, settings.num_outer, max_dim=max_dim)
+    phase("sketch")
+    return sketch_of(op, settings)
+
+
+def mask_overlap_curve(
+    params: Tensor, U, ks: Iterable[int], *, num_random: int, seed: int
+) -> OverlapCurve:
+    """Overlaps of magnitude, best and random masks with ``(D, K)`` eigenvectors.
+
+    ``U`` is a tensor (:func:`curvlab.subspace.overlap_curve`) or a store's
+    :class:`~curvlab.store.StoredEigenvectors`, read block by block
+    (:func:`curvlab.store.overlap_curve`, the same curves).
+    """
+    curve_of = (
+        overlap_curve if isinstance(U, Tensor) else measurement_store.overlap_curve
     )
+    params = params.to(device=U.device)
+    return curve_of(params, U, ks, best=True, num_random=num_random, seed=seed)

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from curvlab._checks import check_choice, check_int
-from curvlab.experiments.eigenbasis import DEFAULT_SAMPLES_PER_CLASS, hessian_subset
+from curvlab.experiments.eigenbasis import subset_at_step, subset_settings
 from curvlab.linalg import tic
 from curvlab.operators import GGNOperator, GradientCovarianceOperator
 from curvlab.runs import RunFolder
@@ -50,8 +47,8 @@ class TICStage(framework.TableStage):
     """TIC and generalization-gap estimates at recorded steps.
 
     Raises:
-        ValueError: If a setting is out of range.
-        TypeError: If a setting has the wrong type.
+        ValueError: If a setting is out of range (``damping`` must be > 0).
+        TypeError: If an int setting has another type.
     """
 
     name = command = "tic"
@@ -59,15 +56,8 @@ class TICStage(framework.TableStage):
 
     def __init__(self, run: RunFolder, settings: TICSettings | None, problem):
         super().__init__(run)
-        defaults = {"damping": 1e-3, "num_probes": 30}
-        defaults |= {"samples_per_class": DEFAULT_SAMPLES_PER_CLASS}
-        defaults |= {"seed": run.config.seed, "dtype": run.config.dtype}
-        stored = framework.stored_settings(run, self.name)
-        requested = settings or TICSettings()
-        self.stored = framework.resolve_settings(requested, stored, defaults)
-        for name, low in (("num_probes", 3), ("samples_per_class", 1), ("seed", 0)):
-            check_int(name, self.stored[name], low)
-        check_choice("dtype", self.stored["dtype"], ("float32", "float64"))
+        own = {"damping": (1e-3, None), "num_probes": (30, 3)}
+        self.stored = subset_settings(run, self.name, settings or TICSettings(), **own)
         damping = self.stored["damping"]
         if not (isinstance(damping, int | float) and damping > 0):
             raise ValueError(f"damping must be a number > 0. Got {damping!r}.")
@@ -76,11 +66,7 @@ class TICStage(framework.TableStage):
     def compute(self, step: int, progress) -> framework.StepTable:
         """Estimate the TIC at one step."""
         settings, model = self.settings, self.problem.model
-        dtype = getattr(torch, settings.dtype)
-        self.run.load_into(model, step).to(dtype).eval()
-        data, _ = hessian_subset(
-            self.problem, "train", settings.samples_per_class, dtype=dtype
-        )
+        data, _ = subset_at_step(self.run, step, self.problem, settings)
         progress.phase("tic")
         loss = self.problem.loss_fn
         estimate = tic(

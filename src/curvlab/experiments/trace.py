@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from curvlab._checks import check_choice, check_int
-from curvlab.experiments.eigenbasis import DEFAULT_SAMPLES_PER_CLASS, hessian_subset
+from curvlab.experiments.eigenbasis import subset_at_step, subset_settings
 from curvlab.linalg import hutchpp_trace
 from curvlab.operators import GGNOperator, HessianOperator
 from curvlab.runs import RunFolder
@@ -55,24 +52,14 @@ class TraceStage(framework.TableStage):
 
     def __init__(self, run: RunFolder, settings: TraceSettings | None, problem):
         super().__init__(run)
-        defaults = {"num_matvecs": 90, "samples_per_class": DEFAULT_SAMPLES_PER_CLASS}
-        defaults |= {"seed": run.config.seed, "dtype": run.config.dtype}
-        stored = framework.stored_settings(run, self.name)
         requested = settings or TraceSettings()
-        self.stored = framework.resolve_settings(requested, stored, defaults)
-        for name, low in (("num_matvecs", 3), ("samples_per_class", 1), ("seed", 0)):
-            check_int(name, self.stored[name], low)
-        check_choice("dtype", self.stored["dtype"], ("float32", "float64"))
+        self.stored = subset_settings(run, self.name, requested, num_matvecs=(90, 3))
         self.settings, self.problem = TraceSettings(**self.stored), problem
 
     def compute(self, step: int, progress) -> framework.StepTable:
         """Estimate both traces at one step."""
         settings, model, summary, rows = self.settings, self.problem.model, {}, []
-        dtype = getattr(torch, settings.dtype)
-        self.run.load_into(model, step).to(dtype).eval()
-        data, _ = hessian_subset(
-            self.problem, "train", settings.samples_per_class, dtype=dtype
-        )
+        data, _ = subset_at_step(self.run, step, self.problem, settings)
         for name, operator in OPERATORS.items():
             progress.phase(name)
             op = operator(model, self.problem.loss_fn, data)

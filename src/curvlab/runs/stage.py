@@ -45,10 +45,11 @@ stored by this process as they arrive) and one after the other otherwise.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -67,6 +68,7 @@ __all__ = [
     "StepTable",
     "TableStage",
     "UnitProgress",
+    "check_settings",
     "pick_setting",
     "read_table_stage",
     "resolve_settings",
@@ -116,8 +118,24 @@ class StageEvent:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
+Key = TypeVar("Key", int, str)
+
+
 @dataclass(frozen=True)
-class StageRunResult:
+class _CallResult(Generic[Key]):
+    """What one call of a runner did, by step or unit (attributes below)."""
+
+    stage: str
+    settings: Any
+    computed: tuple[Key, ...]
+    skipped: tuple[Key, ...]
+    results: dict[Key, Any]
+    summaries: dict[Key, dict[str, Any]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StageRunResult(_CallResult[int]):
     """What one call of :func:`run_stage` did.
 
     Attributes:
@@ -133,13 +151,6 @@ class StageRunResult:
             (:meth:`Stage.write` returned ``None``); not marked done.
     """
 
-    stage: str
-    settings: Any
-    computed: tuple[int, ...]
-    skipped: tuple[int, ...]
-    results: dict[int, Any]
-    summaries: dict[int, dict[str, Any]]
-    seconds: float
     unfinished: tuple[int, ...] = ()
 
 
@@ -228,6 +239,32 @@ def settings_differences(
         for name, value in wanted.items()
         if stored.get(name) != value
     ]
+
+
+def check_settings(
+    stored: Mapping[str, Any], wanted: Mapping[str, Any], what: str, remedy: str
+) -> None:
+    """Refuse finished work that was computed with other settings.
+
+    Args:
+        stored: Settings the work was computed with.
+        wanted: Settings of this call.
+        what: The message's start, e.g. ``"Step 4 of trace in '/run' was
+            computed"``.
+        remedy: How to override, e.g. ``"measure again with --force"``.
+
+    Raises:
+        SettingsConflictError: Naming each differing setting with its stored
+            and requested value, if any differs.
+    """
+    differences = settings_differences(stored, wanted)
+    if differences:
+        listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
+        raise SettingsConflictError(
+            f"{what} with other settings (stored -> requested: {listed}). Request "
+            f"the stored values, or {remedy}.",
+            differences,
+        )
 
 
 def select_steps(run: RunFolder, steps: str | Iterable[int] | None) -> list[int]:
@@ -502,6 +539,43 @@ def read_table_stage(
 
 
 # ------------------------------------------------------------------ runner
+@contextmanager
+def _recorded(invocation: Any, computed: list) -> Iterator[None]:
+    """Write an interrupted or failed call into its invocation record; re-raise."""
+    try:
+        yield
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        invocation.finish(
+            status, computed=computed, error=f"{type(error).__name__}: {error}"
+        )
+        raise
+
+
+def _outcome(
+    stage: Any,
+    computed: list,
+    skipped: list,
+    results: dict,
+    begin: float,
+    invocation: Any,
+    notify: Callable[[StageEvent], None],
+    counts: tuple[int, int],
+) -> dict[str, Any]:
+    """Record a finished call (invocation, ``"done"`` event); its result's fields."""
+    seconds = time.perf_counter() - begin
+    invocation.finish("finished", computed=computed, skipped=skipped)
+    notify(StageEvent("done", None, *counts, {"seconds": seconds}))
+    return {
+        "stage": stage.name,
+        "settings": stage.settings,
+        "computed": tuple(computed),
+        "skipped": tuple(skipped),
+        "results": results,
+        "seconds": seconds,
+    }
+
+
 def _check_finished(
     run: RunFolder, stage: Stage, chosen: list[int], force: bool
 ) -> tuple[list[int], list[int]]:
@@ -511,18 +585,13 @@ def _check_finished(
         if force or not run.is_done(stage.name, step, verify=True):
             todo.append(step)
             continue
-        entry = run.entry(stage.name, step) or {}
-        have = entry.get("info", {}).get("settings") or {}
-        differences = settings_differences(have, stage.stored)
-        if differences:
-            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-            raise SettingsConflictError(
-                f"Step {step} of {stage.name} in {str(run.path)!r} was computed with "
-                f"other settings (stored -> requested: {listed}). Request the stored "
-                "values, or pass force=True (--force) to recompute the finished "
-                "steps.",
-                differences,
-            )
+        have = (run.entry(stage.name, step) or {}).get("info", {}).get("settings")
+        check_settings(
+            have or {},
+            stage.stored,
+            f"Step {step} of {stage.name} in {str(run.path)!r} was computed",
+            "pass force=True (--force) to recompute the finished steps",
+        )
         skipped.append(step)
     return todo, skipped
 
@@ -585,7 +654,7 @@ def run_stage(
     counter = {"done": 0, "total": len(todo) if units is None else units}
     start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
     notify(StageEvent("start", None, 0, counter["total"], start))
-    try:
+    with _recorded(invocation, computed):
         for step in todo:
             result = stage.compute(step, StepProgress(notify, step, counter))
             run.unmark(stage.name, step)
@@ -602,30 +671,16 @@ def run_stage(
                 counter["done"] += 1
             done, total = counter["done"], counter["total"]
             notify(StageEvent("step", step, done, total, result.summary))
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(
-            status, computed=computed, error=f"{type(error).__name__}: {error}"
-        )
-        raise
     for step in skipped:
         summaries[step] = stage.read_summary(step)
     if not todo and skipped:
         stage.finish(computed)
-    seconds = time.perf_counter() - begin
-    invocation.finish("finished", computed=computed, skipped=skipped)
-    done, total = counter["done"], counter["total"]
-    notify(StageEvent("done", None, done, total, {"seconds": seconds}))
-    return StageRunResult(
-        stage=stage.name,
-        settings=stage.settings,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        results=results,
-        summaries={s: summaries[s] for s in chosen if s in summaries},
-        seconds=seconds,
-        unfinished=tuple(unfinished),
+    counts = (counter["done"], counter["total"])
+    outcome = _outcome(
+        stage, computed, skipped, results, begin, invocation, notify, counts
     )
+    summaries = {s: summaries[s] for s in chosen if s in summaries}
+    return StageRunResult(**outcome, summaries=summaries, unfinished=tuple(unfinished))
 
 
 # ------------------------------------------------------------------ grids
@@ -732,27 +787,15 @@ class GridStage:
         raise NotImplementedError
 
     def write(self, unit: str, result: Any) -> tuple[list[Path], dict[str, Any]]:
-        """Store one unit's result atomically (in the calling process).
+        """Store a unit's result atomically, in this process (:meth:`Stage.write`).
 
-        Args:
-            unit: The unit.
-            result: What :meth:`compute` returned.
-
-        Returns:
-            The files written and the info kept in the manifest entry (it must
-            include ``"settings": self.unit_settings(unit)``).
+        The info kept in the manifest entry must include ``"settings":
+        self.unit_settings(unit)``.
         """
         raise NotImplementedError
 
     def read_summary(self, unit: str) -> dict[str, Any]:
-        """Read a stored unit's summary back.
-
-        Args:
-            unit: A stored unit.
-
-        Returns:
-            The summary, as :meth:`compute`'s result holds it.
-        """
+        """Read a stored unit's summary back, as :meth:`compute`'s result holds it."""
         raise NotImplementedError
 
     # manifest of the units
@@ -817,7 +860,7 @@ class GridStage:
 
 
 @dataclass(frozen=True)
-class GridRunResult:
+class GridRunResult(_CallResult[str]):
     """What one call of :func:`run_grid` did.
 
     Attributes:
@@ -832,14 +875,6 @@ class GridRunResult:
         seconds: Wall time.
     """
 
-    stage: str
-    settings: Any
-    computed: tuple[str, ...]
-    skipped: tuple[str, ...]
-    results: dict[str, Any]
-    summaries: dict[str, dict[str, Any]]
-    seconds: float
-
 
 def _split_units(
     stage: GridStage, units: list[str], force: bool
@@ -849,17 +884,13 @@ def _split_units(
         if force or not stage.is_done(unit):
             todo.append(unit)
             continue
-        have = (stage.entry(unit) or {}).get("info", {}).get("settings") or {}
-        differences = settings_differences(have, stage.unit_settings(unit))
-        if differences:
-            listed = ", ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in differences)
-            raise SettingsConflictError(
-                f"{unit} of {stage.name} in {str(stage.folder.path)!r} was computed "
-                f"with other settings (stored -> requested: {listed}). Request the "
-                "stored values, or pass force=True (--force) to recompute the "
-                "finished units.",
-                differences,
-            )
+        have = (stage.entry(unit) or {}).get("info", {}).get("settings")
+        check_settings(
+            have or {},
+            stage.unit_settings(unit),
+            f"{unit} of {stage.name} in {str(stage.folder.path)!r} was computed",
+            "pass force=True (--force) to recompute the finished units",
+        )
         skipped.append(unit)
     return todo, skipped
 
@@ -964,7 +995,7 @@ def run_grid(
     results: dict[str, Any] = {}
     counter = {"done": 0, "total": len(todo)}
     start = {"todo": todo, "skipped": skipped, "settings": stage.stored}
-    try:
+    with _recorded(invocation, computed):
         stage.prepare(todo)
         notify(StageEvent("start", None, 0, len(todo), start))
         for unit, result in _unit_results(stage, todo, force, client, notify, counter):
@@ -976,25 +1007,12 @@ def run_grid(
             counter["done"] += 1
             values = {"unit": unit, **result.summary}
             notify(StageEvent("unit", None, counter["done"], len(todo), values))
-    except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        invocation.finish(
-            status, computed=computed, error=f"{type(error).__name__}: {error}"
-        )
-        raise
     summaries = {
         unit: results[unit].summary if unit in results else stage.read_summary(unit)
         for unit in units
     }
-    seconds = time.perf_counter() - begin
-    invocation.finish("finished", computed=computed, skipped=skipped)
-    notify(StageEvent("done", None, len(todo), len(todo), {"seconds": seconds}))
-    return GridRunResult(
-        stage=stage.name,
-        settings=stage.settings,
-        computed=tuple(computed),
-        skipped=tuple(skipped),
-        results=results,
-        summaries=summaries,
-        seconds=seconds,
+    counts = (len(todo), len(todo))
+    outcome = _outcome(
+        stage, computed, skipped, results, begin, invocation, notify, counts
     )
+    return GridRunResult(**outcome, summaries=summaries)

@@ -1,26 +1,25 @@
-"""Pieces shared by the ``curvlab`` commands.
+"""Glue shared by the ``curvlab`` commands.
 
-Typer option types used by several commands (``--run``, ``--device``,
-``--data-dir``, ``--threads``, ...), the one device check
-(:func:`check_device`), the one number formatter (:func:`fmt`, from
-:mod:`curvlab._format`), the Rich progress bar, the error printer, a context
-manager for the PyTorch CPU threads, the one interrupt handler
-(:func:`run_guarded`: Ctrl-C becomes exit code 130 and a line saying where the
-command stood), and the bodies that commands share: :func:`run_steps` and
-:func:`run_stage_command` for per-step stages, :func:`run_study` for studies.
+The one device check (:func:`check_device`), the one number formatter
+(:func:`fmt`, from :mod:`curvlab._format`), the error printer, the PyTorch CPU
+threads, the progress bar, the one interrupt handler (:func:`run_guarded`:
+Ctrl-C becomes exit code 130 and a line saying where the command stood), and
+the bodies that commands share: :func:`run_stage_command` for per-step stages
+(on :func:`run_steps`) and :func:`run_study` for studies. The options commands
+share are declared in :mod:`curvlab.cli._options`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -33,22 +32,25 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from curvlab._format import fmt, markdown_table
-from curvlab.runs import ConfigError
+from curvlab.cli._options import (  # also imported from here by other commands
+    DataDirOption,
+    DeviceOption,
+    DType,
+    Machine,
+    StudyOutOption,
+    StudyThreadsOption,
+    ThreadsOption,
+)
+from curvlab.runs import ConfigError, parse_steps
 
 __all__ = [
     "RESUME",
     "DType",
     "DataDirOption",
     "DeviceOption",
-    "ForceStepsOption",
-    "MaxColsOption",
-    "RunDtypeOption",
-    "RunOption",
-    "SamplesPerClassOption",
-    "SeedOption",
-    "StepsOption",
     "StudyOutOption",
     "StudyThreadsOption",
     "ThreadsOption",
@@ -60,6 +62,7 @@ __all__ = [
     "markdown_table",
     "option_error",
     "print_skipped",
+    "print_table",
     "progress_bar",
     "run_guarded",
     "run_stage_command",
@@ -68,56 +71,6 @@ __all__ = [
     "show_stage_event",
     "summary_line",
     "torch_threads",
-]
-
-
-class DType(str, Enum):
-    """Floating dtypes the commands accept."""
-
-    float32 = "float32"
-    float64 = "float64"
-
-
-RunOption = Annotated[
-    Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
-]
-StepsOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Recorded steps, e.g. 0,100 or 0:1000:100 (stop included). [all]"
-    ),
-]
-SamplesPerClassOption = Annotated[
-    int | None,
-    typer.Option(min=1, help="Samples per class of the train subset. [50]"),
-]
-SeedOption = Annotated[
-    int | None, typer.Option(min=0, help="Seed of the probes. [the run's]")
-]
-DeviceOption = Annotated[str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(help="Folder with the data files of file-based problems."),
-]
-ThreadsOption = Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")]
-RunDtypeOption = Annotated[
-    str | None,
-    typer.Option(help="float32 or float64 for the products. [the run's]"),
-]
-MaxColsOption = Annotated[
-    int, typer.Option(min=1, help="Hessian columns per pass over the data.")
-]
-StudyOutOption = Annotated[
-    Path, typer.Option(help="Folder for the CSV, markdown and PNG files.")
-]
-StudyThreadsOption = Annotated[int, typer.Option(min=1, help="PyTorch CPU threads.")]
-ForceStepsOption = Annotated[
-    bool,
-    typer.Option(
-        "--force",
-        help="Recompute the requested finished steps, also with other "
-        "settings (options not given keep their stored values).",
-    ),
 ]
 
 Fail = Callable[..., int]
@@ -143,18 +96,12 @@ def option_error(error: Exception) -> int:
 def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
     """Turn run-folder errors that escape a command into one line and an exit code.
 
-    The one place where the commands' uncaught run-folder errors end:
-
-    - a disk or permission error (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``,
-      ``EROFS``, also inside HDF5 or torch errors): one line naming the path
-      and the cause, exit code 1
-      (:func:`curvlab.runs.errors.disk_error_message`);
-    - :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
-      same stage of the folder): its message, naming that process, exit 2;
-    - :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file): its
-      message, naming the file, the step and what to do, exit 2.
-
-    Other exceptions pass through unchanged.
+    A disk or permission error (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``,
+    ``EROFS``, also inside HDF5 or torch errors) names the path and the cause
+    (:func:`curvlab.runs.errors.disk_error_message`) and exits with 1;
+    :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
+    stage) and :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file)
+    print their message and exit with 2. Other exceptions pass through.
 
     Args:
         error_console: Where to print (default: standard error).
@@ -188,13 +135,7 @@ def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
 
 
 def check_device(device: str) -> torch.device:
-    """Parse a device string and make sure it can be used.
-
-    Args:
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-
-    Returns:
-        The device.
+    """Parse ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"`` and check it can be used.
 
     Raises:
         ConfigError: If the string is no device or CUDA is asked for but missing.
@@ -232,16 +173,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def progress_bar(
     console: Console, *, remaining: bool = False, transient: bool = False
 ) -> Progress:
-    """The commands' progress bar; ``remaining`` adds the time-remaining column.
-
-    Args:
-        console: Where to draw it.
-        remaining: Add the estimated time remaining.
-        transient: Remove the bar when it stops.
-
-    Returns:
-        The bar (a context manager).
-    """
+    """The commands' progress bar; ``remaining`` adds the time-remaining column."""
     columns = [
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -306,14 +238,10 @@ def show_stage_event(
 ) -> Callable[[Progress, TaskID, Any], None]:
     """Draw a stage's :class:`~curvlab.runs.stage.StageEvent` on a progress bar.
 
-    Args:
-        step_line: The line printed after a step, from its step and summary.
-
-    Returns:
-        ``show(progress, task, event)``: ``"start"`` sets the total and prints
-        the skipped steps, ``"phase"`` names what the step is doing, ``"step"``
-        prints ``step_line``, ``"done"`` completes the bar, and a stage's own
-        kinds (units of work inside a step) advance it.
+    ``"start"`` sets the total and prints the skipped steps, ``"phase"`` names
+    what the step is doing, ``"step"`` prints ``step_line(step, summary)``,
+    ``"done"`` completes the bar, and a stage's own kinds (units of work inside
+    a step) advance it.
     """
 
     def show(progress: Progress, task: TaskID, event: Any) -> None:
@@ -361,16 +289,14 @@ def run_steps(
 
     Args:
         name: The progress bar's first description.
-        call: Runs the experiment, given the ``on_progress`` callback; its
-            events are :class:`~curvlab.runs.stage.StageEvent` objects
-            (``"start"``, ``"phase"``, ``"step"``, ``"done"``, and a stage's own
-            kinds for units of work inside a step).
+        call: Runs the experiment, given the ``on_progress`` callback that
+            receives its :class:`~curvlab.runs.stage.StageEvent` objects.
         step_line: The line printed after a step, from its step and summary
-            (for the default ``show``).
+            (for the default ``show``, :func:`show_stage_event`).
         console: Where to print.
         fail: Prints an error and returns its exit code.
         errors: Exceptions reported with exit code 2.
-        show: Draws an event on the bar (default: :func:`show_stage_event`).
+        show: Draws an event on the bar.
         total: The bar's total before the first event.
         where: Where the run stood when interrupted, from the step of the last
             event (default: ``"at step S"``).
@@ -399,15 +325,7 @@ def run_steps(
 
 
 def summary_line(step: int, summary: Mapping[str, Any]) -> str:
-    """The line printed after a step: its scalar results, numbers to 4 digits.
-
-    Args:
-        step: The step.
-        summary: The step's summary; ``settings`` and nested values are left out.
-
-    Returns:
-        ``"step S: name value, ..."``.
-    """
+    """``"step S: name value, ..."``: a summary's scalars, numbers to 4 digits."""
     items = [
         f"{name} {fmt(value)}"
         for name, value in summary.items()
@@ -416,32 +334,47 @@ def summary_line(step: int, summary: Mapping[str, Any]) -> str:
     return f"step {step}: " + ", ".join(items)
 
 
+def print_table(
+    console: Console,
+    title: str,
+    caption: str,
+    headers: Iterable[str],
+    rows: Iterable[Iterable[str]],
+) -> None:
+    """Print a table of right-aligned columns, as every command draws them."""
+    table = Table(box=box.SIMPLE_HEAD, title=title, caption=caption)
+    for header in headers:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def run_stage_command(
     name: str,
     make_stage: Callable[[Any, Any], Any],
-    *,
     run: str | Path,
     steps: str | None,
     force: bool,
-    device: str,
-    data_dir: str | Path | None,
-    threads: int | None,
+    machine: Machine,
+    *,
     step_line: Callable[[int, dict[str, Any]], str] = summary_line,
-    render: Callable[[Any, Any], str] | None = None,
+    render: Callable[[Any, Any, Console], str | None] | None = None,
+    figure: Mapping[str, str] | None = None,
+    header: Callable[[Any], str] | None = None,
     build: bool = True,
-    console: Console | None = None,
-    error_console: Console | None = None,
 ) -> int:
     """Open a run folder, run one stage on it and print its results.
 
     The body of every per-step stage command (``name`` is the progress bar's
-    first description): check the folder, device and threads, build the run's
-    problem on the device (``problem`` is ``None`` when ``build`` is false),
-    build the stage with ``make_stage(folder, problem)`` (which resolves its
-    settings once), run it with :func:`~curvlab.runs.stage.run_stage` under
-    :func:`run_steps` (progress bar, Ctrl-C, exit codes), say when nothing was
-    left to do, then print what ``render(folder, result)`` returns (after
-    drawing its tables or figures).
+    first description): check the folder, steps, device and threads, print
+    ``header(folder)``, build the run's problem on the device (``None`` unless
+    ``build``), build the stage with ``make_stage(folder, problem)``, run it
+    with :func:`~curvlab.runs.stage.run_stage` under :func:`run_steps`, say
+    when nothing was left to do, draw the results with ``render(folder, result,
+    console)`` (its text, if any, ends the output) or with
+    :func:`~curvlab.experiments.stage_plots.plot_over_steps` and the options
+    ``figure``.
 
     Returns:
         The exit code of :func:`run_steps` (0 on success).
@@ -449,42 +382,46 @@ def run_stage_command(
     from curvlab.runs import MissingStepError, RunFolder
     from curvlab.runs.stage import SettingsConflictError, run_stage
 
-    console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
+    console = Console()
+    fail = error_printer(Console(stderr=True))
     try:
         folder = RunFolder.open(run)
-        resolved = check_device(device)
-        check_threads(threads)
+        if steps is not None:
+            parse_steps(steps)
+        device = check_device(machine.device)
+        check_threads(machine.threads)
     except (FileNotFoundError, ConfigError, RuntimeError) as error:
         return fail(str(error))
-    errors = (
-        SettingsConflictError,
-        MissingStepError,
-        ConfigError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-    )
+    errors = (SettingsConflictError, MissingStepError, ConfigError, ValueError)
+    errors += (TypeError, FileNotFoundError, ImportError)
+    data_dir = machine.data_dir
 
     def call(on_progress: Callable[[Any], None]) -> Any:
-        problem = folder.problem(device=resolved, data_dir=data_dir) if build else None
+        problem = folder.problem(device=device, data_dir=data_dir) if build else None
         stage = make_stage(folder, problem)
         return run_stage(
             stage,
             steps,
             force=force,
-            device=resolved,
+            device=device,
             data_dir=data_dir,
             on_progress=on_progress,
         )
 
-    with torch_threads(threads):
+    with torch_threads(machine.threads):
+        if header:
+            console.print(header(folder))
         result = run_steps(name, call, step_line, console, fail, errors)
     if isinstance(result, int):
         return result
     if not result.computed:
         console.print("Nothing to do: every requested step is done.")
-    tail = render(folder, result) if render else ""
+    if figure:
+        from curvlab.experiments.stage_plots import plot_over_steps
+
+        tail = f"Figure: {plot_over_steps(folder, name, **figure)}."
+    else:
+        tail = render(folder, result, console) if render else ""
     tail = tail or f"Tables in {escape(str(folder.path / result.stage))}."
     console.print(f"{tail} Done in {result.seconds:.1f} s.")
     return 0
@@ -506,10 +443,9 @@ def run_study(
     """Run a study with a progress bar, write its files and print its markdown.
 
     The body of the study commands (``grassmann``, ``hesscale-quality``,
-    ``hesscale-cost``): check ``threads``, create ``out``, run
-    ``study(progress)`` with ``threads`` PyTorch CPU threads, write the result's
-    CSV table, markdown and PNG figure into ``out``, then print the markdown,
-    which files were written where, and how long it all took.
+    ``hesscale-cost``): run ``study(progress)``, write the result's CSV table,
+    markdown and PNG figure into ``out``, then print the markdown, which files
+    were written where, and how long it all took.
 
     Args:
         out: Output folder (created if missing).

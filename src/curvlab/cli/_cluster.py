@@ -8,13 +8,13 @@ it the work runs in this process (:func:`curvlab.store.cluster.connect`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from curvlab.cli._common import option_error
+from curvlab.cli._options import Field, group, option
 
 __all__ = ["CLUSTER", "Cluster", "SchedulerOption", "WorkersOption", "parse_indices"]
 
@@ -29,32 +29,21 @@ WorkersOption = Annotated[
 ]
 
 
-@dataclasses.dataclass(frozen=True)
+@group
 class Cluster:
     """The cluster options: ``--scheduler``, ``--workers`` and ``--slurm-*``."""
 
-    scheduler: SchedulerOption = None
-    workers: WorkersOption = 2
-    slurm_gpus: Annotated[
-        int, typer.Option("--slurm-gpus", min=0, help="SLURM: GPUs per job.")
-    ] = 0
-    slurm_walltime: Annotated[
-        str, typer.Option("--slurm-walltime", help="SLURM: job time limit HH:MM:SS.")
-    ] = "02:00:00"
-    slurm_lifetime: Annotated[
-        str | None,
-        typer.Option(
-            "--slurm-lifetime",
-            help="SLURM: retire each worker after this long (e.g. 1h50m) so its "
-            "work moves before the walltime. [walltime - 10 min]",
-        ),
-    ] = None
-    slurm_cores: Annotated[
-        int, typer.Option("--slurm-cores", min=1, help="SLURM: CPU cores per job.")
-    ] = 4
-    slurm_memory: Annotated[
-        str, typer.Option("--slurm-memory", help="SLURM: memory per job, e.g. 16GB.")
-    ] = "16GB"
+    scheduler = Field(SchedulerOption)
+    workers = Field(WorkersOption, 2)
+    slurm_gpus = option(int, "SLURM: GPUs per job.", default=0, min=0)
+    slurm_walltime = option(str, "SLURM: job time limit HH:MM:SS.", default="02:00:00")
+    slurm_lifetime = option(
+        str,
+        "SLURM: retire each worker after this long (e.g. 1h50m) so its work moves "
+        "before the walltime. [walltime - 10 min]",
+    )
+    slurm_cores = option(int, "SLURM: CPU cores per job.", default=4, min=1)
+    slurm_memory = option(str, "SLURM: memory per job, e.g. 16GB.", default="16GB")
 
     def run(self, body: Callable[[Any], int]) -> int:
         """Run ``body(client)`` with the client of ``--scheduler`` (or ``None``).

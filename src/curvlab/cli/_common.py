@@ -6,7 +6,8 @@ threads, the progress bar, the one interrupt handler (:func:`run_guarded`:
 Ctrl-C becomes exit code 130 and a line saying where the command stood), and
 the bodies that commands share: :func:`run_stage_command` for per-step stages
 (on :func:`run_steps`) and :func:`run_study` for studies. The options commands
-share are declared in :mod:`curvlab.cli._options`.
+share are declared in :mod:`curvlab.cli._options` (the ``...Option`` names
+imported here are kept for the commands that import them from this module).
 """
 
 from __future__ import annotations
@@ -34,44 +35,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from curvlab._format import fmt, markdown_table
-from curvlab.cli._options import (  # also imported from here by other commands
-    DataDirOption,
-    DeviceOption,
-    DType,
-    Machine,
-    StudyOutOption,
-    StudyThreadsOption,
-    ThreadsOption,
-)
+from curvlab._format import fmt
+from curvlab.cli._options import DataDirOption as DataDirOption
+from curvlab.cli._options import DeviceOption as DeviceOption
+from curvlab.cli._options import DType as DType
+from curvlab.cli._options import Machine
+from curvlab.cli._options import StudyOutOption as StudyOutOption
+from curvlab.cli._options import StudyThreadsOption as StudyThreadsOption
+from curvlab.cli._options import ThreadsOption as ThreadsOption
 from curvlab.runs import ConfigError, parse_steps
-
-__all__ = [
-    "RESUME",
-    "DType",
-    "DataDirOption",
-    "DeviceOption",
-    "StudyOutOption",
-    "StudyThreadsOption",
-    "ThreadsOption",
-    "check_device",
-    "check_threads",
-    "error_printer",
-    "exit_on_run_errors",
-    "fmt",
-    "markdown_table",
-    "option_error",
-    "print_skipped",
-    "print_table",
-    "progress_bar",
-    "run_guarded",
-    "run_stage_command",
-    "run_steps",
-    "run_study",
-    "show_stage_event",
-    "summary_line",
-    "torch_threads",
-]
 
 Fail = Callable[..., int]
 
@@ -358,7 +330,7 @@ def run_stage_command(
     force: bool,
     machine: Machine,
     *,
-    step_line: Callable[[int, dict[str, Any]], str] = summary_line,
+    step_line: Callable[[int, dict[str, Any]], str] | str = summary_line,
     render: Callable[[Any, Any, Console], str | None] | None = None,
     figure: Mapping[str, str] | None = None,
     header: Callable[[Any], str] | None = None,
@@ -367,7 +339,9 @@ def run_stage_command(
     """Open a run folder, run one stage on it and print its results.
 
     The body of every per-step stage command (``name`` is the progress bar's
-    first description): check the folder, steps, device and threads, print
+    first description; ``step_line`` prints a finished step from its summary,
+    or is a template such as ``"λ1 {eigenvalues[0]:.4g}"`` for
+    ``str.format(**summary)``): check the folder, steps, device and threads, print
     ``header(folder)``, build the run's problem on the device (``None`` unless
     ``build``), build the stage with ``make_stage(folder, problem)``, run it
     with :func:`~curvlab.runs.stage.run_stage` under :func:`run_steps`, say
@@ -407,6 +381,12 @@ def run_stage_command(
             data_dir=data_dir,
             on_progress=on_progress,
         )
+
+    if isinstance(step_line, str):
+        template = step_line
+
+        def step_line(step: int, summary: dict[str, Any]) -> str:
+            return f"step {step}: {template.format(**summary)}"
 
     with torch_threads(machine.threads):
         if header:

@@ -1,11 +1,11 @@
 """The options that several ``curvlab`` commands take, each declared once.
 
 A command declares an option as ``name: XOption = default``. Options that go
-together are a frozen dataclass of such fields (a *group*, e.g. :class:`Machine`
-for ``--device``, ``--data-dir`` and ``--threads``): the command takes the group
-as one parameter, ``machine: Machine = MACHINE``, and :func:`grouped` spreads
-its fields into the options Typer sees, in place, and hands the command the
-group built from them.
+together form a *group*: a frozen dataclass declared with :func:`group` and
+:func:`option` (e.g. :class:`Machine`: ``--device``, ``--data-dir``,
+``--threads``). A command takes a group as one parameter, ``machine: Machine =
+MACHINE``; :func:`grouped` shows Typer the group's options in its place and
+hands the command the group built from them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -48,23 +48,6 @@ ForceStepsOption = Annotated[
         "(options not given keep their stored values).",
     ),
 ]
-SamplesPerClassOption = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        help="Samples per class of the subset the curvature is taken on (lowest "
-        "indices; regression: in total). [50]",
-    ),
-]
-SeedOption = Annotated[
-    int | None,
-    typer.Option(
-        min=0, help="Seed of the random probes, sketches and masks. [the run's]"
-    ),
-]
-RunDtypeOption = Annotated[
-    str | None, typer.Option(help="float32 or float64 for the products. [the run's]")
-]
 MaxColsOption = Annotated[
     int, typer.Option(min=1, help="Hessian columns per pass over the data.")
 ]
@@ -80,61 +63,41 @@ StudyOutOption = Annotated[
 StudyThreadsOption = Annotated[int, typer.Option(min=1, help="PyTorch CPU threads.")]
 
 
-@dataclasses.dataclass(frozen=True)
-class Machine:
-    """Where a command computes: ``--device``, ``--data-dir``, ``--threads``."""
+class Field(NamedTuple):
+    """One option of a group: its annotation (with its ``typer.Option``), default."""
 
-    device: DeviceOption = "cpu"
-    data_dir: DataDirOption = None
-    threads: ThreadsOption = None
+    annotation: Any
+    default: Any = None
 
 
-MACHINE = Machine()
+def option(kind: Any, help: str, *decls: str, default: Any = None, **details) -> Field:
+    """An option of type ``kind`` (``kind | None`` when ``default`` is ``None``).
+
+    ``decls`` and ``details`` (``min``, ...) go to ``typer.Option``.
+    """
+    kind = kind | None if default is None else kind
+    return Field(Annotated[kind, typer.Option(*decls, help=help, **details)], default)
 
 
-@dataclasses.dataclass(frozen=True)
-class Sketch:
-    """The options of a top-K Hessian eigenbasis by SEIGH (``None``: not given)."""
-
-    num_outer: Annotated[
-        int | None, typer.Option(min=1, help="Eigenpairs K. [5% of D, at most 1000]")
-    ] = None
-    num_inner: Annotated[
-        int | None,
-        typer.Option(min=1, help="SEIGH: Hessian-vector products s >= K. [2K]"),
-    ] = None
-    split: Annotated[
-        str | None,
-        typer.Option(help=f"Split of the Hessian: {', '.join(SPLITS)}. [train]"),
-    ] = None
-    samples_per_class: SamplesPerClassOption = None
-    test_matrix: Annotated[
-        str | None,
-        typer.Option(help=f"SEIGH test matrix: {', '.join(TEST_MATRICES)}. [ssrft]"),
-    ] = None
-    num_probes: Annotated[
-        int | None,
-        typer.Option(min=1, help="SEIGH: Gaussian probes of the error estimate. [30]"),
-    ] = None
-    seed: SeedOption = None
-    dtype: RunDtypeOption = None
-
-
-SKETCH = Sketch()
+def group(cls: type) -> Any:
+    """Make ``cls``, whose attributes include :class:`Field` s, a group."""
+    cls.__annotations__ = {}
+    for name, field in list(vars(cls).items()):
+        if isinstance(field, Field):
+            cls.__annotations__[name] = field.annotation
+            setattr(cls, name, field.default)
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 def grouped(command: Callable) -> Callable:
-    """Spread the option groups among ``command``'s parameters for Typer.
-
-    A parameter whose type is a dataclass (a group) becomes that dataclass's
-    fields, in its place and in their order; the wrapper builds the group from
-    them again before it calls ``command``.
+    """Spread the groups among ``command``'s parameters, in place, for Typer.
 
     Args:
         command: A Typer command whose parameters may include groups.
 
     Returns:
-        The command as Typer should register it.
+        The command as Typer should register it: it builds each group from its
+        options again before it calls ``command``.
     """
     hints = typing.get_type_hints(command, include_extras=True)
     keyword = inspect.Parameter.KEYWORD_ONLY
@@ -144,23 +107,71 @@ def grouped(command: Callable) -> Callable:
         if not dataclasses.is_dataclass(kind):
             parameters.append(parameter.replace(kind=keyword, annotation=kind))
             continue
-        fields = typing.get_type_hints(kind, include_extras=True)
-        groups[parameter.name] = (kind, list(fields))
+        groups[parameter.name] = kind
         parameters += [
-            inspect.Parameter(
-                field.name,
-                keyword,
-                default=field.default,
-                annotation=fields[field.name],
-            )
-            for field in dataclasses.fields(kind)
+            inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+            for f in dataclasses.fields(kind)
         ]
 
     @functools.wraps(command)
     def wrapper(**values):
-        for name, (kind, fields) in groups.items():
-            values[name] = kind(**{field: values.pop(field) for field in fields})
+        for name, kind in groups.items():
+            names = [f.name for f in dataclasses.fields(kind)]
+            values[name] = kind(**{f: values.pop(f) for f in names})
         return command(**values)
 
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     return wrapper
+
+
+@group
+class Machine:
+    """Where a command computes."""
+
+    device = Field(DeviceOption, "cpu")
+    data_dir = Field(DataDirOption)
+    threads = Field(ThreadsOption)
+
+
+MACHINE = Machine()
+
+
+_SAMPLES = option(
+    int,
+    "Samples per class of the subset the curvature is taken on (lowest indices; "
+    "regression: in total). [50]",
+    min=1,
+)
+_SEED = option(int, "Seed of the random probes, sketches and masks. [the run's]", min=0)
+RUN_DTYPE = option(str, "float32 or float64 for the products. [the run's]")
+
+
+@group
+class Subset:
+    """The data subset, seed and dtype of a stage (``None``: stored or default)."""
+
+    samples_per_class = _SAMPLES
+    seed = _SEED
+    dtype = RUN_DTYPE
+
+
+SUBSET = Subset()
+
+
+@group
+class Sketch:
+    """A top-K Hessian eigenbasis by SEIGH (``None``: stored or default)."""
+
+    num_outer = option(int, "Eigenpairs K. [5% of D, at most 1000]", min=1)
+    num_inner = option(int, "SEIGH: Hessian-vector products s >= K. [2K]", min=1)
+    split = option(str, f"Split of the Hessian: {', '.join(SPLITS)}. [train]")
+    samples_per_class = _SAMPLES
+    test_matrix = option(str, f"SEIGH test matrix: {', '.join(TEST_MATRICES)}. [ssrft]")
+    num_probes = option(
+        int, "SEIGH: Gaussian probes of the error estimate. [30]", min=1
+    )
+    seed = _SEED
+    dtype = RUN_DTYPE
+
+
+SKETCH = Sketch()

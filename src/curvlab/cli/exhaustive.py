@@ -18,23 +18,18 @@ from rich.console import Console
 from curvlab.cli import _options as opt
 from curvlab.cli._common import fmt, print_table, run_stage_command
 from curvlab.experiments.eigenbasis import DEFAULT_MAX_COLS, DEFAULT_MAX_EXACT_DIM
-from curvlab.experiments.exhaustive import (
-    ExhaustiveSettings,
-    ExhaustiveStage,
-)
+from curvlab.experiments.exhaustive import ExhaustiveSettings, ExhaustiveStage
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 
 __all__ = ["command", "render_exhaustive"]
 
-
-def _step_line(step: int, summary: dict) -> str:
-    post = summary["a_posteriori"]
-    return (
-        f"step {step}: basis overlap {summary['basis_overlap']['at_num_outer']:.4f}, "
-        f"error estimate {post['estimate']:.3g} (exact {post['exact']:.3g}), "
-        f"{summary['seconds']['total']:.1f} s"
-    )
+#: The line after a step (``str.format`` of its summary).
+STEP_LINE = (
+    "basis overlap {basis_overlap[at_num_outer]:.4f}, error estimate "
+    "{a_posteriori[estimate]:.3g} (exact {a_posteriori[exact]:.3g}), "
+    "{seconds[total]:.1f} s"
+)
 
 
 def _row(step: int, summary: dict) -> list[str]:
@@ -60,13 +55,7 @@ def _row(step: int, summary: dict) -> list[str]:
 
 
 def render_exhaustive(run: RunFolder, result: StageRunResult, console: Console) -> None:
-    """Print the summaries of an exhaustive run as a table.
-
-    Args:
-        run: The run folder.
-        result: What :func:`~curvlab.runs.stage.run_stage` returned.
-        console: Where to print.
-    """
+    """Print the summaries of an exhaustive run (``run_stage``'s result) as a table."""
     settings = result.settings
     K = settings.num_outer
     headers = ("step", "λ1 exact", "λ1 sketch", "rel err top 3", f"rel err top {K}")
@@ -86,14 +75,17 @@ def render_exhaustive(run: RunFolder, result: StageRunResult, console: Console) 
     )
 
 
+MaxDimOption = Annotated[
+    int, typer.Option(min=1, help="Refuse problems with more parameters.")
+]
+
+
 @opt.grouped
 def command(
     run: opt.RunOption,
     steps: opt.StepsOption = None,
     sketch: opt.Sketch = opt.SKETCH,
-    max_dim: Annotated[
-        int, typer.Option(min=1, help="Refuse problems with more parameters.")
-    ] = DEFAULT_MAX_EXACT_DIM,
+    max_dim: MaxDimOption = DEFAULT_MAX_EXACT_DIM,
     max_cols: opt.MaxColsOption = DEFAULT_MAX_COLS,
     force: opt.ForceStepsOption = False,
     machine: opt.Machine = opt.MACHINE,
@@ -111,6 +103,6 @@ def command(
     def stage(folder, problem):
         return ExhaustiveStage(folder, settings, problem, max_cols=max_cols)
 
-    show = {"step_line": _step_line, "render": render_exhaustive}
+    show = {"step_line": STEP_LINE, "render": render_exhaustive}
     code = run_stage_command("exhaustive", stage, run, steps, force, machine, **show)
     raise typer.Exit(code)

@@ -28,17 +28,18 @@ from curvlab.runs.stage import StageRunResult
 
 __all__ = ["command", "main", "main_distributed", "render_overlap"]
 
+#: The line after a step (``str.format`` of its summary).
+STEP_LINE = (
+    "λ1 {eigenvalues[0]:.4g}, overlap@{overlap_at_num_outer[k]} "
+    "{overlap_at_num_outer[magnitude]:.4g} ({overlap_at_num_outer[ratio]:.2f}x "
+    "chance), {seconds[total]:.1f} s"
+)
+
 
 def render_overlap(run: RunFolder, result: StageRunResult, console: Console) -> str:
-    """Print the stored results of an overlap run as a table.
+    """Print the results of an overlap run as a table; say where they are stored.
 
-    Args:
-        run: The run folder (the tables of skipped steps are read from it).
-        result: What :func:`~curvlab.runs.stage.run_stage` returned.
-        console: Where to print.
-
-    Returns:
-        Where the tables are and how to plot them.
+    The tables of skipped steps are read from ``run``.
     """
     settings = result.settings
     K = settings.num_outer
@@ -87,15 +88,6 @@ def render_overlap(run: RunFolder, result: StageRunResult, console: Console) -> 
     )
 
 
-def _step_line(step: int, summary: dict) -> str:
-    at = summary["overlap_at_num_outer"]
-    return (
-        f"step {step}: λ1 {summary['eigenvalues'][0]:.4g}, "
-        f"overlap@{at['k']} {at['magnitude']:.4g} ({at['ratio']:.2f}x chance), "
-        f"{summary['seconds']['total']:.1f} s"
-    )
-
-
 def main(
     run: str | Path,
     steps: str | None,
@@ -109,7 +101,7 @@ def main(
     def stage(folder, problem):
         return OverlapStage(folder, settings, problem, max_cols=max_cols)
 
-    show = {"step_line": _step_line, "render": render_overlap}
+    show = {"step_line": STEP_LINE, "render": render_overlap}
     return run_stage_command("overlap", stage, run, steps, force, machine, **show)
 
 

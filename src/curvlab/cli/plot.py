@@ -89,16 +89,20 @@ def main(what: str, *, run: str | Path, **options) -> int:
     return 0
 
 
+_Steps = Annotated[
+    str | None, typer.Option(help="Steps to draw, e.g. 0,100. [all stored]")
+]
+_Operators = Annotated[
+    str | None, typer.Option(help="hessian, ggn or residual. [all stored]")
+]
+_Step = Annotated[
+    int | None, typer.Option(help="Step of the per-step figure. [last stored]")
+]
+_Operator = Annotated[str, typer.Option(help="hessian, ggn or residual.")]
+
+
 @app.command("spectrum")
-def spectrum(
-    run: RunOption,
-    steps: Annotated[
-        str | None, typer.Option(help="Steps to draw, e.g. 0,100. [all stored]")
-    ] = None,
-    operator: Annotated[
-        str | None, typer.Option(help="hessian, ggn or residual. [all stored]")
-    ] = None,
-) -> None:
+def spectrum(run: RunOption, steps: _Steps = None, operator: _Operators = None) -> None:
     """Spectral densities over training: one panel per layer and the full one.
 
     Log-scale density against the eigenvalue, one curve per stored step (from
@@ -109,15 +113,7 @@ def spectrum(
 
 
 @app.command("match")
-def match(
-    run: RunOption,
-    step: Annotated[
-        int | None, typer.Option(help="Step of the per-step figure. [last stored]")
-    ] = None,
-    operator: Annotated[
-        str, typer.Option(help="hessian, ggn or residual.")
-    ] = "hessian",
-) -> None:
+def match(run: RunOption, step: _Step = None, operator: _Operator = "hessian") -> None:
     """Layer-vs-full spectrum distances against depth (needs `spectrum --layers`).
 
     At one step (match_distros_peak.png) and summed over the stored steps

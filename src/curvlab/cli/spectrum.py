@@ -6,7 +6,6 @@ prints a table of the full Hessian's extreme eigenvalues and trace per step.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 import torch
@@ -16,6 +15,7 @@ from rich.markup import escape
 
 from curvlab.cli import _options as opt
 from curvlab.cli._common import fmt, option_error, print_table, run_stage_command
+from curvlab.cli._options import option
 from curvlab.experiments.spectrum import (
     STAGE,
     SpectrumSettings,
@@ -31,13 +31,8 @@ __all__ = ["command", "render_spectra"]
 def render_spectra(run: RunFolder, result: StageRunResult, console: Console) -> str:
     """Print the full Hessian's extreme eigenvalues and trace per step.
 
-    Args:
-        run: The run folder (the spectra of skipped steps are read from it).
-        result: What :func:`~curvlab.runs.stage.run_stage` returned.
-        console: Where to print.
-
-    Returns:
-        Where the spectra are.
+    The spectra of skipped steps are read from ``run``; the text returned says
+    where they are stored.
     """
     rows = []
     for step in sorted(set(result.computed) | set(result.skipped)):
@@ -88,65 +83,47 @@ def _header(folder: RunFolder, settings: SpectrumSettings, device: str) -> str:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@opt.group
 class Spectra:
     """The options of :class:`~curvlab.experiments.spectrum.SpectrumSettings`."""
 
-    layers: Annotated[
+    layers = option(
         bool,
-        typer.Option(
-            "--layers/--no-layers", help="Also the spectrum of every layer's block."
-        ),
-    ] = False
-    blocks: Annotated[
+        "Also the spectrum of every layer's block.",
+        "--layers/--no-layers",
+        default=False,
+    )
+    blocks = option(
         str,
-        typer.Option(
-            help="Layer blocks: 'modules' (a layer's weight with its bias) or "
-            "'weights' (Linear/conv weights only, as LayerHessians)."
-        ),
-    ] = "modules"
-    method: Annotated[
+        "Layer blocks: 'modules' (a layer's weight with its bias) or 'weights' "
+        "(Linear/conv weights only, as LayerHessians).",
+        default="modules",
+    )
+    method = option(
         str,
-        typer.Option(
-            help="exact (dense eigh), lanczos (extreme eigenvalues only), slq "
-            "(density by stochastic Lanczos quadrature) or auto (exact up to "
-            "--max-exact-dim, else slq)."
-        ),
-    ] = "auto"
-    split_ggn: Annotated[
+        "exact (dense eigh), lanczos (extreme eigenvalues only), slq (density by "
+        "stochastic Lanczos quadrature) or auto (exact up to --max-exact-dim, else "
+        "slq).",
+        default="auto",
+    )
+    split_ggn = option(
         bool,
-        typer.Option(
-            "--split-ggn/--no-split-ggn",
-            help="Also the spectra of the GGN G and the residual H - G.",
-        ),
-    ] = False
-    samples_per_class: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Hessian samples per class (seeded by the run's seed)."
-        ),
-    ] = 10
-    top_k: Annotated[
-        int, typer.Option(min=0, help="Eigenvalues of largest magnitude.")
-    ] = 10
-    bottom_k: Annotated[int, typer.Option(min=0, help="Most negative eigenvalues.")] = 3
-    num_probes: Annotated[int, typer.Option(min=1, help="SLQ probes.")] = 1
-    num_steps: Annotated[
-        int, typer.Option(min=1, help="SLQ Lanczos steps per probe.")
-    ] = 128
-    grid_points: Annotated[
-        int, typer.Option(min=2, help="Points of the stored densities.")
-    ] = 1024
-    max_exact_dim: Annotated[
-        int, typer.Option(min=1, help="Largest block with a dense eigh.")
-    ] = 4096
-    tol: Annotated[
-        float, typer.Option(help="Relative tolerance of the Lanczos eigensolves.")
-    ] = 1e-6
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of probes and start vectors. [run's]")
-    ] = None
-    dtype: opt.RunDtypeOption = None
+        "Also the spectra of the GGN G and the residual H - G.",
+        "--split-ggn/--no-split-ggn",
+        default=False,
+    )
+    samples_per_class = option(
+        int, "Hessian samples per class (seeded by the run's seed).", default=10, min=1
+    )
+    top_k = option(int, "Eigenvalues of largest magnitude.", default=10, min=0)
+    bottom_k = option(int, "Most negative eigenvalues.", default=3, min=0)
+    num_probes = option(int, "SLQ probes.", default=1, min=1)
+    num_steps = option(int, "SLQ Lanczos steps per probe.", default=128, min=1)
+    grid_points = option(int, "Points of the stored densities.", default=1024, min=2)
+    max_exact_dim = option(int, "Largest block with a dense eigh.", default=4096, min=1)
+    tol = option(float, "Relative tolerance of the Lanczos eigensolves.", default=1e-6)
+    seed = option(int, "Seed of probes and start vectors. [run's]")
+    dtype = opt.RUN_DTYPE
 
 
 SPECTRA = Spectra()

@@ -20,9 +20,7 @@ def command(
     num_probes: Annotated[
         int | None, typer.Option(min=3, help="Hutch++ probes (CG solves). [30]")
     ] = None,
-    samples_per_class: opt.SamplesPerClassOption = None,
-    seed: opt.SeedOption = None,
-    dtype: opt.RunDtypeOption = None,
+    subset: opt.Subset = opt.SUBSET,
     force: opt.ForceStepsOption = False,
     machine: opt.Machine = opt.MACHINE,
 ) -> None:
@@ -30,12 +28,12 @@ def command(
 
     G is the GGN and C the centered per-sample gradient covariance (1/N) on a
     class-balanced subset of the train split, by Hutch++ over CG solves, with
-    standard errors. Stored in RUN_DIR/tic/ (rerunning skips finished steps);
-    the figure goes to RUN_DIR/plots/tic.png.
+    standard errors. Stored in RUN_DIR/tic/ (rerunning skips
+    finished steps); the figure goes to RUN_DIR/plots/tic.png.
     """
     from curvlab.experiments.tic import TICSettings, TICStage
 
-    settings = TICSettings(damping, num_probes, samples_per_class, seed, dtype)
+    settings = TICSettings(damping, num_probes, **vars(subset))
 
     def stage(folder, problem):
         return TICStage(folder, settings, problem)

@@ -9,17 +9,17 @@ import typer
 from curvlab.cli import _options as opt
 from curvlab.cli._common import run_stage_command
 
+NumMatvecsOption = Annotated[
+    int | None, typer.Option(min=3, help="Hutch++ products per trace. [90]")
+]
+
 
 @opt.grouped
 def command(
     run: opt.RunOption,
     steps: opt.StepsOption = None,
-    num_matvecs: Annotated[
-        int | None, typer.Option(min=3, help="Hutch++ products per trace. [90]")
-    ] = None,
-    samples_per_class: opt.SamplesPerClassOption = None,
-    seed: opt.SeedOption = None,
-    dtype: opt.RunDtypeOption = None,
+    num_matvecs: NumMatvecsOption = None,
+    subset: opt.Subset = opt.SUBSET,
     force: opt.ForceStepsOption = False,
     machine: opt.Machine = opt.MACHINE,
 ) -> None:
@@ -31,7 +31,7 @@ def command(
     """
     from curvlab.experiments.trace import TraceSettings, TraceStage
 
-    settings = TraceSettings(num_matvecs, samples_per_class, seed, dtype)
+    settings = TraceSettings(num_matvecs, **vars(subset))
 
     def stage(folder, problem):
         return TraceStage(folder, settings, problem)

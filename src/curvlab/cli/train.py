@@ -10,7 +10,6 @@ refused unless ``--force`` (which deletes the run) is given.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from curvlab.cli._common import (
     run_steps,
     torch_threads,
 )
+from curvlab.cli._options import option
 from curvlab.experiments.training import (
     TrainEvent,
     check_trainable,
@@ -182,66 +182,39 @@ def _run(
     return 0
 
 
-@dataclasses.dataclass(frozen=True)
+@opt.group
 class Config:
     """The options of :class:`~curvlab.runs.TrainConfig` (``None``: not given)."""
 
-    problem: Annotated[
-        str | None,
-        typer.Option(
-            "--problem", "-p", help="Problem name (see curvlab.problems.names())."
-        ),
-    ] = None
-    optimizer: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(OPTIMIZERS)}. [sgd]")
-    ] = None
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Learning rate. [0.1 for sgd, 1e-3 otherwise]"),
-    ] = None
-    steps: Annotated[
-        int | None, typer.Option(help="Number of optimizer steps. [1000]")
-    ] = None
-    batch_size: Annotated[
-        int | None, typer.Option(help="Train samples per step. [128]")
-    ] = None
-    record_steps: Annotated[
-        str | None,
-        typer.Option(
-            help="Steps to record, e.g. 0,100,500 or 0:1000:100 (stop included); "
-            "the last step is always recorded. [0 and --steps]"
-        ),
-    ] = None
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed of model, split, batch order and dropout. [0]"),
-    ] = None
-    dtype: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(DTYPES)}. [float32]")
-    ] = None
-    num_samples: Annotated[
-        int | None,
-        typer.Option(help="Train on a class-balanced subset of this many samples."),
-    ] = None
-    eval_batch_size: Annotated[
-        int | None,
-        typer.Option(help="Batch size of evaluation and gradient passes."),
-    ] = None
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum. [0]")] = None
-    weight_decay: Annotated[
-        float | None, typer.Option(help="Weight decay of the optimizer. [0]")
-    ] = None
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(help="Also checkpoint every this many steps (for resuming)."),
-    ] = None
-    record_gradients: Annotated[
-        bool | None,
-        typer.Option(
-            "--record-gradients/--no-record-gradients",
-            help="Record the full-data train gradient at each recorded step. [yes]",
-        ),
-    ] = None
+    problem = option(
+        str, "Problem name (see curvlab.problems.names()).", "--problem", "-p"
+    )
+    optimizer = option(str, f"One of: {', '.join(OPTIMIZERS)}. [sgd]")
+    lr = option(float, "Learning rate. [0.1 for sgd, 1e-3 otherwise]")
+    steps = option(int, "Number of optimizer steps. [1000]")
+    batch_size = option(int, "Train samples per step. [128]")
+    record_steps = option(
+        str,
+        "Steps to record, e.g. 0,100,500 or 0:1000:100 (stop included); the last "
+        "step is always recorded. [0 and --steps]",
+    )
+    seed = option(int, "Seed of model, split, batch order and dropout. [0]")
+    dtype = option(str, f"One of: {', '.join(DTYPES)}. [float32]")
+    num_samples = option(int, "Train on a class-balanced subset of this many samples.")
+    eval_batch_size = option(int, "Batch size of evaluation and gradient passes.")
+    momentum = option(float, "SGD momentum. [0]")
+    weight_decay = option(float, "Weight decay of the optimizer. [0]")
+    checkpoint_every = option(
+        int, "Also checkpoint every this many steps (for resuming)."
+    )
+    record_gradients = option(
+        bool,
+        "Record the full-data train gradient at each recorded step. [yes]",
+        "--record-gradients/--no-record-gradients",
+    )
+
+
+CONFIG = Config()
 
 
 @opt.grouped
@@ -254,7 +227,7 @@ def command(
             help="Run folder: created, or resumed when it holds this run.",
         ),
     ],
-    options: Config = Config(),
+    options: Config = CONFIG,
     config: Annotated[
         Path | None,
         typer.Option(

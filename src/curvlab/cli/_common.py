@@ -43,7 +43,9 @@ from curvlab.cli._options import Machine
 from curvlab.cli._options import StudyOutOption as StudyOutOption
 from curvlab.cli._options import StudyThreadsOption as StudyThreadsOption
 from curvlab.cli._options import ThreadsOption as ThreadsOption
-from curvlab.runs import ConfigError, parse_steps
+from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
+from curvlab.runs.errors import RunIntegrityError, RunLockedError, disk_error_message
+from curvlab.runs.stage import SettingsConflictError, run_stage
 
 Fail = Callable[..., int]
 
@@ -75,33 +77,23 @@ def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
     stage) and :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file)
     print their message and exit with 2. Other exceptions pass through.
 
-    Args:
-        error_console: Where to print (default: standard error).
-
     Yields:
         Nothing; run the command inside.
 
     Raises:
         typer.Exit: With code 1 or 2 for the errors above.
     """
-    from curvlab.runs.errors import (
-        RunIntegrityError,
-        RunLockedError,
-        disk_error_message,
-    )
-
     fail = error_printer(error_console or Console(stderr=True, soft_wrap=True))
     try:
         yield
     except (typer.Exit, typer.Abort, SystemExit):
         raise
-    except RunLockedError as error:
-        raise typer.Exit(fail(str(error), 2)) from None
     except Exception as error:
-        message = disk_error_message(error)
+        locked = isinstance(error, RunLockedError)
+        message = None if locked else disk_error_message(error)
         if message is not None:
             raise typer.Exit(fail(message, 1)) from None
-        if isinstance(error, RunIntegrityError):
+        if locked or isinstance(error, RunIntegrityError):
             raise typer.Exit(fail(str(error), 2)) from None
         raise
 
@@ -146,15 +138,9 @@ def progress_bar(
     console: Console, *, remaining: bool = False, transient: bool = False
 ) -> Progress:
     """The commands' progress bar; ``remaining`` adds the time-remaining column."""
-    columns = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    ]
-    if remaining:
-        columns.append(TimeRemainingColumn())
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    columns += [MofNCompleteColumn(), TimeElapsedColumn()]
+    columns += [TimeRemainingColumn()] if remaining else []
     return Progress(*columns, console=console, transient=transient)
 
 
@@ -180,14 +166,8 @@ def run_guarded(
     """Run ``call()`` under a progress bar; Ctrl-C and errors become exit codes.
 
     The one interrupt handler of the commands: on Ctrl-C it stops the bar and
-    prints ``Interrupted <where()>.`` and :data:`RESUME`.
-
-    Args:
-        call: The work.
-        progress: Its progress bar.
-        fail: Prints an error and returns its exit code.
-        errors: Exceptions reported with exit code 2.
-        where: Where the work stood when interrupted, e.g. ``"at step 6"``.
+    prints ``Interrupted <where()>.`` (e.g. ``"at step 6"``) and :data:`RESUME`.
+    ``fail`` prints an error and returns its exit code.
 
     Returns:
         What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
@@ -231,16 +211,10 @@ def show_stage_event(
         elif event.kind == "done":
             progress.update(task, description="done", completed=event.total)
         else:  # a unit of work inside a step (a stage's own kind)
-            details = " ".join(
-                str(event.values[key])
-                for key in ("operator", "block")
-                if key in event.values
-            )
-            progress.update(
-                task,
-                completed=event.index,
-                description=f"step {event.step}: {details or event.kind}",
-            )
+            keys = [key for key in ("operator", "block") if key in event.values]
+            details = " ".join(str(event.values[key]) for key in keys) or event.kind
+            description = f"step {event.step}: {details}"
+            progress.update(task, completed=event.index, description=description)
 
     return show
 
@@ -259,19 +233,11 @@ def run_steps(
 ) -> Any:
     """Run a per-step experiment with a progress bar; map errors to exit codes.
 
-    Args:
-        name: The progress bar's first description.
-        call: Runs the experiment, given the ``on_progress`` callback that
-            receives its :class:`~curvlab.runs.stage.StageEvent` objects.
-        step_line: The line printed after a step, from its step and summary
-            (for the default ``show``, :func:`show_stage_event`).
-        console: Where to print.
-        fail: Prints an error and returns its exit code.
-        errors: Exceptions reported with exit code 2.
-        show: Draws an event on the bar.
-        total: The bar's total before the first event.
-        where: Where the run stood when interrupted, from the step of the last
-            event (default: ``"at step S"``).
+    ``call(on_progress)`` runs the experiment, which reports its
+    :class:`~curvlab.runs.stage.StageEvent` objects to ``on_progress``; ``show``
+    draws them on the bar (named ``name``, of ``total`` units at first; default
+    :func:`show_stage_event` with ``step_line``), and ``where(step)`` says where
+    the run stood when interrupted (default ``"at step S"``).
 
     Returns:
         What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
@@ -287,13 +253,10 @@ def run_steps(
             state["step"] = event.step
             show(progress, task, event)
 
-        return run_guarded(
-            lambda: call(on_progress),
-            progress,
-            fail,
-            errors,
-            lambda: where(state["step"]),
-        )
+        def stood() -> str:
+            return where(state["step"])
+
+        return run_guarded(lambda: call(on_progress), progress, fail, errors, stood)
 
 
 def summary_line(step: int, summary: Mapping[str, Any]) -> str:
@@ -338,24 +301,19 @@ def run_stage_command(
 ) -> int:
     """Open a run folder, run one stage on it and print its results.
 
-    The body of every per-step stage command (``name`` is the progress bar's
-    first description; ``step_line`` prints a finished step from its summary,
-    or is a template such as ``"λ1 {eigenvalues[0]:.4g}"`` for
-    ``str.format(**summary)``): check the folder, steps, device and threads, print
-    ``header(folder)``, build the run's problem on the device (``None`` unless
-    ``build``), build the stage with ``make_stage(folder, problem)``, run it
-    with :func:`~curvlab.runs.stage.run_stage` under :func:`run_steps`, say
-    when nothing was left to do, draw the results with ``render(folder, result,
-    console)`` (its text, if any, ends the output) or with
-    :func:`~curvlab.experiments.stage_plots.plot_over_steps` and the options
-    ``figure``.
+    The body of every per-step stage command: check the folder, steps, device
+    and threads, print ``header(folder)``, build the run's problem (unless not
+    ``build``: ``None``) and the stage, ``make_stage(folder, problem)``, run it
+    under :func:`run_steps` (``name`` is the bar's first description;
+    ``step_line`` is a function of a finished step and its summary, or a
+    template such as ``"λ1 {eigenvalues[0]:.4g}"`` for ``str.format(**summary)``),
+    then draw the results with ``render(folder, result, console)``, whose text
+    ends the output, or :func:`~curvlab.experiments.stage_plots.plot_over_steps`
+    with the options ``figure``.
 
     Returns:
         The exit code of :func:`run_steps` (0 on success).
     """
-    from curvlab.runs import MissingStepError, RunFolder
-    from curvlab.runs.stage import SettingsConflictError, run_stage
-
     console = Console()
     fail = error_printer(Console(stderr=True))
     try:
@@ -372,14 +330,9 @@ def run_stage_command(
 
     def call(on_progress: Callable[[Any], None]) -> Any:
         problem = folder.problem(device=device, data_dir=data_dir) if build else None
-        stage = make_stage(folder, problem)
+        options = {"force": force, "device": device, "data_dir": data_dir}
         return run_stage(
-            stage,
-            steps,
-            force=force,
-            device=device,
-            data_dir=data_dir,
-            on_progress=on_progress,
+            make_stage(folder, problem), steps, **options, on_progress=on_progress
         )
 
     if isinstance(step_line, str):
@@ -412,9 +365,7 @@ def run_study(
     names: tuple[str, str, str],
     threads: int | None,
     study: Callable[[Progress], Any],
-    files: tuple[
-        Callable[[Any], str], Callable[[Any, Path], Any], Callable[[Any, Path], Any]
-    ],
+    files: tuple[Callable, Callable, Callable],
     console: Console | None = None,
     error_console: Console | None = None,
     *,
@@ -433,8 +384,7 @@ def run_study(
         threads: PyTorch CPU threads (restored afterwards); ``None`` keeps them.
         study: Runs the study, given the progress bar; returns its result.
         files: ``(markdown, write_csv, plot)``: the result's markdown text, and
-            functions that write its CSV and draw its PNG, called with the
-            result and the file's path (the study's ``*_plots`` module).
+            functions that write its CSV and draw its PNG into a path.
         console: Where to print (default: standard output).
         error_console: Where to print errors (default: standard error).
         transient: Remove the progress bar when the study is done.
@@ -463,12 +413,9 @@ def run_study(
         plot(result, out / png_name)
     except (ValueError, OSError) as error:
         return fail(str(error))
-    console.print(markdown, markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        f"Wrote {csv_name}, {markdown_name} and {png_name} to {out} "
-        f"in {time.perf_counter() - start:.1f} s.",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    plain = {"markup": False, "highlight": False, "soft_wrap": True}
+    console.print(markdown, **plain)
+    seconds = time.perf_counter() - start
+    written = f"Wrote {csv_name}, {markdown_name} and {png_name} to {out}"
+    console.print(f"{written} in {seconds:.1f} s.", **plain)
     return 0

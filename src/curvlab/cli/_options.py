@@ -90,14 +90,9 @@ def group(cls: type) -> Any:
 
 
 def grouped(command: Callable) -> Callable:
-    """Spread the groups among ``command``'s parameters, in place, for Typer.
+    """``command`` for Typer: each group parameter shown as its options, in place.
 
-    Args:
-        command: A Typer command whose parameters may include groups.
-
-    Returns:
-        The command as Typer should register it: it builds each group from its
-        options again before it calls ``command``.
+    The wrapper builds each group from its options before it calls ``command``.
     """
     hints = typing.get_type_hints(command, include_extras=True)
     keyword = inspect.Parameter.KEYWORD_ONLY

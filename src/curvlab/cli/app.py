@@ -1,9 +1,8 @@
 """The ``curvlab`` Typer app: it only registers the commands.
 
-Each command lives in its own module (:mod:`curvlab.cli.train`, ...), whose
-``command`` function declares its options and help. The modules are imported
-here at start, so they import matplotlib, the demo, the report and the HesScale
-studies only inside their functions.
+Each command is the ``command`` function of its own module, imported at start:
+the modules import matplotlib, the demo, the report and the HesScale studies
+only inside their functions.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from curvlab.cli._common import exit_on_run_errors
 
 __all__ = ["app", "main"]
 
-#: The commands in the order ``curvlab --help`` lists them; ``curvlab.cli.<name>``
-#: (dashes as underscores) holds each one's ``command``.
+#: The commands, as ``curvlab --help`` lists them (modules ``curvlab.cli.<name>``).
 COMMANDS = ("check", "demo", "hesscale-quality", "hesscale-cost", "grassmann")
 COMMANDS += ("train", "overlap", "exhaustive", "spectrum", "trace", "tic")
 COMMANDS += ("measure", "solve", "pipeline", "optimizers")

@@ -18,11 +18,7 @@ from curvlab.cli import _options as opt
 from curvlab.cli._cluster import CLUSTER, Cluster
 from curvlab.cli._common import fmt, print_table, run_stage_command
 from curvlab.experiments.eigenbasis import DEFAULT_MAX_COLS, DEFAULT_MAX_EXACT_DIM
-from curvlab.experiments.overlap import (
-    METHODS,
-    OverlapSettings,
-    OverlapStage,
-)
+from curvlab.experiments.overlap import METHODS, OverlapSettings, OverlapStage
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 
@@ -52,24 +48,13 @@ def render_overlap(run: RunFolder, result: StageRunResult, console: Console) -> 
         values = summary["eigenvalues"] + [None, None, None]
         at = summary["overlap_at_num_outer"]
         computed = result.results.get(step)
-        table = (
-            computed.rows
-            if computed is not None
-            else run.read_table(run.path_for(result.stage, step, ".csv"))
-        )
+        path = run.path_for(result.stage, step, ".csv")
+        table = run.read_table(path) if computed is None else computed.rows
         by_k = {row["k"]: row["magnitude"] for row in table}
-        rows.append(
-            [
-                str(step),
-                *(fmt(v) for v in values[:3]),
-                fmt(summary["a_posteriori"]["relative_error"]),
-                *(fmt(by_k.get(k)) for k in ks),
-                fmt(at["best"]),
-                fmt(at["chance"]),
-                f"{at['ratio']:.2f}",
-                f"{summary['seconds']['total']:.1f}",
-            ]
-        )
+        numbers = [*values[:3], summary["a_posteriori"]["relative_error"]]
+        numbers += [*(by_k.get(k) for k in ks), at["best"], at["chance"]]
+        ratio, seconds = f"{at['ratio']:.2f}", f"{summary['seconds']['total']:.1f}"
+        rows.append([str(step), *map(fmt, numbers), ratio, seconds])
     print_table(
         console,
         f"{result.stage}: top {K} eigenpairs by |λ|, "

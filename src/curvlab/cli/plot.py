@@ -66,13 +66,7 @@ _PLOTS = {"spectrum": _spectrum, "match": _match, "overlap": _overlap}
 
 
 def main(what: str, *, run: str | Path, **options) -> int:
-    """Draw one kind of figure for a run and print the files written.
-
-    Args:
-        what: ``"spectrum"``, ``"match"`` or ``"overlap"``.
-        run: The run folder.
-        **options: Options of the plotting function (``steps``, ``step``,
-            ``operator``).
+    """Draw figure ``what`` with ``options`` for a run; print the files written.
 
     Returns:
         The exit code: 0 on success, 2 for an unknown figure, a missing run or

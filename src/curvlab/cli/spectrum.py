@@ -39,18 +39,12 @@ def render_spectra(run: RunFolder, result: StageRunResult, console: Console) -> 
         stored = result.results.get(step) or read_spectrum(run, step)
         full = stored.spectra["hessian"].full
         top, bottom = full.top_eigenvalues, full.bottom_eigenvalues
-        rows.append(
-            [
-                str(step),
-                full.method,
-                str(full.dim),
-                "-" if top is None else ", ".join(f"{v:.4g}" for v in top[:3].tolist()),
-                fmt(None if bottom is None or not len(bottom) else float(bottom[0]), 5),
-                fmt(full.trace, 5),
-                str(sum(s.num_matvecs for s in stored.spectra.values())),
-                f"{stored.seconds:.1f}",
-            ]
-        )
+        top = "-" if top is None else ", ".join(f"{v:.4g}" for v in top[:3].tolist())
+        bottom = None if bottom is None or not len(bottom) else float(bottom[0])
+        products = str(sum(s.num_matvecs for s in stored.spectra.values()))
+        cells = [str(step), full.method, str(full.dim), top, fmt(bottom, 5)]
+        cells += [fmt(full.trace, 5), products, f"{stored.seconds:.1f}"]
+        rows.append(cells)
     if rows:
         print_table(
             console,
@@ -69,17 +63,6 @@ def _step_line(step: int, summary: dict) -> str:
         f"step {step}: D={summary['dim']} ({summary['method']}), largest |λ| "
         f"{fmt(summary['top_eigenvalue'], 5)}, trace {fmt(summary['trace'], 5)}, "
         f"{summary['num_matvecs']} products, {summary['seconds']:.1f} s"
-    )
-
-
-def _header(folder: RunFolder, settings: SpectrumSettings, device: str) -> str:
-    return (
-        f"Spectra of [bold]{escape(folder.config.problem)}[/] in "
-        f"{escape(str(folder.path))}: method {settings.method}"
-        f"{', layers' if settings.layers else ''}"
-        f"{', GGN/residual split' if settings.split_ggn else ''}, "
-        f"{settings.samples_per_class} samples per class, {device}, "
-        f"{torch.get_num_threads()} CPU thread(s)."
     )
 
 
@@ -154,10 +137,20 @@ def command(
         raise typer.Exit(option_error(error)) from None
     device, data_dir = machine.device, machine.data_dir
 
-    def stage(folder, problem):
+    def stage(folder, problem):  # None: the stage builds the problem itself
         return SpectrumStage(folder, settings, device=device, data_dir=data_dir)
 
-    show = {"step_line": _step_line, "render": render_spectra, "build": False}
-    show["header"] = lambda folder: _header(folder, settings, device)
+    def header(folder: RunFolder) -> str:
+        return (
+            f"Spectra of [bold]{escape(folder.config.problem)}[/] in "
+            f"{escape(str(folder.path))}: method {settings.method}"
+            f"{', layers' if settings.layers else ''}"
+            f"{', GGN/residual split' if settings.split_ggn else ''}, "
+            f"{settings.samples_per_class} samples per class, {device}, "
+            f"{torch.get_num_threads()} CPU thread(s)."
+        )
+
+    show = {"step_line": _step_line, "render": render_spectra, "header": header}
+    show["build"] = False
     code = run_stage_command("spectra", stage, run, steps, force, machine, **show)
     raise typer.Exit(code)

@@ -38,7 +38,7 @@ from curvlab.experiments.training import (
     derived_seeds,
     train_run,
 )
-from curvlab.runs import ConfigError, RunFolder, TrainConfig, resolve_config
+from curvlab.runs import ConfigError, RunFolder, resolve_config
 from curvlab.runs.config import DTYPES, OPTIMIZERS
 
 __all__ = ["command", "main", "render_metrics"]
@@ -50,18 +50,13 @@ def _percent(value: float | None) -> str:
 
 def render_metrics(run: RunFolder, console: Console) -> None:
     """Print the recorded metrics of a run as a table."""
-    config = run.config
-    rows = (
-        [
-            str(row["step"]),
-            f"{row['train_loss']:.4f}",
-            _percent(row.get("train_accuracy")),
-            f"{row['test_loss']:.4f}",
-            _percent(row.get("test_accuracy")),
-            fmt(row.get("gradient_norm")),
-        ]
-        for row in run.metrics()
-    )
+    config, rows = run.config, []
+    for row in run.metrics():
+        train, test = (
+            [f"{row[f'{split}_loss']:.4f}", _percent(row.get(f"{split}_accuracy"))]
+            for split in ("train", "test")
+        )
+        rows.append([str(row["step"]), *train, *test, fmt(row.get("gradient_norm"))])
     print_table(
         console,
         f"{config.problem}: {config.optimizer} (lr {config.lr:g}), batch "
@@ -70,6 +65,28 @@ def render_metrics(run: RunFolder, console: Console) -> None:
         ("step", "train loss", "train acc", "test loss", "test acc", "‖∇L‖"),
         rows,
     )
+
+
+def _show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
+    values = event.values
+    if event.kind == "start":
+        progress.update(task, total=event.total, completed=event.index)
+        print_skipped(progress, values["skipped"], "Already recorded")
+        for problem in values.get("damaged", ()):
+            progress.console.print(
+                f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
+            )
+        if values["resumed_from"] is not None:
+            step = values["resumed_from"]
+            progress.console.print(f"Resuming from the checkpoint at step {step}.")
+    elif event.kind in ("step", "done"):
+        progress.update(task, completed=event.index)
+    elif event.kind == "record":
+        progress.console.print(
+            f"step {event.step}: train loss {values['train_loss']:.4f} "
+            f"(acc {_percent(values['train_accuracy'])}), test loss "
+            f"{values['test_loss']:.4f} (acc {_percent(values['test_accuracy'])})"
+        )
 
 
 def main(
@@ -82,22 +99,17 @@ def main(
 ) -> int:
     """Train and record a run with a progress bar; print the metrics table.
 
-    Args:
-        out: The run folder.
-        options: Config values from the command line (``None`` = not given),
-            keyed by :class:`~curvlab.runs.TrainConfig` field.
-        config_file: A YAML config; ``options`` override it.
-        force: Delete an existing run in ``out`` and start over.
-        machine: Device, data folder and PyTorch CPU threads.
-        deterministic: Deterministic CUDA kernels, so that resumed runs match
-            uninterrupted ones bit for bit on a GPU too.
+    ``options`` (keyed by :class:`~curvlab.runs.TrainConfig` field, ``None``:
+    not given) override the YAML ``config_file``; ``force`` deletes an existing
+    run in ``out``; ``deterministic`` CUDA kernels make resumed runs match
+    uninterrupted ones bit for bit on a GPU too.
 
     Returns:
         The exit code: 0 on success, 1 if training failed (diverged), 2 for
         invalid options, a config mismatch or a problem that cannot be built,
         130 when interrupted.
     """
-    fail = error_printer(Console(stderr=True))
+    console, fail = Console(), error_printer(Console(stderr=True))
     out, data_dir = Path(out), machine.data_dir
     try:
         stored = None
@@ -115,48 +127,6 @@ def main(
         )
     except (ConfigError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
         return fail(str(e))
-    with torch_threads(machine.threads):
-        return _run(run, config, device, data_dir, deterministic, fail)
-
-
-def _run(
-    run: RunFolder,
-    config: TrainConfig,
-    device: torch.device,
-    data_dir: str | Path | None,
-    deterministic: bool,
-    fail,
-) -> int:
-    console = Console()
-    console.print(
-        f"Training [bold]{escape(config.problem)}[/] with {config.optimizer} "
-        f"(lr {config.lr:g}, batch {config.batch_size}, {config.steps} steps, seed "
-        f"{config.seed}, {config.dtype}, {device}, {torch.get_num_threads()} CPU "
-        f"thread(s)) into {escape(str(run.path))}."
-    )
-    start = time.perf_counter()
-
-    def show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
-        values = event.values
-        if event.kind == "start":
-            progress.update(task, total=event.total, completed=event.index)
-            print_skipped(progress, values["skipped"], "Already recorded")
-            for problem in values.get("damaged", ()):
-                progress.console.print(
-                    f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
-                )
-            if values["resumed_from"] is not None:
-                step = values["resumed_from"]
-                progress.console.print(f"Resuming from the checkpoint at step {step}.")
-        elif event.kind in ("step", "done"):
-            progress.update(task, completed=event.index)
-        elif event.kind == "record":
-            progress.console.print(
-                f"step {event.step}: train loss {values['train_loss']:.4f} "
-                f"(acc {_percent(values['train_accuracy'])}), test loss "
-                f"{values['test_loss']:.4f} "
-                f"(acc {_percent(values['test_accuracy'])})"
-            )
 
     def where(step: int | None) -> str:
         checkpoints = run.done_steps("checkpoint")
@@ -170,8 +140,16 @@ def _run(
 
     errors = (ConfigError, ValueError, FileNotFoundError, ImportError)
     errors += (NotImplementedError,)
-    bar = {"show": show, "total": config.steps, "where": where}
-    result = run_steps("steps", call, None, console, fail, errors, **bar)
+    bar = {"show": _show, "total": config.steps, "where": where}
+    start = time.perf_counter()
+    with torch_threads(machine.threads):
+        console.print(
+            f"Training [bold]{escape(config.problem)}[/] with {config.optimizer} "
+            f"(lr {config.lr:g}, batch {config.batch_size}, {config.steps} steps, "
+            f"seed {config.seed}, {config.dtype}, {device}, "
+            f"{torch.get_num_threads()} CPU thread(s)) into {escape(str(run.path))}."
+        )
+        result = run_steps("steps", call, None, console, fail, errors, **bar)
     if isinstance(result, int):
         return result
     if result.start_step is None:

@@ -57,18 +57,13 @@ class Cluster:
         """
         from curvlab.store.cluster import connect
 
+        slurm = {"gpus_per_job": self.slurm_gpus, "walltime": self.slurm_walltime}
+        slurm |= {"worker_lifetime": self.slurm_lifetime, "cores": self.slurm_cores}
+        slurm |= {"memory": self.slurm_memory}
         try:
             if self.scheduler is None:
                 return body(None)
-            with connect(
-                self.scheduler,
-                workers=self.workers,
-                gpus_per_job=self.slurm_gpus,
-                walltime=self.slurm_walltime,
-                worker_lifetime=self.slurm_lifetime,
-                cores=self.slurm_cores,
-                memory=self.slurm_memory,
-            ) as client:
+            with connect(self.scheduler, workers=self.workers, **slurm) as client:
                 return body(client)
         except (ValueError, OSError, ImportError) as error:
             return option_error(error)

@@ -270,11 +270,7 @@ def summary_line(step: int, summary: Mapping[str, Any]) -> str:
 
 
 def print_table(
-    console: Console,
-    title: str,
-    caption: str,
-    headers: Iterable[str],
-    rows: Iterable[Iterable[str]],
+    console: Console, title: str, caption: str, headers: Iterable[str], rows: Iterable
 ) -> None:
     """Print a table of right-aligned columns, as every command draws them."""
     table = Table(box=box.SIMPLE_HEAD, title=title, caption=caption)

@@ -164,12 +164,8 @@ def command(
     """
     if distributed:
         method = method or "distributed"
-    settings = OverlapSettings(
-        method=method,
-        num_random=num_random,
-        max_exact_dim=max_exact_dim,
-        **vars(sketch),
-    )
+    own = {"method": method, "num_random": num_random, "max_exact_dim": max_exact_dim}
+    settings = OverlapSettings(**vars(sketch), **own)
     where = (run, steps, force, machine, settings, max_cols)
     if distributed:
         raise typer.Exit(main_distributed(*where, cluster))

@@ -1,9 +1,10 @@
 """The ``curvlab`` command line: a Typer app, one module per command.
 
-Each command module declares its options in a ``command(...)`` function and
-exposes a plain ``main(...)`` function that returns the exit code, so tests call
-it directly; :mod:`curvlab.cli.app` only registers the commands. What commands
-share (option types, the device check, the number formatter, the progress bar
-and the one Ctrl-C handler) is in :mod:`curvlab.cli._common`. The work itself
-happens in :mod:`curvlab.experiments`.
+Each command module declares its options in a ``command(...)`` function that
+calls into :mod:`curvlab.experiments` (some also expose a plain ``main(...)``
+returning the exit code); :mod:`curvlab.cli.app` only registers the commands.
+The options commands share are declared once in :mod:`curvlab.cli._options`;
+the glue they share (the device check, the number formatter, the progress bar,
+the one Ctrl-C handler, the body of a stage command) is in
+:mod:`curvlab.cli._common`.
 """

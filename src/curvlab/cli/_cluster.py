@@ -8,24 +8,15 @@ it the work runs in this process (:func:`curvlab.store.cluster.connect`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-__all__ = [
-    "on_cluster",
-    "GpusOption",
-    "JobCoresOption",
-    "JobMemoryOption",
-    "LifetimeOption",
-    "SchedulerOption",
-    "WalltimeOption",
-    "WorkersOption",
-    "cluster_client",
-    "parse_indices",
-]
+from curvlab.cli._common import option_error
+from curvlab.cli._options import Field, group, option
+
+__all__ = ["CLUSTER", "Cluster", "SchedulerOption", "WorkersOption", "parse_indices"]
 
 SchedulerOption = Annotated[
     str | None,
@@ -36,85 +27,49 @@ SchedulerOption = Annotated[
 WorkersOption = Annotated[
     int, typer.Option(min=1, help="Worker processes (local) or SLURM jobs.")
 ]
-GpusOption = Annotated[
-    int, typer.Option("--slurm-gpus", min=0, help="SLURM: GPUs per job.")
-]
-WalltimeOption = Annotated[
-    str, typer.Option("--slurm-walltime", help="SLURM: job time limit HH:MM:SS.")
-]
-LifetimeOption = Annotated[
-    str | None,
-    typer.Option(
-        "--slurm-lifetime",
-        help="SLURM: retire each worker after this long (e.g. 1h50m) so its work "
-        "moves before the walltime. [walltime - 10 min]",
-    ),
-]
-JobCoresOption = Annotated[
-    int, typer.Option("--slurm-cores", min=1, help="SLURM: CPU cores per job.")
-]
-JobMemoryOption = Annotated[
-    str, typer.Option("--slurm-memory", help="SLURM: memory per job, e.g. 16GB.")
-]
 
 
-@contextlib.contextmanager
-def cluster_client(scheduler: str | None, workers: int, **slurm: Any) -> Iterator:
-    """A Dask client for ``--scheduler`` (``None``: yields ``None``).
+@group
+class Cluster:
+    """The cluster options: ``--scheduler``, ``--workers`` and ``--slurm-*``."""
 
-    Args:
-        scheduler: ``None``, ``"local"``, ``"slurm"`` or an address.
-        workers: Processes or jobs.
-        **slurm: Options of :func:`curvlab.store.cluster.slurm_cluster`.
+    scheduler = Field(SchedulerOption)
+    workers = Field(WorkersOption, 2)
+    slurm_gpus = option(int, "SLURM: GPUs per job.", default=0, min=0)
+    slurm_walltime = option(str, "SLURM: job time limit HH:MM:SS.", default="02:00:00")
+    slurm_lifetime = option(
+        str,
+        "SLURM: retire each worker after this long (e.g. 1h50m) so its work moves "
+        "before the walltime. [walltime - 10 min]",
+    )
+    slurm_cores = option(int, "SLURM: CPU cores per job.", default=4, min=1)
+    slurm_memory = option(str, "SLURM: memory per job, e.g. 16GB.", default="16GB")
 
-    Yields:
-        The client, or ``None`` for this process.
-    """
-    if scheduler is None:
-        yield None
-        return
-    from curvlab.store.cluster import connect
+    def run(self, body: Callable[[Any], int]) -> int:
+        """Run ``body(client)`` with the client of ``--scheduler`` (or ``None``).
 
-    with connect(scheduler, workers=workers, **slurm) as client:
-        yield client
+        Args:
+            body: Runs the command's stages; returns the exit code.
+
+        Returns:
+            ``body``'s exit code, or 2 (with one line) when the cluster cannot be
+            had or an option is invalid.
+        """
+        from curvlab.store.cluster import connect
+
+        slurm = {"gpus_per_job": self.slurm_gpus, "walltime": self.slurm_walltime}
+        slurm |= {"worker_lifetime": self.slurm_lifetime, "cores": self.slurm_cores}
+        slurm |= {"memory": self.slurm_memory}
+        try:
+            if self.scheduler is None:
+                return body(None)
+            with connect(self.scheduler, workers=self.workers, **slurm) as client:
+                return body(client)
+        except (ValueError, OSError, ImportError) as error:
+            return option_error(error)
 
 
-def on_cluster(
-    body: Callable[[Any], int],
-    scheduler: str | None,
-    workers: int,
-    *,
-    gpus: int = 0,
-    walltime: str = "02:00:00",
-    lifetime: str | None = None,
-    cores: int = 4,
-    memory: str = "16GB",
-) -> int:
-    """Run ``body(client)`` with the client of ``--scheduler`` and its options.
-
-    Args:
-        body: Runs the command's stages; returns the exit code.
-        scheduler: ``None`` (this process), ``"local"``, ``"slurm"`` or an address.
-        workers: Processes or jobs.
-        gpus: ``--slurm-gpus``.
-        walltime: ``--slurm-walltime``.
-        lifetime: ``--slurm-lifetime``.
-        cores: ``--slurm-cores``.
-        memory: ``--slurm-memory``.
-
-    Returns:
-        ``body``'s exit code, or 2 (with one line) when the cluster cannot be
-        had or an option is invalid.
-    """
-    from curvlab.cli._common import option_error
-
-    slurm = {"gpus_per_job": gpus, "walltime": walltime, "cores": cores}
-    slurm |= {"worker_lifetime": lifetime, "memory": memory}
-    try:
-        with cluster_client(scheduler, workers, **slurm) as client:
-            return body(client)
-    except (ValueError, OSError, ImportError) as error:
-        return option_error(error)
+CLUSTER = Cluster()
 
 
 def parse_indices(text: str | None) -> list[int] | None:

@@ -1,26 +1,26 @@
-"""Pieces shared by the ``curvlab`` commands.
+"""Glue shared by the ``curvlab`` commands.
 
-Typer option types used by several commands (``--run``, ``--device``,
-``--data-dir``, ``--threads``, ...), the one device check
-(:func:`check_device`), the one number formatter (:func:`fmt`, from
-:mod:`curvlab._format`), the Rich progress bar, the error printer, a context
-manager for the PyTorch CPU threads, the one interrupt handler
-(:func:`run_guarded`: Ctrl-C becomes exit code 130 and a line saying where the
-command stood), and the bodies that commands share: :func:`run_steps` and
-:func:`run_stage_command` for per-step stages, :func:`run_study` for studies.
+The one device check (:func:`check_device`), the one number formatter
+(:func:`fmt`, from :mod:`curvlab._format`), the error printer, the PyTorch CPU
+threads, the progress bar, the one interrupt handler (:func:`run_guarded`:
+Ctrl-C becomes exit code 130 and a line saying where the command stood), and
+the bodies that commands share: :func:`run_stage_command` for per-step stages
+(on :func:`run_steps`) and :func:`run_study` for studies. The options commands
+share are declared in :mod:`curvlab.cli._options` (the ``...Option`` names
+imported here are kept for the commands that import them from this module).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -33,92 +33,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
-from curvlab._format import fmt, markdown_table
-from curvlab.runs import ConfigError
-
-__all__ = [
-    "RESUME",
-    "DType",
-    "DataDirOption",
-    "DeviceOption",
-    "ForceStepsOption",
-    "MaxColsOption",
-    "RunDtypeOption",
-    "RunOption",
-    "SamplesPerClassOption",
-    "SeedOption",
-    "StepsOption",
-    "StudyOutOption",
-    "StudyThreadsOption",
-    "ThreadsOption",
-    "check_device",
-    "check_threads",
-    "error_printer",
-    "exit_on_run_errors",
-    "fmt",
-    "markdown_table",
-    "option_error",
-    "print_skipped",
-    "progress_bar",
-    "run_guarded",
-    "run_stage_command",
-    "run_steps",
-    "run_study",
-    "show_stage_event",
-    "summary_line",
-    "torch_threads",
-]
-
-
-class DType(str, Enum):
-    """Floating dtypes the commands accept."""
-
-    float32 = "float32"
-    float64 = "float64"
-
-
-RunOption = Annotated[
-    Path, typer.Option("--run", help="Run folder written by `curvlab train`.")
-]
-StepsOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Recorded steps, e.g. 0,100 or 0:1000:100 (stop included). [all]"
-    ),
-]
-SamplesPerClassOption = Annotated[
-    int | None,
-    typer.Option(min=1, help="Samples per class of the train subset. [50]"),
-]
-SeedOption = Annotated[
-    int | None, typer.Option(min=0, help="Seed of the probes. [the run's]")
-]
-DeviceOption = Annotated[str, typer.Option(help="Device: cpu, cuda or cuda:<index>.")]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(help="Folder with the data files of file-based problems."),
-]
-ThreadsOption = Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")]
-RunDtypeOption = Annotated[
-    str | None,
-    typer.Option(help="float32 or float64 for the products. [the run's]"),
-]
-MaxColsOption = Annotated[
-    int, typer.Option(min=1, help="Hessian columns per pass over the data.")
-]
-StudyOutOption = Annotated[
-    Path, typer.Option(help="Folder for the CSV, markdown and PNG files.")
-]
-StudyThreadsOption = Annotated[int, typer.Option(min=1, help="PyTorch CPU threads.")]
-ForceStepsOption = Annotated[
-    bool,
-    typer.Option(
-        "--force",
-        help="Recompute the requested finished steps, also with other "
-        "settings (options not given keep their stored values).",
-    ),
-]
+from curvlab._format import fmt
+from curvlab.cli._options import DataDirOption as DataDirOption
+from curvlab.cli._options import DeviceOption as DeviceOption
+from curvlab.cli._options import DType as DType
+from curvlab.cli._options import Machine
+from curvlab.cli._options import StudyOutOption as StudyOutOption
+from curvlab.cli._options import StudyThreadsOption as StudyThreadsOption
+from curvlab.cli._options import ThreadsOption as ThreadsOption
+from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
+from curvlab.runs.errors import RunIntegrityError, RunLockedError, disk_error_message
+from curvlab.runs.stage import SettingsConflictError, run_stage
 
 Fail = Callable[..., int]
 
@@ -143,21 +70,12 @@ def option_error(error: Exception) -> int:
 def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
     """Turn run-folder errors that escape a command into one line and an exit code.
 
-    The one place where the commands' uncaught run-folder errors end:
-
-    - a disk or permission error (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``,
-      ``EROFS``, also inside HDF5 or torch errors): one line naming the path
-      and the cause, exit code 1
-      (:func:`curvlab.runs.errors.disk_error_message`);
-    - :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
-      same stage of the folder): its message, naming that process, exit 2;
-    - :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file): its
-      message, naming the file, the step and what to do, exit 2.
-
-    Other exceptions pass through unchanged.
-
-    Args:
-        error_console: Where to print (default: standard error).
+    A disk or permission error (``ENOSPC``, ``EDQUOT``, ``EACCES``, ``EPERM``,
+    ``EROFS``, also inside HDF5 or torch errors) names the path and the cause
+    (:func:`curvlab.runs.errors.disk_error_message`) and exits with 1;
+    :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
+    stage) and :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file)
+    print their message and exit with 2. Other exceptions pass through.
 
     Yields:
         Nothing; run the command inside.
@@ -165,36 +83,23 @@ def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
     Raises:
         typer.Exit: With code 1 or 2 for the errors above.
     """
-    from curvlab.runs.errors import (
-        RunIntegrityError,
-        RunLockedError,
-        disk_error_message,
-    )
-
     fail = error_printer(error_console or Console(stderr=True, soft_wrap=True))
     try:
         yield
     except (typer.Exit, typer.Abort, SystemExit):
         raise
-    except RunLockedError as error:
-        raise typer.Exit(fail(str(error), 2)) from None
     except Exception as error:
-        message = disk_error_message(error)
+        locked = isinstance(error, RunLockedError)
+        message = None if locked else disk_error_message(error)
         if message is not None:
             raise typer.Exit(fail(message, 1)) from None
-        if isinstance(error, RunIntegrityError):
+        if locked or isinstance(error, RunIntegrityError):
             raise typer.Exit(fail(str(error), 2)) from None
         raise
 
 
 def check_device(device: str) -> torch.device:
-    """Parse a device string and make sure it can be used.
-
-    Args:
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-
-    Returns:
-        The device.
+    """Parse ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"`` and check it can be used.
 
     Raises:
         ConfigError: If the string is no device or CUDA is asked for but missing.
@@ -232,25 +137,10 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def progress_bar(
     console: Console, *, remaining: bool = False, transient: bool = False
 ) -> Progress:
-    """The commands' progress bar; ``remaining`` adds the time-remaining column.
-
-    Args:
-        console: Where to draw it.
-        remaining: Add the estimated time remaining.
-        transient: Remove the bar when it stops.
-
-    Returns:
-        The bar (a context manager).
-    """
-    columns = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    ]
-    if remaining:
-        columns.append(TimeRemainingColumn())
+    """The commands' progress bar; ``remaining`` adds the time-remaining column."""
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    columns += [MofNCompleteColumn(), TimeElapsedColumn()]
+    columns += [TimeRemainingColumn()] if remaining else []
     return Progress(*columns, console=console, transient=transient)
 
 
@@ -276,14 +166,8 @@ def run_guarded(
     """Run ``call()`` under a progress bar; Ctrl-C and errors become exit codes.
 
     The one interrupt handler of the commands: on Ctrl-C it stops the bar and
-    prints ``Interrupted <where()>.`` and :data:`RESUME`.
-
-    Args:
-        call: The work.
-        progress: Its progress bar.
-        fail: Prints an error and returns its exit code.
-        errors: Exceptions reported with exit code 2.
-        where: Where the work stood when interrupted, e.g. ``"at step 6"``.
+    prints ``Interrupted <where()>.`` (e.g. ``"at step 6"``) and :data:`RESUME`.
+    ``fail`` prints an error and returns its exit code.
 
     Returns:
         What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
@@ -306,14 +190,10 @@ def show_stage_event(
 ) -> Callable[[Progress, TaskID, Any], None]:
     """Draw a stage's :class:`~curvlab.runs.stage.StageEvent` on a progress bar.
 
-    Args:
-        step_line: The line printed after a step, from its step and summary.
-
-    Returns:
-        ``show(progress, task, event)``: ``"start"`` sets the total and prints
-        the skipped steps, ``"phase"`` names what the step is doing, ``"step"``
-        prints ``step_line``, ``"done"`` completes the bar, and a stage's own
-        kinds (units of work inside a step) advance it.
+    ``"start"`` sets the total and prints the skipped steps, ``"phase"`` names
+    what the step is doing, ``"step"`` prints ``step_line(step, summary)``,
+    ``"done"`` completes the bar, and a stage's own kinds (units of work inside
+    a step) advance it.
     """
 
     def show(progress: Progress, task: TaskID, event: Any) -> None:
@@ -331,16 +211,10 @@ def show_stage_event(
         elif event.kind == "done":
             progress.update(task, description="done", completed=event.total)
         else:  # a unit of work inside a step (a stage's own kind)
-            details = " ".join(
-                str(event.values[key])
-                for key in ("operator", "block")
-                if key in event.values
-            )
-            progress.update(
-                task,
-                completed=event.index,
-                description=f"step {event.step}: {details or event.kind}",
-            )
+            keys = [key for key in ("operator", "block") if key in event.values]
+            details = " ".join(str(event.values[key]) for key in keys) or event.kind
+            description = f"step {event.step}: {details}"
+            progress.update(task, completed=event.index, description=description)
 
     return show
 
@@ -359,21 +233,11 @@ def run_steps(
 ) -> Any:
     """Run a per-step experiment with a progress bar; map errors to exit codes.
 
-    Args:
-        name: The progress bar's first description.
-        call: Runs the experiment, given the ``on_progress`` callback; its
-            events are :class:`~curvlab.runs.stage.StageEvent` objects
-            (``"start"``, ``"phase"``, ``"step"``, ``"done"``, and a stage's own
-            kinds for units of work inside a step).
-        step_line: The line printed after a step, from its step and summary
-            (for the default ``show``).
-        console: Where to print.
-        fail: Prints an error and returns its exit code.
-        errors: Exceptions reported with exit code 2.
-        show: Draws an event on the bar (default: :func:`show_stage_event`).
-        total: The bar's total before the first event.
-        where: Where the run stood when interrupted, from the step of the last
-            event (default: ``"at step S"``).
+    ``call(on_progress)`` runs the experiment, which reports its
+    :class:`~curvlab.runs.stage.StageEvent` objects to ``on_progress``; ``show``
+    draws them on the bar (named ``name``, of ``total`` units at first; default
+    :func:`show_stage_event` with ``step_line``), and ``where(step)`` says where
+    the run stood when interrupted (default ``"at step S"``).
 
     Returns:
         What ``call`` returned, or an ``int`` exit code: 1 for a NaN/Inf
@@ -389,25 +253,14 @@ def run_steps(
             state["step"] = event.step
             show(progress, task, event)
 
-        return run_guarded(
-            lambda: call(on_progress),
-            progress,
-            fail,
-            errors,
-            lambda: where(state["step"]),
-        )
+        def stood() -> str:
+            return where(state["step"])
+
+        return run_guarded(lambda: call(on_progress), progress, fail, errors, stood)
 
 
 def summary_line(step: int, summary: Mapping[str, Any]) -> str:
-    """The line printed after a step: its scalar results, numbers to 4 digits.
-
-    Args:
-        step: The step.
-        summary: The step's summary; ``settings`` and nested values are left out.
-
-    Returns:
-        ``"step S: name value, ..."``.
-    """
+    """``"step S: name value, ..."``: a summary's scalars, numbers to 4 digits."""
     items = [
         f"{name} {fmt(value)}"
         for name, value in summary.items()
@@ -416,75 +269,88 @@ def summary_line(step: int, summary: Mapping[str, Any]) -> str:
     return f"step {step}: " + ", ".join(items)
 
 
+def print_table(
+    console: Console, title: str, caption: str, headers: Iterable[str], rows: Iterable
+) -> None:
+    """Print a table of right-aligned columns, as every command draws them."""
+    table = Table(box=box.SIMPLE_HEAD, title=title, caption=caption)
+    for header in headers:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def run_stage_command(
     name: str,
     make_stage: Callable[[Any, Any], Any],
-    *,
     run: str | Path,
     steps: str | None,
     force: bool,
-    device: str,
-    data_dir: str | Path | None,
-    threads: int | None,
-    step_line: Callable[[int, dict[str, Any]], str] = summary_line,
-    render: Callable[[Any, Any], str] | None = None,
+    machine: Machine,
+    *,
+    step_line: Callable[[int, dict[str, Any]], str] | str = summary_line,
+    render: Callable[[Any, Any, Console], str | None] | None = None,
+    figure: Mapping[str, str] | None = None,
+    header: Callable[[Any], str] | None = None,
     build: bool = True,
-    console: Console | None = None,
-    error_console: Console | None = None,
 ) -> int:
     """Open a run folder, run one stage on it and print its results.
 
-    The body of every per-step stage command (``name`` is the progress bar's
-    first description): check the folder, device and threads, build the run's
-    problem on the device (``problem`` is ``None`` when ``build`` is false),
-    build the stage with ``make_stage(folder, problem)`` (which resolves its
-    settings once), run it with :func:`~curvlab.runs.stage.run_stage` under
-    :func:`run_steps` (progress bar, Ctrl-C, exit codes), say when nothing was
-    left to do, then print what ``render(folder, result)`` returns (after
-    drawing its tables or figures).
+    The body of every per-step stage command: check the folder, steps, device
+    and threads, print ``header(folder)``, build the run's problem (unless not
+    ``build``: ``None``) and the stage, ``make_stage(folder, problem)``, run it
+    under :func:`run_steps` (``name`` is the bar's first description;
+    ``step_line`` is a function of a finished step and its summary, or a
+    template such as ``"λ1 {eigenvalues[0]:.4g}"`` for ``str.format(**summary)``),
+    then draw the results with ``render(folder, result, console)``, whose text
+    ends the output, or :func:`~curvlab.experiments.stage_plots.plot_over_steps`
+    with the options ``figure``.
 
     Returns:
         The exit code of :func:`run_steps` (0 on success).
     """
-    from curvlab.runs import MissingStepError, RunFolder
-    from curvlab.runs.stage import SettingsConflictError, run_stage
-
-    console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
+    console = Console()
+    fail = error_printer(Console(stderr=True))
     try:
         folder = RunFolder.open(run)
-        resolved = check_device(device)
-        check_threads(threads)
+        if steps is not None:
+            parse_steps(steps)
+        device = check_device(machine.device)
+        check_threads(machine.threads)
     except (FileNotFoundError, ConfigError, RuntimeError) as error:
         return fail(str(error))
-    errors = (
-        SettingsConflictError,
-        MissingStepError,
-        ConfigError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-    )
+    errors = (SettingsConflictError, MissingStepError, ConfigError, ValueError)
+    errors += (TypeError, FileNotFoundError, ImportError)
+    data_dir = machine.data_dir
 
     def call(on_progress: Callable[[Any], None]) -> Any:
-        problem = folder.problem(device=resolved, data_dir=data_dir) if build else None
-        stage = make_stage(folder, problem)
+        problem = folder.problem(device=device, data_dir=data_dir) if build else None
+        options = {"force": force, "device": device, "data_dir": data_dir}
         return run_stage(
-            stage,
-            steps,
-            force=force,
-            device=resolved,
-            data_dir=data_dir,
-            on_progress=on_progress,
+            make_stage(folder, problem), steps, **options, on_progress=on_progress
         )
 
-    with torch_threads(threads):
+    if isinstance(step_line, str):
+        template = step_line
+
+        def step_line(step: int, summary: dict[str, Any]) -> str:
+            return f"step {step}: {template.format(**summary)}"
+
+    with torch_threads(machine.threads):
+        if header:
+            console.print(header(folder))
         result = run_steps(name, call, step_line, console, fail, errors)
     if isinstance(result, int):
         return result
     if not result.computed:
         console.print("Nothing to do: every requested step is done.")
-    tail = render(folder, result) if render else ""
+    if figure:
+        from curvlab.experiments.stage_plots import plot_over_steps
+
+        tail = f"Figure: {plot_over_steps(folder, name, **figure)}."
+    else:
+        tail = render(folder, result, console) if render else ""
     tail = tail or f"Tables in {escape(str(folder.path / result.stage))}."
     console.print(f"{tail} Done in {result.seconds:.1f} s.")
     return 0
@@ -495,9 +361,7 @@ def run_study(
     names: tuple[str, str, str],
     threads: int | None,
     study: Callable[[Progress], Any],
-    files: tuple[
-        Callable[[Any], str], Callable[[Any, Path], Any], Callable[[Any, Path], Any]
-    ],
+    files: tuple[Callable, Callable, Callable],
     console: Console | None = None,
     error_console: Console | None = None,
     *,
@@ -506,10 +370,9 @@ def run_study(
     """Run a study with a progress bar, write its files and print its markdown.
 
     The body of the study commands (``grassmann``, ``hesscale-quality``,
-    ``hesscale-cost``): check ``threads``, create ``out``, run
-    ``study(progress)`` with ``threads`` PyTorch CPU threads, write the result's
-    CSV table, markdown and PNG figure into ``out``, then print the markdown,
-    which files were written where, and how long it all took.
+    ``hesscale-cost``): run ``study(progress)``, write the result's CSV table,
+    markdown and PNG figure into ``out``, then print the markdown, which files
+    were written where, and how long it all took.
 
     Args:
         out: Output folder (created if missing).
@@ -517,8 +380,7 @@ def run_study(
         threads: PyTorch CPU threads (restored afterwards); ``None`` keeps them.
         study: Runs the study, given the progress bar; returns its result.
         files: ``(markdown, write_csv, plot)``: the result's markdown text, and
-            functions that write its CSV and draw its PNG, called with the
-            result and the file's path (the study's ``*_plots`` module).
+            functions that write its CSV and draw its PNG into a path.
         console: Where to print (default: standard output).
         error_console: Where to print errors (default: standard error).
         transient: Remove the progress bar when the study is done.
@@ -547,12 +409,9 @@ def run_study(
         plot(result, out / png_name)
     except (ValueError, OSError) as error:
         return fail(str(error))
-    console.print(markdown, markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        f"Wrote {csv_name}, {markdown_name} and {png_name} to {out} "
-        f"in {time.perf_counter() - start:.1f} s.",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    plain = {"markup": False, "highlight": False, "soft_wrap": True}
+    console.print(markdown, **plain)
+    seconds = time.perf_counter() - start
+    written = f"Wrote {csv_name}, {markdown_name} and {png_name} to {out}"
+    console.print(f"{written} in {seconds:.1f} s.", **plain)
     return 0

@@ -1,39 +1,27 @@
 """The ``curvlab`` Typer app: it only registers the commands.
 
-Each command lives in its own module, which declares the command's options and
-help in a ``command(...)`` function and does the work in a plain ``main(...)``
-that returns the exit code (:mod:`curvlab.cli.train`, :mod:`curvlab.cli.check`,
-...). The modules are imported here at start, so they import matplotlib, the
-demo, the report and the HesScale studies only inside their functions.
+Each command is the ``command`` function of its own module, imported at start:
+the modules import matplotlib, the demo, the report and the HesScale studies
+only inside their functions.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
 from curvlab import __version__
-from curvlab.cli import check as check_command
-from curvlab.cli import demo as demo_command
-from curvlab.cli import exhaustive as exhaustive_command
-from curvlab.cli import grassmann as grassmann_command
-from curvlab.cli import hesscale_cost as hesscale_cost_command
-from curvlab.cli import hesscale_quality as hesscale_quality_command
-from curvlab.cli import measure as measure_command
-from curvlab.cli import optimizers as optimizers_command
-from curvlab.cli import overlap as overlap_command
-from curvlab.cli import pipeline as pipeline_command
-from curvlab.cli import plot as plot_command
-from curvlab.cli import solve as solve_command
-from curvlab.cli import spectrum as spectrum_command
-from curvlab.cli import tic as tic_command
-from curvlab.cli import trace as trace_command
-from curvlab.cli import train as train_command
 from curvlab.cli._common import exit_on_run_errors
 
 __all__ = ["app", "main"]
+
+#: The commands, as ``curvlab --help`` lists them (modules ``curvlab.cli.<name>``).
+COMMANDS = ("check", "demo", "hesscale-quality", "hesscale-cost", "grassmann")
+COMMANDS += ("train", "overlap", "exhaustive", "spectrum", "trace", "tic")
+COMMANDS += ("measure", "solve", "pipeline", "optimizers")
 
 
 class _Group(TyperGroup):
@@ -76,22 +64,10 @@ def _root(
     """Measure the curvature of neural networks."""
 
 
-app.command("check")(check_command.command)
-app.command("demo")(demo_command.command)
-app.command("hesscale-quality")(hesscale_quality_command.command)
-app.command("hesscale-cost")(hesscale_cost_command.command)
-app.command("grassmann")(grassmann_command.command)
-app.command("train")(train_command.command)
-app.command("overlap")(overlap_command.command)
-app.command("exhaustive")(exhaustive_command.command)
-app.command("spectrum")(spectrum_command.command)
-app.command("trace")(trace_command.command)
-app.command("tic")(tic_command.command)
-app.command("measure")(measure_command.command)
-app.command("solve")(solve_command.command)
-app.command("pipeline")(pipeline_command.command)
-app.command("optimizers")(optimizers_command.command)
-app.add_typer(plot_command.app, name="plot")
+for _name in COMMANDS:
+    _module = importlib.import_module(f"curvlab.cli.{_name.replace('-', '_')}")
+    app.command(_name)(_module.command)
+app.add_typer(importlib.import_module("curvlab.cli.plot").app, name="plot")
 
 
 def main() -> None:

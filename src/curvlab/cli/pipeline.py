@@ -17,8 +17,9 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from curvlab.cli import _cluster as cluster
-from curvlab.cli import _common as common
+from curvlab.cli import _options as opt
+from curvlab.cli._cluster import CLUSTER, Cluster
+from curvlab.cli._common import option_error
 
 _OVERLAP_KEYS = ("num_outer", "num_inner", "samples_per_class", "num_random")
 _OVERLAP_KEYS += ("test_matrix", "num_probes", "seed", "dtype", "splits")
@@ -58,19 +59,12 @@ def load_pipeline(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(spec.get("train") or {}), overlap
 
 
+@opt.grouped
 def command(
     config: Annotated[Path, typer.Option(help="Pipeline config (YAML).")],
     out: Annotated[Path, typer.Option(help="Run folder; running again resumes.")],
-    scheduler: cluster.SchedulerOption = None,
-    workers: cluster.WorkersOption = 2,
-    slurm_gpus: cluster.GpusOption = 0,
-    slurm_walltime: cluster.WalltimeOption = "02:00:00",
-    slurm_lifetime: cluster.LifetimeOption = None,
-    slurm_cores: cluster.JobCoresOption = 4,
-    slurm_memory: cluster.JobMemoryOption = "16GB",
-    device: common.DeviceOption = "cpu",
-    data_dir: common.DataDirOption = None,
-    threads: common.ThreadsOption = None,
+    cluster: Cluster = CLUSTER,
+    machine: opt.Machine = opt.MACHINE,
 ) -> None:
     """Train, then measure, solve and overlap every recorded step (the paper's run).
 
@@ -78,32 +72,19 @@ def command(
     OUT/sketch_<split>/ and its tables in OUT/overlap_<split>/; plot them with
     `curvlab plot overlap --run OUT`.
     """
-    from curvlab.cli import overlap as overlap_command
-    from curvlab.cli import train as train_command
+    from curvlab.cli.overlap import DEFAULT_MAX_COLS, main_distributed
+    from curvlab.cli.train import main as train
     from curvlab.experiments.overlap import OverlapSettings
 
     try:
-        train, overlap = load_pipeline(config)
+        options, overlap = load_pipeline(config)
     except (ValueError, FileNotFoundError) as error:
-        raise typer.Exit(common.option_error(error)) from None
-    options = {"device": device, "data_dir": data_dir, "threads": threads}
-    code = train_command.main(out=out, options=train, **options)
-    splits = overlap.pop("splits", ["train"])
-    slurm = {"gpus": slurm_gpus, "walltime": slurm_walltime}
-    slurm |= {"lifetime": slurm_lifetime, "cores": slurm_cores, "memory": slurm_memory}
-    for split in splits if code == 0 else ():
+        raise typer.Exit(option_error(error)) from None
+    code = train(out, options, machine=machine)
+    for split in overlap.pop("splits", ["train"]) if code == 0 else ():
         settings = OverlapSettings(split=split, method="distributed", **overlap)
-        code = overlap_command.main_distributed(
-            run=out,
-            steps=None,
-            settings=settings,
-            max_cols=overlap_command.DEFAULT_MAX_COLS,
-            scheduler=scheduler,
-            workers=workers,
-            slurm=slurm,
-            force=False,
-            **options,
-        )
+        where = (out, None, False, machine, settings, DEFAULT_MAX_COLS)
+        code = main_distributed(*where, cluster)
         if code:
             break
     raise typer.Exit(code)

@@ -2,26 +2,17 @@
 
 A Typer sub-app with one command per kind of figure, each a thin wrapper over a
 plotting function that reads the run folder and returns the files it wrote into
-``RUN_DIR/plots/``:
-
-- ``curvlab plot spectrum --run RUN_DIR``:
-  :func:`curvlab.experiments.spectrum_plots.plot_spectrum`;
-- ``curvlab plot match --run RUN_DIR``:
-  :func:`curvlab.experiments.spectrum_plots.plot_match`;
-- ``curvlab plot overlap --run RUN_DIR``: dispatches to
-  ``curvlab.experiments.overlap_plots.plot_overlap(run)`` when that module
-  exists.
-
-Plotting modules are imported inside the commands, so ``curvlab --help`` does
-not load matplotlib. :data:`app` is registered on the main app by
-:mod:`curvlab.cli.app`.
+``RUN_DIR/plots/``: :func:`~curvlab.experiments.spectrum_plots.plot_spectrum`,
+:func:`~curvlab.experiments.spectrum_plots.plot_match` and
+``plot_overlap(run)`` of :data:`OVERLAP_MODULE` when that module exists. They
+are imported inside the commands, so ``curvlab --help`` does not load
+matplotlib.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +20,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from curvlab.cli._common import RunOption, error_printer
+from curvlab.cli._common import error_printer
+from curvlab.cli._options import RunOption
 from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
 
 __all__ = ["OVERLAP_MODULE", "app", "main"]
@@ -70,60 +62,41 @@ def _overlap(run: RunFolder):
     return importlib.import_module(OVERLAP_MODULE).plot_overlap(run)
 
 
-_PLOTS: dict[str, Callable] = {
-    "spectrum": _spectrum,
-    "match": _match,
-    "overlap": _overlap,
-}
+_PLOTS = {"spectrum": _spectrum, "match": _match, "overlap": _overlap}
 
 
-def main(
-    what: str,
-    *,
-    run: str | Path,
-    console: Console | None = None,
-    error_console: Console | None = None,
-    **options,
-) -> int:
-    """Draw one kind of figure for a run and print the files written.
-
-    Args:
-        what: ``"spectrum"``, ``"match"`` or ``"overlap"``.
-        run: The run folder.
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
-        **options: Options of the plotting function (``steps``, ``step``,
-            ``operator``).
+def main(what: str, *, run: str | Path, **options) -> int:
+    """Draw figure ``what`` with ``options`` for a run; print the files written.
 
     Returns:
         The exit code: 0 on success, 2 for an unknown figure, a missing run or
         missing results.
     """
-    console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
     try:
         if what not in _PLOTS:
             raise ConfigError(f"Unknown figure {what!r}. Choose from {list(_PLOTS)}.")
-        folder = RunFolder.open(run)
-        files = _PLOTS[what](folder, **options)
+        files = _PLOTS[what](RunFolder.open(run), **options)
     except (ConfigError, FileNotFoundError, MissingStepError, ValueError) as error:
-        return fail(str(error))
+        return error_printer(Console(stderr=True))(str(error))
     for path in files:
-        console.print(escape(str(path)), soft_wrap=True)
+        Console().print(escape(str(path)), soft_wrap=True)
     return 0
 
 
+_Steps = Annotated[
+    str | None, typer.Option(help="Steps to draw, e.g. 0,100. [all stored]")
+]
+_Operators = Annotated[
+    str | None, typer.Option(help="hessian, ggn or residual. [all stored]")
+]
+_Step = Annotated[
+    int | None, typer.Option(help="Step of the per-step figure. [last stored]")
+]
+_Operator = Annotated[str, typer.Option(help="hessian, ggn or residual.")]
+
+
 @app.command("spectrum")
-def spectrum(
-    run: RunOption,
-    steps: Annotated[
-        str | None, typer.Option(help="Steps to draw, e.g. 0,100. [all stored]")
-    ] = None,
-    operator: Annotated[
-        str | None,
-        typer.Option(help="hessian, ggn or residual. [all stored]"),
-    ] = None,
-) -> None:
+def spectrum(run: RunOption, steps: _Steps = None, operator: _Operators = None) -> None:
     """Spectral densities over training: one panel per layer and the full one.
 
     Log-scale density against the eigenvalue, one curve per stored step (from
@@ -134,16 +107,7 @@ def spectrum(
 
 
 @app.command("match")
-def match(
-    run: RunOption,
-    step: Annotated[
-        int | None,
-        typer.Option(help="Step of the per-step figure. [last stored]"),
-    ] = None,
-    operator: Annotated[
-        str, typer.Option(help="hessian, ggn or residual.")
-    ] = "hessian",
-) -> None:
+def match(run: RunOption, step: _Step = None, operator: _Operator = "hessian") -> None:
     """Layer-vs-full spectrum distances against depth (needs `spectrum --layers`).
 
     At one step (match_distros_peak.png) and summed over the stored steps

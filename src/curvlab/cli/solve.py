@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from curvlab.cli import _cluster as cluster
-from curvlab.cli import _common as common
+from curvlab.cli import _options as opt
+from curvlab.cli._cluster import Cluster, SchedulerOption, WorkersOption
+from curvlab.cli._common import fmt, run_stage_command, summary_line
+
+
+def _step_line(step: int, summary: dict) -> str:
+    values = ", ".join(fmt(v) for v in summary["eigenvalues"][:3])
+    return f"step {step}: λ {values}, relative error {fmt(summary['relative_error'])}"
+
+
+def solve_steps(
+    client: Any,
+    run: str | Path,
+    steps: str | None,
+    force: bool,
+    machine: opt.Machine,
+    split: str,
+    step_line=summary_line,
+) -> int:
+    """Solve the measured sketches of ``steps`` with ``client``; the exit code."""
+    from curvlab.experiments.sketch_stages import SolveStage
+
+    def stage(folder, problem):
+        return SolveStage(folder, split, client=client)
+
+    return run_stage_command(
+        "solve", stage, run, steps, force, machine, step_line=step_line, build=False
+    )
 
 
 def command(
-    run: common.RunOption,
+    run: opt.RunOption,
     step: Annotated[
         str | None, typer.Option(help="Measured steps, e.g. 100 or 0:1000:100. [all]")
     ] = None,
     split: Annotated[str, typer.Option(help="The Hessian's split.")] = "train",
-    scheduler: cluster.SchedulerOption = None,
-    workers: cluster.WorkersOption = 2,
-    force: common.ForceStepsOption = False,
-    threads: common.ThreadsOption = None,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = 2,
+    force: opt.ForceStepsOption = False,
+    threads: opt.ThreadsOption = None,
 ) -> None:
     """Solve the measured SEIGH sketch of a step out of core.
 
@@ -28,28 +55,6 @@ def command(
     written to RUN_DIR/sketch_<split>/step_S/solve/ by row block, and the
     a-posteriori error from the stored probes.
     """
-    from curvlab.experiments.sketch_stages import SolveStage
-
-    def line(number: int, summary: dict) -> str:
-        values = summary["eigenvalues"][:3]
-        return (
-            f"step {number}: λ {', '.join(common.fmt(v) for v in values)}, "
-            f"relative error {common.fmt(summary['relative_error'])}"
-        )
-
-    def body(client) -> int:
-        return common.run_stage_command(
-            "solve",
-            lambda folder, problem: SolveStage(folder, split, client=client),
-            run=run,
-            steps=step,
-            force=force,
-            device="cpu",
-            data_dir=None,
-            threads=threads,
-            step_line=line,
-            build=False,
-        )
-
-    code = cluster.on_cluster(body, scheduler, workers)
+    where = (run, step, force, opt.Machine(threads=threads), split, _step_line)
+    code = Cluster(scheduler, workers).run(lambda c: solve_steps(c, *where))
     raise typer.Exit(code)

@@ -1,88 +1,61 @@
 """``curvlab spectrum``: Hessian spectra at the recorded steps of a run.
 
-The work is :func:`curvlab.experiments.spectrum.spectrum_run`; this module turns
-the options into :class:`~curvlab.experiments.spectrum.SpectrumSettings`, shows a
-progress bar (one tick per spectrum) and prints a table of the full Hessian's
-extreme eigenvalues and trace per step. Running the command again skips the
-steps that are done with the same settings; ``--force`` recomputes them.
-
-:func:`command` holds the option definitions and is registered on the Typer app
-by :mod:`curvlab.cli.app`.
+The work is :class:`curvlab.experiments.spectrum.SpectrumStage`; this module
+prints a table of the full Hessian's extreme eigenvalues and trace per step.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from curvlab.cli._common import (
-    DataDirOption,
-    DeviceOption,
-    RunOption,
-    ThreadsOption,
-    check_device,
-    check_threads,
-    error_printer,
-    fmt,
-    option_error,
-    run_steps,
-    torch_threads,
-)
+from curvlab.cli import _options as opt
+from curvlab.cli._common import fmt, option_error, print_table, run_stage_command
+from curvlab.cli._options import option
 from curvlab.experiments.spectrum import (
     STAGE,
-    SpectrumResult,
     SpectrumSettings,
+    SpectrumStage,
     read_spectrum,
-    spectrum_run,
 )
-from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
-from curvlab.runs.stage import SettingsConflictError
+from curvlab.runs import RunFolder
+from curvlab.runs.stage import StageRunResult
 
-__all__ = ["command", "main", "render_spectra"]
+__all__ = ["command", "render_spectra"]
 
 
-def render_spectra(run: RunFolder, result: SpectrumResult, console: Console) -> None:
+def render_spectra(run: RunFolder, result: StageRunResult, console: Console) -> str:
     """Print the full Hessian's extreme eigenvalues and trace per step.
 
-    Args:
-        run: The run folder (the spectra of skipped steps are read from it).
-        result: What :func:`~curvlab.experiments.spectrum.spectrum_run` returned.
-        console: Where to print.
+    The spectra of skipped steps are read from ``run``; the text returned says
+    where they are stored.
     """
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title=f"Hessian spectrum of {run.config.problem} ({escape(str(run.path))})",
-        caption="λ by |λ|: top eigenvalues by magnitude; SLQ traces are "
-        "Hutchinson estimates.",
-    )
-    for header in ("step", "method", "D", "λ by |λ|", "λ_min", "trace", "products"):
-        table.add_column(header, justify="right")
-    table.add_column("seconds", justify="right")
+    rows = []
     for step in sorted(set(result.computed) | set(result.skipped)):
         stored = result.results.get(step) or read_spectrum(run, step)
         full = stored.spectra["hessian"].full
-        top = full.top_eigenvalues
-        bottom = full.bottom_eigenvalues
-        products = sum(s.num_matvecs for s in stored.spectra.values())
-        table.add_row(
-            str(step),
-            full.method,
-            str(full.dim),
-            "-" if top is None else ", ".join(f"{v:.4g}" for v in top[:3].tolist()),
-            fmt(None if bottom is None or not len(bottom) else float(bottom[0]), 5),
-            fmt(full.trace, 5),
-            str(products),
-            f"{stored.seconds:.1f}",
+        top, bottom = full.top_eigenvalues, full.bottom_eigenvalues
+        top = "-" if top is None else ", ".join(f"{v:.4g}" for v in top[:3].tolist())
+        bottom = None if bottom is None or not len(bottom) else float(bottom[0])
+        products = str(sum(s.num_matvecs for s in stored.spectra.values()))
+        cells = [str(step), full.method, str(full.dim), top, fmt(bottom, 5)]
+        cells += [fmt(full.trace, 5), products, f"{stored.seconds:.1f}"]
+        rows.append(cells)
+    if rows:
+        print_table(
+            console,
+            f"Hessian spectrum of {run.config.problem} ({escape(str(run.path))})",
+            "λ by |λ|: top eigenvalues by magnitude; SLQ traces are Hutchinson "
+            "estimates.",
+            ("step", "method", "D", "λ by |λ|", "λ_min", "trace", "products")
+            + ("seconds",),
+            rows,
         )
-    console.print(table)
+    return f"Spectra in {escape(str(run.path / STAGE))}."
 
 
 def _step_line(step: int, summary: dict) -> str:
@@ -93,168 +66,66 @@ def _step_line(step: int, summary: dict) -> str:
     )
 
 
-def main(
-    *,
-    run: str | Path,
-    steps: str | None = None,
-    settings: SpectrumSettings | None = None,
-    device: str = "cpu",
-    data_dir: str | Path | None = None,
-    threads: int | None = None,
-    force: bool = False,
-    console: Console | None = None,
-    error_console: Console | None = None,
-) -> int:
-    """Compute the spectra of a run with a progress bar; print a summary table.
+@opt.group
+class Spectra:
+    """The options of :class:`~curvlab.experiments.spectrum.SpectrumSettings`."""
 
-    Args:
-        run: The run folder.
-        steps: Steps to do, e.g. ``"0,100"`` or ``"0:1000:100"``; ``None`` for
-            all recorded steps.
-        settings: What to compute (default
-            :class:`~curvlab.experiments.spectrum.SpectrumSettings`).
-        device: Device of the products.
-        data_dir: Data folder of file-based problems.
-        threads: PyTorch CPU threads (restored afterwards).
-        force: Recompute steps that are done.
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
-
-    Returns:
-        The exit code: 0 on success, 2 for invalid options, a missing run or
-        step or a settings mismatch, 130 when interrupted.
-    """
-    console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
-    try:
-        folder = RunFolder.open(run)
-        requested = None if steps is None else list(parse_steps(steps))
-        check_threads(threads)
-        check_device(device)
-    except (FileNotFoundError, ConfigError, RuntimeError) as error:
-        return fail(str(error))
-    settings = settings or SpectrumSettings()
-    start = time.perf_counter()
-    console.print(
-        f"Spectra of [bold]{escape(folder.config.problem)}[/] in "
-        f"{escape(str(folder.path))}: method {settings.method}"
-        f"{', layers' if settings.layers else ''}"
-        f"{', GGN/residual split' if settings.split_ggn else ''}, "
-        f"{settings.samples_per_class} samples per class, {device}, "
-        f"{threads or torch.get_num_threads()} CPU thread(s)."
-    )
-    errors = (
-        MissingStepError,
-        SettingsConflictError,
-        ConfigError,
-        ValueError,
-        FileNotFoundError,
-        ImportError,
-    )
-    with torch_threads(threads):
-        result = run_steps(
-            "spectra",
-            lambda on_progress: spectrum_run(
-                folder,
-                settings,
-                steps=requested,
-                device=device,
-                data_dir=data_dir,
-                force=force,
-                on_progress=on_progress,
-            ),
-            _step_line,
-            console,
-            fail,
-            errors,
-        )
-    if isinstance(result, int):
-        return result
-    if not result.computed:
-        console.print("Nothing to do: every requested step is done.")
-    if result.computed or result.skipped:
-        render_spectra(folder, result, console)
-    console.print(
-        f"Spectra in {escape(str(folder.path / STAGE))}. Done in "
-        f"{time.perf_counter() - start:.1f} s."
-    )
-    return 0
-
-
-def command(
-    run: RunOption,
-    steps: Annotated[
-        str | None,
-        typer.Option(
-            help="Recorded steps, e.g. 0,100 or 0:1000:100 (stop included). "
-            "[all recorded]"
-        ),
-    ] = None,
-    layers: Annotated[
+    layers = option(
         bool,
-        typer.Option(
-            "--layers/--no-layers", help="Also the spectrum of every layer's block."
-        ),
-    ] = False,
-    blocks: Annotated[
+        "Also the spectrum of every layer's block.",
+        "--layers/--no-layers",
+        default=False,
+    )
+    blocks = option(
         str,
-        typer.Option(
-            help="Layer blocks: 'modules' (a layer's weight with its bias) or "
-            "'weights' (Linear/conv weights only, as LayerHessians)."
-        ),
-    ] = "modules",
-    method: Annotated[
+        "Layer blocks: 'modules' (a layer's weight with its bias) or 'weights' "
+        "(Linear/conv weights only, as LayerHessians).",
+        default="modules",
+    )
+    method = option(
         str,
-        typer.Option(
-            help="exact (dense eigh), lanczos (extreme eigenvalues only), slq "
-            "(density by stochastic Lanczos quadrature) or auto (exact up to "
-            "--max-exact-dim, else slq)."
-        ),
-    ] = "auto",
-    split_ggn: Annotated[
+        "exact (dense eigh), lanczos (extreme eigenvalues only), slq (density by "
+        "stochastic Lanczos quadrature) or auto (exact up to --max-exact-dim, else "
+        "slq).",
+        default="auto",
+    )
+    split_ggn = option(
         bool,
-        typer.Option(
-            "--split-ggn/--no-split-ggn",
-            help="Also the spectra of the GGN G and the residual H - G.",
-        ),
-    ] = False,
-    samples_per_class: Annotated[
+        "Also the spectra of the GGN G and the residual H - G.",
+        "--split-ggn/--no-split-ggn",
+        default=False,
+    )
+    samples_per_class = option(
+        int, "Hessian samples per class (seeded by the run's seed).", default=10, min=1
+    )
+    top_k = option(int, "Eigenvalues of largest magnitude.", default=10, min=0)
+    bottom_k = option(int, "Most negative eigenvalues.", default=3, min=0)
+    num_probes = option(int, "SLQ probes.", default=1, min=1)
+    num_steps = option(int, "SLQ Lanczos steps per probe.", default=128, min=1)
+    grid_points = option(int, "Points of the stored densities.", default=1024, min=2)
+    max_exact_dim = option(
         int,
-        typer.Option(
-            min=1, help="Hessian samples per class (seeded by the run's seed)."
-        ),
-    ] = 10,
-    top_k: Annotated[
-        int, typer.Option(min=0, help="Eigenvalues of largest magnitude.")
-    ] = 10,
-    bottom_k: Annotated[
-        int, typer.Option(min=0, help="Most negative eigenvalues.")
-    ] = 3,
-    num_probes: Annotated[int, typer.Option(min=1, help="SLQ probes.")] = 1,
-    num_steps: Annotated[
-        int, typer.Option(min=1, help="SLQ Lanczos steps per probe.")
-    ] = 128,
-    grid_points: Annotated[
-        int, typer.Option(min=2, help="Points of the stored densities.")
-    ] = 1024,
-    max_exact_dim: Annotated[
-        int, typer.Option(min=1, help="Largest block with a dense eigh.")
-    ] = SpectrumSettings.max_exact_dim,
-    tol: Annotated[
-        float, typer.Option(help="Relative tolerance of the Lanczos eigensolves.")
-    ] = 1e-6,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of probes and start vectors. [run's]")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32 or float64. [run's]")
-    ] = None,
+        "Largest block with a dense eigh.",
+        default=SpectrumSettings.max_exact_dim,
+        min=1,
+    )
+    tol = option(float, "Relative tolerance of the Lanczos eigensolves.", default=1e-6)
+    seed = option(int, "Seed of probes and start vectors. [run's]")
+    dtype = opt.RUN_DTYPE
+
+
+SPECTRA = Spectra()
+
+
+@opt.grouped
+def command(
+    run: opt.RunOption,
+    steps: opt.StepsOption = None,
+    spectra: Spectra = SPECTRA,
     force: Annotated[
         bool, typer.Option("--force", help="Recompute steps that are done.")
     ] = False,
-    device: DeviceOption = "cpu",
-    data_dir: DataDirOption = None,
-    threads: ThreadsOption = None,
+    machine: opt.Machine = opt.MACHINE,
 ) -> None:
     """Hessian spectra at the recorded steps of a run, full and per layer.
 
@@ -266,32 +137,25 @@ def command(
     `curvlab plot spectrum` and `curvlab plot match`.
     """
     try:
-        settings = SpectrumSettings(
-            method=method,
-            layers=layers,
-            blocks=blocks,
-            split_ggn=split_ggn,
-            samples_per_class=samples_per_class,
-            top_k=top_k,
-            bottom_k=bottom_k,
-            num_probes=num_probes,
-            num_steps=num_steps,
-            grid_points=grid_points,
-            max_exact_dim=max_exact_dim,
-            tol=tol,
-            seed=seed,
-            dtype=dtype,
-        )
+        settings = SpectrumSettings(**vars(spectra))
     except ValueError as error:
         raise typer.Exit(option_error(error)) from None
-    raise typer.Exit(
-        main(
-            run=run,
-            steps=steps,
-            settings=settings,
-            device=device,
-            data_dir=data_dir,
-            threads=threads,
-            force=force,
+    device, data_dir = machine.device, machine.data_dir
+
+    def stage(folder, problem):  # None: the stage builds the problem itself
+        return SpectrumStage(folder, settings, device=device, data_dir=data_dir)
+
+    def header(folder: RunFolder) -> str:
+        return (
+            f"Spectra of [bold]{escape(folder.config.problem)}[/] in "
+            f"{escape(str(folder.path))}: method {settings.method}"
+            f"{', layers' if settings.layers else ''}"
+            f"{', GGN/residual split' if settings.split_ggn else ''}, "
+            f"{settings.samples_per_class} samples per class, {device}, "
+            f"{torch.get_num_threads()} CPU thread(s)."
         )
-    )
+
+    show = {"step_line": _step_line, "render": render_spectra, "header": header}
+    show["build"] = False
+    code = run_stage_command("spectra", stage, run, steps, force, machine, **show)
+    raise typer.Exit(code)

@@ -6,22 +6,22 @@ from typing import Annotated
 
 import typer
 
-from curvlab.cli import _common as common
+from curvlab.cli import _options as opt
+from curvlab.cli._common import run_stage_command
+
+NumMatvecsOption = Annotated[
+    int | None, typer.Option(min=3, help="Hutch++ products per trace. [90]")
+]
 
 
+@opt.grouped
 def command(
-    run: common.RunOption,
-    steps: common.StepsOption = None,
-    num_matvecs: Annotated[
-        int | None, typer.Option(min=3, help="Hutch++ products per trace. [90]")
-    ] = None,
-    samples_per_class: common.SamplesPerClassOption = None,
-    seed: common.SeedOption = None,
-    dtype: common.RunDtypeOption = None,
-    force: common.ForceStepsOption = False,
-    device: common.DeviceOption = "cpu",
-    data_dir: common.DataDirOption = None,
-    threads: common.ThreadsOption = None,
+    run: opt.RunOption,
+    steps: opt.StepsOption = None,
+    num_matvecs: NumMatvecsOption = None,
+    subset: opt.Subset = opt.SUBSET,
+    force: opt.ForceStepsOption = False,
+    machine: opt.Machine = opt.MACHINE,
 ) -> None:
     """Trace of the Hessian and the GGN at each recorded step, by Hutch++.
 
@@ -29,24 +29,13 @@ def command(
     each estimate. Stored in RUN_DIR/trace/ (rerunning skips finished steps);
     the figure goes to RUN_DIR/plots/trace.png.
     """
-    from curvlab.experiments.stage_plots import plot_over_steps
     from curvlab.experiments.trace import TraceSettings, TraceStage
 
-    settings = TraceSettings(num_matvecs, samples_per_class, seed, dtype)
+    settings = TraceSettings(num_matvecs, **vars(subset))
 
-    def figure(folder, result) -> str:
-        options = {"group": "operator", "value": "trace", "error": "std_error"}
-        return f"Figure: {plot_over_steps(folder, 'trace', **options)}."
+    def stage(folder, problem):
+        return TraceStage(folder, settings, problem)
 
-    code = common.run_stage_command(
-        "trace",
-        lambda folder, problem: TraceStage(folder, settings, problem),
-        render=figure,
-        run=run,
-        steps=steps,
-        force=force,
-        device=device,
-        data_dir=data_dir,
-        threads=threads,
-    )
+    figure = {"group": "operator", "value": "trace", "error": "std_error"}
+    code = run_stage_command("trace", stage, run, steps, force, machine, figure=figure)
     raise typer.Exit(code)

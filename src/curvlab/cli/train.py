@@ -2,17 +2,10 @@
 
 The work is :func:`curvlab.experiments.training.train_run`; this module merges
 the options with a YAML file and the run folder's stored config
-(:func:`curvlab.runs.resolve_config`), shows a progress bar and prints the
-recorded metrics as a table.
-
-Running the same command again resumes an interrupted run: recorded steps are
-skipped and training restarts from the last checkpoint. ``curvlab train --out
-RUN_DIR`` alone resumes with the stored config; a larger ``--steps`` or more
-``--record-steps`` extend the run; other changes are refused unless
-``--force`` (which deletes the run) is given.
-
-:func:`command` holds the option definitions and is registered on the Typer app
-by :mod:`curvlab.cli.app`.
+(:func:`curvlab.runs.resolve_config`) and prints the recorded metrics. Running
+the same command again resumes an interrupted run from its last checkpoint; a
+larger ``--steps`` or more ``--record-steps`` extend the run; other changes are
+refused unless ``--force`` (which deletes the run) is given.
 """
 
 from __future__ import annotations
@@ -23,37 +16,29 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, TaskID
-from rich.table import Table
 
+from curvlab.cli import _options as opt
 from curvlab.cli._common import (
-    DataDirOption,
-    DeviceOption,
-    ThreadsOption,
     check_device,
     check_threads,
     error_printer,
     fmt,
     print_skipped,
+    print_table,
     run_steps,
     torch_threads,
 )
+from curvlab.cli._options import option
 from curvlab.experiments.training import (
     TrainEvent,
     check_trainable,
     derived_seeds,
     train_run,
 )
-from curvlab.runs import (
-    ConfigError,
-    ConfigMismatchError,
-    RunFolder,
-    TrainConfig,
-    resolve_config,
-)
+from curvlab.runs import ConfigError, RunFolder, resolve_config
 from curvlab.runs.config import DTYPES, OPTIMIZERS
 
 __all__ = ["command", "main", "render_metrics"]
@@ -64,80 +49,75 @@ def _percent(value: float | None) -> str:
 
 
 def render_metrics(run: RunFolder, console: Console) -> None:
-    """Print the recorded metrics of a run as a table.
-
-    Args:
-        run: The run folder.
-        console: Where to print.
-    """
-    config = run.config
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title=(
-            f"{config.problem}: {config.optimizer} (lr {config.lr:g}), batch "
-            f"{config.batch_size}, seed {config.seed}, {config.dtype}"
-        ),
-        caption="‖∇L‖: norm of the gradient of the mean train loss (whole split).",
-    )
-    headers = ("step", "train loss", "train acc", "test loss", "test acc", "‖∇L‖")
-    for header in headers:
-        table.add_column(header, justify="right")
+    """Print the recorded metrics of a run as a table."""
+    config, rows = run.config, []
     for row in run.metrics():
-        table.add_row(
-            str(row["step"]),
-            f"{row['train_loss']:.4f}",
-            _percent(row.get("train_accuracy")),
-            f"{row['test_loss']:.4f}",
-            _percent(row.get("test_accuracy")),
-            fmt(row.get("gradient_norm")),
+        train, test = (
+            [f"{row[f'{split}_loss']:.4f}", _percent(row.get(f"{split}_accuracy"))]
+            for split in ("train", "test")
         )
-    console.print(table)
+        rows.append([str(row["step"]), *train, *test, fmt(row.get("gradient_norm"))])
+    print_table(
+        console,
+        f"{config.problem}: {config.optimizer} (lr {config.lr:g}), batch "
+        f"{config.batch_size}, seed {config.seed}, {config.dtype}",
+        "‖∇L‖: norm of the gradient of the mean train loss (whole split).",
+        ("step", "train loss", "train acc", "test loss", "test acc", "‖∇L‖"),
+        rows,
+    )
+
+
+def _show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
+    values = event.values
+    if event.kind == "start":
+        progress.update(task, total=event.total, completed=event.index)
+        print_skipped(progress, values["skipped"], "Already recorded")
+        for problem in values.get("damaged", ()):
+            progress.console.print(
+                f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
+            )
+        if values["resumed_from"] is not None:
+            step = values["resumed_from"]
+            progress.console.print(f"Resuming from the checkpoint at step {step}.")
+    elif event.kind in ("step", "done"):
+        progress.update(task, completed=event.index)
+    elif event.kind == "record":
+        progress.console.print(
+            f"step {event.step}: train loss {values['train_loss']:.4f} "
+            f"(acc {_percent(values['train_accuracy'])}), test loss "
+            f"{values['test_loss']:.4f} (acc {_percent(values['test_accuracy'])})"
+        )
 
 
 def main(
-    *,
     out: str | Path,
     options: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
     force: bool = False,
-    device: str = "cpu",
-    data_dir: str | Path | None = None,
-    threads: int | None = None,
+    machine: opt.Machine = opt.MACHINE,
     deterministic: bool = True,
-    console: Console | None = None,
-    error_console: Console | None = None,
 ) -> int:
     """Train and record a run with a progress bar; print the metrics table.
 
-    Args:
-        out: The run folder.
-        options: Config values from the command line (``None`` = not given),
-            keyed by :class:`~curvlab.runs.TrainConfig` field.
-        config_file: A YAML config; ``options`` override it.
-        force: Delete an existing run in ``out`` and start over.
-        device: Device to train on.
-        data_dir: Data folder of file-based problems.
-        threads: PyTorch CPU threads (restored afterwards); ``None`` keeps them.
-        deterministic: Deterministic CUDA kernels, so that resumed runs match
-            uninterrupted ones bit for bit on a GPU too.
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
+    ``options`` (keyed by :class:`~curvlab.runs.TrainConfig` field, ``None``:
+    not given) override the YAML ``config_file``; ``force`` deletes an existing
+    run in ``out``; ``deterministic`` CUDA kernels make resumed runs match
+    uninterrupted ones bit for bit on a GPU too.
 
     Returns:
         The exit code: 0 on success, 1 if training failed (diverged), 2 for
         invalid options, a config mismatch or a problem that cannot be built,
         130 when interrupted.
     """
-    console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
-    out = Path(out)
+    console, fail = Console(), error_printer(Console(stderr=True))
+    out, data_dir = Path(out), machine.data_dir
     try:
         stored = None
         if not force and RunFolder.is_run_folder(out):
             stored = RunFolder.open(out).config
         config = resolve_config(options, file=config_file, stored=stored)
-        resolved = check_device(device)
-        check_threads(threads)
+        device = check_device(machine.device)
+        check_threads(machine.threads)
         run = RunFolder.create(
             out,
             config,
@@ -145,79 +125,31 @@ def main(
             metadata={"seeds": derived_seeds(config.seed)},
             check=lambda c: check_trainable(c, data_dir=data_dir),
         )
-    except ConfigMismatchError as error:
-        return fail(str(error))
-    except (ConfigError, FileNotFoundError, FileExistsError) as error:
-        return fail(str(error))
-    except NotImplementedError as error:
-        return fail(str(error))
-
-    with torch_threads(threads):
-        return _run(run, config, resolved, data_dir, deterministic, console, fail)
-
-
-def _run(
-    run: RunFolder,
-    config: TrainConfig,
-    device: torch.device,
-    data_dir: str | Path | None,
-    deterministic: bool,
-    console: Console,
-    fail,
-) -> int:
-    console.print(
-        f"Training [bold]{escape(config.problem)}[/] with {config.optimizer} "
-        f"(lr {config.lr:g}, batch {config.batch_size}, {config.steps} steps, seed "
-        f"{config.seed}, {config.dtype}, {device}, {torch.get_num_threads()} CPU "
-        f"thread(s)) into {escape(str(run.path))}."
-    )
-    start = time.perf_counter()
-
-    def show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
-        values = event.values
-        if event.kind == "start":
-            progress.update(task, total=event.total, completed=event.index)
-            print_skipped(progress, values["skipped"], "Already recorded")
-            for problem in values.get("damaged", ()):
-                progress.console.print(
-                    f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
-                )
-            if values["resumed_from"] is not None:
-                step = values["resumed_from"]
-                progress.console.print(f"Resuming from the checkpoint at step {step}.")
-        elif event.kind in ("step", "done"):
-            progress.update(task, completed=event.index)
-        elif event.kind == "record":
-            progress.console.print(
-                f"step {event.step}: train loss {values['train_loss']:.4f} "
-                f"(acc {_percent(values['train_accuracy'])}), test loss "
-                f"{values['test_loss']:.4f} "
-                f"(acc {_percent(values['test_accuracy'])})"
-            )
+    except (ConfigError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
+        return fail(str(e))
 
     def where(step: int | None) -> str:
         checkpoints = run.done_steps("checkpoint")
         last = f" (last checkpoint: step {checkpoints[-1]})" if checkpoints else ""
         return f"at step {step}{last}"
 
-    result = run_steps(
-        "steps",
-        lambda on_progress: train_run(
-            run,
-            config,
-            device=device,
-            data_dir=data_dir,
-            deterministic=deterministic,
-            on_progress=on_progress,
-        ),
-        None,
-        console,
-        fail,
-        (ConfigError, ValueError, FileNotFoundError, ImportError, NotImplementedError),
-        show=show,
-        total=config.steps,
-        where=where,
-    )
+    def call(on_progress) -> Any:
+        options = {"device": device, "data_dir": data_dir}
+        options |= {"deterministic": deterministic, "on_progress": on_progress}
+        return train_run(run, config, **options)
+
+    errors = (ConfigError, ValueError, FileNotFoundError, ImportError)
+    errors += (NotImplementedError,)
+    bar = {"show": _show, "total": config.steps, "where": where}
+    start = time.perf_counter()
+    with torch_threads(machine.threads):
+        console.print(
+            f"Training [bold]{escape(config.problem)}[/] with {config.optimizer} "
+            f"(lr {config.lr:g}, batch {config.batch_size}, {config.steps} steps, "
+            f"seed {config.seed}, {config.dtype}, {device}, "
+            f"{torch.get_num_threads()} CPU thread(s)) into {escape(str(run.path))}."
+        )
+        result = run_steps("steps", call, None, console, fail, errors, **bar)
     if isinstance(result, int):
         return result
     if result.start_step is None:
@@ -228,6 +160,42 @@ def _run(
     return 0
 
 
+@opt.group
+class Config:
+    """The options of :class:`~curvlab.runs.TrainConfig` (``None``: not given)."""
+
+    problem = option(
+        str, "Problem name (see curvlab.problems.names()).", "--problem", "-p"
+    )
+    optimizer = option(str, f"One of: {', '.join(OPTIMIZERS)}. [sgd]")
+    lr = option(float, "Learning rate. [0.1 for sgd, 1e-3 otherwise]")
+    steps = option(int, "Number of optimizer steps. [1000]")
+    batch_size = option(int, "Train samples per step. [128]")
+    record_steps = option(
+        str,
+        "Steps to record, e.g. 0,100,500 or 0:1000:100 (stop included); the last "
+        "step is always recorded. [0 and --steps]",
+    )
+    seed = option(int, "Seed of model, split, batch order and dropout. [0]")
+    dtype = option(str, f"One of: {', '.join(DTYPES)}. [float32]")
+    num_samples = option(int, "Train on a class-balanced subset of this many samples.")
+    eval_batch_size = option(int, "Batch size of evaluation and gradient passes.")
+    momentum = option(float, "SGD momentum. [0]")
+    weight_decay = option(float, "Weight decay of the optimizer. [0]")
+    checkpoint_every = option(
+        int, "Also checkpoint every this many steps (for resuming)."
+    )
+    record_gradients = option(
+        bool,
+        "Record the full-data train gradient at each recorded step. [yes]",
+        "--record-gradients/--no-record-gradients",
+    )
+
+
+CONFIG = Config()
+
+
+@opt.grouped
 def command(
     out: Annotated[
         Path,
@@ -237,62 +205,7 @@ def command(
             help="Run folder: created, or resumed when it holds this run.",
         ),
     ],
-    problem: Annotated[
-        str | None,
-        typer.Option(
-            "--problem", "-p", help="Problem name (see curvlab.problems.names())."
-        ),
-    ] = None,
-    optimizer: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(OPTIMIZERS)}. [sgd]")
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Learning rate. [0.1 for sgd, 1e-3 otherwise]"),
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="Number of optimizer steps. [1000]")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Train samples per step. [128]")
-    ] = None,
-    record_steps: Annotated[
-        str | None,
-        typer.Option(
-            help="Steps to record, e.g. 0,100,500 or 0:1000:100 (stop included); "
-            "the last step is always recorded. [0 and --steps]"
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed of model, split, batch order and dropout. [0]"),
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(DTYPES)}. [float32]")
-    ] = None,
-    num_samples: Annotated[
-        int | None,
-        typer.Option(help="Train on a class-balanced subset of this many samples."),
-    ] = None,
-    eval_batch_size: Annotated[
-        int | None,
-        typer.Option(help="Batch size of evaluation and gradient passes."),
-    ] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum. [0]")] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option(help="Weight decay of the optimizer. [0]")
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(help="Also checkpoint every this many steps (for resuming)."),
-    ] = None,
-    record_gradients: Annotated[
-        bool | None,
-        typer.Option(
-            "--record-gradients/--no-record-gradients",
-            help="Record the full-data train gradient at each recorded step. [yes]",
-        ),
-    ] = None,
+    options: Config = CONFIG,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -303,9 +216,7 @@ def command(
         bool,
         typer.Option("--force", help="Delete an existing run in --out and restart."),
     ] = False,
-    device: DeviceOption = "cpu",
-    data_dir: DataDirOption = None,
-    threads: ThreadsOption = None,
+    machine: opt.Machine = opt.MACHINE,
     deterministic: Annotated[
         bool,
         typer.Option(
@@ -322,35 +233,8 @@ def command(
     checkpoint. Run the command again to resume after an interruption; later
     commands read the folder with --run RUN_DIR.
     """
-    optimizer_options = {}
-    if momentum is not None:
-        optimizer_options["momentum"] = momentum
-    if weight_decay is not None:
-        optimizer_options["weight_decay"] = weight_decay
-    options = {
-        "problem": problem,
-        "optimizer": optimizer,
-        "lr": lr,
-        "steps": steps,
-        "batch_size": batch_size,
-        "record_steps": record_steps,
-        "seed": seed,
-        "dtype": dtype,
-        "num_samples": num_samples,
-        "eval_batch_size": eval_batch_size,
-        "checkpoint_every": checkpoint_every,
-        "record_gradients": record_gradients,
-        "optimizer_options": optimizer_options or None,
-    }
-    raise typer.Exit(
-        main(
-            out=out,
-            options=options,
-            config_file=config,
-            force=force,
-            device=device,
-            data_dir=data_dir,
-            threads=threads,
-            deterministic=deterministic,
-        )
-    )
+    values = vars(options).copy()
+    optimizer = {name: values.pop(name) for name in ("momentum", "weight_decay")}
+    optimizer = {name: value for name, value in optimizer.items() if value is not None}
+    values["optimizer_options"] = optimizer or None
+    raise typer.Exit(main(out, values, config, force, machine, deterministic))

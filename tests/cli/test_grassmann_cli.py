@@ -9,6 +9,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from curvlab.cli import grassmann as grassmann_module
+from curvlab.cli._study import parse_numbers
 from curvlab.cli.app import app
 from curvlab.experiments.grassmann import QUANTITIES
 
@@ -83,7 +84,7 @@ def test_rejects_bad_values(tmp_path, args, message):
 
 
 def test_parse_numbers():
-    assert grassmann_module.parse_numbers(" 1, 2,3 ", "--x", int) == [1, 2, 3]
-    assert grassmann_module.parse_numbers("0.5", "--x") == [0.5]
+    assert parse_numbers(" 1, 2,3 ", "--x", int) == [1, 2, 3]
+    assert parse_numbers("0.5", "--x") == [0.5]
     with pytest.raises(ValueError, match="--x must be a comma-separated list"):
-        grassmann_module.parse_numbers(" , ", "--x")
+        parse_numbers(" , ", "--x")

@@ -41,12 +41,13 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab.runs.stage import StageEvent
 from curvlab.subspace import METRICS, distance_from_angles, principal_angles
 from curvlab.subspace.masks import random_mask
 
@@ -87,9 +88,6 @@ PAPER_CHANCE_0_2 = {
     "fubini_study": 1.0,
     "overlap": 0.2,
 }
-
-ProgressCallback = Callable[[int, int], None]
-"""``callback(completed, total)``: cells (``D``, ratio, scenario) done so far."""
 
 
 def _seed(*parts: int) -> int:
@@ -139,15 +137,8 @@ def scenario_pair(
         raise ValueError(f"scenario must be one of {SCENARIOS}. Got {scenario!r}.")
     needs_planted = scenario in ("rotated", "shared")
     if needs_planted != (planted is not None):
-        raise ValueError(
-            f"Scenario {scenario!r} "
-            + (
-                "needs a planted value p."
-                if needs_planted
-                else "takes no planted value."
-            )
-            + f" Got planted={planted!r}."
-        )
+        wants = "needs a planted value p" if needs_planted else "takes no planted value"
+        raise ValueError(f"Scenario {scenario!r} {wants}. Got planted={planted!r}.")
     if planted is not None and not 0.0 <= planted <= 1.0:
         raise ValueError(f"planted must lie in [0, 1]. Got {planted}.")
     if not 1 <= k <= D or (scenario == "rotated" and 2 * k > D):
@@ -211,11 +202,8 @@ class GrassmannCell:
     @property
     def label(self) -> str:
         """Scenario and planted value, e.g. ``"rotated 0.5"``."""
-        return (
-            self.scenario
-            if self.planted is None
-            else f"{self.scenario} {self.planted:g}"
-        )
+        planted = "" if self.planted is None else f" {self.planted:g}"
+        return self.scenario + planted
 
     def mean(self, quantity: str) -> float:
         """Mean over the trials of one quantity."""
@@ -251,21 +239,17 @@ class GrassmannResult:
     num_trials: int
     seed: int
     seconds: float
-    skipped: tuple[str, ...] = field(default=())
+    skipped: tuple[str, ...] = ()
 
     def find(
         self, scenario: str, ratio: float, D: int, planted: float | None = None
     ) -> GrassmannCell | None:
         """Return the cell of a scenario, ratio and ``D``, if it was run."""
-        for cell in self.cells:
-            if (cell.scenario, cell.ratio, cell.D, cell.planted) == (
-                scenario,
-                ratio,
-                D,
-                planted,
-            ):
-                return cell
-        return None
+        key = (scenario, ratio, D, planted)
+        return next(
+            (c for c in self.cells if (c.scenario, c.ratio, c.D, c.planted) == key),
+            None,
+        )
 
 
 def _scenarios(planted: Sequence[float]) -> list[tuple[str, float | None]]:
@@ -282,7 +266,7 @@ def grassmann_study(
     planted: Sequence[float] = DEFAULT_PLANTED,
     num_trials: int = DEFAULT_TRIALS,
     seed: int = 0,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> GrassmannResult:
     r"""Measure every metric on random and planted pairs of subspaces.
 
@@ -296,7 +280,8 @@ def grassmann_study(
         planted: Planted values ``p`` in ``[0, 1]`` for ``rotated`` and ``shared``.
         num_trials: Pairs per cell.
         seed: Base seed.
-        on_progress: Called with ``(completed, total)`` cells.
+        on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent` of
+            kind ``"cell"`` after each cell (``D``, ratio, scenario).
 
     Returns:
         The result.
@@ -326,7 +311,6 @@ def grassmann_study(
     start = time.perf_counter()
     cells, skipped = [], []
     total = len(ratios) * len(scenarios) * len(dims)
-    done = 0
     for ratio in ratios:
         for index, (scenario, value) in enumerate(scenarios):
             for D in dims:
@@ -344,28 +328,14 @@ def grassmann_study(
                         )
                         for t in range(num_trials)
                     ]
-                    cells.append(
-                        GrassmannCell(
-                            D=D,
-                            ratio=ratio,
-                            k=k,
-                            scenario=scenario,
-                            planted=value,
-                            values={q: [t[q] for t in trials] for q in QUANTITIES},
-                        )
-                    )
-                done += 1
+                    values = {q: [t[q] for t in trials] for q in QUANTITIES}
+                    cells.append(GrassmannCell(D, ratio, k, scenario, value, values))
                 if on_progress is not None:
-                    on_progress(done, total)
+                    done = len(cells) + len(skipped)
+                    on_progress(StageEvent("cell", None, done, total))
+    seconds = time.perf_counter() - start
     return GrassmannResult(
-        cells=tuple(cells),
-        dims=dims,
-        ratios=ratios,
-        planted=planted,
-        num_trials=num_trials,
-        seed=seed,
-        seconds=time.perf_counter() - start,
-        skipped=tuple(skipped),
+        tuple(cells), dims, ratios, planted, num_trials, seed, seconds, tuple(skipped)
     )
 
 

@@ -12,14 +12,11 @@ Rendering of a :class:`~curvlab.experiments.grassmann.GrassmannResult`:
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from curvlab._format import fmt, markdown_table
+from curvlab.experiments._study_files import new_figure, write_csv
 from curvlab.experiments.grassmann import (
     PAPER_CHANCE_0_2,
     QUANTITIES,
@@ -94,33 +91,22 @@ def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
         result: The study's result.
         path: The file to write.
     """
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(
-            [
-                "scenario",
-                "planted",
-                "ratio",
-                "D",
-                "k",
-                "trials",
-                *(f"{q}_mean" for q in QUANTITIES),
-                *(f"{q}_std" for q in QUANTITIES),
-            ]
-        )
-        for cell in result.cells:
-            writer.writerow(
-                [
-                    cell.scenario,
-                    "" if cell.planted is None else repr(cell.planted),
-                    repr(cell.ratio),
-                    cell.D,
-                    cell.k,
-                    len(cell.values[QUANTITIES[0]]),
-                    *(repr(cell.mean(q)) for q in QUANTITIES),
-                    *(repr(cell.std(q)) for q in QUANTITIES),
-                ]
-            )
+    header = ["scenario", "planted", "ratio", "D", "k", "trials"]
+    header += [f"{q}_{stat}" for stat in ("mean", "std") for q in QUANTITIES]
+    rows = [
+        [
+            cell.scenario,
+            "" if cell.planted is None else repr(cell.planted),
+            repr(cell.ratio),
+            cell.D,
+            cell.k,
+            len(cell.values[QUANTITIES[0]]),
+            *(repr(cell.mean(q)) for q in QUANTITIES),
+            *(repr(cell.std(q)) for q in QUANTITIES),
+        ]
+        for cell in result.cells
+    ]
+    write_csv(path, header, rows)
 
 
 def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
@@ -137,8 +123,7 @@ def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
     """
     columns = 3
     rows = math.ceil(len(QUANTITIES) / columns)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(4.2 * columns, 3.2 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     labels = list(dict.fromkeys(cell.label for cell in result.cells))
     colors = {label: f"C{i}" for i, label in enumerate(labels)}

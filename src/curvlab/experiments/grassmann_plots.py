@@ -38,9 +38,6 @@ CHANCE_RATIO = 0.2
 def grassmann_markdown(result: GrassmannResult) -> str:
     """Render the settings, the chance comparison and all cells as markdown.
 
-    Args:
-        result: The study's result.
-
     Returns:
         The markdown text.
     """
@@ -85,12 +82,7 @@ def grassmann_markdown(result: GrassmannResult) -> str:
 
 
 def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
-    """Write one row per cell: means and standard deviations of every quantity.
-
-    Args:
-        result: The study's result.
-        path: The file to write.
-    """
+    """Write each cell's means and standard deviations to the CSV ``path``."""
     header = ["scenario", "planted", "ratio", "D", "k", "trials"]
     header += [f"{q}_{stat}" for stat in ("mean", "std") for q in QUANTITIES]
     rows = [
@@ -110,16 +102,12 @@ def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
 
 
 def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
-    """Draw every quantity against ``D`` as a PNG (matplotlib's Agg backend).
+    """Draw every quantity against ``D`` into the PNG ``path``.
 
     One panel per quantity; one colour and marker per scenario (``random``
     and ``mask`` coincide in law), one line style per ratio,
     error bars of one standard deviation over trials; the paper's chance values
     at ``k/D = 0.2`` as dotted grey lines.
-
-    Args:
-        result: The study's result.
-        path: The PNG file to write.
     """
     columns = 3
     rows = math.ceil(len(QUANTITIES) / columns)

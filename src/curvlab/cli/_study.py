@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from curvlab.cli._common import option_error, run_study
 from curvlab.runs.stage import StageEvent
@@ -63,8 +62,6 @@ def run_study_events(
     threads: int | None,
     call: Callable[[Callable[[StageEvent], None]], Any],
     files: tuple[Callable, Callable, Callable],
-    console: Console | None = None,
-    error_console: Console | None = None,
     *,
     label: str,
     transient: bool = False,
@@ -77,8 +74,6 @@ def run_study_events(
         threads: PyTorch CPU threads during the study (``None``: keep).
         call: Runs the study, given the ``on_progress`` callback.
         files: ``(markdown, write_csv, plot)`` of the study's ``*_plots`` module.
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
         label: The bar's description until a ``"phase"`` event names another.
         transient: Remove the bar when the study is done.
 
@@ -98,6 +93,4 @@ def run_study_events(
         return call(show)
 
     names = (f"{stem}.csv", f"{stem}.md", f"{stem}.png")
-    return run_study(
-        out, names, threads, study, files, console, error_console, transient=transient
-    )
+    return run_study(out, names, threads, study, files, transient=transient)

@@ -8,7 +8,6 @@ built.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -20,7 +19,7 @@ from rich.table import Table
 from curvlab.cli._common import DataDirOption, DeviceOption, DType, check_device
 from curvlab.experiments.check import CheckReport, check_problem
 
-__all__ = ["DTYPES", "command", "main", "render_report"]
+__all__ = ["DTYPES", "command", "render_report"]
 
 #: The dtypes the command line accepts, by name.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -84,51 +83,6 @@ def render_report(report: CheckReport, console: Console) -> None:
         console.print("[bold green]All operators OK.[/]")
 
 
-def main(
-    problem: str,
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    data_dir: str | Path | None = None,
-    seed: int = 0,
-    num_samples: int | None = None,
-    console: Console | None = None,
-    error_console: Console | None = None,
-) -> int:
-    """Check every operator kind on a problem and print the outcome.
-
-    The options are the command's (``dtype`` by name, a key of :data:`DTYPES`);
-    ``console`` and ``error_console`` default to standard output and error.
-
-    Returns:
-        The exit code: 0 if no operator failed, 1 if one did, 2 if the problem
-        could not be built.
-    """
-    console = console or Console()
-    error_console = error_console or Console(stderr=True)
-    try:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}. Got {dtype!r}.")
-        resolved = check_device(device)
-        with console.status(f"Building {problem}...") as status:
-            report = check_problem(
-                problem,
-                dtype=DTYPES[dtype],
-                device=resolved,
-                data_dir=data_dir,
-                seed=seed,
-                num_samples=num_samples,
-                on_progress=lambda event: status.update(
-                    f"{escape(problem)}: checking {event.values['phase']}..."
-                ),
-            )
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
-        error_console.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
-        return 2
-    render_report(report, console)
-    return 0 if report.ok else 1
-
-
 def command(
     problem: Annotated[
         str,
@@ -157,12 +111,23 @@ def command(
     empirical Fisher: one product with a random vector, the determinism check,
     and a second product that must agree. Exits with 1 if an operator fails.
     """
-    code = main(
-        problem,
-        dtype=dtype.value,
-        device=device,
-        data_dir=data_dir,
-        seed=seed,
-        num_samples=num_samples,
-    )
-    raise typer.Exit(code)
+    console, error_console = Console(), Console(stderr=True)
+    try:
+        resolved = check_device(device)
+        with console.status(f"Building {problem}...") as status:
+            report = check_problem(
+                problem,
+                dtype=DTYPES[dtype.value],
+                device=resolved,
+                data_dir=data_dir,
+                seed=seed,
+                num_samples=num_samples,
+                on_progress=lambda event: status.update(
+                    f"{escape(problem)}: checking {event.values['phase']}..."
+                ),
+            )
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        error_console.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    render_report(report, console)
+    raise typer.Exit(0 if report.ok else 1)

@@ -95,8 +95,11 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]) >> 1
 
 
-def _haar(D: int, k: int, generator: torch.Generator) -> Tensor:
+def _haar(D: int, k: int, generator: torch.Generator, outside=None) -> Tensor:
+    """Random orthonormal ``(D, k)`` basis orthogonal to unit vectors ``outside``."""
     G = torch.randn(D, k, generator=generator, dtype=torch.float64)
+    if outside is not None:
+        G[outside] = 0.0
     return torch.linalg.qr(G).Q
 
 
@@ -104,13 +107,6 @@ def _one_hot(mask: Tensor, D: int) -> Tensor:
     M = torch.zeros(D, mask.numel(), dtype=torch.float64)
     M[mask, torch.arange(mask.numel())] = 1.0
     return M
-
-
-def _haar_outside(D: int, k: int, rows: Tensor, generator: torch.Generator) -> Tensor:
-    """Random orthonormal ``(D, k)`` basis orthogonal to the unit vectors ``rows``."""
-    G = torch.randn(D, k, generator=generator, dtype=torch.float64)
-    G[rows] = 0.0
-    return torch.linalg.qr(G).Q
 
 
 def scenario_pair(
@@ -153,10 +149,10 @@ def scenario_pair(
         return U, _haar(D, k, generator)
     if scenario == "rotated":
         phi = math.acos(math.sqrt(planted))
-        W = _haar_outside(D, k, mask, generator)
+        W = _haar(D, k, generator, outside=mask)
         return U, U * math.cos(phi) + W * math.sin(phi)
     shared = round(planted * k)
-    rest = _haar_outside(D, k - shared, mask[:shared], generator)
+    rest = _haar(D, k - shared, generator, outside=mask[:shared])
     return U, torch.cat([U[:, :shared], rest], dim=1)
 
 

@@ -190,12 +190,12 @@ def step_functions(
 
         return step
 
-    def separate(
-        optimizer: torch.optim.Optimizer, diagonal: Callable[[list], list[Tensor]]
-    ) -> StepFunction:
+    def separate(diagonal: Callable[..., list[Tensor]]) -> StepFunction:
+        optimizer = AdaHesScale(params, lr=lr)
+
         def step(X: Tensor, y: Tensor) -> None:
             gradient(X, y)
-            optimizer.step(diagonals=diagonal([(X, y)]))
+            optimizer.step(diagonals=diagonal(model, loss_fn, [(X, y)]))
 
         return step
 
@@ -207,19 +207,10 @@ def step_functions(
         "AdaHesScale": hesscale(AdaHesScale(params, lr=lr)),
         "AdaHesScaleGN": hesscale(AdaHesScaleGN(params, lr=lr)),
         "GGN-MC": separate(
-            AdaHesScale(params, lr=lr),
-            lambda data: mc_ggn_diagonal(
-                model, loss_fn, data, mc_samples=1, seed=next(counter)
-            ),
+            lambda *args: mc_ggn_diagonal(*args, mc_samples=1, seed=next(counter))
         ),
-        "exact GGN diag.": separate(
-            AdaHesScale(params, lr=lr),
-            lambda data: exact_ggn_diagonal(model, loss_fn, data),
-        ),
-        "exact Hessian diag.": separate(
-            AdaHesScale(params, lr=lr),
-            lambda data: exact_hessian_diagonal(model, loss_fn, data),
-        ),
+        "exact GGN diag.": separate(exact_ggn_diagonal),
+        "exact Hessian diag.": separate(exact_hessian_diagonal),
     }
 
 

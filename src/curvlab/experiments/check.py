@@ -291,9 +291,6 @@ def check_problem(
             :class:`~curvlab.runs.stage.StageEvent` before each part starts:
             ``"Gradient"``, then each operator (:func:`check_operators`).
 
-    Returns:
-        The report.
-
     Raises:
         ValueError: If the problem cannot be built (unknown name, missing
             ``data_dir``, bad argument) or its gradient is not finite.
@@ -313,23 +310,16 @@ def check_problem(
     if on_progress is not None:
         total = len(OPERATOR_KINDS)
         on_progress(StageEvent("phase", None, 0, total, {"phase": "Gradient"}))
-    _gradient(problem.model, problem.loss_fn, problem.train_data)
-    (loss, num_data, num_batches), seconds = _timed(
-        lambda: _gradient(problem.model, problem.loss_fn, problem.train_data), device
-    )
-    checks = check_operators(
-        problem.model,
-        problem.loss_fn,
-        problem.train_data,
-        seed=seed,
-        on_progress=on_progress,
-    )
+    model, loss_fn, data = problem.model, problem.loss_fn, problem.train_data
+    for _ in range(2):  # the first pass warms up
+        (loss, num_data, num_batches), seconds = _timed(
+            lambda: _gradient(model, loss_fn, data), device
+        )
+    checks = check_operators(model, loss_fn, data, seed=seed, on_progress=on_progress)
     return CheckReport(
         problem=problem.name,
         description=problem.description,
-        num_params=sum(
-            p.numel() for p in problem.model.parameters() if p.requires_grad
-        ),
+        num_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         num_data=num_data,
         num_batches=num_batches,
         dtype=dtype,

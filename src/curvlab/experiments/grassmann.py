@@ -157,15 +157,7 @@ def scenario_pair(
 
 
 def pair_values(U: Tensor, V: Tensor) -> dict[str, float]:
-    """Normalised value of every metric, and the overlap, for one pair.
-
-    Args:
-        U: ``(D, k)`` orthonormal basis.
-        V: ``(D, k)`` orthonormal basis.
-
-    Returns:
-        ``{quantity: value}`` for every name in :data:`QUANTITIES`.
-    """
+    """``{quantity: value}`` of :data:`QUANTITIES` for orthonormal ``(D, k)`` U, V."""
     angles = principal_angles(U, V)
     values = {
         metric: float(distance_from_angles(angles, metric, normalized=True))
@@ -248,13 +240,6 @@ class GrassmannResult:
         )
 
 
-def _scenarios(planted: Sequence[float]) -> list[tuple[str, float | None]]:
-    out: list[tuple[str, float | None]] = [("random", None), ("mask", None)]
-    out += [("rotated", p) for p in planted]
-    out += [("shared", p) for p in planted]
-    return out
-
-
 def grassmann_study(
     dims: Sequence[int] = DEFAULT_DIMS,
     ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -279,9 +264,6 @@ def grassmann_study(
         on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent` of
             kind ``"cell"`` after each cell (``D``, ratio, scenario).
 
-    Returns:
-        The result.
-
     Raises:
         ValueError: If a list is empty or a value out of range.
 
@@ -303,7 +285,8 @@ def grassmann_study(
         raise ValueError(f"planted values must lie in [0, 1]. Got {list(planted)}.")
     if num_trials < 1:
         raise ValueError(f"num_trials must be at least 1. Got {num_trials}.")
-    scenarios = _scenarios(planted)
+    scenarios: list[tuple[str, float | None]] = [("random", None), ("mask", None)]
+    scenarios += [(kind, p) for kind in ("rotated", "shared") for p in planted]
     start = time.perf_counter()
     cells, skipped = [], []
     total = len(ratios) * len(scenarios) * len(dims)

@@ -122,20 +122,11 @@ def cost_model(
     out_features: int = OUT_FEATURES,
     seed: int = 0,
 ) -> nn.Sequential:
-    """Build the paper's timing network, without biases.
+    """Build the paper's timing network, float32, without biases.
 
-    ``Linear(in_features, width)``, ``depth`` times ``[Linear(width, width),
-    Tanh]``, then ``Linear(width, out_features)``.
-
-    Args:
-        depth: Number of hidden ``width x width`` layers, at least 0.
-        width: Hidden units.
-        in_features: Input dimension.
-        out_features: Output dimension.
-        seed: Seed of the initialisation (the global random state is restored).
-
-    Returns:
-        The network, float32.
+    ``Linear(in_features, width)``, ``depth >= 0`` times ``[Linear(width,
+    width), Tanh]``, then ``Linear(width, out_features)``, initialised from
+    ``seed`` (the global random state is restored).
 
     Example:
         >>> sum(p.numel() for p in cost_model(2, 8).parameters())
@@ -153,19 +144,12 @@ def cost_model(
 def step_functions(
     model: nn.Module, loss_fn: nn.Module, *, lr: float = 1e-4
 ) -> dict[str, StepFunction]:
-    """Build one training-step function per method, and the unit, on a model.
+    """``{name: step}`` for :data:`UNIT` and every name in :data:`COST_METHODS`.
 
-    Each function takes a batch ``(X, y)`` and runs one whole step in place:
-    forward pass, backward pass(es), and the optimiser's update (the unit
-    :data:`UNIT` stops after the backward pass).
-
-    Args:
-        model: The model; every method updates its parameters.
-        loss_fn: The loss.
-        lr: Learning rate of every optimiser (small: only the cost matters).
-
-    Returns:
-        ``{name: step}`` for :data:`UNIT` and every name in :data:`COST_METHODS`.
+    Each step takes a batch ``(X, y)`` and runs one whole training step of the
+    model in place: forward pass, backward pass(es), and the optimiser's update
+    with learning rate ``lr`` (small: only the cost matters); the unit stops
+    after the backward pass.
     """
     params = [p for p in model.parameters() if p.requires_grad]
 

@@ -67,16 +67,9 @@ __all__ = [
     "sequential_hessian_diagonal",
 ]
 
+_HESSCALE_VARIANTS = {"HesScale": "hessian", "HesScaleGN": "ggn", "BL89": "bl89"}
 #: Estimators compared, in table order.
-METHODS = (
-    "HesScale",
-    "HesScaleGN",
-    "BL89",
-    "GGN-MC(1)",
-    "Hutchinson(1)",
-    "g²",
-    "zero",
-)
+METHODS = (*_HESSCALE_VARIANTS, "GGN-MC(1)", "Hutchinson(1)", "g²", "zero")
 #: The estimator whose mean total error is the unit.
 NORMALIZER = "HesScale"
 #: Training before the measurements (HesScale's setup: 2 epochs of SGD, lr 1e-3,
@@ -84,8 +77,6 @@ NORMALIZER = "HesScale"
 DEFAULT_EPOCHS = 2
 DEFAULT_LR = 1e-3
 DEFAULT_TRAIN_BATCH_SIZE = 64
-
-_HESSCALE_VARIANTS = {"HesScale": "hessian", "HesScaleGN": "ggn", "BL89": "bl89"}
 
 ProgressCallback = Callable[[int, int, int], None]
 """``callback(seed, completed, total)``: samples measured so far for ``seed``."""

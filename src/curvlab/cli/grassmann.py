@@ -1,9 +1,4 @@
-"""``curvlab grassmann``: Grassmannian metrics on random and planted subspaces.
-
-The work is :func:`curvlab.experiments.grassmann.grassmann_study`, the files
-``grassmann.csv``, ``.md`` and ``.png`` come from
-:mod:`curvlab.experiments.grassmann_plots`.
-"""
+"""``curvlab grassmann``: Grassmannian metrics on random and planted subspaces."""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ import typer
 from curvlab.cli._common import StudyOutOption, StudyThreadsOption
 from curvlab.cli._study import parse_lists, run_study_events
 from curvlab.experiments.grassmann import grassmann_study
-
-__all__ = ["command"]
 
 
 def command(

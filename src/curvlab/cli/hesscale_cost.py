@@ -1,9 +1,4 @@
-"""``curvlab hesscale-cost``: time per training step against depth.
-
-The work is :func:`curvlab.experiments.hesscale_cost.hesscale_cost`, the files
-``hesscale_cost.csv``, ``.md`` and ``.png`` come from
-:mod:`curvlab.experiments.hesscale_plots`.
-"""
+"""``curvlab hesscale-cost``: time per training step against depth."""
 
 from __future__ import annotations
 
@@ -13,8 +8,6 @@ import typer
 
 from curvlab.cli._common import StudyOutOption, StudyThreadsOption
 from curvlab.cli._study import parse_lists, run_study_events
-
-__all__ = ["command"]
 
 
 def command(

@@ -230,22 +230,24 @@ def command(
     console = Console()
     fail = common.error_printer(Console(stderr=True))
     try:
-        settings = OptimizersSettings(
-            problem=problem,
-            methods=None
-            if methods is None
-            else [m.strip().lower() for m in methods.split(",") if m.strip()],
-            lrs=parse_lrs(lr),
-            num_seeds=seeds,
-            steps=steps,
-            batch_size=batch_size,
-            eval_every=eval_every,
-            num_samples=num_samples,
-            dtype=dtype,
-            criterion=criterion,
-        )
+        lrs = parse_lrs(lr)
     except ValueError as error:
         raise typer.Exit(common.option_error(error)) from None
+    names = None
+    if methods is not None:
+        names = [m.strip().lower() for m in methods.split(",") if m.strip()]
+    settings = OptimizersSettings(
+        problem,
+        names,
+        lrs,
+        seeds,
+        steps,
+        batch_size,
+        eval_every,
+        num_samples,
+        dtype,
+        criterion,
+    )
     try:
         common.check_device(device)
         common.check_threads(threads)

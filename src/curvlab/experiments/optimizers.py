@@ -524,6 +524,11 @@ class OptimizerStudy:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def _seed_runs(runs, method: str, lr: float, settings) -> list[dict[str, Any]]:
+    """The summaries of every seed of one (method, lr)."""
+    return [runs[unit_key(method, lr, s)] for s in range(settings.num_seeds)]
+
+
 def _criterion_value(summary: Mapping[str, Any], criterion: str) -> float:
     key = "final_train_loss" if criterion == "final_loss" else "mean_train_loss"
     value = summary[key]
@@ -534,7 +539,7 @@ def _grid_rows(runs, settings: OptimizersSettings) -> list[dict[str, Any]]:
     rows = []
     for method in settings.methods:
         for lr in settings.lrs[method]:
-            mine = [runs[unit_key(method, lr, s)] for s in range(settings.num_seeds)]
+            mine = _seed_runs(runs, method, lr, settings)
             values = [_criterion_value(r, settings.criterion) for r in mine]
             finals = [r["final_train_loss"] for r in mine]  # inf where diverged
             finite = [r for r in mine if r["diverged_at"] is None]
@@ -569,9 +574,7 @@ def _curves(runs, best, settings: OptimizersSettings) -> list[dict[str, Any]]:
     for method, lr in best.items():
         if lr is None:
             continue
-        mine = [
-            runs[unit_key(method, lr, s)]["curve"] for s in range(settings.num_seeds)
-        ]
+        mine = [run["curve"] for run in _seed_runs(runs, method, lr, settings)]
         for index, point in enumerate(mine[0]):
             points = [curve[index] for curve in mine if index < len(curve)]
             loss, loss_se = _mean_se([p["train_loss"] for p in points])
@@ -606,11 +609,7 @@ def _table(runs, best, settings: OptimizersSettings) -> list[dict[str, Any]]:
     for method in settings.methods:
         lr = best[method]
         mine = [r for r in runs.values() if r["method"] == method]
-        at_best = (
-            []
-            if lr is None
-            else [runs[unit_key(method, lr, s)] for s in range(settings.num_seeds)]
-        )
+        at_best = [] if lr is None else _seed_runs(runs, method, lr, settings)
         loss, loss_se = _mean_se([r["final_train_loss"] for r in at_best])
         accuracy, accuracy_se = _mean_se([r["final_test_accuracy"] for r in at_best])
         per_step = seconds(method)
@@ -639,6 +638,14 @@ def _pm(mean: float | None, error: float | None, scale: float = 1.0) -> str:
         text = f"{scale * mean:.2f}"
         return text if error is None else f"{text} ± {scale * error:.2f}"
     return fmt(mean, 3) if error is None else f"{fmt(mean, 3)} ± {fmt(error, 2)}"
+
+
+def _loss(row: Mapping[str, Any]) -> str:
+    return _pm(row["final_train_loss"], row["final_train_loss_se"])
+
+
+def _accuracy(row: Mapping[str, Any]) -> str:
+    return _pm(row["final_test_accuracy"], row["final_test_accuracy_se"], 100)
 
 
 def _compare(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
@@ -670,13 +677,12 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
         text = (
             f"On {settings.problem}, {LABELS[first['method']]} (lr "
             f"{first['best_lr']:g}) reached the lowest final training loss, "
-            f"{_pm(first['final_train_loss'], first['final_train_loss_se'])}"
+            f"{_loss(first)}"
         )
         if len(ranked) > 1:
             second = ranked[1]
             text += (
-                f"; the runner-up {LABELS[second['method']]} reached "
-                f"{_pm(second['final_train_loss'], second['final_train_loss_se'])}"
+                f"; the runner-up {LABELS[second['method']]} reached {_loss(second)}"
             )
             if settings.num_seeds > 1:
                 apart = _compare(first, second, "final_train_loss") != (
@@ -695,12 +701,9 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
         scored = [r for r in rows.values() if r["final_test_accuracy"] is not None]
         if scored:
             top = max(scored, key=lambda r: r["final_test_accuracy"])
-            accuracy = _pm(
-                top["final_test_accuracy"], top["final_test_accuracy_se"], 100
-            )
             out.append(
                 f"The highest final test accuracy was {LABELS[top['method']]}'s, "
-                f"{accuracy} %."
+                f"{_accuracy(top)} %."
             )
     for mine in ("adahesscale", "adahesscalegn"):
         if mine not in rows:
@@ -769,8 +772,8 @@ def _markdown(study_table, findings, settings: OptimizersSettings) -> str:
             (
                 LABELS[r["method"]],
                 fmt(r["best_lr"], 3),
-                _pm(r["final_train_loss"], r["final_train_loss_se"]),
-                _pm(r["final_test_accuracy"], r["final_test_accuracy_se"], 100),
+                _loss(r),
+                _accuracy(r),
                 f"{r['diverged']}/{r['runs']}",
                 fmt(r["seconds_per_step"], 3),
                 fmt(r["time_vs_sgd"], 3),

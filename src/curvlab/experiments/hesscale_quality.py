@@ -52,6 +52,7 @@ from curvlab.diagonal import exact_hessian_diagonal, hesscale_batch, mc_ggn_diag
 from curvlab.operators import HessianOperator
 from curvlab.problems.data import load_digits
 from curvlab.problems.models import mlp
+from curvlab.runs.stage import StageEvent
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -77,9 +78,6 @@ NORMALIZER = "HesScale"
 DEFAULT_EPOCHS = 2
 DEFAULT_LR = 1e-3
 DEFAULT_TRAIN_BATCH_SIZE = 64
-
-ProgressCallback = Callable[[int, int, int], None]
-"""``callback(seed, completed, total)``: samples measured so far for ``seed``."""
 
 
 @dataclass(frozen=True)
@@ -278,7 +276,7 @@ def hesscale_quality(
     lr: float = DEFAULT_LR,
     train_batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
     dtype: torch.dtype = torch.float64,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> QualityResult:
     """Run the approximation-quality study on the digits.
 
@@ -298,7 +296,9 @@ def hesscale_quality(
         train_batch_size: SGD mini-batch size.
         dtype: Floating dtype of model and data (float64: the exact diagonal
             is exact to round-off).
-        on_progress: Called after every sample, see :data:`ProgressCallback`.
+        on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`:
+            ``"phase"`` when a seed's measurements start (``"seed 1: samples"``)
+            and ``"sample"`` after each sample, counting samples over all seeds.
 
     Returns:
         The errors per estimator, layer and seed, and their normalised means.
@@ -328,7 +328,13 @@ def hesscale_quality(
     per_seed: dict[str, list[list[float]]] = {m: [] for m in METHODS}
     layers: list[str] = []
     num_params = 0
-    for seed in seeds:
+    total = len(seeds) * num_samples
+
+    def notify(kind: str, done: int, **values) -> None:
+        if on_progress is not None:
+            on_progress(StageEvent(kind, None, done, total, values))
+
+    for index, seed in enumerate(seeds):
         split = load_digits(seed, dtype=dtype)
         X, y = split.X_train, split.y_train
         if num_samples > len(y):
@@ -344,6 +350,7 @@ def hesscale_quality(
         model.eval()
         layers, layer_of = layer_names(model)
         sums = {m: [0.0] * len(layers) for m in METHODS}
+        notify("phase", index * num_samples, phase=f"seed {seed}: samples")
         for n in range(num_samples):
             sample = (X[n : n + 1], y[n : n + 1])
             errors = estimate_errors(
@@ -352,8 +359,7 @@ def hesscale_quality(
             for method in METHODS:
                 for value, layer in zip(errors[method], layer_of, strict=True):
                     sums[method][layer] += value
-            if on_progress is not None:
-                on_progress(seed, n + 1, num_samples)
+            notify("sample", index * num_samples + n + 1, seed=seed)
         for method in METHODS:
             per_seed[method].append([s / num_samples for s in sums[method]])
 

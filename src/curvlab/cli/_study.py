@@ -72,7 +72,7 @@ def run_study_events(
         out: Output folder (created if missing).
         stem: The files are ``<stem>.csv``, ``<stem>.md`` and ``<stem>.png``.
         threads: PyTorch CPU threads during the study (``None``: keep).
-        call: Runs the study, given the ``on_progress`` callback.
+        call: Runs the study, given the ``on_progress`` keyword.
         files: ``(markdown, write_csv, plot)`` of the study's ``*_plots`` module.
         label: The bar's description until a ``"phase"`` event names another.
         transient: Remove the bar when the study is done.
@@ -90,7 +90,7 @@ def run_study_events(
                 task, completed=event.index, total=event.total, description=phase
             )
 
-        return call(show)
+        return call(on_progress=show)
 
     names = (f"{stem}.csv", f"{stem}.md", f"{stem}.png")
     return run_study(out, names, threads, study, files, transient=transient)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -44,18 +45,12 @@ def command(
         (planted, "--planted", float),
     )
 
-    def call(on_progress):
-        return grassmann_study(
-            dims,
-            ratios,
-            planted=planted,
-            num_trials=trials,
-            seed=seed,
-            on_progress=on_progress,
-        )
+    study = partial(
+        grassmann_study, dims, ratios, planted=planted, num_trials=trials, seed=seed
+    )
 
     files = (plots.grassmann_markdown, plots.write_grassmann_csv, plots.plot_grassmann)
     code = run_study_events(
-        out, "grassmann", threads, call, files, label="cells", transient=True
+        out, "grassmann", threads, study, files, label="cells", transient=True
     )
     raise typer.Exit(code)

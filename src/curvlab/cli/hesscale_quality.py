@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -41,17 +42,16 @@ def command(
     from curvlab.experiments import hesscale_plots as plots
     from curvlab.experiments.hesscale_quality import hesscale_quality
 
-    def call(on_progress):
-        return hesscale_quality(
-            seeds=range(seeds),
-            num_samples=samples,
-            width=width,
-            epochs=epochs,
-            on_progress=on_progress,
-        )
+    study = partial(
+        hesscale_quality,
+        seeds=range(seeds),
+        num_samples=samples,
+        width=width,
+        epochs=epochs,
+    )
 
     files = (plots.quality_markdown, plots.write_quality_csv, plots.plot_quality)
     code = run_study_events(
-        out, "hesscale_quality", threads, call, files, label="samples"
+        out, "hesscale_quality", threads, study, files, label="samples"
     )
     raise typer.Exit(code)

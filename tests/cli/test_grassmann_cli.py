@@ -1,14 +1,12 @@
 """``curvlab grassmann``: files, tables and argument errors."""
 
 import csv
-import io
 
 import pytest
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
-from curvlab.cli import grassmann as grassmann_module
+from curvlab.cli._study import parse_numbers
 from curvlab.cli.app import app
 from curvlab.experiments.grassmann import QUANTITIES
 
@@ -49,18 +47,11 @@ def test_writes_tables_csv_and_png(tmp_path):
     assert all(row["planted"] == "0.5" for row in rotated)
 
 
-def test_main_without_the_chance_ratio(tmp_path):
-    console = Console(file=io.StringIO(), width=200)
-    code = grassmann_module.main(
-        out=tmp_path,
-        dims=[20],
-        ratios=[0.1],
-        planted=[0.3],
-        trials=1,
-        console=console,
-    )
-    assert code == 0
-    text = console.file.getvalue()
+def test_without_the_chance_ratio(tmp_path):
+    args = ["--dims", "20", "--ratios", "0.1", "--planted", "0.3", "--trials", "1"]
+    result = runner.invoke(app, ["grassmann", "--out", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    text = result.output
     assert "Chance values" not in text
     assert "| shared 0.3 | 0.1 | 20 | 2 |" in text
     assert "Wrote grassmann.csv" in text
@@ -83,7 +74,7 @@ def test_rejects_bad_values(tmp_path, args, message):
 
 
 def test_parse_numbers():
-    assert grassmann_module.parse_numbers(" 1, 2,3 ", "--x", int) == [1, 2, 3]
-    assert grassmann_module.parse_numbers("0.5", "--x") == [0.5]
+    assert parse_numbers(" 1, 2,3 ", "--x", int) == [1, 2, 3]
+    assert parse_numbers("0.5", "--x") == [0.5]
     with pytest.raises(ValueError, match="--x must be a comma-separated list"):
-        grassmann_module.parse_numbers(" , ", "--x")
+        parse_numbers(" , ", "--x")

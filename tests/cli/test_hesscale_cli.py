@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from curvlab.cli import app as app_module
+from curvlab.cli._study import parse_numbers
 from curvlab.cli.app import app
-from curvlab.cli.hesscale_cost import parse_list
 from curvlab.experiments.hesscale_cost import COST_METHODS
 from curvlab.experiments.hesscale_quality import METHODS
 
@@ -117,6 +117,6 @@ def test_out_is_required():
 
 
 def test_parse_list():
-    assert parse_list(" 1, 2 ,4,", "--depths") == ["1", "2", "4"]
+    assert parse_numbers(" 1, 2 ,4,", "--depths", str) == ["1", "2", "4"]
     with pytest.raises(ValueError, match="--depths"):
-        parse_list(" , ", "--depths")
+        parse_numbers(" , ", "--depths", str)

@@ -122,9 +122,9 @@ def test_progress_is_reported():
         ratios=(0.1,),
         planted=(),
         num_trials=1,
-        on_progress=lambda done, total: calls.append((done, total)),
+        on_progress=lambda event: calls.append((event.kind, event.index, event.total)),
     )
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert calls == [("cell", 1, 4), ("cell", 2, 4), ("cell", 3, 4), ("cell", 4, 4)]
 
 
 def test_pair_values_orders_metrics():

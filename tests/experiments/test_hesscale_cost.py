@@ -103,3 +103,26 @@ def test_cost_model_has_no_biases():
 def test_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         hesscale_cost(**{"depths": (1,), "width": 2, "repeats": 1, **kwargs})
+
+
+def test_progress_counts_repeats_over_depths():
+    events = []
+    hesscale_cost(
+        depths=(0, 1), width=2, repeats=2, methods=["SGD"], on_progress=events.append
+    )
+    assert [(e.kind, e.index, e.total) for e in events] == [
+        ("phase", 0, 4),
+        ("phase", 0, 4),
+        ("repeat", 1, 4),
+        ("repeat", 2, 4),
+        ("phase", 2, 4),
+        ("phase", 2, 4),
+        ("repeat", 3, 4),
+        ("repeat", 4, 4),
+    ]
+    assert [e.values["phase"] for e in events if e.kind == "phase"] == [
+        "depth 0: warm-up",
+        "depth 0: repeats",
+        "depth 1: warm-up",
+        "depth 1: repeats",
+    ]

@@ -174,3 +174,18 @@ def test_rejects_bad_arguments(kwargs):
     options = {"seeds": (0,), "num_samples": 1, "width": 2, "epochs": 0, **kwargs}
     with pytest.raises(ValueError):
         hesscale_quality(**options)
+
+
+def test_progress_counts_samples_over_seeds():
+    events = []
+    options = {"num_samples": 2, "width": 2, "epochs": 0}
+    hesscale_quality(seeds=(0, 1), on_progress=events.append, **options)
+    assert [(e.kind, e.index, e.total) for e in events] == [
+        ("phase", 0, 4),
+        ("sample", 1, 4),
+        ("sample", 2, 4),
+        ("phase", 2, 4),
+        ("sample", 3, 4),
+        ("sample", 4, 4),
+    ]
+    assert events[3].values["phase"] == "seed 1: samples"

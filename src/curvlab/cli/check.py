@@ -3,13 +3,11 @@
 The work is :func:`curvlab.experiments.check.check_problem`; this module turns its
 report into Rich tables and an exit code: 0 when every operator is OK (or skipped
 because the loss is unsupported), 1 when one fails, 2 when the problem cannot be
-built. :func:`command` holds the options and is registered on the Typer app by
-:mod:`curvlab.cli.app`.
+built.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -21,20 +19,19 @@ from rich.table import Table
 from curvlab.cli._common import DataDirOption, DeviceOption, DType, check_device
 from curvlab.experiments.check import CheckReport, check_problem
 
-__all__ = ["DTYPES", "command", "main", "render_report"]
+__all__ = ["DTYPES", "command", "render_report"]
 
 #: The dtypes the command line accepts, by name.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 _STYLES = {"OK": "bold green", "FAIL": "bold red", "SKIP": "yellow"}
+_COLUMNS = ("Build", "1st product\n+ det. check", "Product", "vᵀAv / vᵀv")
 
 
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
-    if value < 1.0:
-        return f"{1e3 * value:.1f} ms"
-    return f"{value:.2f} s"
+    return f"{1e3 * value:.1f} ms" if value < 1.0 else f"{value:.2f} s"
 
 
 def render_report(report: CheckReport, console: Console) -> None:
@@ -48,100 +45,42 @@ def render_report(report: CheckReport, console: Console) -> None:
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("Problem", f"{report.problem}: {escape(report.description)}")
-    summary.add_row("D", f"{report.num_params:,} parameters")
-    summary.add_row(
-        "N", f"{report.num_data:,} train samples in {report.num_batches} {batches}"
-    )
-    summary.add_row("dtype", str(report.dtype).removeprefix("torch."))
-    summary.add_row("device", str(report.device))
-    summary.add_row("loss", f"{report.loss:.6g} (mean train loss)")
-    summary.add_row(
-        "gradient", f"{_seconds(report.gradient_seconds)} (one pass over the data)"
-    )
+    for row in (
+        ("Problem", f"{report.problem}: {escape(report.description)}"),
+        ("D", f"{report.num_params:,} parameters"),
+        ("N", f"{report.num_data:,} train samples in {report.num_batches} {batches}"),
+        ("dtype", str(report.dtype).removeprefix("torch.")),
+        ("device", str(report.device)),
+        ("loss", f"{report.loss:.6g} (mean train loss)"),
+        ("gradient", f"{_seconds(report.gradient_seconds)} (one pass over the data)"),
+    ):
+        summary.add_row(*row)
     console.print(summary)
 
     table = Table(title="Operators: one product with a random vector v")
     table.add_column("Operator", no_wrap=True)
     table.add_column("Status")
-    table.add_column("Build", justify="right")
-    table.add_column("1st product\n+ det. check", justify="right")
-    table.add_column("Product", justify="right")
-    table.add_column("vᵀAv / vᵀv", justify="right")
+    for header in _COLUMNS:
+        table.add_column(header, justify="right")
     messages = any(check.message for check in report.operators)
     if messages:
         table.add_column("Message", overflow="fold", ratio=1)
     for check in report.operators:
-        style = _STYLES.get(check.status, "")
-        cells = [
+        table.add_row(
             check.name,
-            f"[{style}]{check.status}[/]",
+            f"[{_STYLES.get(check.status, '')}]{check.status}[/]",
             _seconds(check.build_seconds),
             _seconds(check.first_seconds),
             _seconds(check.product_seconds),
             "-" if check.rayleigh is None else f"{check.rayleigh:.4g}",
-        ]
-        table.add_row(*cells, *([escape(check.message)] if messages else []))
+            *([escape(check.message)] if messages else []),
+        )
     console.print(table)
     failed = [c.name for c in report.operators if not c.ok]
     if failed:
         console.print(f"[bold red]FAIL[/]: {', '.join(failed)}.")
     else:
         console.print("[bold green]All operators OK.[/]")
-
-
-def main(
-    problem: str,
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    data_dir: str | Path | None = None,
-    seed: int = 0,
-    num_samples: int | None = None,
-    console: Console | None = None,
-    error_console: Console | None = None,
-) -> int:
-    """Check every operator kind on a problem and print the outcome.
-
-    Args:
-        problem: A name from :func:`curvlab.problems.names`.
-        dtype: ``"float32"`` or ``"float64"``.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-        data_dir: Folder with the data files of file-based problems.
-        seed: Seeds the problem, the random vector and the Monte-Carlo labels.
-        num_samples: Use only this many train samples (``None``: all).
-        console: Where to print the report (default: standard output).
-        error_console: Where to print errors (default: standard error).
-
-    Returns:
-        The exit code: 0 if no operator failed, 1 if one did, 2 if the problem
-        could not be built.
-    """
-    console = console or Console()
-    error_console = error_console or Console(stderr=True)
-    try:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}. Got {dtype!r}.")
-        resolved = check_device(device)
-        with console.status(f"Building {problem}...") as status:
-
-            def on_operator(name: str) -> None:
-                status.update(f"{escape(problem)}: checking {name}...")
-
-            report = check_problem(
-                problem,
-                dtype=DTYPES[dtype],
-                device=resolved,
-                data_dir=data_dir,
-                seed=seed,
-                num_samples=num_samples,
-                on_operator=on_operator,
-            )
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
-        error_console.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
-        return 2
-    render_report(report, console)
-    return 0 if report.ok else 1
 
 
 def command(
@@ -172,13 +111,23 @@ def command(
     empirical Fisher: one product with a random vector, the determinism check,
     and a second product that must agree. Exits with 1 if an operator fails.
     """
-    raise typer.Exit(
-        main(
-            problem,
-            dtype=dtype.value,
-            device=device,
-            data_dir=data_dir,
-            seed=seed,
-            num_samples=num_samples,
-        )
-    )
+    console, error_console = Console(), Console(stderr=True)
+    try:
+        resolved = check_device(device)
+        with console.status(f"Building {problem}...") as status:
+            report = check_problem(
+                problem,
+                dtype=DTYPES[dtype.value],
+                device=resolved,
+                data_dir=data_dir,
+                seed=seed,
+                num_samples=num_samples,
+                on_progress=lambda event: status.update(
+                    f"{escape(problem)}: checking {event.values['phase']}..."
+                ),
+            )
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        error_console.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    render_report(report, console)
+    raise typer.Exit(0 if report.ok else 1)

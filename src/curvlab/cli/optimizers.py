@@ -21,16 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from curvlab.cli import _common as common
+from curvlab.experiments.optimizers import LABELS
 
-__all__ = ["command", "main", "parse_lrs"]
-
-_LABELS = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adahesscale": "AdaHesScale",
-    "adahesscalegn": "AdaHesScaleGN",
-    "adahessian": "AdaHessian",
-}
+__all__ = ["command", "parse_lrs"]
 
 
 def parse_lrs(specs: list[str] | None) -> dict[str, list[float]] | None:
@@ -102,8 +95,8 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
-def _unit_line(values: dict[str, Any]) -> str:
-    label = f"{_LABELS[values['method']]} lr {values['lr']:g} seed {values['seed']}"
+def _unit_line(step: int, values: dict[str, Any]) -> str:
+    label = f"{LABELS[values['method']]} lr {values['lr']:g} seed {values['seed']}"
     if values["diverged_at"] is not None:
         return f"{label}: [red]diverged at step {values['diverged_at']}[/]"
     accuracy = values["final_test_accuracy"]
@@ -125,14 +118,13 @@ def _print_table(study, console: Console) -> None:
         ),
         caption="mean ± standard error over seeds at each method's best lr",
     )
-    for header in ("method", "best lr", "final train loss", "test acc.", "diverged"):
+    headers = ("method", "best lr", "final train loss", "test acc.", "diverged")
+    for header in (*headers, "s/step", "x SGD"):
         table.add_column(header, justify="right")
-    table.add_column("s/step", justify="right")
-    table.add_column("x SGD", justify="right")
     for row in study.table:
         accuracy = row["final_test_accuracy"]
         table.add_row(
-            _LABELS[row["method"]],
+            LABELS[row["method"]],
             common.fmt(row["best_lr"], 3),
             f"{common.fmt(row['final_train_loss'])} ± "
             f"{common.fmt(row['final_train_loss_se'], 2)}",
@@ -145,117 +137,6 @@ def _print_table(study, console: Console) -> None:
             common.fmt(row["time_vs_sgd"], 3),
         )
     console.print(table)
-
-
-def main(
-    *,
-    out: str | Path,
-    settings: Any,
-    force: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    device: str = "cpu",
-    data_dir: str | Path | None = None,
-    threads: int | None = None,
-    console: Console | None = None,
-    error_console: Console | None = None,
-) -> int:
-    """Run the study with a progress bar; print its table and findings.
-
-    Args:
-        out: The study folder.
-        settings: An :class:`~curvlab.experiments.optimizers.OptimizersSettings`.
-        force: Retrain stored runs from scratch.
-        workers: Start a loopback Dask ``LocalCluster`` with this many
-            single-thread worker processes.
-        scheduler: Address of a Dask scheduler to train on instead.
-        device: Device to train on.
-        data_dir: Data folder of file-based problems.
-        threads: PyTorch CPU threads per run (default 1 with Dask workers).
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
-
-    Returns:
-        The exit code: 0 on success, 2 for invalid options or a settings
-        conflict, 130 when interrupted.
-    """
-    from curvlab.experiments.optimizers import optimizer_study
-    from curvlab.runs import ConfigError
-    from curvlab.runs.stage import SettingsConflictError, StageEvent
-
-    console = console or Console()
-    fail = common.error_printer(error_console or Console(stderr=True))
-    try:
-        common.check_device(device)
-        common.check_threads(threads)
-        if workers is not None and workers < 1:
-            raise ValueError(f"--workers must be at least 1. Got {workers}.")
-    except (ConfigError, ValueError, RuntimeError) as error:
-        return fail(str(error))
-    if workers is not None and threads is None:
-        threads = 1
-    errors = (
-        SettingsConflictError,
-        ConfigError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        FileExistsError,
-        NotImplementedError,
-        OSError,
-    )
-
-    def call(on_progress):
-        def adapt(event: StageEvent) -> None:
-            if event.kind == "start":
-                skipped = len(event.values["skipped"])
-                if skipped:
-                    console.print(
-                        f"Already stored: {skipped} of {skipped + event.total} runs."
-                    )
-                on_progress(StageEvent("start", None, 0, event.total, {"skipped": []}))
-            elif event.kind == "unit":
-                step = event.values["steps_done"]
-                on_progress(
-                    StageEvent("step", step, event.index, event.total, event.values)
-                )
-            else:
-                on_progress(event)
-
-        with _dask_client(workers, scheduler) as client:
-            return optimizer_study(
-                out,
-                settings,
-                force=force,
-                client=client,
-                device=device,
-                data_dir=data_dir,
-                threads=threads,
-                on_progress=adapt,
-            )
-
-    study = common.run_steps(
-        "optimizers",
-        call,
-        lambda step, values: _unit_line(values),
-        console,
-        fail,
-        errors,
-    )
-    if isinstance(study, int):
-        return study
-    if not study.computed:
-        console.print("Nothing to do: every run of the grid is stored.")
-    _print_table(study, console)
-    for sentence in study.findings:
-        console.print(f"- {escape(sentence)}", soft_wrap=True)
-    report = study.files["findings"].parent
-    console.print(
-        f"Report in {escape(str(report))} (table.csv, grid.csv, curves.csv, "
-        f"findings.md, optimizers.png). Done in {study.seconds:.1f} s.",
-        soft_wrap=True,
-    )
-    return 0
 
 
 def command(
@@ -343,35 +224,80 @@ def command(
     to OUT/report/. A diverging run is recorded as diverged and the study goes
     on.
     """
-    from curvlab.experiments.optimizers import OptimizersSettings
+    from curvlab.experiments.optimizers import OptimizersSettings, optimizer_study
+    from curvlab.runs.stage import StageEvent
 
+    console = Console()
+    fail = common.error_printer(Console(stderr=True))
     try:
-        settings = OptimizersSettings(
-            problem=problem,
-            methods=None
-            if methods is None
-            else [m.strip().lower() for m in methods.split(",") if m.strip()],
-            lrs=parse_lrs(lr),
-            num_seeds=seeds,
-            steps=steps,
-            batch_size=batch_size,
-            eval_every=eval_every,
-            num_samples=num_samples,
-            dtype=dtype,
-            criterion=criterion,
-        )
+        lrs = parse_lrs(lr)
     except ValueError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(
-        main(
-            out=out,
-            settings=settings,
-            force=force,
-            workers=workers,
-            scheduler=scheduler,
-            device=device,
-            data_dir=data_dir,
-            threads=threads,
-        )
+        raise typer.Exit(common.option_error(error)) from None
+    names = None
+    if methods is not None:
+        names = [m.strip().lower() for m in methods.split(",") if m.strip()]
+    settings = OptimizersSettings(
+        problem,
+        names,
+        lrs,
+        seeds,
+        steps,
+        batch_size,
+        eval_every,
+        num_samples,
+        dtype,
+        criterion,
+    )
+    try:
+        common.check_device(device)
+        common.check_threads(threads)
+    except (ValueError, RuntimeError) as error:  # a ConfigError is a ValueError
+        raise typer.Exit(fail(str(error))) from None
+    if workers is not None and threads is None:
+        threads = 1
+
+    def call(on_progress):
+        def adapt(event: StageEvent) -> None:
+            if event.kind == "start":
+                skipped = len(event.values["skipped"])
+                if skipped:
+                    console.print(
+                        f"Already stored: {skipped} of {skipped + event.total} runs."
+                    )
+                on_progress(StageEvent("start", None, 0, event.total, {"skipped": []}))
+            elif event.kind == "unit":
+                step = event.values["steps_done"]
+                on_progress(
+                    StageEvent("step", step, event.index, event.total, event.values)
+                )
+            else:
+                on_progress(event)
+
+        with _dask_client(workers, scheduler) as client:
+            return optimizer_study(
+                out,
+                settings,
+                force=force,
+                client=client,
+                device=device,
+                data_dir=data_dir,
+                threads=threads,
+                on_progress=adapt,
+            )
+
+    # SettingsConflictError and ConfigError are ValueErrors, FileExistsError an OSError
+    errors = (ValueError, TypeError, NotImplementedError, OSError)
+    study = common.run_steps("optimizers", call, _unit_line, console, fail, errors)
+    if isinstance(study, int):
+        raise typer.Exit(study)
+    if not study.computed:
+        console.print("Nothing to do: every run of the grid is stored.")
+    _print_table(study, console)
+    for sentence in study.findings:
+        console.print(f"- {escape(sentence)}", soft_wrap=True)
+    report = study.files["findings"].parent
+    console.print(
+        f"Report in {escape(str(report))} (table.csv, grid.csv, curves.csv, "
+        f"findings.md, optimizers.png). Done in {study.seconds:.1f} s.",
+        soft_wrap=True,
     )

@@ -1,20 +1,11 @@
 """Experiments: the science of each stage and study, returning typed records.
 
 Nothing here parses arguments or prints; the CLI (:mod:`curvlab.cli`) renders
-the records. Per-step stages on a run folder run on the framework of
-:mod:`curvlab.runs.stage`:
-
-- :mod:`~curvlab.experiments.training`: train and record a run;
-- :mod:`~curvlab.experiments.spectrum`: full and layerwise spectra over training;
-- :mod:`~curvlab.experiments.overlap`: magnitude masks against the top Hessian
-  eigenspace; :mod:`~curvlab.experiments.exhaustive`: SEIGH against the exact
-  eigendecomposition (both on :mod:`~curvlab.experiments.eigenbasis`);
-- :mod:`~curvlab.experiments.trace`: Hutch++ traces of the Hessian and the GGN.
-
-Studies that need no run folder: :mod:`~curvlab.experiments.check`,
-:mod:`~curvlab.experiments.grassmann`, :mod:`~curvlab.experiments.hesscale_quality`,
-:mod:`~curvlab.experiments.hesscale_cost`; :mod:`~curvlab.experiments.demo` chains
-the stages and :mod:`~curvlab.experiments.report` renders their results.
+the records. Per-step stages on a run folder (:mod:`curvlab.runs.stage`):
+``training``, ``spectrum``, ``overlap`` and ``exhaustive`` (both on
+``eigenbasis``), ``trace``. Studies without a run folder: ``check``,
+``grassmann``, ``hesscale_quality``, ``hesscale_cost`` and the grid study
+``optimizers``; ``demo`` chains the stages and ``report`` renders their results.
 """
 
 from curvlab.experiments.check import (

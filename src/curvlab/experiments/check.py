@@ -29,6 +29,7 @@ from curvlab.operators import (
     GGNOperator,
     HessianOperator,
 )
+from curvlab.runs.stage import StageEvent
 
 __all__ = [
     "OPERATOR_KINDS",
@@ -118,21 +119,18 @@ class CheckReport:
         return all(check.ok for check in self.operators)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(function: Callable, device: torch.device):
-    _synchronize(device)
+    """``(function(), seconds)``, waiting for the CUDA work to finish."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    sync(device)
     start = time.perf_counter()
     result = function()
-    _synchronize(device)
+    sync(device)
     return result, time.perf_counter() - start
 
 
-def _relative_tolerance(dtype: torch.dtype) -> float:
-    return 1e3 * torch.finfo(dtype).eps
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _check_one(
@@ -143,54 +141,43 @@ def _check_one(
     except NotImplementedError as error:
         return OperatorCheck(name, SKIP, str(error))
     except Exception as error:  # reported in the record, not raised
-        return OperatorCheck(name, FAIL, f"{type(error).__name__}: {error}")
+        return OperatorCheck(name, FAIL, _failure(error))
     generator = torch.Generator(device=op.device).manual_seed(seed)
     v = torch.randn(op.shape[0], generator=generator, dtype=op.dtype, device=op.device)
-    try:
-        first, first_time = _timed(lambda: op @ v, op.device)
-        second, product_time = _timed(lambda: op @ v, op.device)
-    except Exception as error:  # reported in the record, not raised
-        return OperatorCheck(
-            name, FAIL, f"{type(error).__name__}: {error}", build_seconds=build
+    try:  # the first product also runs the determinism check
+        (first, first_time), (second, product_time) = (
+            _timed(lambda: op @ v, op.device) for _ in range(2)
         )
+    except Exception as error:  # reported in the record, not raised
+        return OperatorCheck(name, FAIL, _failure(error), build_seconds=build)
     timing = {
         "build_seconds": build,
         "first_seconds": first_time,
         "product_seconds": product_time,
     }
     if first.shape != v.shape:
-        return OperatorCheck(
-            name,
-            FAIL,
-            f"The product has shape {tuple(first.shape)}, expected {tuple(v.shape)}.",
-            **timing,
-        )
+        shapes = f"{tuple(first.shape)}, expected {tuple(v.shape)}"
+        return OperatorCheck(name, FAIL, f"The product has shape {shapes}.", **timing)
     if not bool(torch.isfinite(first).all()):
         return OperatorCheck(
             name, FAIL, "The product has non-finite entries.", **timing
         )
     rayleigh = float((v @ first) / (v @ v))
     scale = float(first.norm() / v.norm())
-    tol = _relative_tolerance(op.dtype)
+    tol = 1e3 * torch.finfo(op.dtype).eps
     difference = float((first - second).norm() / first.norm().clamp_min(1e-300))
+    problem = ""
     if difference > tol:
-        return OperatorCheck(
-            name,
-            FAIL,
+        problem = (
             "Two products with the same vector differ (relative difference "
-            f"{difference:.2e} > {tol:.1e}).",
-            rayleigh=rayleigh,
-            **timing,
+            f"{difference:.2e} > {tol:.1e})."
         )
-    if op.is_psd and rayleigh < -tol * scale:
-        return OperatorCheck(
-            name,
-            FAIL,
-            f"The operator is declared PSD but v^T A v / v^T v = {rayleigh:.3e} < 0.",
-            rayleigh=rayleigh,
-            **timing,
+    elif op.is_psd and rayleigh < -tol * scale:
+        problem = (
+            f"The operator is declared PSD but v^T A v / v^T v = {rayleigh:.3e} < 0."
         )
-    return OperatorCheck(name, OK, rayleigh=rayleigh, **timing)
+    status = FAIL if problem else OK
+    return OperatorCheck(name, status, problem, rayleigh=rayleigh, **timing)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -205,7 +192,7 @@ def check_operators(
     *,
     seed: int = 0,
     kinds: Sequence[str] | None = None,
-    on_operator: Callable[[str], None] | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> tuple[OperatorCheck, ...]:
     """Build each operator kind, multiply it onto a random vector, and time it.
 
@@ -222,7 +209,9 @@ def check_operators(
         data: Re-iterable ``(X, y)`` batches.
         seed: Seeds the random vector and the Monte-Carlo Fisher's labels.
         kinds: Names from :data:`OPERATOR_KINDS`; ``None`` for all.
-        on_operator: Called with each name before its check starts.
+        on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent` of
+            kind ``"phase"`` (``values["phase"]``: the kind's name) before each
+            check starts.
 
     Returns:
         One record per kind, in the order of ``kinds``.
@@ -244,9 +233,9 @@ def check_operators(
             f"Unknown operator kinds {unknown}. Available: {list(OPERATOR_KINDS)}."
         )
     checks = []
-    for name in names:
-        if on_operator is not None:
-            on_operator(name)
+    for index, name in enumerate(names):
+        if on_progress is not None:
+            on_progress(StageEvent("phase", None, index, len(names), {"phase": name}))
         checks.append(
             _check_one(name, OPERATOR_KINDS[name], model, loss_fn, data, seed)
         )
@@ -282,7 +271,7 @@ def check_problem(
     seed: int = 0,
     num_samples: int | None = None,
     batch_size: int | None = None,
-    on_operator: Callable[[str], None] | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> CheckReport:
     """Check every operator kind on a registered problem.
 
@@ -298,11 +287,9 @@ def check_problem(
         seed: Seeds the problem, the random vector and the Monte-Carlo labels.
         num_samples: Use only this many train samples (``None``: all).
         batch_size: Samples per batch (``None``: the problem's default).
-        on_operator: Called with ``"Gradient"`` and then each operator's name
-            before that part starts.
-
-    Returns:
-        The report.
+        on_progress: Called with a ``"phase"``
+            :class:`~curvlab.runs.stage.StageEvent` before each part starts:
+            ``"Gradient"``, then each operator (:func:`check_operators`).
 
     Raises:
         ValueError: If the problem cannot be built (unknown name, missing
@@ -320,25 +307,19 @@ def check_problem(
         batch_size=batch_size,
     )
     device = torch.device(device)
-    if on_operator is not None:
-        on_operator("Gradient")
-    _gradient(problem.model, problem.loss_fn, problem.train_data)
-    (loss, num_data, num_batches), seconds = _timed(
-        lambda: _gradient(problem.model, problem.loss_fn, problem.train_data), device
-    )
-    checks = check_operators(
-        problem.model,
-        problem.loss_fn,
-        problem.train_data,
-        seed=seed,
-        on_operator=on_operator,
-    )
+    if on_progress is not None:
+        total = len(OPERATOR_KINDS)
+        on_progress(StageEvent("phase", None, 0, total, {"phase": "Gradient"}))
+    model, loss_fn, data = problem.model, problem.loss_fn, problem.train_data
+    for _ in range(2):  # the first pass warms up
+        (loss, num_data, num_batches), seconds = _timed(
+            lambda: _gradient(model, loss_fn, data), device
+        )
+    checks = check_operators(model, loss_fn, data, seed=seed, on_progress=on_progress)
     return CheckReport(
         problem=problem.name,
         description=problem.description,
-        num_params=sum(
-            p.numel() for p in problem.model.parameters() if p.requires_grad
-        ),
+        num_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         num_data=num_data,
         num_batches=num_batches,
         dtype=dtype,

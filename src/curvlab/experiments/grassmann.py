@@ -41,12 +41,13 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab.runs.stage import StageEvent
 from curvlab.subspace import METRICS, distance_from_angles, principal_angles
 from curvlab.subspace.masks import random_mask
 
@@ -88,17 +89,17 @@ PAPER_CHANCE_0_2 = {
     "overlap": 0.2,
 }
 
-ProgressCallback = Callable[[int, int], None]
-"""``callback(completed, total)``: cells (``D``, ratio, scenario) done so far."""
-
 
 def _seed(*parts: int) -> int:
     """A 63-bit seed from integers, stable across runs and platforms."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]) >> 1
 
 
-def _haar(D: int, k: int, generator: torch.Generator) -> Tensor:
+def _haar(D: int, k: int, generator: torch.Generator, outside=None) -> Tensor:
+    """Random orthonormal ``(D, k)`` basis orthogonal to unit vectors ``outside``."""
     G = torch.randn(D, k, generator=generator, dtype=torch.float64)
+    if outside is not None:
+        G[outside] = 0.0
     return torch.linalg.qr(G).Q
 
 
@@ -106,13 +107,6 @@ def _one_hot(mask: Tensor, D: int) -> Tensor:
     M = torch.zeros(D, mask.numel(), dtype=torch.float64)
     M[mask, torch.arange(mask.numel())] = 1.0
     return M
-
-
-def _haar_outside(D: int, k: int, rows: Tensor, generator: torch.Generator) -> Tensor:
-    """Random orthonormal ``(D, k)`` basis orthogonal to the unit vectors ``rows``."""
-    G = torch.randn(D, k, generator=generator, dtype=torch.float64)
-    G[rows] = 0.0
-    return torch.linalg.qr(G).Q
 
 
 def scenario_pair(
@@ -139,15 +133,8 @@ def scenario_pair(
         raise ValueError(f"scenario must be one of {SCENARIOS}. Got {scenario!r}.")
     needs_planted = scenario in ("rotated", "shared")
     if needs_planted != (planted is not None):
-        raise ValueError(
-            f"Scenario {scenario!r} "
-            + (
-                "needs a planted value p."
-                if needs_planted
-                else "takes no planted value."
-            )
-            + f" Got planted={planted!r}."
-        )
+        wants = "needs a planted value p" if needs_planted else "takes no planted value"
+        raise ValueError(f"Scenario {scenario!r} {wants}. Got planted={planted!r}.")
     if planted is not None and not 0.0 <= planted <= 1.0:
         raise ValueError(f"planted must lie in [0, 1]. Got {planted}.")
     if not 1 <= k <= D or (scenario == "rotated" and 2 * k > D):
@@ -162,23 +149,15 @@ def scenario_pair(
         return U, _haar(D, k, generator)
     if scenario == "rotated":
         phi = math.acos(math.sqrt(planted))
-        W = _haar_outside(D, k, mask, generator)
+        W = _haar(D, k, generator, outside=mask)
         return U, U * math.cos(phi) + W * math.sin(phi)
     shared = round(planted * k)
-    rest = _haar_outside(D, k - shared, mask[:shared], generator)
+    rest = _haar(D, k - shared, generator, outside=mask[:shared])
     return U, torch.cat([U[:, :shared], rest], dim=1)
 
 
 def pair_values(U: Tensor, V: Tensor) -> dict[str, float]:
-    """Normalised value of every metric, and the overlap, for one pair.
-
-    Args:
-        U: ``(D, k)`` orthonormal basis.
-        V: ``(D, k)`` orthonormal basis.
-
-    Returns:
-        ``{quantity: value}`` for every name in :data:`QUANTITIES`.
-    """
+    """``{quantity: value}`` of :data:`QUANTITIES` for orthonormal ``(D, k)`` U, V."""
     angles = principal_angles(U, V)
     values = {
         metric: float(distance_from_angles(angles, metric, normalized=True))
@@ -211,11 +190,8 @@ class GrassmannCell:
     @property
     def label(self) -> str:
         """Scenario and planted value, e.g. ``"rotated 0.5"``."""
-        return (
-            self.scenario
-            if self.planted is None
-            else f"{self.scenario} {self.planted:g}"
-        )
+        planted = "" if self.planted is None else f" {self.planted:g}"
+        return self.scenario + planted
 
     def mean(self, quantity: str) -> float:
         """Mean over the trials of one quantity."""
@@ -251,28 +227,17 @@ class GrassmannResult:
     num_trials: int
     seed: int
     seconds: float
-    skipped: tuple[str, ...] = field(default=())
+    skipped: tuple[str, ...] = ()
 
     def find(
         self, scenario: str, ratio: float, D: int, planted: float | None = None
     ) -> GrassmannCell | None:
         """Return the cell of a scenario, ratio and ``D``, if it was run."""
-        for cell in self.cells:
-            if (cell.scenario, cell.ratio, cell.D, cell.planted) == (
-                scenario,
-                ratio,
-                D,
-                planted,
-            ):
-                return cell
-        return None
-
-
-def _scenarios(planted: Sequence[float]) -> list[tuple[str, float | None]]:
-    out: list[tuple[str, float | None]] = [("random", None), ("mask", None)]
-    out += [("rotated", p) for p in planted]
-    out += [("shared", p) for p in planted]
-    return out
+        key = (scenario, ratio, D, planted)
+        return next(
+            (c for c in self.cells if (c.scenario, c.ratio, c.D, c.planted) == key),
+            None,
+        )
 
 
 def grassmann_study(
@@ -282,7 +247,7 @@ def grassmann_study(
     planted: Sequence[float] = DEFAULT_PLANTED,
     num_trials: int = DEFAULT_TRIALS,
     seed: int = 0,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> GrassmannResult:
     r"""Measure every metric on random and planted pairs of subspaces.
 
@@ -296,10 +261,8 @@ def grassmann_study(
         planted: Planted values ``p`` in ``[0, 1]`` for ``rotated`` and ``shared``.
         num_trials: Pairs per cell.
         seed: Base seed.
-        on_progress: Called with ``(completed, total)`` cells.
-
-    Returns:
-        The result.
+        on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent` of
+            kind ``"cell"`` after each cell (``D``, ratio, scenario).
 
     Raises:
         ValueError: If a list is empty or a value out of range.
@@ -322,11 +285,11 @@ def grassmann_study(
         raise ValueError(f"planted values must lie in [0, 1]. Got {list(planted)}.")
     if num_trials < 1:
         raise ValueError(f"num_trials must be at least 1. Got {num_trials}.")
-    scenarios = _scenarios(planted)
+    scenarios: list[tuple[str, float | None]] = [("random", None), ("mask", None)]
+    scenarios += [(kind, p) for kind in ("rotated", "shared") for p in planted]
     start = time.perf_counter()
     cells, skipped = [], []
     total = len(ratios) * len(scenarios) * len(dims)
-    done = 0
     for ratio in ratios:
         for index, (scenario, value) in enumerate(scenarios):
             for D in dims:
@@ -344,28 +307,14 @@ def grassmann_study(
                         )
                         for t in range(num_trials)
                     ]
-                    cells.append(
-                        GrassmannCell(
-                            D=D,
-                            ratio=ratio,
-                            k=k,
-                            scenario=scenario,
-                            planted=value,
-                            values={q: [t[q] for t in trials] for q in QUANTITIES},
-                        )
-                    )
-                done += 1
+                    values = {q: [t[q] for t in trials] for q in QUANTITIES}
+                    cells.append(GrassmannCell(D, ratio, k, scenario, value, values))
                 if on_progress is not None:
-                    on_progress(done, total)
+                    done = len(cells) + len(skipped)
+                    on_progress(StageEvent("cell", None, done, total))
+    seconds = time.perf_counter() - start
     return GrassmannResult(
-        cells=tuple(cells),
-        dims=dims,
-        ratios=ratios,
-        planted=planted,
-        num_trials=num_trials,
-        seed=seed,
-        seconds=time.perf_counter() - start,
-        skipped=tuple(skipped),
+        tuple(cells), dims, ratios, planted, num_trials, seed, seconds, tuple(skipped)
     )
 
 

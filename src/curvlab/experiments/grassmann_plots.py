@@ -12,14 +12,11 @@ Rendering of a :class:`~curvlab.experiments.grassmann.GrassmannResult`:
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from curvlab._format import fmt, markdown_table
+from curvlab.experiments._study_files import new_figure, write_csv
 from curvlab.experiments.grassmann import (
     PAPER_CHANCE_0_2,
     QUANTITIES,
@@ -40,9 +37,6 @@ CHANCE_RATIO = 0.2
 
 def grassmann_markdown(result: GrassmannResult) -> str:
     """Render the settings, the chance comparison and all cells as markdown.
-
-    Args:
-        result: The study's result.
 
     Returns:
         The markdown text.
@@ -88,57 +82,36 @@ def grassmann_markdown(result: GrassmannResult) -> str:
 
 
 def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
-    """Write one row per cell: means and standard deviations of every quantity.
-
-    Args:
-        result: The study's result.
-        path: The file to write.
-    """
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(
-            [
-                "scenario",
-                "planted",
-                "ratio",
-                "D",
-                "k",
-                "trials",
-                *(f"{q}_mean" for q in QUANTITIES),
-                *(f"{q}_std" for q in QUANTITIES),
-            ]
-        )
-        for cell in result.cells:
-            writer.writerow(
-                [
-                    cell.scenario,
-                    "" if cell.planted is None else repr(cell.planted),
-                    repr(cell.ratio),
-                    cell.D,
-                    cell.k,
-                    len(cell.values[QUANTITIES[0]]),
-                    *(repr(cell.mean(q)) for q in QUANTITIES),
-                    *(repr(cell.std(q)) for q in QUANTITIES),
-                ]
-            )
+    """Write each cell's means and standard deviations to the CSV ``path``."""
+    header = ["scenario", "planted", "ratio", "D", "k", "trials"]
+    header += [f"{q}_{stat}" for stat in ("mean", "std") for q in QUANTITIES]
+    rows = [
+        [
+            cell.scenario,
+            "" if cell.planted is None else repr(cell.planted),
+            repr(cell.ratio),
+            cell.D,
+            cell.k,
+            len(cell.values[QUANTITIES[0]]),
+            *(repr(cell.mean(q)) for q in QUANTITIES),
+            *(repr(cell.std(q)) for q in QUANTITIES),
+        ]
+        for cell in result.cells
+    ]
+    write_csv(path, header, rows)
 
 
 def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
-    """Draw every quantity against ``D`` as a PNG (matplotlib's Agg backend).
+    """Draw every quantity against ``D`` into the PNG ``path``.
 
     One panel per quantity; one colour and marker per scenario (``random``
     and ``mask`` coincide in law), one line style per ratio,
     error bars of one standard deviation over trials; the paper's chance values
     at ``k/D = 0.2`` as dotted grey lines.
-
-    Args:
-        result: The study's result.
-        path: The PNG file to write.
     """
     columns = 3
     rows = math.ceil(len(QUANTITIES) / columns)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(4.2 * columns, 3.2 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     labels = list(dict.fromkeys(cell.label for cell in result.cells))
     colors = {label: f"C{i}" for i, label in enumerate(labels)}

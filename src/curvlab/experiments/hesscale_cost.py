@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from curvlab._checks import check_int
 from curvlab.diagonal import (
     exact_ggn_diagonal,
     exact_hessian_diagonal,
@@ -46,6 +47,7 @@ from curvlab.diagonal import (
     mc_ggn_diagonal,
 )
 from curvlab.optim import AdaHesScale, AdaHesScaleGN
+from curvlab.runs.stage import StageEvent
 
 __all__ = [
     "COST_METHODS",
@@ -74,10 +76,6 @@ DEFAULT_DEPTHS = (1, 2, 4, 8, 16)
 IN_FEATURES = 64
 OUT_FEATURES = 100
 
-ProgressCallback = Callable[[int, str, int, int], None]
-"""``callback(depth, what, completed, total)``: ``what`` is ``"warm-up"`` or
-``"repeats"``; ``completed`` counts repeats done out of ``total``."""
-
 StepFunction = Callable[[Tensor, Tensor], None]
 
 
@@ -104,25 +102,11 @@ class CostResult:
     config: dict = field(default_factory=dict)
 
     def median_seconds(self, name: str) -> list[float | None]:
-        """Return the median step time of a method (or the unit) at each depth.
-
-        Args:
-            name: A method or :data:`UNIT`.
-
-        Returns:
-            Seconds per depth, ``None`` where the method was skipped.
-        """
+        """Median step seconds per depth of a method or the unit (``None``: skipped)."""
         return [statistics.median(t) if t else None for t in self.seconds[name]]
 
     def multiples(self, method: str) -> list[float | None]:
-        """Return a method's median step time in gradient steps at each depth.
-
-        Args:
-            method: A method name.
-
-        Returns:
-            The ratio of medians per depth, ``None`` where skipped.
-        """
+        """A method's median step time per depth in gradient steps (or ``None``)."""
         unit = self.median_seconds(UNIT)
         return [
             None if t is None else t / u
@@ -138,20 +122,11 @@ def cost_model(
     out_features: int = OUT_FEATURES,
     seed: int = 0,
 ) -> nn.Sequential:
-    """Build the paper's timing network, without biases.
+    """Build the paper's timing network, float32, without biases.
 
-    ``Linear(in_features, width)``, ``depth`` times ``[Linear(width, width),
-    Tanh]``, then ``Linear(width, out_features)``.
-
-    Args:
-        depth: Number of hidden ``width x width`` layers, at least 0.
-        width: Hidden units.
-        in_features: Input dimension.
-        out_features: Output dimension.
-        seed: Seed of the initialisation (the global random state is restored).
-
-    Returns:
-        The network, float32.
+    ``Linear(in_features, width)``, ``depth >= 0`` times ``[Linear(width,
+    width), Tanh]``, then ``Linear(width, out_features)``, initialised from
+    ``seed`` (the global random state is restored).
 
     Example:
         >>> sum(p.numel() for p in cost_model(2, 8).parameters())
@@ -169,19 +144,12 @@ def cost_model(
 def step_functions(
     model: nn.Module, loss_fn: nn.Module, *, lr: float = 1e-4
 ) -> dict[str, StepFunction]:
-    """Build one training-step function per method, and the unit, on a model.
+    """``{name: step}`` for :data:`UNIT` and every name in :data:`COST_METHODS`.
 
-    Each function takes a batch ``(X, y)`` and runs one whole step in place:
-    forward pass, backward pass(es), and the optimiser's update (the unit
-    :data:`UNIT` stops after the backward pass).
-
-    Args:
-        model: The model; every method updates its parameters.
-        loss_fn: The loss.
-        lr: Learning rate of every optimiser (small: only the cost matters).
-
-    Returns:
-        ``{name: step}`` for :data:`UNIT` and every name in :data:`COST_METHODS`.
+    Each step takes a batch ``(X, y)`` and runs one whole training step of the
+    model in place: forward pass, backward pass(es), and the optimiser's update
+    with learning rate ``lr`` (small: only the cost matters); the unit stops
+    after the backward pass.
     """
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -206,12 +174,12 @@ def step_functions(
 
         return step
 
-    def separate(
-        optimizer: torch.optim.Optimizer, diagonal: Callable[[list], list[Tensor]]
-    ) -> StepFunction:
+    def separate(diagonal: Callable[..., list[Tensor]]) -> StepFunction:
+        optimizer = AdaHesScale(params, lr=lr)
+
         def step(X: Tensor, y: Tensor) -> None:
             gradient(X, y)
-            optimizer.step(diagonals=diagonal([(X, y)]))
+            optimizer.step(diagonals=diagonal(model, loss_fn, [(X, y)]))
 
         return step
 
@@ -223,19 +191,10 @@ def step_functions(
         "AdaHesScale": hesscale(AdaHesScale(params, lr=lr)),
         "AdaHesScaleGN": hesscale(AdaHesScaleGN(params, lr=lr)),
         "GGN-MC": separate(
-            AdaHesScale(params, lr=lr),
-            lambda data: mc_ggn_diagonal(
-                model, loss_fn, data, mc_samples=1, seed=next(counter)
-            ),
+            lambda *args: mc_ggn_diagonal(*args, mc_samples=1, seed=next(counter))
         ),
-        "exact GGN diag.": separate(
-            AdaHesScale(params, lr=lr),
-            lambda data: exact_ggn_diagonal(model, loss_fn, data),
-        ),
-        "exact Hessian diag.": separate(
-            AdaHesScale(params, lr=lr),
-            lambda data: exact_hessian_diagonal(model, loss_fn, data),
-        ),
+        "exact GGN diag.": separate(exact_ggn_diagonal),
+        "exact Hessian diag.": separate(exact_hessian_diagonal),
     }
 
 
@@ -277,6 +236,20 @@ def _over_budget(
     return None
 
 
+def _warm_up(key: str, step: StepFunction, batch, max_step_seconds: float):
+    """Run the warm-up step: ``(seconds, why the method is skipped)``."""
+    try:
+        warm = _timed(step, *batch)
+    except Exception as error:  # reported in the record, not raised
+        if key == UNIT:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        return None, f"{type(error).__name__}: {first}"
+    if key != UNIT and warm > max_step_seconds:
+        return warm, f"warm-up step {warm:.1f} s > {max_step_seconds:g} s"
+    return warm, None
+
+
 def hesscale_cost(
     *,
     depths: Sequence[int] = DEFAULT_DEPTHS,
@@ -286,7 +259,7 @@ def hesscale_cost(
     methods: Sequence[str] | None = None,
     max_step_seconds: float = 10.0,
     seed: int = 0,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> CostResult:
     """Time a training step of each method on networks of growing depth.
 
@@ -309,37 +282,41 @@ def hesscale_cost(
             is always timed.
         max_step_seconds: Time budget of one step, see above.
         seed: Seeds the networks and the batches.
-        on_progress: Progress callback, see :data:`ProgressCallback`.
+        on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`:
+            ``"phase"`` (``"depth 2: warm-up"``, ``"depth 2: repeats"``) and
+            ``"repeat"`` after each repeat, counting repeats over all depths.
 
     Returns:
         The step times.
 
     Raises:
         ValueError: If an argument is out of range or a method is unknown.
+        TypeError: If a depth, ``width``, ``batch_size`` or ``repeats`` is no int.
 
     Example:
         >>> result = hesscale_cost(depths=[1, 2], width=8, repeats=3, methods=["SGD"])
         >>> result.num_params, result.multiples("gradient")
         ((1376, 1440), [1.0, 1.0])
     """
-    depths = tuple(depths)
+    depths = tuple(check_int("depths", d, 0) for d in depths)
     names = list(COST_METHODS) if methods is None else list(methods)
     unknown = [m for m in names if m not in COST_METHODS]
     if unknown:
         raise ValueError(f"Unknown methods {unknown}. Available: {list(COST_METHODS)}.")
-    if not depths or any(
-        isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in depths
-    ):
-        raise ValueError(f"depths must be ints >= 0, at least one. Got {depths}.")
+    if not depths:
+        raise ValueError("depths must hold at least one depth. Got none.")
     for label, value in (
         ("width", width),
         ("batch_size", batch_size),
         ("repeats", repeats),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be an int >= 1. Got {value!r}.")
+        check_int(label, value, 1)
     if not max_step_seconds > 0:
         raise ValueError(f"max_step_seconds must be positive. Got {max_step_seconds}.")
+
+    def notify(kind: str, done: int, **values) -> None:
+        if on_progress is not None:
+            on_progress(StageEvent(kind, None, done, len(depths) * repeats, values))
 
     keys = [UNIT, *names]
     seconds: dict[str, list[list[float]]] = {k: [] for k in keys}
@@ -348,7 +325,7 @@ def hesscale_cost(
     previous: dict[str, tuple[float, int]] = {}  # method -> (warm-up s, D)
     dropped: dict[str, str] = {}  # method -> why, for all deeper networks
     loss_fn = nn.MSELoss()
-    for depth in depths:
+    for index, depth in enumerate(depths):
         model = cost_model(depth, width, seed=seed + depth)
         dim = sum(p.numel() for p in model.parameters())
         num_params.append(dim)
@@ -361,39 +338,29 @@ def hesscale_cost(
             )
             for _ in range(repeats + 1)
         ]
-        if on_progress is not None:
-            on_progress(depth, "warm-up", 0, repeats)
+        notify("phase", index * repeats, phase=f"depth {depth}: warm-up")
         with _gc_paused():
             active = []
             for key in keys:
                 reason = _over_budget(key, previous, dropped, dim, max_step_seconds)
                 if reason is None:
-                    try:
-                        warm = _timed(steps[key], *batches[0])
-                    except Exception as error:  # reported in the record, not raised
-                        if key == UNIT:
-                            raise
-                        lines = str(error).strip().splitlines() or [""]
-                        first = lines[0].split(". ")[0][:200]
-                        reason = f"{type(error).__name__}: {first}"
-                    else:
+                    warm, reason = _warm_up(
+                        key, steps[key], batches[0], max_step_seconds
+                    )
+                    if warm is not None:
                         previous[key] = (warm, dim)
-                        if key != UNIT and warm > max_step_seconds:
-                            reason = (
-                                f"warm-up step {warm:.1f} s > {max_step_seconds:g} s"
-                            )
                 if reason is not None:
                     dropped.setdefault(key, reason)
                     skipped[key].append(reason)
                     continue
                 active.append(key)
+            notify("phase", index * repeats, phase=f"depth {depth}: repeats")
             times: dict[str, list[float]] = {k: [] for k in active}
             for r in range(repeats):
                 shift = r % len(active)
                 for key in active[shift:] + active[:shift]:
                     times[key].append(_timed(steps[key], *batches[r + 1]))
-                if on_progress is not None:
-                    on_progress(depth, "repeats", r + 1, repeats)
+                notify("repeat", index * repeats + r + 1, depth=depth)
         for key in keys:
             seconds[key].append(times.get(key, []))
             if key in active and key != UNIT:
@@ -410,11 +377,4 @@ def hesscale_cost(
         "threads": torch.get_num_threads(),
         "max_step_seconds": max_step_seconds,
     }
-    return CostResult(
-        depths=depths,
-        num_params=tuple(num_params),
-        methods=tuple(names),
-        seconds=seconds,
-        skipped=skipped,
-        config=config,
-    )
+    return CostResult(depths, tuple(num_params), tuple(names), seconds, skipped, config)

@@ -11,15 +11,12 @@ the fastest seconds per step and the multiple of a gradient step).
 
 from __future__ import annotations
 
-import csv
 import math
 from functools import partial
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from curvlab._format import fmt, markdown_table
+from curvlab.experiments._study_files import new_figure, write_csv
 from curvlab.experiments.hesscale_cost import UNIT, CostResult
 from curvlab.experiments.hesscale_quality import NORMALIZER, QualityResult
 
@@ -35,9 +32,6 @@ __all__ = [
 
 def quality_markdown(result: QualityResult) -> str:
     """Render the normalised errors and the settings as markdown.
-
-    Args:
-        result: The study's result.
 
     Returns:
         Settings, the table (one row per estimator, best first) and the ranking.
@@ -78,54 +72,40 @@ def quality_markdown(result: QualityResult) -> str:
 
 
 def write_quality_csv(result: QualityResult, path: str | Path) -> None:
-    """Write the normalised and raw errors of each estimator as CSV.
-
-    Args:
-        result: The study's result.
-        path: The file to write.
-    """
+    """Write the normalised and raw errors of each estimator to the CSV ``path``."""
     raw = result.mean_errors()
     columns = [*result.layers, "total"]
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(
-            [
-                "method",
-                *(f"{c} normalized" for c in columns),
-                *(f"{c} L1" for c in columns),
-                "seed ratio min",
-                "seed ratio max",
-                "num_seeds",
-                "num_samples",
-            ]
-        )
-        for method in result.methods:
-            ratios = result.seed_ratios[method]
-            writer.writerow(
-                [
-                    method,
-                    *(repr(result.normalized[method][c]) for c in columns),
-                    *(repr(raw[method][c]) for c in columns),
-                    repr(min(ratios)),
-                    repr(max(ratios)),
-                    len(result.seeds),
-                    result.num_samples,
-                ]
-            )
+    header = [
+        "method",
+        *(f"{c} normalized" for c in columns),
+        *(f"{c} L1" for c in columns),
+        "seed ratio min",
+        "seed ratio max",
+        "num_seeds",
+        "num_samples",
+    ]
+    rows = [
+        [
+            method,
+            *(repr(result.normalized[method][c]) for c in columns),
+            *(repr(raw[method][c]) for c in columns),
+            repr(min(result.seed_ratios[method])),
+            repr(max(result.seed_ratios[method])),
+            len(result.seeds),
+            result.num_samples,
+        ]
+        for method in result.methods
+    ]
+    write_csv(path, header, rows)
 
 
 def plot_quality(result: QualityResult, path: str | Path) -> None:
-    """Draw the normalised total errors and the per-layer errors as a PNG.
+    """Draw the normalised total errors and the per-layer errors into the PNG ``path``.
 
     Left: one bar per estimator, the normalised total error (log scale), and
     one dot per seed (that seed's ratio). Right: mean L1 error per layer.
-
-    Args:
-        result: The study's result.
-        path: The PNG file to write.
     """
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(11, 4.5)
     left, right = figure.subplots(1, 2, width_ratios=(3, 2))
     methods = result.methods
     colors = [f"C{i}" for i in range(len(methods))]
@@ -164,9 +144,6 @@ def plot_quality(result: QualityResult, path: str | Path) -> None:
 
 def cost_markdown(result: CostResult) -> str:
     """Render the step times and the settings as markdown.
-
-    Args:
-        result: The study's result.
 
     Returns:
         Settings, then a table with one row per depth: ``D``, the gradient step
@@ -207,55 +184,33 @@ def cost_markdown(result: CostResult) -> str:
 
 
 def write_cost_csv(result: CostResult, path: str | Path) -> None:
-    """Write one row per depth and method (the unit included) as CSV.
-
-    Args:
-        result: The study's result.
-        path: The file to write.
-    """
+    """Write one row per depth and method (the unit included) to the CSV ``path``."""
     unit = result.median_seconds(UNIT)
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(
-            [
-                "depth",
-                "num_params",
-                "method",
-                "median_seconds",
-                "min_seconds",
-                "gradient_steps",
-                "num_timed",
-                "skipped",
-            ]
-        )
-        for name in (UNIT, *result.methods):
-            medians = result.median_seconds(name)
-            for d, depth in enumerate(result.depths):
-                median = medians[d]
-                times = result.seconds[name][d]
-                writer.writerow(
-                    [
-                        depth,
-                        result.num_params[d],
-                        name,
-                        "" if median is None else repr(median),
-                        repr(min(times)) if times else "",
-                        "" if median is None else repr(median / unit[d]),
-                        len(result.seconds[name][d]),
-                        "" if name == UNIT else result.skipped[name][d],
-                    ]
-                )
+    header = ["depth", "num_params", "method", "median_seconds", "min_seconds"]
+    header += ["gradient_steps", "num_timed", "skipped"]
+    rows = []
+    for name in (UNIT, *result.methods):
+        medians = result.median_seconds(name)
+        for d, (depth, median) in enumerate(zip(result.depths, medians, strict=True)):
+            times = result.seconds[name][d]
+            rows.append(
+                [
+                    depth,
+                    result.num_params[d],
+                    name,
+                    "" if median is None else repr(median),
+                    repr(min(times)) if times else "",
+                    "" if median is None else repr(median / unit[d]),
+                    len(times),
+                    "" if name == UNIT else result.skipped[name][d],
+                ]
+            )
+    write_csv(path, header, rows)
 
 
 def plot_cost(result: CostResult, path: str | Path) -> None:
-    """Draw seconds per step and multiples of a gradient step as a PNG.
-
-    Args:
-        result: The study's result.
-        path: The PNG file to write.
-    """
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    """Draw seconds per step and multiples of a gradient step into the PNG ``path``."""
+    figure = new_figure(11, 4.5)
     left, right = figure.subplots(1, 2)
     for index, name in enumerate((UNIT, *result.methods)):
         style = {"color": "black", "linestyle": "--"} if name == UNIT else {}

@@ -47,14 +47,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from curvlab.diagonal import (
-    exact_hessian_diagonal,
-    hesscale_batch,
-    mc_ggn_diagonal,
-)
+from curvlab._checks import check_int
+from curvlab.diagonal import exact_hessian_diagonal, hesscale_batch, mc_ggn_diagonal
 from curvlab.operators import HessianOperator
 from curvlab.problems.data import load_digits
 from curvlab.problems.models import mlp
+from curvlab.runs.stage import StageEvent
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -70,16 +68,9 @@ __all__ = [
     "sequential_hessian_diagonal",
 ]
 
+_HESSCALE_VARIANTS = {"HesScale": "hessian", "HesScaleGN": "ggn", "BL89": "bl89"}
 #: Estimators compared, in table order.
-METHODS = (
-    "HesScale",
-    "HesScaleGN",
-    "BL89",
-    "GGN-MC(1)",
-    "Hutchinson(1)",
-    "g²",
-    "zero",
-)
+METHODS = (*_HESSCALE_VARIANTS, "GGN-MC(1)", "Hutchinson(1)", "g²", "zero")
 #: The estimator whose mean total error is the unit.
 NORMALIZER = "HesScale"
 #: Training before the measurements (HesScale's setup: 2 epochs of SGD, lr 1e-3,
@@ -87,11 +78,6 @@ NORMALIZER = "HesScale"
 DEFAULT_EPOCHS = 2
 DEFAULT_LR = 1e-3
 DEFAULT_TRAIN_BATCH_SIZE = 64
-
-_HESSCALE_VARIANTS = {"HesScale": "hessian", "HesScaleGN": "ggn", "BL89": "bl89"}
-
-ProgressCallback = Callable[[int, int, int], None]
-"""``callback(seed, completed, total)``: samples measured so far for ``seed``."""
 
 
 @dataclass(frozen=True)
@@ -123,21 +109,8 @@ class QualityResult:
     config: dict = field(default_factory=dict)
 
     def mean_errors(self) -> dict[str, dict[str, float]]:
-        """Return the mean L1 errors, not normalised, per layer and ``"total"``.
-
-        Returns:
-            ``{method: {layer or "total": error}}``.
-        """
-        out = {}
-        for method in self.methods:
-            per_seed = self.errors[method]
-            row = {
-                layer: statistics.fmean(run[index] for run in per_seed)
-                for index, layer in enumerate(self.layers)
-            }
-            row["total"] = statistics.fmean(sum(run) for run in per_seed)
-            out[method] = row
-        return out
+        """``{method: {layer or "total": mean L1 error}}``, not normalised."""
+        return _mean_errors(self.errors, self.layers)
 
     def ranking(self) -> list[str]:
         """Return the estimators sorted by normalised total error, best first."""
@@ -215,24 +188,12 @@ _ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.ReLU)
 def sequential_hessian_diagonal(
     model: nn.Module, loss_fn: nn.Module, X: Tensor, y: Tensor
 ) -> list[Tensor] | None:
-    r"""Exact Hessian diagonal of a Linear/Tanh/Sigmoid/ReLU MLP on one batch.
+    """Exact Hessian diagonal of a Linear/Tanh/Sigmoid/ReLU MLP on one batch.
 
-    Kept for existing callers: the computation is
-    :func:`curvlab.diagonal.exact_hessian_diagonal`, which backpropagates the
-    per-sample Hessian exactly for such models (Dangel, Kunstner & Hennig 2020,
-    "BackPACK", ICLR: ``DiagHessian``; :mod:`curvlab.diagonal.hessian_backprop`)
-    and handles more activations and models.
-
-    Args:
-        model: The model.
-        loss_fn: ``CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss``.
-        X: Inputs ``(B, in)``.
-        y: Targets.
-
-    Returns:
-        The diagonal of the batch loss's Hessian, shaped like the trainable
-        parameters, or ``None`` if the model is not an ``nn.Sequential`` of
-        Linear, Tanh, Sigmoid and ReLU modules with all parameters trainable.
+    :func:`curvlab.diagonal.exact_hessian_diagonal` (per-sample Hessian
+    backpropagation, BackPACK's ``DiagHessian``, Dangel et al. 2020) on the batch
+    ``(X, y)``, or ``None`` if the model is not an ``nn.Sequential`` of Linear,
+    Tanh, Sigmoid and ReLU modules with all parameters trainable.
     """
     modules = list(model) if isinstance(model, nn.Sequential) else [model]
     if not all(isinstance(m, (nn.Linear, *_ACTIVATIONS)) for m in modules) or not all(
@@ -287,17 +248,7 @@ def estimate_errors(
     }
 
 
-def _train(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    X: Tensor,
-    y: Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-) -> None:
+def _train(model, loss_fn, X, y, epochs: int, lr: float, batch_size: int, seed: int):
     """Plain SGD on shuffled mini-batches, in place."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -325,7 +276,7 @@ def hesscale_quality(
     lr: float = DEFAULT_LR,
     train_batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
     dtype: torch.dtype = torch.float64,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Callable[[StageEvent], None] | None = None,
 ) -> QualityResult:
     """Run the approximation-quality study on the digits.
 
@@ -345,7 +296,9 @@ def hesscale_quality(
         train_batch_size: SGD mini-batch size.
         dtype: Floating dtype of model and data (float64: the exact diagonal
             is exact to round-off).
-        on_progress: Called after every sample, see :data:`ProgressCallback`.
+        on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`:
+            ``"phase"`` when a seed's measurements start (``"seed 1: samples"``)
+            and ``"sample"`` after each sample, counting samples over all seeds.
 
     Returns:
         The errors per estimator, layer and seed, and their normalised means.
@@ -363,15 +316,11 @@ def hesscale_quality(
         raise ValueError("seeds must hold at least one seed. Got none.")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct. Got {list(seeds)}.")
-    for label, value, low in (
-        ("num_samples", num_samples, 1),
-        ("width", width, 1),
-        ("depth", depth, 0),
-        ("epochs", epochs, 0),
-        ("train_batch_size", train_batch_size, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an int >= {low}. Got {value!r}.")
+    check_int("num_samples", num_samples, 1)
+    check_int("width", width, 1)
+    check_int("depth", depth, 0)
+    check_int("epochs", epochs, 0)
+    check_int("train_batch_size", train_batch_size, 1)
     if not lr > 0:
         raise ValueError(f"lr must be positive. Got {lr}.")
 
@@ -379,7 +328,13 @@ def hesscale_quality(
     per_seed: dict[str, list[list[float]]] = {m: [] for m in METHODS}
     layers: list[str] = []
     num_params = 0
-    for seed in seeds:
+    total = len(seeds) * num_samples
+
+    def notify(kind: str, done: int, **values) -> None:
+        if on_progress is not None:
+            on_progress(StageEvent(kind, None, done, total, values))
+
+    for index, seed in enumerate(seeds):
         split = load_digits(seed, dtype=dtype)
         X, y = split.X_train, split.y_train
         if num_samples > len(y):
@@ -391,45 +346,30 @@ def hesscale_quality(
         num_params = sum(p.numel() for p in model.parameters())
         if epochs:
             model.train()
-            _train(
-                model,
-                loss_fn,
-                X,
-                y,
-                epochs=epochs,
-                lr=lr,
-                batch_size=train_batch_size,
-                seed=seed,
-            )
+            _train(model, loss_fn, X, y, epochs, lr, train_batch_size, seed)
         model.eval()
         layers, layer_of = layer_names(model)
         sums = {m: [0.0] * len(layers) for m in METHODS}
+        notify("phase", index * num_samples, phase=f"seed {seed}: samples")
         for n in range(num_samples):
+            sample = (X[n : n + 1], y[n : n + 1])
             errors = estimate_errors(
-                model,
-                loss_fn,
-                X[n : n + 1],
-                y[n : n + 1],
-                seed=_sample_seed(seed, n),
+                model, loss_fn, *sample, seed=_sample_seed(seed, n)
             )
             for method in METHODS:
                 for value, layer in zip(errors[method], layer_of, strict=True):
                     sums[method][layer] += value
-            if on_progress is not None:
-                on_progress(seed, n + 1, num_samples)
+            notify("sample", index * num_samples + n + 1, seed=seed)
         for method in METHODS:
             per_seed[method].append([s / num_samples for s in sums[method]])
 
     totals = {m: [sum(run) for run in per_seed[m]] for m in METHODS}
-    unit = statistics.fmean(totals[NORMALIZER])
-    normalized = {}
-    for method in METHODS:
-        row = {
-            layer: _ratio(statistics.fmean(r[i] for r in per_seed[method]), unit)
-            for i, layer in enumerate(layers)
-        }
-        row["total"] = _ratio(statistics.fmean(totals[method]), unit)
-        normalized[method] = row
+    means = _mean_errors(per_seed, layers)
+    unit = means[NORMALIZER]["total"]
+    normalized = {
+        m: {column: _ratio(value, unit) for column, value in row.items()}
+        for m, row in means.items()
+    }
     seed_ratios = {
         m: [_ratio(a, b) for a, b in zip(totals[m], totals[NORMALIZER], strict=True)]
         for m in METHODS
@@ -445,15 +385,27 @@ def hesscale_quality(
         "dtype": str(dtype).removeprefix("torch."),
     }
     return QualityResult(
-        methods=METHODS,
-        layers=tuple(layers),
-        seeds=seeds,
-        num_samples=num_samples,
-        errors=per_seed,
-        normalized=normalized,
-        seed_ratios=seed_ratios,
-        config=config,
+        METHODS,
+        tuple(layers),
+        seeds,
+        num_samples,
+        per_seed,
+        normalized,
+        seed_ratios,
+        config,
     )
+
+
+def _mean_errors(errors, layers: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Means over seeds of ``errors[method][seed][layer]`` and of their sums."""
+    out = {}
+    for method, per_seed in errors.items():
+        out[method] = {
+            layer: statistics.fmean(run[index] for run in per_seed)
+            for index, layer in enumerate(layers)
+        }
+        out[method]["total"] = statistics.fmean(sum(run) for run in per_seed)
+    return out
 
 
 def _ratio(value: float, unit: float) -> float:

@@ -82,6 +82,7 @@ from typing import Any
 import torch
 
 from curvlab._checks import check_choice, check_int
+from curvlab._format import fmt, markdown_table
 from curvlab.runs import RunFolder, TrainConfig
 from curvlab.runs import stage as framework
 from curvlab.runs.config import DTYPES
@@ -89,6 +90,7 @@ from curvlab.runs.config import DTYPES
 __all__ = [
     "CRITERIA",
     "DEFAULT_LRS",
+    "LABELS",
     "METHODS",
     "OptimizerStudy",
     "OptimizersSettings",
@@ -113,7 +115,8 @@ DEFAULT_LRS: dict[str, tuple[float, ...]] = {
 #: How the best learning rate is chosen (module docstring).
 CRITERIA = ("final_loss", "mean_loss")
 
-_LABELS = {
+#: Display name per method.
+LABELS = {
     "sgd": "SGD",
     "adam": "Adam",
     "adahesscale": "AdaHesScale",
@@ -309,10 +312,8 @@ class OptimizersStage(framework.GridStage):
             check_choice("method", method, METHODS)
         resolved["methods"] = list(dict.fromkeys(methods))
         resolved["lrs"] = _resolve_lrs(requested.lrs, stored, resolved["methods"])
-        check_int("num_seeds", resolved["num_seeds"], 1)
-        check_int("steps", resolved["steps"], 1)
-        check_int("batch_size", resolved["batch_size"], 1)
-        check_int("eval_every", resolved["eval_every"], 1)
+        for name in ("num_seeds", "steps", "batch_size", "eval_every"):
+            check_int(name, resolved[name], 1)
         if resolved["num_samples"] is not None:
             check_int("num_samples", resolved["num_samples"], 1)
         check_choice("dtype", resolved["dtype"], DTYPES)
@@ -386,7 +387,7 @@ class OptimizersStage(framework.GridStage):
         from curvlab.experiments.training import train
 
         method, lr, seed = self._units[unit]
-        label = f"{_LABELS[method]} lr {lr:g} seed {seed}"
+        label = f"{LABELS[method]} lr {lr:g} seed {seed}"
         reached = {"step": 0}
 
         def on_train(event) -> None:
@@ -429,6 +430,9 @@ class OptimizersStage(framework.GridStage):
         return self.folder.read_json(f"units/{unit}.json")
 
 
+_CURVE_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
 def _summarise(
     unit: str, method: str, lr: float, seed: int, path: Path, diverged_at: int | None
 ) -> dict[str, Any]:
@@ -440,11 +444,7 @@ def _summarise(
             {
                 "step": row["step"],
                 "seconds": seconds,
-                **{
-                    key: row.get(key)
-                    for key in ("train_loss", "train_accuracy", "test_loss")
-                },
-                "test_accuracy": row.get("test_accuracy"),
+                **{key: row.get(key) for key in _CURVE_KEYS},
             }
         )
     losses = [point["train_loss"] for point in curve]
@@ -524,6 +524,11 @@ class OptimizerStudy:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def _seed_runs(runs, method: str, lr: float, settings) -> list[dict[str, Any]]:
+    """The summaries of every seed of one (method, lr)."""
+    return [runs[unit_key(method, lr, s)] for s in range(settings.num_seeds)]
+
+
 def _criterion_value(summary: Mapping[str, Any], criterion: str) -> float:
     key = "final_train_loss" if criterion == "final_loss" else "mean_train_loss"
     value = summary[key]
@@ -534,7 +539,7 @@ def _grid_rows(runs, settings: OptimizersSettings) -> list[dict[str, Any]]:
     rows = []
     for method in settings.methods:
         for lr in settings.lrs[method]:
-            mine = [runs[unit_key(method, lr, s)] for s in range(settings.num_seeds)]
+            mine = _seed_runs(runs, method, lr, settings)
             values = [_criterion_value(r, settings.criterion) for r in mine]
             finals = [r["final_train_loss"] for r in mine]  # inf where diverged
             finite = [r for r in mine if r["diverged_at"] is None]
@@ -569,9 +574,7 @@ def _curves(runs, best, settings: OptimizersSettings) -> list[dict[str, Any]]:
     for method, lr in best.items():
         if lr is None:
             continue
-        mine = [
-            runs[unit_key(method, lr, s)]["curve"] for s in range(settings.num_seeds)
-        ]
+        mine = [run["curve"] for run in _seed_runs(runs, method, lr, settings)]
         for index, point in enumerate(mine[0]):
             points = [curve[index] for curve in mine if index < len(curve)]
             loss, loss_se = _mean_se([p["train_loss"] for p in points])
@@ -606,11 +609,7 @@ def _table(runs, best, settings: OptimizersSettings) -> list[dict[str, Any]]:
     for method in settings.methods:
         lr = best[method]
         mine = [r for r in runs.values() if r["method"] == method]
-        at_best = (
-            []
-            if lr is None
-            else [runs[unit_key(method, lr, s)] for s in range(settings.num_seeds)]
-        )
+        at_best = [] if lr is None else _seed_runs(runs, method, lr, settings)
         loss, loss_se = _mean_se([r["final_train_loss"] for r in at_best])
         accuracy, accuracy_se = _mean_se([r["final_test_accuracy"] for r in at_best])
         per_step = seconds(method)
@@ -631,10 +630,6 @@ def _table(runs, best, settings: OptimizersSettings) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
-
-
 def _pm(mean: float | None, error: float | None, scale: float = 1.0) -> str:
     """``mean ± error`` (``error`` left out when there is none)."""
     if mean is None:
@@ -642,7 +637,15 @@ def _pm(mean: float | None, error: float | None, scale: float = 1.0) -> str:
     if scale != 1.0:
         text = f"{scale * mean:.2f}"
         return text if error is None else f"{text} ± {scale * error:.2f}"
-    return _fmt(mean) if error is None else f"{_fmt(mean)} ± {_fmt(error, 2)}"
+    return fmt(mean, 3) if error is None else f"{fmt(mean, 3)} ± {fmt(error, 2)}"
+
+
+def _loss(row: Mapping[str, Any]) -> str:
+    return _pm(row["final_train_loss"], row["final_train_loss_se"])
+
+
+def _accuracy(row: Mapping[str, Any]) -> str:
+    return _pm(row["final_test_accuracy"], row["final_test_accuracy_se"], 100)
 
 
 def _compare(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
@@ -665,22 +668,21 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
     for row in table:
         if row["best_lr"] is None:
             out.append(
-                f"Every learning rate of {_LABELS[row['method']]} had a diverged seed, "
+                f"Every learning rate of {LABELS[row['method']]} had a diverged seed, "
                 "so it has no best learning rate."
             )
     if rows:
         ranked = sorted(rows.values(), key=lambda r: r["final_train_loss"])
         first = ranked[0]
         text = (
-            f"On {settings.problem}, {_LABELS[first['method']]} (lr "
+            f"On {settings.problem}, {LABELS[first['method']]} (lr "
             f"{first['best_lr']:g}) reached the lowest final training loss, "
-            f"{_pm(first['final_train_loss'], first['final_train_loss_se'])}"
+            f"{_loss(first)}"
         )
         if len(ranked) > 1:
             second = ranked[1]
             text += (
-                f"; the runner-up {_LABELS[second['method']]} reached "
-                f"{_pm(second['final_train_loss'], second['final_train_loss_se'])}"
+                f"; the runner-up {LABELS[second['method']]} reached {_loss(second)}"
             )
             if settings.num_seeds > 1:
                 apart = _compare(first, second, "final_train_loss") != (
@@ -699,12 +701,9 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
         scored = [r for r in rows.values() if r["final_test_accuracy"] is not None]
         if scored:
             top = max(scored, key=lambda r: r["final_test_accuracy"])
-            accuracy = _pm(
-                top["final_test_accuracy"], top["final_test_accuracy_se"], 100
-            )
             out.append(
-                f"The highest final test accuracy was {_LABELS[top['method']]}'s, "
-                f"{accuracy} %."
+                f"The highest final test accuracy was {LABELS[top['method']]}'s, "
+                f"{_accuracy(top)} %."
             )
     for mine in ("adahesscale", "adahesscalegn"):
         if mine not in rows:
@@ -714,10 +713,10 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
                 continue
             a, b = rows[mine], rows[other]
             text = (
-                f"At their best learning rates {_LABELS[mine]}'s final training "
-                f"loss ({_fmt(a['final_train_loss'])}) was "
-                f"{_compare(a, b, 'final_train_loss')} {_LABELS[other]}'s "
-                f"({_fmt(b['final_train_loss'])})"
+                f"At their best learning rates {LABELS[mine]}'s final training "
+                f"loss ({fmt(a['final_train_loss'], 3)}) was "
+                f"{_compare(a, b, 'final_train_loss')} {LABELS[other]}'s "
+                f"({fmt(b['final_train_loss'], 3)})"
             )
             if a["final_test_accuracy"] is not None:
                 text += (
@@ -736,20 +735,20 @@ def _findings(table, settings: OptimizersSettings) -> list[str]:
         lrs = settings.lrs[method]
         if len(lrs) > 1 and row["best_lr"] in (min(lrs), max(lrs)):
             out.append(
-                f"{_LABELS[method]}'s best learning rate {row['best_lr']:g} lies at "
+                f"{LABELS[method]}'s best learning rate {row['best_lr']:g} lies at "
                 "the edge of its grid; a wider grid may do better."
             )
     timed = [r for r in table if r["time_vs_sgd"] is not None and r["method"] != "sgd"]
     if timed:
         parts = ", ".join(
-            f"{_LABELS[r['method']]} {r['time_vs_sgd']:.2f}x" for r in timed
+            f"{LABELS[r['method']]} {r['time_vs_sgd']:.2f}x" for r in timed
         )
         out.append(f"Time per step as a multiple of SGD's (median over runs): {parts}.")
     diverged = sum(r["diverged"] for r in table)
     total = sum(r["runs"] for r in table)
     if diverged:
         parts = ", ".join(
-            f"{_LABELS[r['method']]} {r['diverged']}" for r in table if r["diverged"]
+            f"{LABELS[r['method']]} {r['diverged']}" for r in table if r["diverged"]
         )
         out.append(f"{diverged} of {total} runs diverged ({parts}).")
     else:
@@ -771,13 +770,13 @@ def _markdown(study_table, findings, settings: OptimizersSettings) -> str:
     for r in study_table:
         body.append(
             (
-                _LABELS[r["method"]],
-                _fmt(r["best_lr"]),
-                _pm(r["final_train_loss"], r["final_train_loss_se"]),
-                _pm(r["final_test_accuracy"], r["final_test_accuracy_se"], 100),
+                LABELS[r["method"]],
+                fmt(r["best_lr"], 3),
+                _loss(r),
+                _accuracy(r),
                 f"{r['diverged']}/{r['runs']}",
-                _fmt(r["seconds_per_step"]),
-                _fmt(r["time_vs_sgd"]),
+                fmt(r["seconds_per_step"], 3),
+                fmt(r["time_vs_sgd"], 3),
             )
         )
     criterion = (
@@ -785,15 +784,12 @@ def _markdown(study_table, findings, settings: OptimizersSettings) -> str:
         if settings.criterion == "final_loss"
         else "training loss averaged over recorded steps and seeds"
     )
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    table = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    table += ["| " + " | ".join(row) + " |" for row in body]
     lines = [
         f"Problem {settings.problem}: {settings.steps} steps of batch "
         f"{settings.batch_size}, {settings.num_seeds} seeds; best learning rate by "
         f"{criterion}; mean ± standard error over seeds.",
         "",
-        *table,
+        markdown_table(header, body),
         "",
         *[f"- {sentence}" for sentence in findings],
     ]
@@ -820,7 +816,7 @@ def _report(
             "report/findings.md", _markdown(table, findings, settings) + "\n"
         ),
     }
-    files["figure"] = plot_curves(folder, curves, settings, labels=_LABELS)
+    files["figure"] = plot_curves(folder, curves, settings, labels=LABELS)
     return OptimizerStudy(
         folder=folder.path,
         settings=settings,
@@ -886,8 +882,8 @@ def optimizer_study(
         stage,
         force=force,
         client=client,
-        device=device,
-        data_dir=data_dir,
+        device=stage.device,
+        data_dir=stage.data_dir,
         on_progress=on_progress,
     )
     return _report(stage.folder, result, stage)

@@ -346,13 +346,10 @@ def _hesscale_stage(
     if _stored_info(run, reporting.HESSCALE_STAGE, wanted) is not None:
         stages.done("hesscale", [], [0], "already stored")
         return None
-    done_seeds: list[int] = []
 
-    def on_sample(seed: int, completed: int, num: int) -> None:
-        if completed == num:
-            done_seeds.append(seed)
-        done = len(done_seeds) * num + (0 if completed == num else completed)
-        stages.notify(DemoEvent("hesscale", "progress", done, total))
+    def on_sample(event: StageEvent) -> None:
+        if event.kind == "sample":
+            stages.notify(DemoEvent("hesscale", "progress", event.index, total))
 
     tic = time.perf_counter()
     result = hesscale_quality(

@@ -43,10 +43,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab._seeds import derive_seed
 from curvlab.runs.stage import StageEvent
 from curvlab.subspace import METRICS, distance_from_angles, principal_angles
 from curvlab.subspace.masks import random_mask
@@ -88,11 +88,6 @@ PAPER_CHANCE_0_2 = {
     "fubini_study": 1.0,
     "overlap": 0.2,
 }
-
-
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across runs and platforms."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]) >> 1
 
 
 def _haar(D: int, k: int, generator: torch.Generator, outside=None) -> Tensor:
@@ -302,7 +297,11 @@ def grassmann_study(
                     trials = [
                         pair_values(
                             *scenario_pair(
-                                scenario, D, k, value, _seed(seed, D, k, index, t)
+                                scenario,
+                                D,
+                                k,
+                                value,
+                                derive_seed(seed, D, k, index, t, bits=63),
                             )
                         )
                         for t in range(num_trials)

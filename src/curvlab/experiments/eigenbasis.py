@@ -89,16 +89,10 @@ def split_stage(kind: str, split: str) -> str:
 
 
 def default_num_outer(num_params: int) -> int:
-    """Default number of eigenpairs: 5% of ``D``, between 1 and 1000.
+    """Default ``K`` of ``D = num_params``: 5%, at least 1, at most 1000, below ``D``.
 
     The paper measures ``K = 355`` of ``D = 7030`` (mnist_mini) and ``K = 1000``
     or ``1500`` of ``D ~ 10^6..10^7`` (papers.md §1.4).
-
-    Args:
-        num_params: ``D``.
-
-    Returns:
-        ``min(max(1, round(0.05 D)), 1000)``, and below ``D``.
 
     Example:
         >>> default_num_outer(7030), default_num_outer(650), default_num_outer(10**6)
@@ -145,10 +139,8 @@ class EigenbasisSettings:
 
     def stored(self) -> dict[str, Any]:
         """The fields that decide the numbers, as kept in the manifest."""
-        fields = dataclasses.fields(self)
-        return {
-            f.name: getattr(self, f.name) for f in fields if f.name not in self.unstored
-        }
+        names = [f.name for f in dataclasses.fields(self)]
+        return {n: getattr(self, n) for n in names if n not in self.unstored}
 
 
 def resolve_eigenbasis_settings(

@@ -6,7 +6,7 @@ over a fixed, class-balanced subset of a split at a recorded step
 (:func:`hessian_at_step`) and its ``K`` eigenpairs of largest :math:`|\lambda|`,
 either exactly from the dense matrix (:func:`exact_eigenbasis`) or by SEIGH with
 its a-posteriori error estimate (Tropp, Yurtsever, Udell & Cevher 2019, §6;
-:func:`sketched_eigenbasis`); both return an :class:`Eigenbasis`.
+:func:`sketch_of`); both return an :class:`Eigenbasis`.
 :class:`HessianStage` runs such a measurement as a stage per split. The traces
 and the TIC take their subset here too (:func:`subset_at_step`).
 """
@@ -256,8 +256,7 @@ def hessian_subset(
         dtype: Convert the inputs to this dtype (default: keep).
 
     Returns:
-        The batches (the problem's batch size) and the chosen indices into the
-        split.
+        The batches (the problem's batch size) and their indices into the split.
 
     Raises:
         ValueError: If the split is unknown or too small.

@@ -41,12 +41,9 @@ done in the manifest only once both files are complete (stage
     overlap_train/all.csv             the rows of every finished step
     overlap_train/summary.csv         one row per finished step (scalars)
 
-Running again skips the finished steps; unset options come from the stage's
-stored settings, and options that change the numbers of finished steps are
-refused (:class:`OverlapSettingsError`) unless ``force=True``. The random masks
-of step ``t`` come from ``SeedSequence([seed, t])`` (:func:`mask_seed`), the
-sketch and probes from the streams ``(seed, role)`` of :mod:`curvlab.linalg`
-(the same test matrix at every step, as in the paper).
+The random masks of step ``t`` come from ``SeedSequence([seed, t])``
+(:func:`mask_seed`), the sketch and probes from the streams ``(seed, role)`` of
+:mod:`curvlab.linalg` (the same test matrix at every step, as in the paper).
 :mod:`curvlab.experiments.overlap_plots` draws the stored results.
 
 References:

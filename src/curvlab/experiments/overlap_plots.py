@@ -176,7 +176,8 @@ def plot_overlap(run: RunFolder | str | Path) -> list[Path]:
         steps = sorted(data)
         cmap, norm = colormaps["viridis"], _step_norm(steps)
         colors = {s: cmap(0.9 * norm(s)) for s in steps}
-        settings, first = summaries[steps[0]]["settings"], summaries[steps[0]]
+        first = summaries[steps[0]]
+        settings = first["settings"]
         exact = settings["method"] == "exact"
         how = "exact eigh" if exact else f"SEIGH, {settings['num_inner']} products"
         title = (

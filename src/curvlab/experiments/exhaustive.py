@@ -232,11 +232,11 @@ def _measure(
         flat, W, ks, best=False, num_random=0, orthonormalize=True
     ).magnitude
     dim = op.shape[0]
-    columns = (lam_exact, lam_sketch, abs_error, rel_error, overlaps, mag_exact)
-    columns = [column.tolist() for column in (*columns, mag_sketch)]
+    cols = (lam_exact, lam_sketch, abs_error, rel_error, overlaps, mag_exact)
+    cols = [col.tolist() for col in (*cols, mag_sketch)]  # by k, as in _COLUMNS
     rows = [
         dict(zip(_COLUMNS, (step, k, *cells, k / dim), strict=True))
-        for k, *cells in zip(ks, *columns, strict=True)
+        for k, *cells in zip(ks, *cols, strict=True)
     ]
     estimate = sketch.a_posteriori
     op_norm = math.sqrt(exact.a_posteriori["op_norm_sq"])
@@ -249,9 +249,11 @@ def _measure(
     degrees = torch.rad2deg(angles).to(torch.float64)
     qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
     median, q90 = torch.quantile(degrees, qs).tolist()
-    matvecs = {"dense": exact.num_matvecs["eigendecomposition"]}
-    matvecs |= {"sketch": sketch.num_matvecs["eigendecomposition"]}
-    matvecs |= {"a_posteriori": sketch.num_matvecs["a_posteriori"]}
+    matvecs = {
+        "dense": exact.num_matvecs["eigendecomposition"],
+        "sketch": sketch.num_matvecs["eigendecomposition"],
+        "a_posteriori": sketch.num_matvecs["a_posteriori"],
+    }
     matvecs["total"] = sum(matvecs.values())
     summary = {
         "stage": exhaustive_stage(settings.split),

@@ -6,7 +6,7 @@ over a fixed, class-balanced subset of a split at a recorded step
 (:func:`hessian_at_step`) and its ``K`` eigenpairs of largest :math:`|\lambda|`,
 either exactly from the dense matrix (:func:`exact_eigenbasis`) or by SEIGH with
 its a-posteriori error estimate (Tropp, Yurtsever, Udell & Cevher 2019, §6;
-:func:`sketched_eigenbasis`); both return an :class:`Eigenbasis`.
+:func:`sketch_of`); both return an :class:`Eigenbasis`.
 :class:`HessianStage` runs such a measurement as a stage per split. The traces
 and the TIC take their subset here too (:func:`subset_at_step`).
 """
@@ -25,6 +25,9 @@ import torch
 from torch import Tensor
 
 from curvlab._checks import check_choice, check_int
+
+# Largest ``D`` of a dense Hessian by default (0.5 GB float64, ``eigh`` in minutes).
+from curvlab._limits import MAX_DENSE_DIM as DEFAULT_MAX_EXACT_DIM
 from curvlab.linalg import a_posteriori_error, sketched_eigh
 from curvlab.operators import HessianOperator
 from curvlab.problems import BatchedData, Problem, balanced_subset
@@ -57,7 +60,6 @@ __all__ = [
     "hessian_subset",
     "resolve_eigenbasis_settings",
     "sketch_of",
-    "sketched_eigenbasis",
     "subset_at_step",
     "subset_settings",
 ]
@@ -71,10 +73,6 @@ TEST_MATRICES = ("ssrft", "gaussian", "rademacher")
 #: Dtypes of model, data and products.
 DTYPES = ("float32", "float64")
 
-#: Largest ``D`` for which the dense Hessian is built by default: a ``(D, D)``
-#: float64 matrix of 0.5 GB and a dense ``eigh`` of a minute or two.
-from curvlab._limits import MAX_DENSE_DIM as DEFAULT_MAX_EXACT_DIM  # noqa: E402
-
 #: The paper's Hessian subsets: 500 samples of 10 classes (papers.md §1.5).
 DEFAULT_SAMPLES_PER_CLASS = 50
 
@@ -86,25 +84,15 @@ DEFAULT_MAX_COLS = 128
 
 
 def split_stage(kind: str, split: str) -> str:
-    """The name of a per-split stage, ``<kind>_<split>`` (``"overlap_train"``).
-
-    Raises:
-        ValueError: For a split not in :data:`SPLITS`.
-    """
+    """``<kind>_<split>`` (``"overlap_train"``); ``ValueError`` for another split."""
     return f"{kind}_{check_choice('split', split, SPLITS)}"
 
 
 def default_num_outer(num_params: int) -> int:
-    """Default number of eigenpairs: 5% of ``D``, between 1 and 1000.
+    """Default ``K`` of ``D = num_params``: 5%, at least 1, at most 1000, below ``D``.
 
     The paper measures ``K = 355`` of ``D = 7030`` (mnist_mini) and ``K = 1000``
     or ``1500`` of ``D ~ 10^6..10^7`` (papers.md §1.4).
-
-    Args:
-        num_params: ``D``.
-
-    Returns:
-        ``min(max(1, round(0.05 D)), 1000)``, and below ``D``.
 
     Example:
         >>> default_num_outer(7030), default_num_outer(650), default_num_outer(10**6)
@@ -117,9 +105,8 @@ def default_num_outer(num_params: int) -> int:
 class EigenbasisSettings:
     """What a top-eigenbasis stage computes; ``None`` means "not given".
 
-    Unset fields are resolved once: the requested value, else the one the
-    stage's finished steps were computed with, else the default
-    (:func:`resolve_eigenbasis_settings`).
+    :func:`resolve_eigenbasis_settings` sets each field to the requested value,
+    else the one of the stage's finished steps, else the default below.
 
     Attributes:
         split: ``"train"`` (default) or ``"test"``: the Hessian's split.
@@ -165,20 +152,14 @@ def resolve_eigenbasis_settings(
     stored: Mapping[str, Any] | None = None,
     own_settings: Callable[..., tuple[dict, dict, bool]] | None = None,
 ) -> Any:
-    """Fill the unset fields of a stage's settings and check them.
-
-    Each field is the requested value, else the stored one, else the default:
-    ``split`` ``"train"``, ``num_outer`` :func:`default_num_outer`,
-    ``num_inner`` ``min(2K, D)``, ``samples_per_class`` 50, ``test_matrix``
-    ``"ssrft"``, ``num_probes`` 30, ``seed`` and ``dtype`` the run's.
+    """Fill the unset fields of a stage's settings (:class:`EigenbasisSettings`).
 
     Args:
         run: The run folder (its seed, dtype and problem size).
         kind: The stage's kind; its name is ``<kind>_<split>``.
-        requested: The settings asked for (an :class:`EigenbasisSettings`).
+        requested: The settings asked for.
         num_params: ``D`` (default: built from the run's problem).
-        stored: Settings to resume with (default: those of the stage's
-            finished steps).
+        stored: Settings to resume with (default: the stage's finished steps').
         own_settings: ``own_settings(run, requested, split, stored, D)`` of a
             stage with settings of its own: those resolved and checked, the
             stored settings to resolve the others from, and whether SEIGH is
@@ -233,12 +214,11 @@ def subset_settings(
         run: The run folder.
         stage: The stage's name (its finished steps' settings are the stored).
         requested: The settings asked for (``None`` fields: not given).
-        **own: The stage's own settings: ``(default, smallest value)`` of an
-            int, ``(default, None)`` of another. Then follow
-            ``samples_per_class`` (50), ``seed`` and ``dtype`` (the run's).
+        **own: The stage's own settings, ``(default, smallest int or None)``.
 
     Returns:
-        ``{setting: value}``, the stage's own settings first.
+        ``{setting: value}``: the own settings, then ``samples_per_class``
+        (default 50), ``seed`` and ``dtype`` (the run's).
 
     Raises:
         ValueError: If a setting is out of range.
@@ -276,8 +256,7 @@ def hessian_subset(
         dtype: Convert the inputs to this dtype (default: keep).
 
     Returns:
-        The batches (the problem's batch size) and the chosen indices into the
-        split.
+        The batches (the problem's batch size) and their indices into the split.
 
     Raises:
         ValueError: If the split is unknown or too small.
@@ -317,18 +296,10 @@ def subset_at_step(
     settings: Any,
     split: str = "train",
 ) -> tuple[BatchedData, Tensor]:
-    """Load a step into the problem's model; the subset of a split in its dtype.
+    """Load a step into the problem's model; the :func:`hessian_subset` in its dtype.
 
-    Args:
-        run: The run folder.
-        step: A recorded step.
-        problem: The run's problem, built once; its model is changed in place:
-            the step's parameters, ``settings.dtype`` (if set), eval mode.
-        settings: Resolved settings with ``samples_per_class`` and ``dtype``.
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        The :func:`hessian_subset` of the split and its indices.
+    The model is changed in place: the step's parameters, ``settings.dtype``
+    (if set), eval mode.
 
     Raises:
         MissingStepError: If the step is not recorded.
@@ -350,14 +321,7 @@ def hessian_at_step(
     *,
     max_cols: int | None = DEFAULT_MAX_COLS,
 ) -> tuple[HessianOperator, Tensor, dict[str, Any]]:
-    """Load a step into the problem's model and build its Hessian operator.
-
-    Args:
-        run: The run folder.
-        step: A recorded step.
-        problem: The run's problem (:func:`subset_at_step`).
-        settings: Resolved settings: ``split``, ``samples_per_class``, ``dtype``.
-        max_cols: Columns per pass over the data.
+    """Load a step into the problem's model (:func:`subset_at_step`); its Hessian.
 
     Returns:
         The Hessian of the mean loss over the subset, the flat parameter vector
@@ -522,50 +486,33 @@ def certified_eigenbasis(
     names = ("error", "error_sq", "relative_error", "op_norm_sq", "approx_norm_sq")
     record = {"kind": "estimate", **{n: getattr(cert, n) for n in names}}
     record["num_probes"] = cert.num_probes
-    record["bounds"] = [
-        {"epsilon": e, "p_under": under, "p_over": over}
-        for e, under, over in cert.bounds
-    ]
+    keys = ("epsilon", "p_under", "p_over")
+    record["bounds"] = [dict(zip(keys, bound, strict=True)) for bound in cert.bounds]
     record["scree_lower"] = cert.scree_lower.tolist()
     record["scree_upper"] = cert.scree_upper.tolist()
+    counts = {"eigendecomposition": num_matvecs, "a_posteriori": cert.num_matvecs}
+    values, vectors = eigh.eigenvalues, eigh.eigenvectors
     return Eigenbasis(
-        method=method,
-        eigenvalues=eigh.eigenvalues,
-        eigenvectors=eigh.eigenvectors,
-        a_posteriori=record,
-        num_matvecs={
-            "eigendecomposition": num_matvecs,
-            "a_posteriori": cert.num_matvecs,
-        },
-        seconds=seconds,
+        method, values, vectors, record, num_matvecs=counts, seconds=seconds
     )
 
 
-def sketched_eigenbasis(
-    op,
-    num_outer: int,
-    num_inner: int,
-    *,
-    test_matrix: str = "ssrft",
-    seed: int = 0,
-    num_probes: int = DEFAULT_NUM_PROBES,
-) -> Eigenbasis:
+def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
     r"""Top eigenpairs by :math:`|\lambda|` by SEIGH, with the a-posteriori error.
 
-    :func:`~curvlab.linalg.sketched_eigh` (``num_inner`` products; Fernandez et
-    al. 2025, Alg. 2), then ``num_probes`` Gaussian probes estimate
+    :func:`~curvlab.linalg.sketched_eigh` (``s = num_inner`` products; Fernandez
+    et al. 2025, Alg. 2), then ``num_probes`` Gaussian probes estimate
     :math:`\|H - W \Lambda W^\top\|_F^2` and :math:`\|H\|_F^2`
     (:func:`~curvlab.linalg.a_posteriori_error`; TYUC2019 §6), with the
     probabilities that the estimate is off by a factor :math:`1 \pm \varepsilon`
-    and the scree bounds.
+    and the scree bounds. The test matrices and the probes take independent
+    streams of ``seed``.
 
     Args:
         op: The Hessian (any symmetric operator).
-        num_outer: ``K``, ``1 <= K < D``.
-        num_inner: ``s``, ``K <= s <= D``.
-        test_matrix: ``"ssrft"``, ``"gaussian"`` or ``"rademacher"``.
-        seed: Seed of the test matrices and the probes (independent streams).
-        num_probes: Gaussian probes, at least 1.
+        settings: Resolved settings: ``num_outer`` (``1 <= K < D``),
+            ``num_inner`` (``K <= s <= D``), ``test_matrix``, ``seed``,
+            ``num_probes``.
 
     Returns:
         The eigenbasis (operator's dtype and device) and its error estimate.
@@ -574,47 +521,33 @@ def sketched_eigenbasis(
         ValueError: If a size is out of range.
         FloatingPointError: If a product is NaN or Inf.
     """
+    s = settings
     start = time.perf_counter()
-    sketch = sketched_eigh(op, num_outer, num_inner, test_matrix=test_matrix, seed=seed)
+    sketch = sketched_eigh(
+        op, s.num_outer, s.num_inner, test_matrix=s.test_matrix, seed=s.seed
+    )
     sketch_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    cert = a_posteriori_error(op, sketch, num_probes=num_probes, seed=seed)
+    cert = a_posteriori_error(op, sketch, num_probes=s.num_probes, seed=s.seed)
     seconds = {"sketch": sketch_seconds, "a_posteriori": time.perf_counter() - start}
     return certified_eigenbasis("sketch", sketch, cert, sketch.num_matvecs, seconds)
-
-
-def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
-    """:func:`sketched_eigenbasis` with the sketch fields of resolved settings."""
-    s = settings
-    return sketched_eigenbasis(
-        op,
-        s.num_outer,
-        s.num_inner,
-        test_matrix=s.test_matrix,
-        seed=s.seed,
-        num_probes=s.num_probes,
-    )
 
 
 class HessianStage(TableStage):
     """A table stage measured on the Hessian at each recorded step, per split.
 
     Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
-    for messages) and its settings (``settings_type``, an
-    :class:`EigenbasisSettings`), and defines three functions:
-
-    - ``own_settings(run, requested, split, stored, dim)``: the stage's own
-      settings, resolved and checked; the stored settings the shared ones are
-      resolved from; whether SEIGH is used (:meth:`resolve`);
-    - ``measure(run, step, settings, problem, max_cols, on_phase)``: one step's
-      result, with ``rows`` and ``summary``;
-    - :meth:`summary_row`: the step's row of ``summary.csv``.
+    for messages) and its settings (``settings_type``), and defines
+    ``own_settings`` (:func:`resolve_eigenbasis_settings`), ``measure(run,
+    step, settings, problem, max_cols, on_phase)`` (one step's result, with
+    ``rows`` and ``summary``) and :meth:`summary_row`. Its module exports the
+    classmethods under function names (``overlap_run = OverlapStage.run_on``).
 
     Args:
         run: The run folder.
         settings: What to compute; resolved once here.
         problem: The run's problem on the device of the products.
-        max_cols: Hessian columns per pass over the data.
+        max_cols: Hessian columns per pass over the data (memory).
     """
 
     what: str
@@ -646,7 +579,10 @@ class HessianStage(TableStage):
         num_params: int | None = None,
         stored: Mapping[str, Any] | None = None,
     ) -> Any:
-        """:func:`resolve_eigenbasis_settings` of the stage (``None``: none asked).
+        """Fill the unset fields of the settings and check them.
+
+        :func:`resolve_eigenbasis_settings` with the stage's ``own_settings``
+        (``requested=None``: nothing asked).
 
         Raises:
             ValueError: If a value is out of range (e.g. ``num_outer >= D`` for
@@ -675,16 +611,9 @@ class HessianStage(TableStage):
     ) -> Any:
         """Measure one step; nothing is stored.
 
-        Args:
-            run: The run folder.
-            step: A recorded step.
-            settings: What to compute, resolved as by :meth:`run_on`.
-            problem: The run's problem on ``device`` (built when ``None``); its
-                model is overwritten with the step's parameters.
-            device: Device of model, data and products.
-            data_dir: Data folder of file-based problems.
-            max_cols: Hessian columns per pass over the data (memory).
-            on_phase: Called with the name of each phase of the step.
+        ``settings`` are resolved as by :meth:`run_on`; ``problem`` (built on
+        ``device`` when ``None``) gets the step's parameters; ``on_phase`` is
+        called with the name of each phase.
 
         Returns:
             The step's result, with its table ``rows`` and ``summary``.
@@ -713,10 +642,9 @@ class HessianStage(TableStage):
     ) -> StageRunResult:
         """Measure and store recorded steps, skipping finished ones.
 
-        Each step's CSV and JSON are written atomically, then its manifest
-        entry, then ``all.csv`` and ``summary.csv`` are rewritten; an
-        interruption keeps the finished steps and a new call resumes. The call
-        is recorded in ``invocations/`` (:func:`~curvlab.runs.stage.run_stage`).
+        :func:`~curvlab.runs.stage.run_stage` of the stage: each step's CSV and
+        JSON are written atomically, then its manifest entry, then ``all.csv``
+        and ``summary.csv``; an interrupted call resumes.
 
         Args:
             run: The run folder (or its path).
@@ -725,17 +653,11 @@ class HessianStage(TableStage):
             steps: Steps (default: every recorded one), a list or a string
                 such as ``"0,100:1000:100"``.
             force: Recompute the requested finished steps, also those computed
-                with other settings. Steps not requested keep their results.
+                with other settings.
             device: Device of model, data and products.
             data_dir: Data folder of file-based problems.
             max_cols: Hessian columns per pass over the data (memory).
-            on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`
-                at the start, at each phase of a step, after each stored step
-                and at the end.
-
-        Returns:
-            The stage, settings, steps computed and skipped, the results of the
-            computed steps and every requested step's summary.
+            on_progress: Called with each :class:`~curvlab.runs.stage.StageEvent`.
 
         Raises:
             SettingsConflictError: If finished steps were computed with other
@@ -754,15 +676,7 @@ class HessianStage(TableStage):
     def load(
         cls, run: RunFolder | str | Path, split: str = "train"
     ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-        """Read the stored results of a split.
-
-        Args:
-            run: The run folder (or its path).
-            split: ``"train"`` or ``"test"``.
-
-        Returns:
-            The rows of every finished step (steps ascending) and the
-            summaries by step.
+        """The stored rows of every finished step of a split, and the summaries by step.
 
         Raises:
             FileNotFoundError: If no step of the split is finished.

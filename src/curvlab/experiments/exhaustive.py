@@ -74,11 +74,10 @@ from curvlab.experiments.eigenbasis import (
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
-from curvlab.runs.stage import StageEvent, StageRunResult
+from curvlab.runs.stage import StageRunResult
 from curvlab.subspace import overlap_curve, principal_angles
 
 __all__ = [
-    "ExhaustiveEvent",
     "ExhaustiveRunResult",
     "ExhaustiveSettings",
     "ExhaustiveStage",
@@ -123,8 +122,7 @@ class ExhaustiveSettings(EigenbasisSettings):
     unstored: ClassVar[tuple[str, ...]] = ("max_dim",)
 
 
-#: ``exhaustive_stage(split)``: ``"exhaustive_<split>"``, the stage of the
-#: exhaustive check (``ValueError`` for a split other than ``"train"``/``"test"``).
+#: ``exhaustive_stage(split)``: ``"exhaustive_<split>"`` (:func:`split_stage`).
 exhaustive_stage = partial(split_stage, "exhaustive")
 
 
@@ -172,7 +170,7 @@ class StepExhaustive:
     Attributes:
         step: The training step.
         settings: The resolved settings.
-        rows: One dict per ``k`` (columns in the module docstring), as stored.
+        rows: One dict per ``k`` as stored (module docstring).
         summary: The JSON summary, as stored: ``eigenvalues_exact`` and
             ``eigenvalues_sketch`` (``K`` each), ``eigenvalue_errors`` (max
             relative error of the top 1, 3, 10 and ``K``), ``basis_overlap``
@@ -192,14 +190,6 @@ class StepExhaustive:
     angles: Tensor
 
 
-def _quantiles(values: Tensor) -> dict[str, float]:
-    values = values.to(torch.float64)
-    qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
-    median, q90 = torch.quantile(values, qs).tolist()
-    low, high = float(values.min()), float(values.max())
-    return {"min": low, "median": median, "q90": q90, "max": high}
-
-
 def _measure(
     run: RunFolder,
     step: int,
@@ -208,10 +198,7 @@ def _measure(
     max_cols: int | None,
     on_phase: Callable[[str], None] | None,
 ) -> StepExhaustive:
-    """Compare SEIGH with the exact eigendecomposition at one step (not stored).
-
-    Phases: ``"hessian"``, ``"eigh"``, ``"sketch"`` and ``"compare"``.
-    """
+    """:func:`exhaustive_at_step` (phases hessian, eigh, sketch, compare)."""
     phase = on_phase or (lambda name: None)
     phase("hessian")
     start = time.perf_counter()
@@ -245,20 +232,11 @@ def _measure(
         flat, W, ks, best=False, num_random=0, orthonormalize=True
     ).magnitude
     dim = op.shape[0]
+    cols = (lam_exact, lam_sketch, abs_error, rel_error, overlaps, mag_exact)
+    cols = [col.tolist() for col in (*cols, mag_sketch)]  # by k, as in _COLUMNS
     rows = [
-        {
-            "step": step,
-            "k": k,
-            "eigenvalue_exact": float(lam_exact[k - 1]),
-            "eigenvalue_sketch": float(lam_sketch[k - 1]),
-            "abs_error": float(abs_error[k - 1]),
-            "rel_error": float(rel_error[k - 1]),
-            "basis_overlap": float(overlaps[k - 1]),
-            "magnitude_exact": float(mag_exact[k - 1]),
-            "magnitude_sketch": float(mag_sketch[k - 1]),
-            "chance": k / dim,
-        }
-        for k in ks
+        dict(zip(_COLUMNS, (step, k, *cells, k / dim), strict=True))
+        for k, *cells in zip(ks, *cols, strict=True)
     ]
     estimate = sketch.a_posteriori
     op_norm = math.sqrt(exact.a_posteriori["op_norm_sq"])
@@ -268,6 +246,9 @@ def _measure(
         "compare": time.perf_counter() - compare_start,
         "total": time.perf_counter() - start,
     }
+    degrees = torch.rad2deg(angles).to(torch.float64)
+    qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    median, q90 = torch.quantile(degrees, qs).tolist()
     matvecs = {
         "dense": exact.num_matvecs["eigendecomposition"],
         "sketch": sketch.num_matvecs["eigendecomposition"],
@@ -292,7 +273,12 @@ def _measure(
             "min": float(overlaps.min()),
             "mean": float(overlaps.mean()),
         },
-        "principal_angles_degrees": _quantiles(torch.rad2deg(angles)),
+        "principal_angles_degrees": {
+            "min": float(degrees.min()),
+            "median": median,
+            "q90": q90,
+            "max": float(degrees.max()),
+        },
         "magnitude_overlap": {
             "k": K,
             "exact": float(mag_exact[-1]),
@@ -323,8 +309,7 @@ def _measure(
     return StepExhaustive(step, settings, rows, summary, angles)
 
 
-#: The stage framework's progress event and result types, under this module's names.
-ExhaustiveEvent = StageEvent
+#: The stage framework's result type under this module's name.
 ExhaustiveRunResult = StageRunResult
 
 
@@ -397,20 +382,9 @@ class ExhaustiveStage(HessianStage):
         }
 
 
-#: Fill the unset fields of :class:`ExhaustiveSettings` and check them
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.resolve`).
+#: The stage's classmethods (:class:`~curvlab.experiments.eigenbasis.HessianStage`)
+#: under function names; ``exhaustive_at_step`` returns a :class:`StepExhaustive`.
 resolve_exhaustive_settings = ExhaustiveStage.resolve
-
-#: Compare SEIGH with the exact eigendecomposition at one step, nothing stored
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.at_step`): a
-#: :class:`StepExhaustive`.
 exhaustive_at_step = ExhaustiveStage.at_step
-
-#: Run and store the exhaustive check at recorded steps, skipping finished ones
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.run_on`).
 exhaustive_run = ExhaustiveStage.run_on
-
-#: Read the stored exhaustive check of a split: the rows of every finished step
-#: and the summaries by step
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.load`).
 load_exhaustive = ExhaustiveStage.load

@@ -41,12 +41,9 @@ done in the manifest only once both files are complete (stage
     overlap_train/all.csv             the rows of every finished step
     overlap_train/summary.csv         one row per finished step (scalars)
 
-Running again skips the finished steps; unset options come from the stage's
-stored settings, and options that change the numbers of finished steps are
-refused (:class:`OverlapSettingsError`) unless ``force=True``. The random masks
-of step ``t`` come from ``SeedSequence([seed, t])`` (:func:`mask_seed`), the
-sketch and probes from the streams ``(seed, role)`` of :mod:`curvlab.linalg`
-(the same test matrix at every step, as in the paper).
+The random masks of step ``t`` come from ``SeedSequence([seed, t])``
+(:func:`mask_seed`), the sketch and probes from the streams ``(seed, role)`` of
+:mod:`curvlab.linalg` (the same test matrix at every step, as in the paper).
 :mod:`curvlab.experiments.overlap_plots` draws the stored results.
 
 References:
@@ -87,17 +84,11 @@ from curvlab.experiments.sketch_stages import (
 )
 from curvlab.problems import Problem
 from curvlab.runs import RunFolder
-from curvlab.runs.stage import (
-    SettingsConflictError,
-    StageEvent,
-    StageRunResult,
-    pick_setting,
-)
+from curvlab.runs.stage import SettingsConflictError, StageRunResult, pick_setting
 from curvlab.subspace import OverlapCurve
 
 __all__ = [
     "METHODS",
-    "OverlapEvent",
     "OverlapRunResult",
     "OverlapSettings",
     "OverlapSettingsError",
@@ -115,9 +106,6 @@ __all__ = [
 #: Ways to find the eigenbasis: ``"auto"`` is exact up to ``max_exact_dim``.
 METHODS = ("exact", "sketch", "auto", "distributed")
 
-#: Default number of random masks per step (the paper's mnist_mini study).
-DEFAULT_NUM_RANDOM = 10
-
 #: Columns of the per-step tables (one row per mask size k).
 _CURVE_COLUMNS = (
     "step",
@@ -134,11 +122,8 @@ _CURVE_COLUMNS = (
     "best_ratio",
 )
 
-#: The stage framework's settings conflict, progress event and result types,
-#: under the names this module has always exported.
-OverlapSettingsError = SettingsConflictError
-OverlapEvent = StageEvent
-OverlapRunResult = StageRunResult
+#: The stage framework's types under this module's names.
+OverlapSettingsError, OverlapRunResult = SettingsConflictError, StageRunResult
 
 
 @dataclass(frozen=True)
@@ -154,7 +139,7 @@ class OverlapSettings(EigenbasisSettings):
             ``"distributed"``: the step's solved measurement store
             (:mod:`curvlab.experiments.sketch_stages`), whose sketch settings
             are then the defaults.
-        num_random: Random masks per step; default 10.
+        num_random: Random masks per step; default 10 (the paper's mnist_mini).
         max_exact_dim: Largest ``D`` of the exact method (``"auto"`` picks the
             sketch above it; ``"exact"`` refuses it). Not stored: it only decides.
     """
@@ -168,26 +153,16 @@ class OverlapSettings(EigenbasisSettings):
     def stored(self) -> dict[str, Any]:
         """The fields that decide the numbers, in the manifest's order."""
         values = super().stored()
-        first = ("split", "method", "num_outer", "num_inner")
-        first += ("samples_per_class", "num_random")
-        return {name: values[name] for name in first} | values
+        first = ("split", "method", "num_outer", "num_inner", "samples_per_class")
+        return {name: values[name] for name in (*first, "num_random")} | values
 
 
-#: ``overlap_stage(split)``: ``"overlap_<split>"``, the stage of the overlap on a
-#: split (``ValueError`` for a split other than ``"train"`` or ``"test"``).
+#: ``overlap_stage(split)``: ``"overlap_<split>"`` (:func:`split_stage`).
 overlap_stage = partial(split_stage, "overlap")
 
 
 def mask_seed(seed: int, step: int) -> int:
-    """Seed of the random masks of a step, ``SeedSequence([seed, step])``.
-
-    Args:
-        seed: The measurement's seed.
-        step: The training step.
-
-    Returns:
-        A 63-bit seed.
-    """
+    """The 63-bit seed of a step's random masks, ``SeedSequence([seed, step])``."""
     return derive_seed(seed, step, bits=63)
 
 
@@ -200,9 +175,8 @@ class StepOverlap:
         settings: The resolved settings.
         basis: The eigenbasis and its diagnostics.
         curve: Overlap of magnitude, best and random masks for ``k = 1..K``.
-        rows: The step's table, one dict per ``k`` (columns in the module
-            docstring), as stored.
-        summary: The step's JSON summary, as stored: ``settings``, ``hessian``
+        rows: The step's table as stored, one dict per ``k`` (module docstring).
+        summary: The step's JSON summary as stored: ``settings``, ``hessian``
             subset, ``eigenvalues``, ``trace``, ``frobenius_norm``,
             ``fraction_negative``, ``a_posteriori``, ``overlap_at_num_outer``,
             ``num_matvecs``, ``seconds``.
@@ -219,40 +193,25 @@ class StepOverlap:
 def curve_rows(
     step: int, curve: OverlapCurve, eigenvalues: Tensor | None = None
 ) -> list[dict[str, Any]]:
-    """Turn an overlap curve into table rows, one per ``k``.
+    """An overlap curve's table rows, one per ``k`` (columns: module docstring).
 
-    Args:
-        step: The training step.
-        curve: From :func:`~curvlab.subspace.overlap_curve`.
-        eigenvalues: ``(K,)`` eigenvalues by descending magnitude (``K >= max
-            k``), or ``None``.
-
-    Returns:
-        One dict per ``k`` with the columns of the module docstring.
+    ``eigenvalues`` are ``(K,)`` by descending magnitude (``K >= max k``), or
+    ``None``.
     """
     random = curve.random
-    has_random = random.shape[0] > 0
     values = None if eigenvalues is None else eigenvalues.detach().cpu().tolist()
     rows = []
     for j, k in enumerate(curve.ks.tolist()):
         chance, column = float(curve.chance[j]), random[:, j]
         magnitude, best = float(curve.magnitude[j]), float(curve.best[j])
-        rows.append(
-            {
-                "step": step,
-                "k": k,
-                "eigenvalue": None if values is None else float(values[k - 1]),
-                "magnitude": magnitude,
-                "best": best,
-                "random_mean": float(curve.random_mean[j]),
-                "random_std": float(column.std(correction=0)) if has_random else None,
-                "random_min": float(column.min()) if has_random else None,
-                "random_max": float(column.max()) if has_random else None,
-                "chance": chance,
-                "ratio": magnitude / chance,
-                "best_ratio": best / chance,
-            }
-        )
+        spread = [None] * 3  # std, min and max of the random masks
+        if random.shape[0]:
+            spread = [float(column.std(correction=0)), float(column.min())]
+            spread.append(float(column.max()))
+        eigenvalue = None if values is None else float(values[k - 1])
+        cells = (step, k, eigenvalue, magnitude, best, float(curve.random_mean[j]))
+        cells += (*spread, chance, magnitude / chance, best / chance)
+        rows.append(dict(zip(_CURVE_COLUMNS, cells, strict=True)))
     return rows
 
 
@@ -345,9 +304,6 @@ class OverlapStage(HessianStage):
     ) -> tuple[dict[str, Any], dict[str, Any], bool]:
         """``method``, ``num_random`` and ``max_exact_dim``; SEIGH unless exact.
 
-        ``"auto"`` is ``"exact"`` up to ``max_exact_dim``, else ``"sketch"``;
-        ``"distributed"`` takes the measured sketch's settings as defaults.
-
         Raises:
             ValueError: For ``method="exact"`` with ``D > max_exact_dim``, or a
                 value out of range.
@@ -368,12 +324,9 @@ class OverlapStage(HessianStage):
             )
         if method == "distributed":  # the measured sketch's settings come next
             stored = {**measured_settings(run, split), **stored}
-        num_random = pick_setting(
-            "num_random", requested.num_random, stored, DEFAULT_NUM_RANDOM
-        )
+        num_random = pick_setting("num_random", requested.num_random, stored, 10)
         own = {"method": method, "num_random": check_int("num_random", num_random, 0)}
-        own["max_exact_dim"] = max_exact_dim
-        return own, stored, method != "exact"
+        return own | {"max_exact_dim": max_exact_dim}, stored, method != "exact"
 
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """The step's row of ``summary.csv``: its scalars."""
@@ -403,21 +356,9 @@ class OverlapStage(HessianStage):
         }
 
 
-#: Fill the unset fields of :class:`OverlapSettings` and check them
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.resolve`).
+#: The stage's classmethods (:class:`~curvlab.experiments.eigenbasis.HessianStage`)
+#: under function names; ``overlap_at_step`` returns a :class:`StepOverlap`.
 resolve_overlap_settings = OverlapStage.resolve
-
-#: Measure the mask/eigenspace overlap at one step, nothing stored
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.at_step`): a
-#: :class:`StepOverlap`.
 overlap_at_step = OverlapStage.at_step
-
-#: Measure and store the overlap at recorded steps, skipping finished ones
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.run_on`; example in
-#: :class:`OverlapStage`).
 overlap_run = OverlapStage.run_on
-
-#: Read the stored overlap of a split: the rows of every finished step (one per
-#: ``(step, k)``) and the summaries by step
-#: (:meth:`~curvlab.experiments.eigenbasis.HessianStage.load`).
 load_overlap = OverlapStage.load

@@ -42,12 +42,8 @@ from curvlab.experiments.eigenbasis import SPLITS
 from curvlab.experiments.overlap import load_overlap, overlap_stage
 from curvlab.runs import RunFolder
 
-__all__ = ["PLOTS_FOLDER", "plot_overlap", "plot_overlap_split"]
+__all__ = ["plot_overlap"]
 
-#: Folder of the figures inside the run folder.
-PLOTS_FOLDER = "plots"
-
-_DPI = 120
 _K_LABEL = "k (mask size = eigenspace dimension)"
 _OVERLAP_LABEL = r"overlap $\|Q_{S,:k}\|_F^2 / k$"
 _RANDOM = {"color": "0.6", "lw": 0.8}
@@ -70,47 +66,12 @@ def _step_norm(steps: Sequence[int]) -> Normalize:
     return Normalize(vmin=low, vmax=high if high > low else low + 1)
 
 
-def _step_colors(steps: Sequence[int]) -> dict[int, Any]:
-    cmap, norm = colormaps["viridis"], _step_norm(steps)
-    return {s: cmap(0.9 * norm(s)) for s in steps}
-
-
 def _colorbar(figure: Figure, axes, steps: Sequence[int]) -> None:
-    """A colour bar of the training step (the colours of :func:`_step_colors`)."""
+    """A colour bar of the training step (the colours of :func:`plot_overlap`)."""
     base = colormaps["viridis"]
     cmap = ListedColormap([base(0.9 * i / 255) for i in range(256)])
     mappable = ScalarMappable(norm=_step_norm(steps), cmap=cmap)
     figure.colorbar(mappable, ax=axes, pad=0.02).set_label("training step")
-
-
-def _title(summary: Mapping[str, Any], split: str) -> str:
-    settings = summary["settings"]
-    how = (
-        "exact eigh"
-        if settings["method"] == "exact"
-        else f"SEIGH, {settings['num_inner']} products"
-    )
-    return (
-        f"{summary['problem']} (D={summary['num_params']}): Hessian on "
-        f"{summary['hessian']['num_samples']} {split} samples, top "
-        f"{settings['num_outer']} eigenpairs by |λ| ({how})"
-    )
-
-
-def _save(run: RunFolder, figure: Figure, name: str, title: str) -> Path:
-    figure.suptitle(title, fontsize=10)
-    path = run.resolve(Path(PLOTS_FOLDER) / name)
-    FigureCanvasAgg(figure)
-    with run.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI)
-    return path
-
-
-def _pick_ks(num_outer: int) -> list[int]:
-    ks = [k for k in (10, 50, 100) if k < num_outer]
-    if len(ks) < 2:
-        ks = sorted({max(1, round(num_outer * f)) for f in (0.1, 0.5)} - {num_outer})
-    return [*ks, num_outer]
 
 
 def _plot_vs_k(data, steps, colors) -> Figure:
@@ -142,7 +103,10 @@ def _plot_vs_k(data, steps, colors) -> Figure:
 
 def _plot_vs_step(data, steps, colors) -> Figure:
     num_outer = int(max(max(data[step]["k"]) for step in steps))
-    ks = _pick_ks(num_outer)
+    ks = [k for k in (10, 50, 100) if k < num_outer]
+    if len(ks) < 2:
+        ks = sorted({max(1, round(num_outer * f)) for f in (0.1, 0.5)} - {num_outer})
+    ks.append(num_outer)
     cmap = colormaps["tab10"]
     figure = Figure(figsize=(8, 5.4), layout="constrained")
     axes = figure.subplots()
@@ -192,40 +156,13 @@ def _plot_ratio(data, steps, colors) -> Figure:
 _FIGURES = {"vs_k": _plot_vs_k, "vs_step": _plot_vs_step, "ratio": _plot_ratio}
 
 
-def plot_overlap_split(run: RunFolder | str | Path, split: str = "train") -> list[Path]:
-    """Draw the three overlap figures of one split (module docstring).
-
-    Args:
-        run: The run folder (or its path).
-        split: ``"train"`` or ``"test"``.
-
-    Returns:
-        The PNG files, in ``RUN_DIR/plots/``.
-
-    Raises:
-        FileNotFoundError: If the split has no finished overlap step.
-    """
-    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
-    rows, summaries = load_overlap(run, split)
-    data = _by_step(rows)
-    steps = sorted(data)
-    title, colors = _title(summaries[steps[0]], split), _step_colors(steps)
-    return [
-        _save(run, draw(data, steps, colors), f"overlap_{split}_{name}.png", title)
-        for name, draw in _FIGURES.items()
-    ]
-
-
 def plot_overlap(run: RunFolder | str | Path) -> list[Path]:
-    """Draw the overlap figures of every split measured in a run.
+    """Draw the three overlap figures (module docstring) of every measured split.
 
     ``curvlab plot overlap --run RUN_DIR`` calls this.
 
-    Args:
-        run: The run folder (or its path).
-
     Returns:
-        The PNG files written (three per split), in ``RUN_DIR/plots/``.
+        The PNG files written, in ``RUN_DIR/plots/``.
 
     Raises:
         FileNotFoundError: If the folder is no run folder or holds no overlap
@@ -233,9 +170,28 @@ def plot_overlap(run: RunFolder | str | Path) -> list[Path]:
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     paths: list[Path] = []
-    for split in SPLITS:
-        if run.done_steps(overlap_stage(split)):
-            paths.extend(plot_overlap_split(run, split))
+    for split in (s for s in SPLITS if run.done_steps(overlap_stage(s))):
+        rows, summaries = load_overlap(run, split)
+        data = _by_step(rows)
+        steps = sorted(data)
+        cmap, norm = colormaps["viridis"], _step_norm(steps)
+        colors = {s: cmap(0.9 * norm(s)) for s in steps}
+        first = summaries[steps[0]]
+        settings = first["settings"]
+        exact = settings["method"] == "exact"
+        how = "exact eigh" if exact else f"SEIGH, {settings['num_inner']} products"
+        title = (
+            f"{first['problem']} (D={first['num_params']}): Hessian on "
+            f"{first['hessian']['num_samples']} {split} samples, top "
+            f"{settings['num_outer']} eigenpairs by |λ| ({how})"
+        )
+        for name, draw in _FIGURES.items():
+            figure = draw(data, steps, colors)
+            figure.suptitle(title, fontsize=10)
+            paths.append(run.resolve(f"plots/overlap_{split}_{name}.png"))
+            FigureCanvasAgg(figure)
+            with run.atomic_path(paths[-1]) as tmp:
+                figure.savefig(tmp, format="png", dpi=120)
     if not paths:
         raise FileNotFoundError(
             f"No overlap results in {str(run.path)!r}. Run `curvlab overlap --run "

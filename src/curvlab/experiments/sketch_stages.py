@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,20 +76,12 @@ __all__ = [
 
 
 def measure_stage(split: str = "train") -> str:
-    """The measurement stage of a split: ``sketch_<split>``.
-
-    Raises:
-        ValueError: For a split other than ``"train"`` or ``"test"``.
-    """
+    """The measurement stage of a split, ``sketch_<split>`` (:func:`split_stage`)."""
     return split_stage("sketch", split)
 
 
 def solve_stage(split: str = "train") -> str:
-    """The solve stage of a split: ``sketch_solve_<split>``.
-
-    Raises:
-        ValueError: For a split other than ``"train"`` or ``"test"``.
-    """
+    """The solve stage of a split, ``sketch_solve_<split>`` (:func:`split_stage`)."""
     return split_stage("sketch_solve", split)
 
 
@@ -137,32 +130,21 @@ class StepHessian:
     max_cols: int | None = DEFAULT_MAX_COLS
 
     def __call__(self):
-        """Build the operator on this process's device.
-
-        Returns:
-            The :class:`~curvlab.operators.HessianOperator`.
-        """
+        """The :class:`~curvlab.operators.HessianOperator` on this process's device."""
         device = self.device
         if device == "cuda" and torch.cuda.device_count() > 1:
-            with_number = _worker_number()
-            if with_number is not None:
-                device = f"cuda:{with_number % torch.cuda.device_count()}"
+            # a Dask worker number, its name ("3") or its tail ("SLURMCluster-0-3")
+            with suppress(ImportError, ValueError, TypeError):
+                from distributed import get_worker
+
+                number = int(str(get_worker().name).rsplit("-", 1)[-1])
+                device = f"cuda:{number % torch.cuda.device_count()}"
         run = RunFolder.open(self.run)
         problem = run.problem(device=device, data_dir=self.data_dir)
         op, _, _ = hessian_at_step(
             run, self.step, problem, self.settings, max_cols=self.max_cols
         )
         return op
-
-
-def _worker_number() -> int | None:
-    """The number of this Dask worker (``3``, or ``SLURMCluster-0-3``), if any."""
-    try:
-        from distributed import get_worker
-
-        return int(str(get_worker().name).rsplit("-", 1)[-1])
-    except (ImportError, ValueError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -258,11 +240,7 @@ class MeasureStage(_StoreStage):
         return (self.settings.num_inner + self.settings.num_probes) * len(todo)
 
     def plan(self):
-        """The SEIGH plan of these settings.
-
-        Returns:
-            A :class:`~curvlab.linalg.SketchPlan` for ``(D, D)``.
-        """
+        """The ``(D, D)`` :class:`~curvlab.linalg.SketchPlan` of these settings."""
         s = self.settings
         dtype = getattr(torch, s.dtype)
         shape = ((self.num_params, self.num_params), dtype, torch.device("cpu"))
@@ -281,14 +259,8 @@ class MeasureStage(_StoreStage):
         )
         held = store.status()
         progress.advance("measurement", len(held.done) + len(held.probes_done))
-        factory = StepHessian(
-            str(self.run.path),
-            step,
-            self.settings,
-            self.device,
-            self.data_dir,
-            self.max_cols,
-        )
+        options = (self.settings, self.device, self.data_dir, self.max_cols)
+        factory = StepHessian(str(self.run.path), step, *options)
         outcome = measurement_store.measure(
             store,
             factory,

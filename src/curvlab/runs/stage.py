@@ -156,16 +156,7 @@ class StageRunResult(_CallResult[int]):
 
 # ------------------------------------------------------------------ settings
 def stored_settings(run: RunFolder, stage: str) -> dict[str, Any]:
-    """Settings of the latest finished step of a stage (empty if none).
-
-    Args:
-        run: The run folder.
-        stage: The stage name.
-
-    Returns:
-        The ``settings`` kept in the manifest entry of the stage's last finished
-        step, or ``{}``.
-    """
+    """The ``settings`` in the manifest of a stage's last finished step, or ``{}``."""
     done = run.done_steps(stage)
     if not done:
         return {}
@@ -176,16 +167,10 @@ def stored_settings(run: RunFolder, stage: str) -> dict[str, Any]:
 def pick_setting(
     name: str, requested: Any, stored: Mapping[str, Any], default: Any
 ) -> Any:
-    """Requested value, else the stored one, else the default.
+    """The requested value (``None``: not given), else the stored one, else the default.
 
-    Args:
-        name: The setting's name (its key in ``stored``).
-        requested: The value asked for, ``None`` when not given.
-        stored: Settings of the stage's finished steps (:func:`stored_settings`).
-        default: The default.
-
-    Returns:
-        The value to use.
+    ``stored`` holds the settings of the stage's finished steps
+    (:func:`stored_settings`), by name.
 
     Example:
         >>> pick_setting("k", None, {"k": 5}, 10), pick_setting("k", 3, {"k": 5}, 10)
@@ -201,15 +186,9 @@ def pick_setting(
 def resolve_settings(
     requested: Any, stored: Mapping[str, Any], defaults: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Every setting of ``defaults``, resolved by :func:`pick_setting`.
+    """``{setting: value}`` of every setting of ``defaults``, by :func:`pick_setting`.
 
-    Args:
-        requested: An object with one attribute per setting (``None``: not given).
-        stored: Settings of the stage's finished steps.
-        defaults: The defaults, one per setting.
-
-    Returns:
-        ``{setting: value}`` in ``defaults``' order.
+    ``requested`` has one attribute per setting (``None``: not given).
 
     Example:
         >>> from types import SimpleNamespace
@@ -225,15 +204,7 @@ def resolve_settings(
 def settings_differences(
     stored: Mapping[str, Any], wanted: Mapping[str, Any]
 ) -> list[tuple[str, Any, Any]]:
-    """The settings whose stored value differs from the wanted one.
-
-    Args:
-        stored: Settings a step was computed with.
-        wanted: Settings of this call.
-
-    Returns:
-        ``(setting, stored, wanted)`` per differing setting, in ``wanted``'s order.
-    """
+    """``(setting, stored, wanted)`` per differing setting, in ``wanted``'s order."""
     return [
         (name, stored.get(name), value)
         for name, value in wanted.items()
@@ -318,20 +289,13 @@ class StepProgress:
         self._counter = counter
 
     def phase(self, name: str) -> None:
-        """Report that a phase of the step starts.
-
-        Args:
-            name: A short name, e.g. ``"hessian"``.
-        """
+        """Report that a phase of the step starts (a short name: ``"hessian"``)."""
         self._emit("phase", {"phase": name})
 
     def advance(self, kind: str, count: int = 1, **values: Any) -> None:
-        """Report that units of work are finished (stages that count units).
+        """Report ``count`` finished units of work as an event of ``kind``.
 
-        Args:
-            kind: The event kind, e.g. ``"spectrum"``.
-            count: Units finished.
-            **values: Details for the callback.
+        For stages that count units; ``values`` are the event's details.
         """
         self._counter["done"] += count
         self._emit(kind, values)
@@ -377,14 +341,7 @@ class Stage:
         raise NotImplementedError
 
     def num_units(self, todo: Sequence[int]) -> int | None:
-        """Units of work for the steps to do; ``None`` (default): one per step.
-
-        Args:
-            todo: The steps this call computes (never empty).
-
-        Returns:
-            The count, or ``None`` to count steps.
-        """
+        """Units of work of the steps to do (never empty); ``None``: count steps."""
         return None
 
     def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]] | None:
@@ -403,22 +360,11 @@ class Stage:
         raise NotImplementedError
 
     def read_summary(self, step: int) -> dict[str, Any]:
-        """Read a finished step's summary back.
-
-        Args:
-            step: A finished step.
-
-        Returns:
-            The summary, as :meth:`compute`'s result holds it.
-        """
+        """A finished step's summary, as :meth:`compute`'s result holds it."""
         raise NotImplementedError
 
     def finish(self, computed: Sequence[int]) -> None:
-        """Refresh what is gathered over steps (combined tables); default none.
-
-        Args:
-            computed: Steps stored so far by this call.
-        """
+        """Refresh what is gathered over steps (combined tables); default none."""
 
 
 @dataclass(frozen=True)
@@ -450,22 +396,11 @@ class TableStage(Stage):
     columns: Sequence[str]
 
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """One row of ``summary.csv`` (with ``"step"``) from a step's summary.
-
-        Args:
-            summary: A step's summary.
-
-        Returns:
-            The row; by default the summary without its ``"settings"``.
-        """
+        """A step's ``summary.csv`` row (with ``"step"``); default: no ``settings``."""
         return {key: value for key, value in summary.items() if key != "settings"}
 
     def write(self, step: int, result: Any) -> tuple[list[Path], dict[str, Any]]:
         """Write the step's CSV and JSON; the manifest keeps the summary row.
-
-        Args:
-            step: The step.
-            result: With ``rows`` and ``summary``.
 
         Returns:
             The two files and ``{"settings", **summary_row without step}``.
@@ -482,22 +417,11 @@ class TableStage(Stage):
         return [csv_path, json_path], {"settings": self.stored, **row}
 
     def read_summary(self, step: int) -> dict[str, Any]:
-        """Read the step's JSON summary.
-
-        Args:
-            step: A finished step.
-
-        Returns:
-            The summary.
-        """
+        """The finished step's JSON summary."""
         return self.run.read_json(self.run.path_for(self.name, step, ".json"))
 
     def finish(self, computed: Sequence[int]) -> None:
-        """Rewrite ``all.csv`` and ``summary.csv`` from every finished step.
-
-        Args:
-            computed: Unused: the tables gather all finished steps.
-        """
+        """Rewrite ``all.csv`` and ``summary.csv`` from every finished step."""
         run, rows, scalars = self.run, [], []
         for step in run.done_steps(self.name):
             rows.extend(run.read_table(run.path_for(self.name, step, ".csv")))
@@ -511,20 +435,15 @@ class TableStage(Stage):
 def read_table_stage(
     run: RunFolder, stage: str, what: str, command: str
 ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    """Read every finished step of a :class:`TableStage`.
-
-    Args:
-        run: The run folder.
-        stage: The stage name.
-        what: What the stage holds, for the message (``"overlap results"``).
-        command: The command that computes it, for the message.
+    """The rows of every finished step of a :class:`TableStage`, and the summaries.
 
     Returns:
-        The rows of every finished step (steps ascending) and the summaries by
-        step.
+        The rows (steps ascending) and the summaries by step.
 
     Raises:
-        FileNotFoundError: If no step is finished.
+        FileNotFoundError: If no step is finished; the message names ``what``
+            the stage holds (``"overlap results"``) and the ``command`` that
+            computes it.
     """
     steps = run.done_steps(stage)
     if not steps:
@@ -704,12 +623,7 @@ class UnitProgress:
         self._counter = counter
 
     def phase(self, name: str, step: int | None = None) -> None:
-        """Report what the unit is doing (e.g. the training step it reached).
-
-        Args:
-            name: A short description, e.g. ``"adam lr 0.001 seed 0"``.
-            step: A step inside the unit, if it has steps.
-        """
+        """Report what the unit is doing (``"adam lr 0.001 seed 0"``) at which step."""
         done, total = self._counter["done"], self._counter["total"]
         values = {"phase": name, "unit": self._unit}
         self._notify(StageEvent("phase", step, done, total, values))
@@ -748,30 +662,15 @@ class GridStage:
         self.folder = RunFolder(path)
 
     def units(self) -> list[str]:
-        """The units of this call, in order.
-
-        Returns:
-            Unit keys.
-        """
+        """The keys of this call's units, in order."""
         raise NotImplementedError
 
     def unit_settings(self, unit: str) -> dict[str, Any]:
-        """The settings that decide a unit's numbers (compared with a stored unit).
-
-        Args:
-            unit: The unit.
-
-        Returns:
-            By default :attr:`stored`.
-        """
+        """The settings that decide a unit's numbers (default :attr:`stored`)."""
         return self.stored
 
     def prepare(self, todo: Sequence[str]) -> None:
-        """Called once the units to compute are known, before the first.
-
-        Args:
-            todo: The units this call computes (maybe none).
-        """
+        """Called with the units to compute (maybe none), before the first."""
 
     def compute(self, unit: str, progress: UnitProgress | None, force: bool) -> Any:
         """Compute one unit (in this process or on a Dask worker).
@@ -800,38 +699,20 @@ class GridStage:
 
     # manifest of the units
     def entry_path(self, unit: str) -> Path:
-        """The manifest entry file of a unit.
-
-        Args:
-            unit: The unit.
-
-        Returns:
-            ``<folder>/manifest/<stage>/<unit>.json``.
-        """
+        """A unit's manifest entry file, ``<folder>/manifest/<stage>/<unit>.json``."""
         _check_stage(unit)
         return self.folder.path / "manifest" / self.name / f"{unit}.json"
 
     def entry(self, unit: str) -> dict[str, Any] | None:
-        """The manifest entry of a unit, or ``None`` (files not checked).
+        """A unit's manifest entry, or ``None`` (files not checked).
 
-        Args:
-            unit: The unit.
-
-        Returns:
-            ``{"unit", "files": [{"path", "bytes"}], "info", "completed"}``.
+        The entry is ``{"unit", "files": [{"path", "bytes"}], "info", "completed"}``.
         """
         path = self.entry_path(unit)
         return self.folder.read_json(path) if path.is_file() else None
 
     def is_done(self, unit: str) -> bool:
-        """Whether a unit has an entry and its files exist with their sizes.
-
-        Args:
-            unit: The unit.
-
-        Returns:
-            ``True`` for a stored unit.
-        """
+        """Whether a unit is stored: it has an entry, its files have their sizes."""
         entry = self.entry(unit)
         if entry is None:
             return False
@@ -844,13 +725,7 @@ class GridStage:
     def mark_done(
         self, unit: str, files: Sequence[Path], info: Mapping[str, Any]
     ) -> None:
-        """Write a unit's manifest entry (after its files were written atomically).
-
-        Args:
-            unit: The unit.
-            files: Its files.
-            info: What to keep with the entry.
-        """
+        """Write a unit's manifest entry, after its files were written atomically."""
         listed = [
             {"path": self.folder.relative(f), "bytes": Path(f).stat().st_size}
             for f in files

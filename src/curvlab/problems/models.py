@@ -352,7 +352,7 @@ def deepobs_3c3d(num_classes: int = 10, *, seed: int = 0) -> nn.Sequential:
         seed: Seed of the initialisation.
 
     Returns:
-        The network.
+        The network, for ``(N, 3, 32, 32)`` images.
     """
     with _seeded(seed):
         model = nn.Sequential(

@@ -6,13 +6,14 @@ with messages that say what was expected and what arrived.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["check_choice", "check_columns", "check_int"]
+__all__ = ["check_choice", "check_columns", "check_int", "check_nonneg"]
 
 
 def check_int(
@@ -53,6 +54,37 @@ def check_int(
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}{hint}. Got {value}.")
     return int(value)
+
+
+def check_nonneg(name: str, value: Any) -> float:
+    """Return ``value`` as a ``float`` if it is a finite real number ``>= 0``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value: a real number (``bool`` is refused) or a tensor holding
+            one.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        TypeError: If ``value`` is not a real number.
+        ValueError: If it is negative, NaN or infinite.
+
+    Example:
+        >>> check_nonneg("damping", 1e-3)
+        0.001
+    """
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number >= 0. Got {type(value).__name__}."
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0. Got {value}.")
+    return value
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

@@ -513,10 +513,10 @@ def kfac():
 def test_bad_damping(kfac, bad):
     for call in (kfac.logdet, kfac.det, kfac.inverse):
         with pytest.raises(
-            ValueError, match=rf"damping must be finite and >= 0. Got {bad}"
+            ValueError, match=rf"damping must be a finite number >= 0. Got {bad}"
         ):
             call(bad)
-    with pytest.raises(TypeError, match="damping must be a real number. Got str"):
+    with pytest.raises(TypeError, match="damping must be a real number >= 0. Got str"):
         kfac.inverse("1e-3")
 
 

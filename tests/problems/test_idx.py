@@ -165,7 +165,9 @@ def test_inconsistent_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="holds 60 images but .* holds 59 labels"):
         idx.load_idx_dataset(tmp_path)
     labels.write_bytes(_raw_labels(np.full(NUM_TRAIN, 10, dtype=np.uint8)))
-    with pytest.raises(ValueError, match="holds label 10; expected 0 to 9"):
+    with pytest.raises(
+        ValueError, match=r"holds labels in \[10, 10\]; expected 0 to 9"
+    ):
         idx.load_idx_dataset(tmp_path)
     # images and labels swapped
     images = tmp_path / "train-images-idx3-ubyte"

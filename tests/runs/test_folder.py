@@ -129,6 +129,19 @@ def test_reopen_with_compatible_config_extends_it(run):
     assert RunFolder.open(run.path).config.steps == 20
 
 
+def test_extend_config_writes_only_a_changed_config(run):
+    stored = run.config
+    mtime = (run.path / "config.yaml").stat().st_mtime_ns
+    assert run.extend_config(_config()) == stored
+    assert (run.path / "config.yaml").stat().st_mtime_ns == mtime  # not written
+    merged = run.extend_config(_config(steps=20))
+    assert merged.steps == 20
+    assert RunFolder.open(run.path).config == merged
+    with pytest.raises(ConfigMismatchError, match="seed: stored 0, requested 1"):
+        run.extend_config(_config(seed=1))
+    assert RunFolder.open(run.path).config == merged
+
+
 def test_reopen_with_other_config_is_refused(run):
     with pytest.raises(ConfigMismatchError, match="seed: stored 0, requested 1"):
         RunFolder.create(run.path, _config(seed=1))
@@ -254,6 +267,14 @@ def test_invocations(run):
     assert record["matvecs"] == 3
     assert record["seconds"] >= 0
     assert run.invocations("train") == []
+
+
+def test_training_data_dir_is_the_latest_one_named(run):
+    assert run.training_data_dir() is None
+    for data_dir in ("/data/a", None, "/data/b", None):
+        run.start_invocation("train", data_dir=data_dir).finish("finished")
+    run.start_invocation("spectrum", data_dir="/data/c").finish("finished")
+    assert run.training_data_dir() == "/data/b"
 
 
 def test_missing_step(run):

@@ -51,6 +51,25 @@ All three work for any model that ``torch.func`` can differentiate (residual
 connections and eval-mode BatchNorm included), with Dropout and BatchNorm in
 eval mode; the backpropagation methods are only faster, not different (they
 agree with the generic ones to round-off).
+
+Example:
+    Both exact diagonals are the diagonals of the dense matrices:
+
+    >>> import torch
+    >>> from curvlab.operators import GGNOperator, HessianOperator
+    >>> from curvlab.problems.models import mlp
+    >>> model = mlp((3, 4, 2)).double()
+    >>> data = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,)))]
+    >>> loss_fn = torch.nn.CrossEntropyLoss()
+    >>> def flat(diag):
+    ...     return torch.cat([d.flatten() for d in diag])
+    >>> G = GGNOperator(model, loss_fn, data).to_dense()
+    >>> torch.allclose(flat(exact_ggn_diagonal(model, loss_fn, data)), G.diagonal())
+    True
+    >>> H = HessianOperator(model, loss_fn, data).to_dense()
+    >>> diag = exact_hessian_diagonal(model, loss_fn, data, chunk_size=7)
+    >>> torch.allclose(flat(diag), H.diagonal())
+    True
 """
 
 from __future__ import annotations
@@ -251,18 +270,6 @@ def exact_ggn_diagonal(
             empty data.
         TypeError: If ``model`` is not a module or a batch is not ``(X, y)``.
 
-    Example:
-        >>> import torch
-        >>> from curvlab.operators import GGNOperator
-        >>> model = torch.nn.Sequential(
-        ...     torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
-        ... ).double()
-        >>> data = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,)))]
-        >>> loss_fn = torch.nn.CrossEntropyLoss()
-        >>> diag = exact_ggn_diagonal(model, loss_fn, data)
-        >>> dense = GGNOperator(model, loss_fn, data).to_dense()
-        >>> torch.allclose(torch.cat([d.flatten() for d in diag]), dense.diagonal())
-        True
     """
     return _ggn_diagonal(model, loss_fn, data, params, None, 0)
 
@@ -412,18 +419,6 @@ def exact_hessian_diagonal(
             empty data.
         TypeError: If a batch is not an ``(X, y)`` pair of tensors.
 
-    Example:
-        >>> import torch
-        >>> from curvlab.operators import HessianOperator
-        >>> model = torch.nn.Sequential(
-        ...     torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
-        ... ).double()
-        >>> data = [(torch.randn(5, 3).double(), torch.randint(0, 2, (5,)))]
-        >>> loss_fn = torch.nn.CrossEntropyLoss()
-        >>> diag = exact_hessian_diagonal(model, loss_fn, data, chunk_size=7)
-        >>> dense = HessianOperator(model, loss_fn, data).to_dense()
-        >>> torch.allclose(torch.cat([d.flatten() for d in diag]), dense.diagonal())
-        True
     """
     if (
         isinstance(chunk_size, bool)

@@ -47,12 +47,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 from torch import Tensor
 
-from curvlab._checks import check_columns
+from curvlab._checks import check_columns, check_nonneg
 from curvlab.linalg._operator import CountedOperator, check_product_shape
 from curvlab.operators._checks import check_dtype_device
 
@@ -157,25 +156,7 @@ def check_damping(damping) -> float:
         TypeError: If it is not a real number.
         ValueError: If it is negative, NaN or infinite.
     """
-    if isinstance(damping, Tensor) and damping.numel() == 1:
-        damping = damping.item()
-    if isinstance(damping, bool) or not isinstance(damping, Real):
-        raise TypeError(
-            f"damping must be a real number >= 0. Got {type(damping).__name__}."
-        )
-    damping = float(damping)
-    if not math.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number >= 0. Got {damping}.")
-    return damping
-
-
-def _check_nonneg(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number. Got {type(value).__name__}.")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0. Got {value}.")
-    return value
+    return check_nonneg("damping", damping)
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -336,8 +317,8 @@ def cg(
     A = symmetric_operator(op)
     delta = check_damping(damping)
     Bm = check_rhs(B, A)
-    tol = _check_nonneg("tol", tol)
-    atol = _check_nonneg("atol", atol)
+    tol = check_nonneg("tol", tol)
+    atol = check_nonneg("atol", atol)
     max_iters = (
         10 * A.dim if max_iters is None else _check_count("max_iters", max_iters, 0)
     )
@@ -532,7 +513,7 @@ def neumann(
     delta = check_damping(damping)
     Bm = check_rhs(B, A)
     num_terms = _check_count("num_terms", num_terms, 1)
-    tol = _check_nonneg("tol", tol)
+    tol = check_nonneg("tol", tol)
     power_steps = _check_count("power_steps", power_steps, 1)
 
     def apply(V: Tensor, step: str) -> Tensor:
@@ -547,7 +528,7 @@ def neumann(
                 f"iteration found the Rayleigh quotient {top:.3e} <= 0. Add damping."
             )
         scale = 1.0 / top
-    scale = _check_nonneg("scale", scale)
+    scale = check_nonneg("scale", scale)
     if scale == 0:
         raise ValueError("scale must be > 0. Got 0.0.")
 

@@ -8,6 +8,11 @@ families of Tropp et al. (2017, "Fixed-rank approximation of a positive-semidefi
 matrix from streaming data", §7.1) used by skerch's ``synthmat.py``: exactly low
 rank, low rank plus noise, polynomial and exponential decay; and an indefinite
 variant with alternating signs, since Hessians are indefinite.
+
+Each family takes the size ``dim`` (``D``), the number ``rank`` of leading
+eigenvalues, a parameter of its own, the ``seed`` of ``Q`` and the keywords
+``dtype`` and ``device`` of the result; it raises a ``ValueError`` unless
+``0 < rank <= dim``.
 """
 
 from __future__ import annotations
@@ -72,22 +77,17 @@ def _check(dim: int, rank: int):
         raise ValueError(f"Need 0 < rank <= dim. Got rank={rank}, dim={dim}.")
 
 
-def low_rank(dim: int, rank: int, *, seed: int = 0, **kw) -> tuple[Tensor, Tensor]:
-    """Exactly rank-``rank`` PSD matrix: eigenvalues 1 (``rank`` times), then 0.
-
-    Args:
-        dim: Size ``D``.
-        rank: Number of unit eigenvalues.
-        seed: Random seed.
-        **kw: ``dtype`` and ``device``.
-
-    Returns:
-        Matrix and eigenvalues.
-    """
+def _unit_then(dim: int, rank: int, tail, seed: int, kw: dict):
+    """``rank`` unit eigenvalues, then ``tail(j)`` at ``j = 1, ..., D - rank``."""
     _check(dim, rank)
-    lam = torch.zeros(dim, dtype=torch.float64)
-    lam[:rank] = 1.0
+    i = torch.arange(dim, dtype=torch.float64)
+    lam = torch.where(i < rank, 1.0, tail(i - rank + 1))
     return from_spectrum(lam, seed=seed, **kw)
+
+
+def low_rank(dim: int, rank: int, *, seed: int = 0, **kw) -> tuple[Tensor, Tensor]:
+    """Exactly rank-``rank`` PSD matrix: eigenvalues 1 (``rank`` times), then 0."""
+    return _unit_then(dim, rank, torch.zeros_like, seed, kw)
 
 
 def low_rank_plus_noise(
@@ -98,20 +98,9 @@ def low_rank_plus_noise(
     This is the spectrum of Tropp et al.'s ``diag(1, ..., 1, 0, ...) + ξ/D W W^T`` in
     expectation, made deterministic so that tests know the exact eigenvalues.
 
-    Args:
-        dim: Size ``D``.
-        rank: Number of unit eigenvalues.
-        noise: The floor eigenvalue of the remaining ``D - rank`` directions.
-        seed: Random seed.
-        **kw: ``dtype`` and ``device``.
-
-    Returns:
-        Matrix and eigenvalues.
+    ``noise`` is the floor eigenvalue of the remaining ``D - rank`` directions.
     """
-    _check(dim, rank)
-    lam = torch.full((dim,), float(noise), dtype=torch.float64)
-    lam[:rank] = 1.0
-    return from_spectrum(lam, seed=seed, **kw)
+    return _unit_then(dim, rank, lambda j: torch.full_like(j, float(noise)), seed, kw)
 
 
 def polynomial_decay(
@@ -119,20 +108,9 @@ def polynomial_decay(
 ) -> tuple[Tensor, Tensor]:
     """Eigenvalues ``1`` (``rank`` times), then ``(i - rank + 2)^(-power)``.
 
-    Args:
-        dim: Size ``D``.
-        rank: Number of leading unit eigenvalues.
-        power: Decay exponent (0.5 slow, 1 medium, 2 fast in Tropp et al.).
-        seed: Random seed.
-        **kw: ``dtype`` and ``device``.
-
-    Returns:
-        Matrix and eigenvalues.
+    ``power`` is the decay exponent (0.5 slow, 1 medium, 2 fast in Tropp et al.).
     """
-    _check(dim, rank)
-    i = torch.arange(dim, dtype=torch.float64)
-    lam = torch.where(i < rank, 1.0, (i - rank + 2).clamp(min=1) ** (-power))
-    return from_spectrum(lam, seed=seed, **kw)
+    return _unit_then(dim, rank, lambda j: (j + 1).clamp(min=1) ** (-power), seed, kw)
 
 
 def exponential_decay(
@@ -140,20 +118,9 @@ def exponential_decay(
 ) -> tuple[Tensor, Tensor]:
     """Eigenvalues ``1`` (``rank`` times), then ``10^(-rate (i - rank + 1))``.
 
-    Args:
-        dim: Size ``D``.
-        rank: Number of leading unit eigenvalues.
-        rate: Decades lost per eigenvalue (0.01 slow, 0.1 medium, 0.5 fast).
-        seed: Random seed.
-        **kw: ``dtype`` and ``device``.
-
-    Returns:
-        Matrix and eigenvalues.
+    ``rate`` is in decades lost per eigenvalue (0.01 slow, 0.1 medium, 0.5 fast).
     """
-    _check(dim, rank)
-    i = torch.arange(dim, dtype=torch.float64)
-    lam = torch.where(i < rank, 1.0, 10.0 ** (-rate * (i - rank + 1)))
-    return from_spectrum(lam, seed=seed, **kw)
+    return _unit_then(dim, rank, lambda j: 10.0 ** (-rate * j), seed, kw)
 
 
 def indefinite(
@@ -165,18 +132,10 @@ def indefinite(
     ``D - rank`` are ``±1e-3 decay^rank`` of alternating sign.
     Like a Hessian: a few large curvatures of both signs above a small bulk.
 
-    Args:
-        dim: Size ``D``.
-        rank: Number of leading eigenvalues above the bulk.
-        decay: Ratio of consecutive magnitudes, in (0, 1].
-        seed: Random seed.
-        **kw: ``dtype`` and ``device``.
-
-    Returns:
-        Matrix and eigenvalues.
+    ``decay`` is the ratio of consecutive magnitudes, in (0, 1].
 
     Raises:
-        ValueError: If ``decay`` is outside (0, 1].
+        ValueError: If ``decay`` is outside (0, 1] (or ``rank`` out of range).
     """
     _check(dim, rank)
     if not 0 < decay <= 1:

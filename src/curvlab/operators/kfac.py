@@ -60,12 +60,12 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy
 import torch
 from torch import Tensor, nn
 
+from curvlab._checks import check_nonneg
 from curvlab._typing import TensorList
 from curvlab.operators._kfac_factors import (
     KFACLayer,
@@ -104,21 +104,6 @@ class KroneckerBlock:
     kinds: tuple[str, ...]
     G: Tensor
     A: Tensor
-
-
-def _check_damping(damping) -> float:
-    """Return ``damping`` as a float after checking it is finite and >= 0.
-
-    Raises:
-        TypeError: If it is not a real number.
-        ValueError: If it is negative, NaN or infinite.
-    """
-    if isinstance(damping, bool) or not isinstance(damping, (Real, Tensor)):
-        raise TypeError(f"damping must be a real number. Got {type(damping).__name__}.")
-    value = float(damping)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"damping must be finite and >= 0. Got {value}.")
-    return value
 
 
 def _gather(block: KroneckerBlock, shapes, M: TensorList) -> Tensor:
@@ -382,7 +367,7 @@ class _KroneckerOperator(EmpiricalRiskOperator):
                 matrix is singular (always for cross-entropy).
             TypeError: If damping is not a real number.
         """
-        damping = _check_damping(damping)
+        damping = check_nonneg("damping", damping)
         self._check_invertible(damping, "logdet")
         return sum(torch.log(E + damping).sum() for _, _, E in self._eigen())
 
@@ -440,7 +425,7 @@ class _KroneckerOperator(EmpiricalRiskOperator):
                 matrix is singular (always for cross-entropy).
             TypeError: If damping is not a real number.
         """
-        damping = _check_damping(damping)
+        damping = check_nonneg("damping", damping)
         if method not in INVERSE_METHODS:
             raise ValueError(
                 f"method must be one of {INVERSE_METHODS}. Got {method!r}."

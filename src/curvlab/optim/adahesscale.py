@@ -77,7 +77,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from curvlab.diagonal.backprop import HesScaleBatch
-from curvlab.optim._checks import adam_defaults
+from curvlab.optim._checks import adam_defaults, update_moments
 
 
 class AdaHesScale(Optimizer):
@@ -219,16 +219,9 @@ class AdaHesScale(Optimizer):
                 if decay != 0:
                     grad = grad + decay * p
                     diag = diag + decay
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(diag, diag, value=1 - beta2)
+                t, exp_avg, exp_avg_sq = update_moments(
+                    self.state[p], p, grad, diag, group["betas"], "exp_avg_sq"
+                )
                 denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
                 p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**t))
         return loss

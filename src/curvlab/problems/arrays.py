@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab.problems._labels import check_labels
+
 __all__ = [
     "ARRAY_SPLITS",
     "IMAGENET_FILES",
@@ -138,15 +140,7 @@ def load_array_split(
             f"{y_path} must hold integer labels of shape (N,). Got {y.dtype} of "
             f"shape {y.shape}."
         )
-    if len(y) != len(X):
-        raise ValueError(
-            f"{X_path} holds {len(X)} images but {y_path} holds {len(y)} labels."
-        )
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"{y_path} holds labels in [{int(y.min())}, {int(y.max())}]; expected 0 "
-            f"to {num_classes - 1}."
-        )
+    check_labels(X_path, len(X), y_path, y, num_classes)
     images = torch.from_numpy(X)
     if last:
         images = images.permute(0, 3, 1, 2)

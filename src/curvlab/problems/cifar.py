@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab.problems._labels import check_labels
+
 __all__ = [
     "CIFAR_DATASETS",
     "check_cifar_files",
@@ -193,11 +195,7 @@ def read_cifar_batch(
             f"{path} holds {len(data)} images but '{label_key}' has shape "
             f"{labels.shape}; expected ({len(data)},)."
         )
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{path} holds labels in [{labels.min()}, {labels.max()}]; expected 0 "
-            f"to {num_classes - 1}."
-        )
+    check_labels(path, len(data), path, labels, num_classes)
     return data.reshape(-1, *_IMAGE_SHAPE), labels
 
 

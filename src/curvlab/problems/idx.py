@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from curvlab.problems._labels import check_labels
+
 __all__ = [
     "IDX_FILES",
     "find_idx_files",
@@ -269,15 +271,6 @@ def _split(
             f"{labels_path} must hold uint8 labels of shape (N,) (magic 2049). "
             f"Got {labels.dtype} of shape {labels.shape}."
         )
-    if len(images) != len(labels):
-        raise ValueError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds "
-            f"{len(labels)} labels."
-        )
-    if len(labels) and int(labels.max()) >= num_classes:
-        raise ValueError(
-            f"{labels_path} holds label {int(labels.max())}; expected 0 to "
-            f"{num_classes - 1}."
-        )
+    check_labels(images_path, len(images), labels_path, labels, num_classes)
     X = torch.from_numpy(images).unsqueeze(1)
     return X, torch.from_numpy(labels.astype(np.int64))

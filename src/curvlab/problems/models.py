@@ -331,11 +331,7 @@ def lenet5(
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, num_classes),
+            *_mlp_layers((16 * 5 * 5, 120, 84, num_classes), nn.ReLU),
         )
 
 
@@ -352,11 +348,11 @@ def deepobs_3c3d(num_classes: int = 10, *, seed: int = 0) -> nn.Sequential:
     ICLR 2019).
 
     Args:
-        num_classes: Number of classes.
+        num_classes: Number of classes (10 in DeepOBS's ``cifar10_3c3d``).
         seed: Seed of the initialisation.
 
     Returns:
-        The network.
+        The network, for ``(N, 3, 32, 32)`` images.
     """
     with _seeded(seed):
         model = nn.Sequential(
@@ -370,20 +366,9 @@ def deepobs_3c3d(num_classes: int = 10, *, seed: int = 0) -> nn.Sequential:
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, ceil_mode=True),
             nn.Flatten(),
-            nn.Linear(3 * 3 * 128, 512),
-            nn.ReLU(),
-            nn.Linear(512, 256),
-            nn.ReLU(),
-            nn.Linear(256, num_classes),
+            *_mlp_layers((3 * 3 * 128, 512, 256, num_classes), nn.ReLU),
         )
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_normal_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-    return model
+        return _deepobs_init(model, conv_bias=0.0)
 
 
 def all_cnn_c(num_classes: int = 100, *, seed: int = 0) -> nn.Sequential:
@@ -399,7 +384,7 @@ def all_cnn_c(num_classes: int = 100, *, seed: int = 0) -> nn.Sequential:
     100 classes and 1,369,738 for 10.
 
     Args:
-        num_classes: Number of classes.
+        num_classes: Number of classes (100 in DeepOBS's ``cifar100_allcnnc``).
         seed: Seed of the initialisation.
 
     Returns:
@@ -422,10 +407,22 @@ def all_cnn_c(num_classes: int = 100, *, seed: int = 0) -> nn.Sequential:
             nn.AvgPool2d(6),
             nn.Flatten(),
         )
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_normal_(module.weight)
-                nn.init.constant_(module.bias, 0.1)
+        return _deepobs_init(model, conv_bias=0.1)
+
+
+def _deepobs_init(model: nn.Sequential, *, conv_bias: float) -> nn.Sequential:
+    """Initialise as DeepOBS: Xavier weights, convolution biases ``conv_bias``.
+
+    Convolutions get Xavier normal weights, linear layers Xavier uniform weights
+    and zero biases.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.constant_(module.bias, conv_bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
     return model
 
 

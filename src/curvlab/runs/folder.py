@@ -462,12 +462,7 @@ class RunFolder:
             if cls.is_run_folder(path):
                 run = cls(path)
                 if not force:
-                    stored = run.config
-                    merged = stored
-                    if config != stored:
-                        merged = stored.extended_by(config, where=str(path))
-                    if merged != stored:
-                        run.write_config(merged)
+                    run.extend_config(config)
                     return run
                 run._clear()
             cls._check_usable(path)
@@ -594,6 +589,40 @@ class RunFolder:
         text = config_to_text(config)
         with StageLock(self.path, "train"):
             self.write_text(_CONFIG, text)
+
+    def extend_config(self, config: TrainConfig) -> TrainConfig:
+        """Extend the stored config to cover ``config`` and store the result.
+
+        Args:
+            config: A config that differs from the stored one at most in how
+                far to train (:data:`~curvlab.runs.config.EXTENT_FIELDS`).
+
+        Returns:
+            The stored config after the call: :meth:`TrainConfig.extended_by`
+            of both (written only where it changed).
+
+        Raises:
+            ConfigMismatchError: If ``config`` differs in anything else.
+        """
+        stored = self.config
+        if config == stored:
+            return stored
+        merged = stored.extended_by(config, where=str(self.path))
+        if merged != stored:
+            self.write_config(merged)
+        return merged
+
+    def training_data_dir(self) -> str | None:
+        """Return the data folder the latest training invocation named.
+
+        Returns:
+            The ``data_dir`` of the latest ``train`` invocation that recorded
+            one, or ``None`` (no training yet, or a bundled problem).
+        """
+        for invocation in reversed(self.invocations("train")):
+            if invocation.get("data_dir"):
+                return invocation["data_dir"]
+        return None
 
     def lock(self, stage: str) -> StageLock:
         """Return the exclusive lock of a stage (take it with ``with``).
@@ -1309,10 +1338,7 @@ class RunFolder:
 
         config = self.config
         if data_dir is None:
-            for invocation in reversed(self.invocations("train")):
-                if invocation.get("data_dir"):
-                    data_dir = invocation["data_dir"]
-                    break
+            data_dir = self.training_data_dir()
         return problems.get(
             config.problem,
             seed=config.seed,

@@ -11,7 +11,6 @@ against the stored value by formatting it the same way.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,7 +23,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from curvlab._format import fmt
+from curvlab._format import fmt, markdown_table, markdown_to_html
 from curvlab.experiments.exhaustive import exhaustive_stage
 from curvlab.experiments.overlap import overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
@@ -124,18 +123,13 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _step_table(headers: Sequence[str], steps: Iterable[int], cells: Callable) -> str:
     """One row per step: the step, then ``cells(step)`` (numbers through fmt)."""
     rows = [
-        (s, *(c if isinstance(c, str) else fmt(c) for c in cells(s))) for s in steps
+        (str(s), *(c if isinstance(c, str) else fmt(c) for c in cells(s)))
+        for s in steps
     ]
-    return _table(("step", *headers), rows)
+    return markdown_table(("step", *headers), rows, aligned=False)
 
 
 def _section(title: str, *paragraphs: str) -> str:
@@ -330,13 +324,14 @@ def _layers(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
         f"never exceed the full one's). Layer {label[closest]}'s spectrum is "
         f"closest to the full one (W₁ = {fmt(distance[closest])}), "
         f"layer {label[farthest]}'s the farthest (W₁ = {fmt(distance[farthest])}).",
-        _table(
+        markdown_table(
             ("layer", "D_l", "top λ", "tr H_l", "W₁ to full"),
             [
                 (f"{label[n]} (`{', '.join(b.param_names)}`)", f"{b.dim:,}")
                 + tuple(map(fmt, (tops[n], b.trace, distance[n])))
                 for n, b in blocks.items()
             ],
+            aligned=False,
         ),
         "Distance of each layer's spectrum to the full one against depth, "
         f"at step {last} and summed over the recorded steps (each normalised by "
@@ -490,12 +485,13 @@ def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):
         f"From best to worst: {', '.join(ranking)}. With HesScale's error as 1, "
         + ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
         + f"; the all-zeros estimate scores {fmt(normalized['zero']['total'])}.",
-        _table(
+        markdown_table(
             ("estimator", "total", *layers),
             [
                 (m, *(fmt(normalized[m][c]) for c in ("total", *layers)))
                 for m in ranking
             ],
+            aligned=False,
         ),
         _images(figures, ("hesscale_quality.png", "HesScale comparison")),
     )
@@ -577,7 +573,7 @@ def write_report(
         findings[name] = found
     if timings:
         rows = [(stage, f"{seconds:.1f}") for stage, seconds in timings.items()]
-        table = _table(("stage", "seconds"), rows)
+        table = markdown_table(("stage", "seconds"), rows, aligned=False)
         intro = "Seconds of the call that computed each stage:"
         sections.append(_section("Wall time", intro, table))
     text = "\n".join([_head(run, steps, findings), *sections, _FILES])
@@ -589,78 +585,4 @@ def write_report(
     return Report(markdown, page, linked, json.loads(json.dumps(findings)))
 
 
-# ------------------------------------------------------------------ HTML
 _IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
-_STYLE = (
-    "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
-    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}"
-    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-    "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
-)
-
-
-def _inline(text: str) -> str:
-    parts = re.split(r"(`[^`]*`)", text)
-    return "".join(
-        f"<code>{html.escape(part[1:-1])}</code>"
-        if len(part) >= 2 and part[0] == part[-1] == "`"
-        else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part))
-        for part in parts
-    )
-
-
-def _cells(line: str, tag: str) -> str:
-    cells = line.strip().strip("|").split("|")
-    return "".join(f"<{tag}>{_inline(c.strip())}</{tag}>" for c in cells)
-
-
-def _block(lines: list[str]) -> str:
-    heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
-    image = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", lines[0])
-    if heading and len(lines) == 1:
-        level = len(heading.group(1))
-        return f"<h{level}>{_inline(heading.group(2))}</h{level}>"
-    if image and len(lines) == 1:
-        alt, src = map(html.escape, image.groups())
-        return f'<p><img src="{src}" alt="{alt}"></p>'
-    separator = len(lines) > 1 and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
-    if lines[0].startswith("|") and separator:
-        rows = "\n".join(f"<tr>{_cells(line, 'td')}</tr>" for line in lines[2:])
-        return (
-            f"<table>\n<thead><tr>{_cells(lines[0], 'th')}</tr></thead>\n<tbody>\n"
-            f"{rows}\n</tbody>\n</table>"
-        )
-    if all(line.startswith("- ") for line in lines):
-        return (
-            "<ul>\n" + "".join(f"<li>{_inline(i[2:])}</li>\n" for i in lines) + "</ul>"
-        )
-    return f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>"
-
-
-def markdown_to_html(text: str, *, title: str = "report") -> str:
-    r"""Convert the Markdown subset of the report into a standalone HTML page.
-
-    Supports ``#``-headings, paragraphs, ``- `` bullet lists, pipe tables (a
-    header row, a ``|---|`` row, body rows), images alone on a line
-    (``![alt](src)``), ``code`` and ``**bold**``. Everything else is escaped
-    text.
-
-    Args:
-        text: The Markdown.
-        title: The page title.
-
-    Returns:
-        The HTML page.
-
-    Example:
-        >>> page = markdown_to_html("# T\n\n| a |\n|---|\n| 1 |\n")
-        >>> "<h1>T</h1>" in page, "<td>1</td>" in page
-        (True, True)
-    """
-    blocks = [b.strip().splitlines() for b in re.split(r"\n\s*\n", text.strip())]
-    body = "\n".join(_block(lines) for lines in blocks if lines)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )

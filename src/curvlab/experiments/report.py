@@ -20,15 +20,19 @@ from typing import Any
 
 import numpy
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from curvlab._format import fmt, markdown_table, markdown_to_html
 from curvlab.experiments.exhaustive import exhaustive_stage
 from curvlab.experiments.overlap import overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
 from curvlab.experiments.spectrum import SpectrumStep
-from curvlab.experiments.spectrum_plots import PLOTS, plot_match, plot_spectrum
+from curvlab.experiments.spectrum_plots import (
+    PLOTS,
+    new_figure,
+    plot_match,
+    plot_spectrum,
+    save_plot,
+)
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 from curvlab.subspace.spectra import BlockSpectrum, layer_full_distances
@@ -140,25 +144,12 @@ def _images(figures: Mapping[str, str], *shown: tuple[str, str]) -> str:
     return "\n\n".join(f"![{alt}]({figures[name]})" for name, alt in shown)
 
 
-def _save(run: RunFolder, figure: Figure, name: str) -> Path:
-    path = run.resolve(Path(PLOTS) / name)
-    with run.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
-
-
-def _figure(size: tuple[float, float]) -> Figure:
-    figure = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 # ------------------------------------------------------------------ figures
 def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
     """Top eigenvalues, exact and sketched; overlap of the top-k eigenspaces."""
     steps = sorted(check.summaries)
     last = check.summaries[steps[-1]]
-    figure = _figure((10.0, 3.8))
+    figure = new_figure(10.0, 3.8, layout="constrained")
     left, right = figure.subplots(1, 2)
     exact = numpy.asarray(last["eigenvalues_exact"])
     index = numpy.arange(1, len(exact) + 1)
@@ -184,14 +175,14 @@ def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
         f"s = {settings['num_inner']} products vs exact ({_SPLIT} subset of "
         f"{last['hessian']['num_samples']} samples)"
     )
-    return _save(run, figure, f"exhaustive_{_SPLIT}.png")
+    return save_plot(run, figure, f"exhaustive_{_SPLIT}.png")
 
 
 def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
     """Each estimator's total error of the Hessian diagonal, HesScale's = 1."""
     methods = hesscale["methods"]
     totals = [hesscale["normalized"][m]["total"] for m in methods]
-    ax = _figure((7.0, 3.6)).subplots()
+    ax = new_figure(7.0, 3.6, layout="constrained").subplots()
     bars = ax.bar(methods, totals, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, labels=[fmt(t) for t in totals], fontsize="small")
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
@@ -202,7 +193,7 @@ def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
         f"{hesscale['num_samples']} samples",
         fontsize="medium",
     )
-    return _save(run, ax.figure, "hesscale_quality.png")
+    return save_plot(run, ax.figure, "hesscale_quality.png")
 
 
 # ------------------------------------------------------------------ sections
@@ -547,12 +538,11 @@ def write_report(
         The files written, the figures and the headline numbers.
 
     Raises:
-        MissingStepError: If spectra are missing (for the spectrum figures).
         FileNotFoundError: If the overlap is not stored (for its figures).
     """
     paths = [
-        *plot_spectrum(run, operators=["hessian"]),
-        *plot_match(run),
+        *plot_spectrum(run, results.spectra, operators=["hessian"]),
+        *plot_match(run, results.spectra),
         *plot_overlap(run),
         _plot_exhaustive(run, results.exhaustive),
         _plot_hesscale(run, results.hesscale),

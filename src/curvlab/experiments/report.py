@@ -264,10 +264,8 @@ def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
             f"{_percent(-bottom[last] / top[last])} of the top eigenvalue's size, "
             "so the Hessian is not positive semi-definite."
         )
-    num, per_class = (
-        spectra[first].num_samples,
-        spectra[first].settings.samples_per_class,
-    )
+    num, per_class = spectra[first].num_samples, spectra[first].settings
+    per_class = per_class.samples_per_class
     text = _section(
         "How the Hessian's spectrum evolves",
         f"The Hessian of the mean loss over {num} train samples"
@@ -407,6 +405,7 @@ def _overlap(overlap: StepTables, figures: Mapping[str, str]):
 
 
 def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
+    """λ₁ exact and sketched, their error, overlaps, angle, error estimates."""
     errors = summary["eigenvalue_errors"]
     return (
         summary["eigenvalues_exact"][0],
@@ -421,7 +420,10 @@ def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
 
 def _exhaustive(check: StepTables, figures: Mapping[str, str]):
     summaries, steps = check.summaries, list(check.summaries)
-    last = summaries[steps[-1]]
+    last, cells = (
+        summaries[steps[-1]],
+        {s: _exhaustive_cells(summaries[s]) for s in steps},
+    )
     K, s_inner = last["settings"]["num_outer"], last["settings"]["num_inner"]
     lam_exact, lam_sketch = last["eigenvalues_exact"][0], last["eigenvalues_sketch"][0]
     mag, post = last["magnitude_overlap"], last["a_posteriori"]
@@ -449,17 +451,12 @@ def _exhaustive(check: StepTables, figures: Mapping[str, str]):
             + (f"eigenspace overlap k={K}", "median angle (°)", "magnitude ov. exact")
             + ("magnitude ov. sketch", "error estimate", "error exact"),
             steps,
-            lambda s: _exhaustive_cells(summaries[s]),
+            cells.get,
         ),
         _images(figures, (f"exhaustive_{_SPLIT}.png", "sketch against exact")),
     )
-    return text, {
-        "lambda_1_exact": {s: summaries[s]["eigenvalues_exact"][0] for s in steps},
-        "lambda_1_sketch": {s: summaries[s]["eigenvalues_sketch"][0] for s in steps},
-        "basis_overlap": {
-            s: summaries[s]["basis_overlap"]["at_num_outer"] for s in steps
-        },
-    }
+    keys = {"lambda_1_exact": 0, "lambda_1_sketch": 1, "basis_overlap": 3}
+    return text, {key: {s: cells[s][i] for s in steps} for key, i in keys.items()}
 
 
 def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):

@@ -153,7 +153,9 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
     names = [name for name in names if _panel(first, operator, name).has_measure]
     if not names:
         return None
-    layers = [name for name in names if name != "full"]
+    # layers numbered 1..L in depth order as in the report, module name beside
+    layers = enumerate([name for name in names if name != "full"], start=1)
+    labels = {"full": "full"} | {n: f"layer {i} (module {n})" for i, n in layers}
     columns = min(4, len(names))
     rows = math.ceil(len(names) / columns)
     width, height = 3.6 * columns + 1.2, 2.9 * rows + 0.5
@@ -176,12 +178,9 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
         ax.set_ylim(floor, peak * 3)
         ax.minorticks_off()
         ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
-        # layers numbered 1..L in depth order as in the report, module name beside
-        label = "full"
-        if name != "full":
-            label = f"layer {layers.index(name) + 1} (module {name})"
         first = curves[0][1]
-        ax.set_title(f"{label} (D={first.dim}, {first.method})", fontsize="medium")
+        title = f"{labels[name]} (D={first.dim}, {first.method})"
+        ax.set_title(title, fontsize="medium")
         ax.set(xlabel="eigenvalue", ylabel="density")
     for ax in axes[len(names) :]:
         ax.set_axis_off()

@@ -254,10 +254,9 @@ class _Stages:
 
     def done(self, name: str, computed, skipped, message: str) -> None:
         seconds = time.perf_counter() - self.tic
-        status = "computed" if computed else "skipped"
-        self.status[name] = {"status": status, "seconds": seconds}
-        self.status[name] |= {"computed": list(computed), "skipped": list(skipped)}
-        values = {"status": status, "seconds": seconds}
+        values = {"status": "computed" if computed else "skipped", "seconds": seconds}
+        steps = {"computed": list(computed), "skipped": list(skipped)}
+        self.status[name] = {**values, **steps}
         self.notify(DemoEvent(name, "done", message=message, values=values))
 
 

@@ -448,13 +448,9 @@ class SpectrumStage(framework.Stage):
                 "steps with --steps."
             )
         try:
+            options = {"seed": self.run.config.seed, "on_spectrum": on_spectrum}
             spectra = compute_spectra(
-                model,
-                problem.loss_fn,
-                data,
-                self.settings,
-                seed=self.run.config.seed,
-                on_spectrum=on_spectrum,
+                model, problem.loss_fn, data, self.settings, **options
             )
         except (torch.linalg.LinAlgError, numpy.linalg.LinAlgError) as error:
             raise ValueError(

@@ -499,15 +499,8 @@ def _train(run, config, device, data_dir, on_progress, invocation) -> TrainResul
             path = run.path_for("checkpoint", resumed_from, ".pt")
             _restore(load_checkpoint(path), model, optimizer, cuda, config, path)
         invocation.update(start_step=begin, resumed_from=resumed_from)
-        report(
-            "start",
-            begin,
-            last,
-            resumed_from=resumed_from,
-            skipped=skipped,
-            todo=tuple(todo),
-            damaged=tuple(damaged),
-        )
+        state = {"resumed_from": resumed_from, "skipped": skipped, "todo": tuple(todo)}
+        report("start", begin, last, **state, damaged=tuple(damaged))
         train_seconds = 0.0
         for step in range(begin, last + 1):
             if step in todo_set:

@@ -78,6 +78,9 @@ def markdown_table(
         | name | value |
         |---|---:|
         | a | 1 |
+        >>> print(markdown_table(["name", "value"], [], aligned=False))
+        | name | value |
+        |---|---|
     """
     align = ["---"] + ["---:" if aligned else "---"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]

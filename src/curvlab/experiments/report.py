@@ -4,9 +4,9 @@ r"""The demo's report: figures, ``report.md`` and ``report.html`` from the resul
 :func:`curvlab.experiments.demo.demo_run` returned (:class:`DemoResults`), as it
 is handed them: the figures in ``RUN_DIR/plots/``, then short sentences and
 tables built from the numbers (only the explanations are canned), as Markdown
-and as a standalone HTML page (:func:`markdown_to_html`). Numbers are printed
-with :func:`~curvlab._format.fmt` (4 significant digits), so each can be checked
-against the stored value by formatting it the same way.
+and as a standalone HTML page (:func:`~curvlab._format.markdown_to_html`).
+Numbers are printed with :func:`~curvlab._format.fmt` (4 significant digits), so
+each can be checked against the stored value by formatting it the same way.
 """
 
 from __future__ import annotations

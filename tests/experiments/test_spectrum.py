@@ -182,6 +182,13 @@ def test_plots_and_match_distances(computed):
         match_rows({4: read_spectrum(run, 4)}, "residual")
 
 
+def test_plots_of_the_computed_records_equal_those_of_the_stored_ones(computed):
+    run, result, _ = computed
+    stored = [p.read_bytes() for p in plot_spectrum(run) + plot_match(run)]
+    files = plot_spectrum(run, result.results) + plot_match(run, result.results)
+    assert [p.read_bytes() for p in files] == stored
+
+
 def test_ggn_split_of_logistic_regression(tmp_path):
     # the Hessian of a model linear in its parameters is its GGN: H - G = 0
     run = _train(tmp_path / "logreg", problem="digits_logreg", steps=2)

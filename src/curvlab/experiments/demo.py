@@ -50,7 +50,7 @@ from curvlab.experiments.exhaustive import (
 from curvlab.experiments.hesscale_quality import hesscale_quality
 from curvlab.experiments.overlap import OverlapSettings, load_overlap, overlap_run
 from curvlab.experiments.spectrum import SpectrumSettings, read_spectrum, spectrum_run
-from curvlab.experiments.training import derived_seeds, train_run
+from curvlab.experiments.training import create_run, train_run
 from curvlab.runs import RunFolder, TrainConfig
 from curvlab.runs.stage import StageEvent, StageRunResult
 
@@ -254,10 +254,9 @@ class _Stages:
 
     def done(self, name: str, computed, skipped, message: str) -> None:
         seconds = time.perf_counter() - self.tic
-        status = "computed" if computed else "skipped"
-        self.status[name] = {"status": status, "seconds": seconds}
-        self.status[name] |= {"computed": list(computed), "skipped": list(skipped)}
-        values = {"status": status, "seconds": seconds}
+        values = {"status": "computed" if computed else "skipped", "seconds": seconds}
+        steps = {"computed": list(computed), "skipped": list(skipped)}
+        self.status[name] = {**values, **steps}
         self.notify(DemoEvent(name, "done", message=message, values=values))
 
 
@@ -293,7 +292,7 @@ def demo_run(
     settings = settings or DemoSettings()
     steps = list(settings.steps_recorded)
     config = settings.train_config()
-    run = RunFolder.create(out, config, metadata={"seeds": derived_seeds(config.seed)})
+    run = create_run(config, out)
     stages = _Stages(on_progress or (lambda event: None))
     stages.start(
         "train",
@@ -333,19 +332,14 @@ _EXHAUSTIVE = "sketched (SEIGH) against exact eigendecomposition"
 
 def _hesscale_stage(
     run: RunFolder, settings: HesScaleSettings, stages: _Stages
-) -> dict[str, Any] | None:
-    """Compute and store the HesScale comparison unless it is stored.
-
-    Returns:
-        The comparison as stored (:data:`~curvlab.experiments.report.HESSCALE_FILE`),
-        or ``None`` when it was stored already.
-    """
+) -> dict[str, Any]:
+    """The HesScale comparison as stored, computed and stored first unless it is."""
     total = len(settings.seeds) * settings.num_samples
     stages.start("hesscale", total, _HESSCALE)
     wanted = {**settings.to_dict(), "dtype": "float64"}
     if _stored_info(run, reporting.HESSCALE_STAGE, wanted) is not None:
         stages.done("hesscale", [], [0], "already stored")
-        return None
+        return run.read_json(reporting.HESSCALE_FILE)
 
     def on_sample(event: StageEvent) -> None:
         if event.kind == "sample":
@@ -381,7 +375,7 @@ def _report_stage(
     settings: DemoSettings,
     stages: _Stages,
     outcomes: Mapping[str, StageRunResult],
-    quality: dict[str, Any] | None,
+    quality: dict[str, Any],
 ) -> reporting.Report:
     """Write the report from the stages' results, unless it is up to date."""
     timings = _update_timings(run, stages.status)
@@ -404,7 +398,7 @@ def _report_stage(
         exhaustive=reporting.StepTables.of(
             outcomes["exhaustive"], lambda: load_exhaustive(run)
         ),
-        hesscale=quality or run.read_json(reporting.HESSCALE_FILE),
+        hesscale=quality,
     )
     report = reporting.write_report(run, results, timings=timings)
     info = {"settings": wanted, "figures": [run.relative(p) for p in report.figures]}

@@ -4,14 +4,13 @@ r"""The demo's report: figures, ``report.md`` and ``report.html`` from the resul
 :func:`curvlab.experiments.demo.demo_run` returned (:class:`DemoResults`), as it
 is handed them: the figures in ``RUN_DIR/plots/``, then short sentences and
 tables built from the numbers (only the explanations are canned), as Markdown
-and as a standalone HTML page (:func:`markdown_to_html`). Numbers are printed
-with :func:`~curvlab._format.fmt` (4 significant digits), so each can be checked
-against the stored value by formatting it the same way.
+and as a standalone HTML page (:func:`~curvlab._format.markdown_to_html`).
+Numbers are printed with :func:`~curvlab._format.fmt` (4 significant digits), so
+each can be checked against the stored value by formatting it the same way.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,15 +20,19 @@ from typing import Any
 
 import numpy
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from curvlab._format import fmt
+from curvlab._format import fmt, markdown_table, markdown_to_html
 from curvlab.experiments.exhaustive import exhaustive_stage
 from curvlab.experiments.overlap import overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
 from curvlab.experiments.spectrum import SpectrumStep
-from curvlab.experiments.spectrum_plots import PLOTS, plot_match, plot_spectrum
+from curvlab.experiments.spectrum_plots import (
+    PLOTS,
+    new_figure,
+    plot_match,
+    plot_spectrum,
+    save_plot,
+)
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 from curvlab.subspace.spectra import BlockSpectrum, layer_full_distances
@@ -124,18 +127,13 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _step_table(headers: Sequence[str], steps: Iterable[int], cells: Callable) -> str:
     """One row per step: the step, then ``cells(step)`` (numbers through fmt)."""
     rows = [
-        (s, *(c if isinstance(c, str) else fmt(c) for c in cells(s))) for s in steps
+        (str(s), *(c if isinstance(c, str) else fmt(c) for c in cells(s)))
+        for s in steps
     ]
-    return _table(("step", *headers), rows)
+    return markdown_table(("step", *headers), rows, aligned=False)
 
 
 def _section(title: str, *paragraphs: str) -> str:
@@ -146,25 +144,12 @@ def _images(figures: Mapping[str, str], *shown: tuple[str, str]) -> str:
     return "\n\n".join(f"![{alt}]({figures[name]})" for name, alt in shown)
 
 
-def _save(run: RunFolder, figure: Figure, name: str) -> Path:
-    path = run.resolve(Path(PLOTS) / name)
-    with run.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
-
-
-def _figure(size: tuple[float, float]) -> Figure:
-    figure = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 # ------------------------------------------------------------------ figures
 def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
     """Top eigenvalues, exact and sketched; overlap of the top-k eigenspaces."""
     steps = sorted(check.summaries)
     last = check.summaries[steps[-1]]
-    figure = _figure((10.0, 3.8))
+    figure = new_figure(10.0, 3.8, layout="constrained")
     left, right = figure.subplots(1, 2)
     exact = numpy.asarray(last["eigenvalues_exact"])
     index = numpy.arange(1, len(exact) + 1)
@@ -190,14 +175,14 @@ def _plot_exhaustive(run: RunFolder, check: StepTables) -> Path:
         f"s = {settings['num_inner']} products vs exact ({_SPLIT} subset of "
         f"{last['hessian']['num_samples']} samples)"
     )
-    return _save(run, figure, f"exhaustive_{_SPLIT}.png")
+    return save_plot(run, figure, f"exhaustive_{_SPLIT}.png")
 
 
 def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
     """Each estimator's total error of the Hessian diagonal, HesScale's = 1."""
     methods = hesscale["methods"]
     totals = [hesscale["normalized"][m]["total"] for m in methods]
-    ax = _figure((7.0, 3.6)).subplots()
+    ax = new_figure(7.0, 3.6, layout="constrained").subplots()
     bars = ax.bar(methods, totals, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, labels=[fmt(t) for t in totals], fontsize="small")
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
@@ -208,7 +193,7 @@ def _plot_hesscale(run: RunFolder, hesscale: Mapping[str, Any]) -> Path:
         f"{hesscale['num_samples']} samples",
         fontsize="medium",
     )
-    return _save(run, ax.figure, "hesscale_quality.png")
+    return save_plot(run, ax.figure, "hesscale_quality.png")
 
 
 # ------------------------------------------------------------------ sections
@@ -279,10 +264,8 @@ def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
             f"{_percent(-bottom[last] / top[last])} of the top eigenvalue's size, "
             "so the Hessian is not positive semi-definite."
         )
-    num, per_class = (
-        spectra[first].num_samples,
-        spectra[first].settings.samples_per_class,
-    )
+    num, per_class = spectra[first].num_samples, spectra[first].settings
+    per_class = per_class.samples_per_class
     text = _section(
         "How the Hessian's spectrum evolves",
         f"The Hessian of the mean loss over {num} train samples"
@@ -330,13 +313,14 @@ def _layers(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
         f"never exceed the full one's). Layer {label[closest]}'s spectrum is "
         f"closest to the full one (W₁ = {fmt(distance[closest])}), "
         f"layer {label[farthest]}'s the farthest (W₁ = {fmt(distance[farthest])}).",
-        _table(
+        markdown_table(
             ("layer", "D_l", "top λ", "tr H_l", "W₁ to full"),
             [
                 (f"{label[n]} (`{', '.join(b.param_names)}`)", f"{b.dim:,}")
                 + tuple(map(fmt, (tops[n], b.trace, distance[n])))
                 for n, b in blocks.items()
             ],
+            aligned=False,
         ),
         "Distance of each layer's spectrum to the full one against depth, "
         f"at step {last} and summed over the recorded steps (each normalised by "
@@ -421,6 +405,7 @@ def _overlap(overlap: StepTables, figures: Mapping[str, str]):
 
 
 def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
+    """λ₁ exact and sketched, their error, overlaps, angle, error estimates."""
     errors = summary["eigenvalue_errors"]
     return (
         summary["eigenvalues_exact"][0],
@@ -435,7 +420,10 @@ def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
 
 def _exhaustive(check: StepTables, figures: Mapping[str, str]):
     summaries, steps = check.summaries, list(check.summaries)
-    last = summaries[steps[-1]]
+    last, cells = (
+        summaries[steps[-1]],
+        {s: _exhaustive_cells(summaries[s]) for s in steps},
+    )
     K, s_inner = last["settings"]["num_outer"], last["settings"]["num_inner"]
     lam_exact, lam_sketch = last["eigenvalues_exact"][0], last["eigenvalues_sketch"][0]
     mag, post = last["magnitude_overlap"], last["a_posteriori"]
@@ -463,17 +451,12 @@ def _exhaustive(check: StepTables, figures: Mapping[str, str]):
             + (f"eigenspace overlap k={K}", "median angle (°)", "magnitude ov. exact")
             + ("magnitude ov. sketch", "error estimate", "error exact"),
             steps,
-            lambda s: _exhaustive_cells(summaries[s]),
+            cells.get,
         ),
         _images(figures, (f"exhaustive_{_SPLIT}.png", "sketch against exact")),
     )
-    return text, {
-        "lambda_1_exact": {s: summaries[s]["eigenvalues_exact"][0] for s in steps},
-        "lambda_1_sketch": {s: summaries[s]["eigenvalues_sketch"][0] for s in steps},
-        "basis_overlap": {
-            s: summaries[s]["basis_overlap"]["at_num_outer"] for s in steps
-        },
-    }
+    keys = {"lambda_1_exact": 0, "lambda_1_sketch": 1, "basis_overlap": 3}
+    return text, {key: {s: cells[s][i] for s in steps} for key, i in keys.items()}
 
 
 def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):
@@ -490,12 +473,13 @@ def _hesscale(hesscale: Mapping[str, Any], figures: Mapping[str, str]):
         f"From best to worst: {', '.join(ranking)}. With HesScale's error as 1, "
         + ", ".join(f"{m} {fmt(normalized[m]['total'])}" for m in others)
         + f"; the all-zeros estimate scores {fmt(normalized['zero']['total'])}.",
-        _table(
+        markdown_table(
             ("estimator", "total", *layers),
             [
                 (m, *(fmt(normalized[m][c]) for c in ("total", *layers)))
                 for m in ranking
             ],
+            aligned=False,
         ),
         _images(figures, ("hesscale_quality.png", "HesScale comparison")),
     )
@@ -551,12 +535,11 @@ def write_report(
         The files written, the figures and the headline numbers.
 
     Raises:
-        MissingStepError: If spectra are missing (for the spectrum figures).
         FileNotFoundError: If the overlap is not stored (for its figures).
     """
     paths = [
-        *plot_spectrum(run, operators=["hessian"]),
-        *plot_match(run),
+        *plot_spectrum(run, results.spectra, operators=["hessian"]),
+        *plot_match(run, results.spectra),
         *plot_overlap(run),
         _plot_exhaustive(run, results.exhaustive),
         _plot_hesscale(run, results.hesscale),
@@ -577,7 +560,7 @@ def write_report(
         findings[name] = found
     if timings:
         rows = [(stage, f"{seconds:.1f}") for stage, seconds in timings.items()]
-        table = _table(("stage", "seconds"), rows)
+        table = markdown_table(("stage", "seconds"), rows, aligned=False)
         intro = "Seconds of the call that computed each stage:"
         sections.append(_section("Wall time", intro, table))
     text = "\n".join([_head(run, steps, findings), *sections, _FILES])
@@ -589,78 +572,4 @@ def write_report(
     return Report(markdown, page, linked, json.loads(json.dumps(findings)))
 
 
-# ------------------------------------------------------------------ HTML
 _IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
-_STYLE = (
-    "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
-    "line-height:1.45}table{border-collapse:collapse;margin:1em 0}"
-    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-    "img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}"
-)
-
-
-def _inline(text: str) -> str:
-    parts = re.split(r"(`[^`]*`)", text)
-    return "".join(
-        f"<code>{html.escape(part[1:-1])}</code>"
-        if len(part) >= 2 and part[0] == part[-1] == "`"
-        else re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part))
-        for part in parts
-    )
-
-
-def _cells(line: str, tag: str) -> str:
-    cells = line.strip().strip("|").split("|")
-    return "".join(f"<{tag}>{_inline(c.strip())}</{tag}>" for c in cells)
-
-
-def _block(lines: list[str]) -> str:
-    heading = re.match(r"^(#{1,6})\s+(.*)$", lines[0])
-    image = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", lines[0])
-    if heading and len(lines) == 1:
-        level = len(heading.group(1))
-        return f"<h{level}>{_inline(heading.group(2))}</h{level}>"
-    if image and len(lines) == 1:
-        alt, src = map(html.escape, image.groups())
-        return f'<p><img src="{src}" alt="{alt}"></p>'
-    separator = len(lines) > 1 and re.match(r"^\|(\s*:?-+:?\s*\|)+$", lines[1].strip())
-    if lines[0].startswith("|") and separator:
-        rows = "\n".join(f"<tr>{_cells(line, 'td')}</tr>" for line in lines[2:])
-        return (
-            f"<table>\n<thead><tr>{_cells(lines[0], 'th')}</tr></thead>\n<tbody>\n"
-            f"{rows}\n</tbody>\n</table>"
-        )
-    if all(line.startswith("- ") for line in lines):
-        return (
-            "<ul>\n" + "".join(f"<li>{_inline(i[2:])}</li>\n" for i in lines) + "</ul>"
-        )
-    return f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>"
-
-
-def markdown_to_html(text: str, *, title: str = "report") -> str:
-    r"""Convert the Markdown subset of the report into a standalone HTML page.
-
-    Supports ``#``-headings, paragraphs, ``- `` bullet lists, pipe tables (a
-    header row, a ``|---|`` row, body rows), images alone on a line
-    (``![alt](src)``), ``code`` and ``**bold**``. Everything else is escaped
-    text.
-
-    Args:
-        text: The Markdown.
-        title: The page title.
-
-    Returns:
-        The HTML page.
-
-    Example:
-        >>> page = markdown_to_html("# T\n\n| a |\n|---|\n| 1 |\n")
-        >>> "<h1>T</h1>" in page, "<td>1</td>" in page
-        (True, True)
-    """
-    blocks = [b.strip().splitlines() for b in re.split(r"\n\s*\n", text.strip())]
-    body = "\n".join(_block(lines) for lines in blocks if lines)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )

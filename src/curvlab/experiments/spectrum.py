@@ -181,14 +181,7 @@ class SpectrumSettings:
         return dataclasses.asdict(self)
 
     def spectrum_options(self, seed: int) -> dict[str, Any]:
-        """Keyword options of :func:`~curvlab.subspace.spectra.block_spectrum`.
-
-        Args:
-            seed: The seed to use when :attr:`seed` is ``None``.
-
-        Returns:
-            The options.
-        """
+        """Options of ``block_spectrum``; the probes' seed ``seed`` unless set."""
         options = {name: getattr(self, name) for name in _SPECTRUM_OPTIONS}
         return {**options, "seed": seed if self.seed is None else self.seed}
 
@@ -228,14 +221,15 @@ class SpectrumStep:
     def summary(self) -> dict[str, Any]:
         """The step's scalars for the manifest (``num_matvecs``: of all spectra)."""
         full = self.spectra["hessian"].full
-        top, bottom = full.top_eigenvalues, full.bottom_eigenvalues
+        first = [
+            float(v[0]) if v is not None and len(v) else None
+            for v in (full.top_eigenvalues, full.bottom_eigenvalues)
+        ]
         return {
             "dim": full.dim,
             "method": full.method,
-            "top_eigenvalue": float(top[0]) if top is not None and len(top) else None,
-            "min_eigenvalue": (
-                float(bottom[0]) if bottom is not None and len(bottom) else None
-            ),
+            "top_eigenvalue": first[0],
+            "min_eigenvalue": first[1],
             "trace": full.trace,
             "num_matvecs": sum(s.num_matvecs for s in self.spectra.values()),
             "seconds": self.seconds,
@@ -454,13 +448,9 @@ class SpectrumStage(framework.Stage):
                 "steps with --steps."
             )
         try:
+            options = {"seed": self.run.config.seed, "on_spectrum": on_spectrum}
             spectra = compute_spectra(
-                model,
-                problem.loss_fn,
-                data,
-                self.settings,
-                seed=self.run.config.seed,
-                on_spectrum=on_spectrum,
+                model, problem.loss_fn, data, self.settings, **options
             )
         except (torch.linalg.LinAlgError, numpy.linalg.LinAlgError) as error:
             raise ValueError(
@@ -527,11 +517,6 @@ def read_spectrum(run: RunFolder, step: int) -> SpectrumStep:
             f"{SPECTRUM_FORMAT_VERSION}."
         )
     spectra = {k: LayerwiseSpectra.from_dict(v) for k, v in data["spectra"].items()}
-    return SpectrumStep(
-        step=data["step"],
-        settings=SpectrumSettings(**data["settings"]),
-        spectra=spectra,
-        num_samples=data["num_samples"],
-        dim=data["dim"],
-        seconds=data["seconds"],
-    )
+    settings = SpectrumSettings(**data["settings"])
+    sizes = (data[key] for key in ("num_samples", "dim", "seconds"))
+    return SpectrumStep(data["step"], settings, spectra, *sizes)

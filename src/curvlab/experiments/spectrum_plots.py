@@ -1,8 +1,8 @@
-r"""Plots of the stored spectra: densities over training and layer-vs-full distances.
+r"""Plots of the spectra: densities over training and layer-vs-full distances.
 
-Reads what :func:`curvlab.experiments.spectrum.spectrum_run` stored in a run
-folder and writes PNG files (matplotlib's Agg backend, no display needed) into
-``RUN_DIR/plots/``, each atomically:
+Draws what :func:`curvlab.experiments.spectrum.spectrum_run` returned, or reads
+back what it stored (:func:`load_spectra`), into PNG files (matplotlib's Agg
+backend, no display needed) in ``RUN_DIR/plots/``, each written atomically:
 
 - :func:`plot_spectrum`: ``spectrum_<operator>.png``, one panel per layer block and
   one for the full operator, each the log-scale density against the eigenvalue
@@ -26,7 +26,7 @@ For another operator than the Hessian the file names get a suffix
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy
@@ -38,7 +38,8 @@ from curvlab.experiments.spectrum import OPERATORS, STAGE, SpectrumStep, read_sp
 from curvlab.runs.folder import MissingStepError, RunFolder
 from curvlab.subspace.spectra import layer_full_distances
 
-__all__ = ["PLOTS", "load_spectra", "match_rows", "plot_match", "plot_spectrum"]
+__all__ = ["PLOTS", "load_spectra", "match_rows", "new_figure", "plot_match"]
+__all__ += ["plot_spectrum", "save_plot"]
 
 #: Folder of the plots inside the run folder.
 PLOTS = "plots"
@@ -82,13 +83,15 @@ def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
     }
 
 
-def _figure(width: float, height: float, **options) -> Figure:
+def new_figure(width: float, height: float, **options) -> Figure:
+    """A matplotlib figure on the Agg canvas (inches; ``options`` of Figure)."""
     figure = Figure(figsize=(width, height), **options)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(run: RunFolder, figure: Figure, name: str) -> Path:
+def save_plot(run: RunFolder, figure: Figure, name: str) -> Path:
+    """Write ``figure`` atomically as ``RUN_DIR/plots/<name>`` (PNG, 110 dpi)."""
     path = run.resolve(Path(PLOTS) / name)
     with run.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=_DPI)
@@ -102,15 +105,18 @@ def _title(run: RunFolder) -> str:
 
 def plot_spectrum(
     run: RunFolder,
+    spectra: Mapping[int, SpectrumStep] | None = None,
     *,
     steps: Sequence[int] | None = None,
     operators: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Draw the stored densities over training and the extreme eigenvalues.
+    """Draw the densities over training and the extreme eigenvalues.
 
     Args:
         run: The run folder.
-        steps: Steps to draw; ``None`` for all stored.
+        spectra: Step -> spectra, as :func:`~curvlab.experiments.spectrum.spectrum_run`
+            computed them; ``None`` reads the stored ones (:func:`load_spectra`).
+        steps: Steps to read when ``spectra`` is ``None``; ``None`` for all stored.
         operators: Subset of ``("hessian", "ggn", "residual")``; ``None`` for all
             stored.
 
@@ -121,7 +127,7 @@ def plot_spectrum(
         MissingStepError: If nothing is stored.
         ValueError: For an operator that is not stored.
     """
-    spectra = load_spectra(run, steps)
+    spectra = load_spectra(run, steps) if spectra is None else spectra
     stored = [op for op in OPERATORS if op in next(iter(spectra.values())).spectra]
     operators = stored if operators is None else list(operators)
     unknown = [op for op in operators if op not in stored]
@@ -147,11 +153,13 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
     names = [name for name in names if _panel(first, operator, name).has_measure]
     if not names:
         return None
-    layers = [name for name in names if name != "full"]
+    # layers numbered 1..L in depth order as in the report, module name beside
+    layers = enumerate([name for name in names if name != "full"], start=1)
+    labels = {"full": "full"} | {n: f"layer {i} (module {n})" for i, n in layers}
     columns = min(4, len(names))
     rows = math.ceil(len(names) / columns)
     width, height = 3.6 * columns + 1.2, 2.9 * rows + 0.5
-    figure = _figure(width, height)
+    figure = new_figure(width, height)
     # a fixed layout: constrained layout costs seconds on log axes
     figure.subplots_adjust(left=0.9 / width, right=1 - 1.3 / width, wspace=0.35)
     figure.subplots_adjust(bottom=0.55 / height, top=1 - 0.6 / height, hspace=0.55)
@@ -170,12 +178,9 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
         ax.set_ylim(floor, peak * 3)
         ax.minorticks_off()
         ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
-        # layers numbered 1..L in depth order as in the report, module name beside
-        label = "full"
-        if name != "full":
-            label = f"layer {layers.index(name) + 1} (module {name})"
         first = curves[0][1]
-        ax.set_title(f"{label} (D={first.dim}, {first.method})", fontsize="medium")
+        title = f"{labels[name]} (D={first.dim}, {first.method})"
+        ax.set_title(title, fontsize="medium")
         ax.set(xlabel="eigenvalue", ylabel="density")
     for ax in axes[len(names) :]:
         ax.set_axis_off()
@@ -190,12 +195,12 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
         f"{_title(run)}: {operator} spectral density per layer and full, "
         f"{len(steps)} step(s)"
     )
-    return _save(run, figure, f"spectrum_{operator}.png")
+    return save_plot(run, figure, f"spectrum_{operator}.png")
 
 
 def _plot_extremes(run, spectra: dict[int, SpectrumStep], operators: list[str]):
     steps = sorted(spectra)
-    figure = _figure(4.5 * len(operators), 3.4, layout="constrained")
+    figure = new_figure(4.5 * len(operators), 3.4, layout="constrained")
     axes = figure.subplots(1, len(operators), squeeze=False).ravel()
     for ax, operator in zip(axes, operators, strict=True):
         fulls = [spectra[s].spectra[operator].full for s in steps]
@@ -216,7 +221,7 @@ def _plot_extremes(run, spectra: dict[int, SpectrumStep], operators: list[str]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     figure.suptitle(_title(run))
-    return _save(run, figure, "spectrum_extremes.png")
+    return save_plot(run, figure, "spectrum_extremes.png")
 
 
 def match_rows(
@@ -254,7 +259,7 @@ def match_rows(
 
 def _match_figure(layers, values: dict[str, list[float]], title: str) -> Figure:
     """Each distance normalised by its maximum over layers, against depth."""
-    figure = _figure(10.0, 3.8, layout="constrained")
+    figure = new_figure(10.0, 3.8, layout="constrained")
     depth = numpy.arange(len(layers)) / max(len(layers) - 1, 1)
     panels = zip(figure.subplots(1, 2), _MATCH_PANELS.items(), strict=True)
     for ax, (heading, curves) in panels:
@@ -274,12 +279,17 @@ def _match_figure(layers, values: dict[str, list[float]], title: str) -> Figure:
 
 
 def plot_match(
-    run: RunFolder, *, step: int | None = None, operator: str = "hessian"
+    run: RunFolder,
+    spectra: Mapping[int, SpectrumStep] | None = None,
+    *,
+    step: int | None = None,
+    operator: str = "hessian",
 ) -> list[Path]:
     """Draw the layer-vs-full distances against depth, at a step and over training.
 
     Args:
         run: The run folder.
+        spectra: Step -> spectra, as :func:`plot_spectrum` takes them.
         step: The step of the "peak" figure (the paper hand-picks one epoch per
             model); ``None`` for the last stored step.
         operator: ``"hessian"``, ``"ggn"`` or ``"residual"``.
@@ -291,7 +301,7 @@ def plot_match(
         MissingStepError: If nothing is stored or ``step`` is not.
         ValueError: If layer spectra or the operator are not stored.
     """
-    spectra = load_spectra(run)
+    spectra = load_spectra(run) if spectra is None else spectra
     step = max(spectra) if step is None else step
     if step not in spectra:
         raise MissingStepError(
@@ -314,5 +324,5 @@ def plot_match(
         ("wasserstein", summed, f"{title}, summed over {len(spectra)} step(s)"),
     ):
         figure = _match_figure(layers, values, heading)
-        files.append(_save(run, figure, f"match_distros_{kind}{suffix}.png"))
+        files.append(save_plot(run, figure, f"match_distros_{kind}{suffix}.png"))
     return [*files, table]

@@ -121,14 +121,7 @@ class TrainResult:
 
 
 def derived_seeds(seed: int) -> dict[str, Any]:
-    """Describe how the run's randomness derives from ``seed`` (for metadata).
-
-    Args:
-        seed: The config's seed.
-
-    Returns:
-        The seed of each random choice.
-    """
+    """The seed of each random choice of a run seeded ``seed`` (for its metadata)."""
     return {
         "seed": seed,
         "model_init": seed,
@@ -336,10 +329,7 @@ def train(
         device: Device to train on.
         data_dir: Data folder of file-based problems.
         deterministic: On CUDA, use deterministic kernels (module docstring).
-        on_progress: Called with a :class:`TrainEvent` at the start, after each
-            step, record and checkpoint, and at the end. An exception it raises
-            stops training; what was recorded stays valid and a later call
-            resumes.
+        on_progress: Progress callback, see :func:`train_run`.
 
     Returns:
         What this call did.
@@ -383,7 +373,10 @@ def train_run(
         data_dir: Data folder of file-based problems (default: the one the
             previous training used).
         deterministic: On CUDA, use deterministic kernels (module docstring).
-        on_progress: Progress callback, see :func:`train`.
+        on_progress: Called with a :class:`TrainEvent` at the start, after each
+            step, record and checkpoint, and at the end. An exception it raises
+            stops training; what was recorded stays valid and a later call
+            resumes.
 
     Returns:
         What this call did.
@@ -453,14 +446,7 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark = previous[2:]
 
 
-def _train(
-    run: RunFolder,
-    config: TrainConfig,
-    device: torch.device,
-    data_dir: str | Path | None,
-    on_progress: ProgressCallback | None,
-    invocation,
-) -> TrainResult:
+def _train(run, config, device, data_dir, on_progress, invocation) -> TrainResult:
     def report(kind: str, step: int, total: int, **values: Any) -> None:
         if on_progress is not None:
             on_progress(TrainEvent(kind, step, step, total, values))
@@ -481,12 +467,10 @@ def _train(
         report("done", config.steps, config.steps)
         return TrainResult(run, None, None, None, (), skipped, 0.0)
     last = todo[-1]
-    checkpoints = [
-        s
-        for s in run.entry_steps("checkpoint")
-        if s <= todo[0] and run.is_done("checkpoint", s, verify=True)
-    ]
-    resumed_from = max(checkpoints) if checkpoints else None
+    stored = [s for s in run.entry_steps("checkpoint") if s <= todo[0]]
+    resumed_from = max(
+        (s for s in stored if run.is_done("checkpoint", s, verify=True)), default=None
+    )
 
     problem = run.problem(device=device, data_dir=data_dir)
     model, loss_fn = problem.model, problem.loss_fn
@@ -515,15 +499,8 @@ def _train(
             path = run.path_for("checkpoint", resumed_from, ".pt")
             _restore(load_checkpoint(path), model, optimizer, cuda, config, path)
         invocation.update(start_step=begin, resumed_from=resumed_from)
-        report(
-            "start",
-            begin,
-            last,
-            resumed_from=resumed_from,
-            skipped=skipped,
-            todo=tuple(todo),
-            damaged=tuple(damaged),
-        )
+        state = {"resumed_from": resumed_from, "skipped": skipped, "todo": tuple(todo)}
+        report("start", begin, last, **state, damaged=tuple(damaged))
         train_seconds = 0.0
         for step in range(begin, last + 1):
             if step in todo_set:
@@ -553,13 +530,7 @@ def _train(
     return TrainResult(run, begin, resumed_from, last, tuple(recorded), skipped, 0.0)
 
 
-def _update(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    X: Tensor,
-    y: Tensor,
-) -> float:
+def _update(model, loss_fn, optimizer, X: Tensor, y: Tensor) -> float:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     if hasattr(optimizer, "variant"):  # AdaHesScale: diagonals by backpropagation
@@ -580,9 +551,7 @@ def _norm(tensors: list[Tensor]) -> float:
     return math.sqrt(sum(float(t.detach().double().square().sum()) for t in tensors))
 
 
-def _record(
-    run: RunFolder, problem, config: TrainConfig, step: int, train_seconds: float
-) -> dict[str, Any]:
+def _record(run, problem, config, step: int, train_seconds: float) -> dict:
     model, loss_fn = problem.model, problem.loss_fn
     tic = time.perf_counter()
     model.eval()
@@ -617,14 +586,7 @@ def _record(
     return metrics
 
 
-def _checkpoint(
-    run: RunFolder,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    cuda: list[int],
-    step: int,
-) -> None:
+def _checkpoint(run: RunFolder, config, model, optimizer, cuda, step: int) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "format_version": 1,
@@ -652,14 +614,7 @@ def _checkpoint(
             file.unlink(missing_ok=True)
 
 
-def _restore(
-    state: Mapping[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    cuda: list[int],
-    config: TrainConfig,
-    path: Path,
-) -> None:
+def _restore(state: Mapping, model, optimizer, cuda, config, path: Path) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise RunIntegrityError(
             f"{path} is damaged or not a curvlab training checkpoint. Delete it "

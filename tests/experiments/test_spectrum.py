@@ -138,6 +138,26 @@ def test_resume_skips_done_steps(computed):
         spectrum_run(run, SETTINGS, steps=[3])
 
 
+def test_unrequested_max_exact_dim_resumes_with_the_stored_one(computed):
+    """Steps stored with another dense limit (4096 before ``MAX_DENSE_DIM``) resume."""
+    run, _, _ = computed
+    unrequested = SpectrumSettings(**{**SETTINGS.to_dict(), "max_exact_dim": None})
+    again = spectrum_run(run, unrequested)
+    assert again.computed == ()
+    assert again.skipped == (0, 4)
+    assert read_spectrum(run, 0).settings.max_exact_dim == 450
+    with pytest.raises(SpectrumSettingsError, match="max_exact_dim"):
+        spectrum_run(
+            run, SpectrumSettings(**{**SETTINGS.to_dict(), "max_exact_dim": 9})
+        )
+
+
+def test_unrequested_max_exact_dim_of_a_new_run_is_the_dense_limit():
+    from curvlab._limits import MAX_DENSE_DIM
+
+    assert SpectrumSettings().spectrum_options(0)["max_exact_dim"] == MAX_DENSE_DIM
+
+
 def test_subset_is_balanced_and_seeded():
     y = torch.arange(10).repeat(7)
     first = subset_indices(y, 10, 3, seed=0)

@@ -24,6 +24,7 @@ from curvlab.experiments.spectrum import (
 )
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
+from curvlab.subspace.spectra import MAX_EXACT_DIM
 
 __all__ = ["command", "render_spectra"]
 
@@ -105,8 +106,7 @@ class Spectra:
     grid_points = option(int, "Points of the stored densities.", default=1024, min=2)
     max_exact_dim = option(
         int,
-        "Largest block with a dense eigh.",
-        default=SpectrumSettings.max_exact_dim,
+        f"Largest block with a dense eigh. [stored, else {MAX_EXACT_DIM}]",
         min=1,
     )
     tol = option(float, "Relative tolerance of the Lanczos eigensolves.", default=1e-6)

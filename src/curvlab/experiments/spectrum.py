@@ -127,7 +127,11 @@ class SpectrumSettings:
         num_steps: SLQ Lanczos steps per probe.
         grid_points: Points of the stored densities.
         kernel_resolution: Sets the density's kernel width (LayerHessians: 128).
-        max_exact_dim: Largest block with a dense eigendecomposition.
+        max_exact_dim: Largest block with a dense eigendecomposition; ``None``
+            for the value the stage's finished steps were computed with, else
+            :data:`~curvlab.subspace.spectra.MAX_EXACT_DIM` (curvlab's one dense
+            limit, ``MAX_DENSE_DIM``), so that runs stored before that limit
+            changed resume unchanged.
         tol: Relative tolerance of the Lanczos eigensolves.
         block_size: Columns per product in the Lanczos eigensolves.
         seed: Seed of the Lanczos start vectors and SLQ probes; ``None`` for
@@ -150,7 +154,7 @@ class SpectrumSettings:
     num_steps: int = 128
     grid_points: int = 1024
     kernel_resolution: int = 128
-    max_exact_dim: int = MAX_EXACT_DIM
+    max_exact_dim: int | None = None
     tol: float = 1e-6
     block_size: int = 1
     seed: int | None = None
@@ -169,6 +173,8 @@ class SpectrumSettings:
             )
         for name, low in _MINIMUM.items():
             value = getattr(self, name)
+            if name == "max_exact_dim" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}. Got {value!r}.")
         if self.method == "lanczos" and self.top_k == 0 and self.bottom_k == 0:
@@ -183,6 +189,7 @@ class SpectrumSettings:
     def spectrum_options(self, seed: int) -> dict[str, Any]:
         """Options of ``block_spectrum``; the probes' seed ``seed`` unless set."""
         options = {name: getattr(self, name) for name in _SPECTRUM_OPTIONS}
+        options["max_exact_dim"] = self.max_exact_dim or MAX_EXACT_DIM
         return {**options, "seed": seed if self.seed is None else self.seed}
 
 
@@ -396,7 +403,13 @@ class SpectrumStage(framework.Stage):
         data_dir: str | Path | None = None,
     ):
         super().__init__(run)
-        self.settings = settings or SpectrumSettings()
+        settings = settings or SpectrumSettings()
+        if settings.max_exact_dim is None:
+            stored = framework.stored_settings(run, STAGE).get("max_exact_dim")
+            settings = dataclasses.replace(
+                settings, max_exact_dim=stored or MAX_EXACT_DIM
+            )
+        self.settings = settings
         self.stored = self.settings.to_dict()
         self.device, self.data_dir = device, data_dir
         self._prepared: tuple[Any, BatchedData] | None = None

@@ -391,16 +391,11 @@ def train_run(
             be loaded (damaged records and checkpoints with checksums are
             computed again).
     """
-    stored = run.config
-    config = stored if request is None else request
-    if config != stored:
-        merged = stored.extended_by(config, where=str(run.path))
-        if merged != stored:
-            run.write_config(merged)
+    config = run.config if request is None else request
+    run.extend_config(config)
     device = torch.device(device)
     if data_dir is None:
-        used = [i["data_dir"] for i in run.invocations("train") if i.get("data_dir")]
-        data_dir = used[-1] if used else None
+        data_dir = run.training_data_dir()
     invocation = run.start_invocation(
         "train",
         request=config.to_dict(),

@@ -156,10 +156,19 @@ def _plot_ratio(data, steps, colors) -> Figure:
 _FIGURES = {"vs_k": _plot_vs_k, "vs_step": _plot_vs_step, "ratio": _plot_ratio}
 
 
-def plot_overlap(run: RunFolder | str | Path) -> list[Path]:
+def plot_overlap(
+    run: RunFolder | str | Path,
+    tables: Mapping[str, tuple[Sequence[Mapping], Mapping[int, Mapping]]] | None = None,
+) -> list[Path]:
     """Draw the three overlap figures (module docstring) of every measured split.
 
-    ``curvlab plot overlap --run RUN_DIR`` calls this.
+    ``curvlab plot overlap --run RUN_DIR`` calls this with the stored results;
+    the demo's report hands over what the stage returned.
+
+    Args:
+        run: The run folder.
+        tables: Split -> its ``(rows, summaries)`` as :func:`load_overlap`
+            returns them; ``None`` reads every stored split.
 
     Returns:
         The PNG files written, in ``RUN_DIR/plots/``.
@@ -170,8 +179,10 @@ def plot_overlap(run: RunFolder | str | Path) -> list[Path]:
     """
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     paths: list[Path] = []
-    for split in (s for s in SPLITS if run.done_steps(overlap_stage(s))):
-        rows, summaries = load_overlap(run, split)
+    if tables is None:
+        done = [s for s in SPLITS if run.done_steps(overlap_stage(s))]
+        tables = {split: load_overlap(run, split) for split in done}
+    for split, (rows, summaries) in tables.items():
         data = _by_step(rows)
         steps = sorted(data)
         cmap, norm = colormaps["viridis"], _step_norm(steps)

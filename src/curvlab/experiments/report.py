@@ -534,13 +534,13 @@ def write_report(
     Returns:
         The files written, the figures and the headline numbers.
 
-    Raises:
-        FileNotFoundError: If the overlap is not stored (for its figures).
     """
     paths = [
         *plot_spectrum(run, results.spectra, operators=["hessian"]),
         *plot_match(run, results.spectra),
-        *plot_overlap(run),
+        *plot_overlap(
+            run, {"train": (results.overlap.rows, results.overlap.summaries)}
+        ),
         _plot_exhaustive(run, results.exhaustive),
         _plot_hesscale(run, results.hesscale),
     ]

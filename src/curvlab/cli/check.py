@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from curvlab.cli._common import DataDirOption, DeviceOption, DType, check_device
+from curvlab.cli._common import check_device
+from curvlab.cli._options import DataDirOption, DeviceOption, DType
 from curvlab.experiments.check import CheckReport, check_problem
 
 __all__ = ["DTYPES", "command", "render_report"]

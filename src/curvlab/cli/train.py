@@ -32,12 +32,7 @@ from curvlab.cli._common import (
     torch_threads,
 )
 from curvlab.cli._options import option
-from curvlab.experiments.training import (
-    TrainEvent,
-    check_trainable,
-    derived_seeds,
-    train_run,
-)
+from curvlab.experiments.training import TrainEvent, create_run, train_run
 from curvlab.runs import ConfigError, RunFolder, resolve_config
 from curvlab.runs.config import DTYPES, OPTIMIZERS
 
@@ -118,13 +113,7 @@ def main(
         config = resolve_config(options, file=config_file, stored=stored)
         device = check_device(machine.device)
         check_threads(machine.threads)
-        run = RunFolder.create(
-            out,
-            config,
-            force=force,
-            metadata={"seeds": derived_seeds(config.seed)},
-            check=lambda c: check_trainable(c, data_dir=data_dir),
-        )
+        run = create_run(config, out, force=force, data_dir=data_dir)
     except (ConfigError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
         return fail(str(e))
 

@@ -1,11 +1,7 @@
-"""Glue shared by the ``curvlab`` commands.
+"""Glue shared by the ``curvlab`` commands (their options: :mod:`curvlab.cli._options`).
 
-The one device check (:func:`check_device`), the one number formatter
-(:func:`fmt`, from :mod:`curvlab._format`), the error printer, the PyTorch CPU
-threads, the progress bar, the one interrupt handler (:func:`run_guarded`:
-Ctrl-C becomes exit code 130 and a line saying where the command stood), and
-the body of the per-step stage commands, :func:`run_stage_command` (on
-:func:`run_steps`). The options commands share are in :mod:`curvlab.cli._options`.
+Checks, the progress bar, the one interrupt handler (:func:`run_guarded`) and
+the body of the per-step stage commands (:func:`run_stage_command`).
 """
 
 from __future__ import annotations
@@ -68,9 +64,6 @@ def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
     :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
     stage) and :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file)
     print their message and exit with 2. Other exceptions pass through.
-
-    Yields:
-        Nothing; run the command inside.
 
     Raises:
         typer.Exit: With code 1 or 2 for the errors above.

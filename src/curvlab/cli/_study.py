@@ -29,13 +29,8 @@ __all__ = ["parse_lists", "parse_numbers", "run_study"]
 def parse_numbers(text: str, name: str, kind: type = float) -> list:
     """Parse a comma-separated list of numbers (or of names, with ``kind=str``).
 
-    Args:
-        text: The option's value, e.g. ``"250, 500"``.
-        name: The option's name in messages, e.g. ``"--dims"``.
-        kind: ``int``, ``float`` or ``str``.
-
-    Returns:
-        The entries, in order.
+    ``text`` is the value of option ``name`` (in messages), e.g. ``"250, 500"``
+    of ``--dims``; ``kind`` is ``int``, ``float`` or ``str``.
 
     Raises:
         ValueError: If an entry is no value of that kind or the list is empty.

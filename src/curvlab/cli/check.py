@@ -36,12 +36,7 @@ def _seconds(value: float | None) -> str:
 
 
 def render_report(report: CheckReport, console: Console) -> None:
-    """Print a check report as two tables and a verdict.
-
-    Args:
-        report: The report of :func:`~curvlab.experiments.check.check_problem`.
-        console: Where to print.
-    """
+    """Print a :func:`~curvlab.experiments.check.check_problem` report."""
     batches = "batch" if report.num_batches == 1 else "batches"
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="bold")

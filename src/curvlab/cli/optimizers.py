@@ -1,10 +1,7 @@
 """``curvlab optimizers``: HesScale's optimization study over a grid of runs.
 
-The work is :func:`curvlab.experiments.optimizers.optimizer_study`; this module
-parses the options, starts a loopback Dask cluster when ``--workers`` asks for
-one (or connects to ``--scheduler``), shows the progress bar and prints the
-table and the findings. Running the same command again resumes: stored runs
-are skipped and an interrupted run restarts from its last checkpoint.
+Runs :func:`curvlab.experiments.optimizers.optimizer_study`, on a loopback Dask
+cluster (``--workers``) or a scheduler's (``--scheduler``) if asked.
 """
 
 from __future__ import annotations
@@ -15,10 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from curvlab.cli import _common as common
 from curvlab.cli import _options as opt
@@ -109,35 +104,26 @@ def _unit_line(step: int, values: dict[str, Any]) -> str:
 
 
 def _print_table(study, console: Console) -> None:
-    settings = study.settings
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title=(
-            f"{settings.problem}: {settings.steps} steps, batch "
-            f"{settings.batch_size}, {settings.num_seeds} seeds "
-            f"(best lr by {settings.criterion.replace('_', ' ')})"
-        ),
-        caption="mean ± standard error over seeds at each method's best lr",
-    )
-    headers = ("method", "best lr", "final train loss", "test acc.", "diverged")
-    for header in (*headers, "s/step", "x SGD"):
-        table.add_column(header, justify="right")
+    settings, fmt, rows = study.settings, common.fmt, []
     for row in study.table:
-        accuracy = row["final_test_accuracy"]
-        table.add_row(
-            LABELS[row["method"]],
-            common.fmt(row["best_lr"], 3),
-            f"{common.fmt(row['final_train_loss'])} ± "
-            f"{common.fmt(row['final_train_loss_se'], 2)}",
-            "-"
-            if accuracy is None
-            else f"{100 * accuracy:.2f} ± "
-            f"{100 * (row['final_test_accuracy_se'] or 0):.2f}%",
-            f"{row['diverged']}/{row['runs']}",
-            common.fmt(row["seconds_per_step"], 3),
-            common.fmt(row["time_vs_sgd"], 3),
-        )
-    console.print(table)
+        accuracy, se = row["final_test_accuracy"], row["final_test_accuracy_se"] or 0
+        loss = f"{fmt(row['final_train_loss'])} ± {fmt(row['final_train_loss_se'], 2)}"
+        test = "-" if accuracy is None else f"{100 * accuracy:.2f} ± {100 * se:.2f}%"
+        label, lr = LABELS[row["method"]], fmt(row["best_lr"], 3)
+        diverged = f"{row['diverged']}/{row['runs']}"
+        spent = [fmt(row["seconds_per_step"], 3), fmt(row["time_vs_sgd"], 3)]
+        rows.append([label, lr, loss, test, diverged, *spent])
+    criterion = settings.criterion.replace("_", " ")
+    title = f"{settings.problem}: {settings.steps} steps, batch {settings.batch_size}"
+    title += f", {settings.num_seeds} seeds (best lr by {criterion})"
+    headers = ("method", "best lr", "final train loss", "test acc.", "diverged")
+    common.print_table(
+        console,
+        title,
+        "mean ± standard error over seeds at each method's best lr",
+        (*headers, "s/step", "x SGD"),
+        rows,
+    )
 
 
 @opt.group

@@ -1,11 +1,8 @@
 """``curvlab train``: train a problem and record it in a run folder.
 
-The work is :func:`curvlab.experiments.training.train_run`; this module merges
-the options with a YAML file and the run folder's stored config
-(:func:`curvlab.runs.resolve_config`) and prints the recorded metrics. Running
-the same command again resumes an interrupted run from its last checkpoint; a
-larger ``--steps`` or more ``--record-steps`` extend the run; other changes are
-refused unless ``--force`` (which deletes the run) is given.
+The options, a YAML file and the run folder's stored config merge in
+:func:`curvlab.runs.resolve_config`; a larger ``--steps`` or more
+``--record-steps`` extend a stored run, other changes need ``--force``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
-"""Glue shared by the ``curvlab`` commands.
+"""Glue shared by the ``curvlab`` commands (their options: :mod:`curvlab.cli._options`).
 
-The one device check (:func:`check_device`), the one number formatter
-(:func:`fmt`, from :mod:`curvlab._format`), the error printer, the PyTorch CPU
-threads, the progress bar, the one interrupt handler (:func:`run_guarded`:
-Ctrl-C becomes exit code 130 and a line saying where the command stood), and
-the bodies that commands share: :func:`run_stage_command` for per-step stages
-(on :func:`run_steps`) and :func:`run_study` for studies. The options commands
-share are declared in :mod:`curvlab.cli._options` (the ``...Option`` names
-imported here are kept for the commands that import them from this module).
+Checks, the progress bar, the one interrupt handler (:func:`run_guarded`) and
+the body of the per-step stage commands (:func:`run_stage_command`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,13 +29,8 @@ from rich.progress import (
 from rich.table import Table
 
 from curvlab._format import fmt
-from curvlab.cli._options import DataDirOption as DataDirOption
-from curvlab.cli._options import DeviceOption as DeviceOption
-from curvlab.cli._options import DType as DType
+from curvlab.cli._options import DType as DType  # for cli/demo.py
 from curvlab.cli._options import Machine
-from curvlab.cli._options import StudyOutOption as StudyOutOption
-from curvlab.cli._options import StudyThreadsOption as StudyThreadsOption
-from curvlab.cli._options import ThreadsOption as ThreadsOption
 from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
 from curvlab.runs.errors import RunIntegrityError, RunLockedError, disk_error_message
 from curvlab.runs.stage import SettingsConflictError, run_stage
@@ -76,9 +64,6 @@ def exit_on_run_errors(error_console: Console | None = None) -> Iterator[None]:
     :class:`~curvlab.runs.errors.RunLockedError` (another process writes the
     stage) and :class:`~curvlab.runs.errors.RunIntegrityError` (a damaged file)
     print their message and exit with 2. Other exceptions pass through.
-
-    Yields:
-        Nothing; run the command inside.
 
     Raises:
         typer.Exit: With code 1 or 2 for the errors above.
@@ -353,65 +338,4 @@ def run_stage_command(
         tail = render(folder, result, console) if render else ""
     tail = tail or f"Tables in {escape(str(folder.path / result.stage))}."
     console.print(f"{tail} Done in {result.seconds:.1f} s.")
-    return 0
-
-
-def run_study(
-    out: str | Path,
-    names: tuple[str, str, str],
-    threads: int | None,
-    study: Callable[[Progress], Any],
-    files: tuple[Callable, Callable, Callable],
-    console: Console | None = None,
-    error_console: Console | None = None,
-    *,
-    transient: bool = False,
-) -> int:
-    """Run a study with a progress bar, write its files and print its markdown.
-
-    The body of the study commands (``grassmann``, ``hesscale-quality``,
-    ``hesscale-cost``): run ``study(progress)``, write the result's CSV table,
-    markdown and PNG figure into ``out``, then print the markdown, which files
-    were written where, and how long it all took.
-
-    Args:
-        out: Output folder (created if missing).
-        names: File names of the CSV, the markdown and the PNG.
-        threads: PyTorch CPU threads (restored afterwards); ``None`` keeps them.
-        study: Runs the study, given the progress bar; returns its result.
-        files: ``(markdown, write_csv, plot)``: the result's markdown text, and
-            functions that write its CSV and draw its PNG into a path.
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
-        transient: Remove the progress bar when the study is done.
-
-    Returns:
-        The exit code: 0 on success, 2 for invalid arguments or an unwritable
-        folder.
-    """
-    console = console or Console()
-    fail = error_printer(error_console or Console(stderr=True))
-    to_markdown, write_csv, plot = files
-    csv_name, markdown_name, png_name = names
-    out = Path(out).expanduser()
-    start = time.perf_counter()
-    try:
-        check_threads(threads)
-        out.mkdir(parents=True, exist_ok=True)
-        with (
-            torch_threads(threads),
-            progress_bar(console, transient=transient) as progress,
-        ):
-            result = study(progress)
-        markdown = to_markdown(result)
-        write_csv(result, out / csv_name)
-        (out / markdown_name).write_text(markdown + "\n")
-        plot(result, out / png_name)
-    except (ValueError, OSError) as error:
-        return fail(str(error))
-    plain = {"markup": False, "highlight": False, "soft_wrap": True}
-    console.print(markdown, **plain)
-    seconds = time.perf_counter() - start
-    written = f"Wrote {csv_name}, {markdown_name} and {png_name} to {out}"
-    console.print(f"{written} in {seconds:.1f} s.", **plain)
     return 0

@@ -1,34 +1,36 @@
 """What the study commands (``grassmann``, ``hesscale-*``) share.
 
 Their comma-separated list options (:func:`parse_numbers`, :func:`parse_lists`)
-and :func:`run_study_events`: :func:`~curvlab.cli._common.run_study` with the
-study's :class:`~curvlab.runs.stage.StageEvent` progress drawn on its bar.
+and their body, :func:`run_study`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
-from curvlab.cli._common import option_error, run_study
+from curvlab.cli._common import (
+    check_threads,
+    error_printer,
+    option_error,
+    progress_bar,
+    torch_threads,
+)
 from curvlab.runs.stage import StageEvent
 
-__all__ = ["parse_lists", "parse_numbers", "run_study_events"]
+__all__ = ["parse_lists", "parse_numbers", "run_study"]
 
 
 def parse_numbers(text: str, name: str, kind: type = float) -> list:
     """Parse a comma-separated list of numbers (or of names, with ``kind=str``).
 
-    Args:
-        text: The option's value, e.g. ``"250, 500"``.
-        name: The option's name in messages, e.g. ``"--dims"``.
-        kind: ``int``, ``float`` or ``str``.
-
-    Returns:
-        The entries, in order.
+    ``text`` is the value of option ``name`` (in messages), e.g. ``"250, 500"``
+    of ``--dims``; ``kind`` is ``int``, ``float`` or ``str``.
 
     Raises:
         ValueError: If an entry is no value of that kind or the list is empty.
@@ -56,41 +58,60 @@ def parse_lists(*options: tuple[str | None, str, type]) -> list:
         raise typer.Exit(option_error(error)) from None
 
 
-def run_study_events(
+def run_study(
     out: str | Path,
     stem: str,
     threads: int | None,
-    call: Callable[[Callable[[StageEvent], None]], Any],
+    call: Callable[..., Any],
     files: tuple[Callable, Callable, Callable],
     *,
     label: str,
     transient: bool = False,
 ) -> int:
-    """Run a study under :func:`~curvlab.cli._common.run_study`, showing its events.
+    """Run a study with a progress bar, write its files and print its markdown.
 
-    Args:
-        out: Output folder (created if missing).
-        stem: The files are ``<stem>.csv``, ``<stem>.md`` and ``<stem>.png``.
-        threads: PyTorch CPU threads during the study (``None``: keep).
-        call: Runs the study, given the ``on_progress`` keyword.
-        files: ``(markdown, write_csv, plot)`` of the study's ``*_plots`` module.
-        label: The bar's description until a ``"phase"`` event names another.
-        transient: Remove the bar when the study is done.
+    Runs ``call(on_progress=...)``, whose :class:`~curvlab.runs.stage.StageEvent`
+    objects move the bar (a ``"phase"`` event names what it does; ``label``
+    until then), writes ``<stem>.csv``, ``<stem>.md`` and ``<stem>.png`` into
+    ``out`` (created if missing) with ``files``, the ``(markdown, write_csv,
+    plot)`` of the study's ``*_plots`` module, then prints the markdown, which
+    files were written where, and how long it all took. ``threads``: PyTorch
+    CPU threads meanwhile (``None``: keep); ``transient`` removes the bar.
 
     Returns:
-        The exit code of :func:`~curvlab.cli._common.run_study`.
+        The exit code: 0 on success, 2 for invalid arguments or an unwritable
+        folder.
     """
-
-    def study(progress):
-        task = progress.add_task(label, total=None)
-
-        def show(event: StageEvent) -> None:
-            phase = event.values["phase"] if event.kind == "phase" else None
-            progress.update(
-                task, completed=event.index, total=event.total, description=phase
-            )
-
-        return call(on_progress=show)
-
+    console, fail = Console(), error_printer(Console(stderr=True))
+    to_markdown, write_csv, plot = files
     names = (f"{stem}.csv", f"{stem}.md", f"{stem}.png")
-    return run_study(out, names, threads, study, files, transient=transient)
+    out = Path(out).expanduser()
+    start = time.perf_counter()
+    try:
+        check_threads(threads)
+        out.mkdir(parents=True, exist_ok=True)
+        with (
+            torch_threads(threads),
+            progress_bar(console, transient=transient) as progress,
+        ):
+            task = progress.add_task(label, total=None)
+
+            def show(event: StageEvent) -> None:
+                phase = event.values["phase"] if event.kind == "phase" else None
+                progress.update(
+                    task, completed=event.index, total=event.total, description=phase
+                )
+
+            result = call(on_progress=show)
+        markdown = to_markdown(result)
+        write_csv(result, out / names[0])
+        (out / names[1]).write_text(markdown + "\n")
+        plot(result, out / names[2])
+    except (ValueError, OSError) as error:
+        return fail(str(error))
+    plain = {"markup": False, "highlight": False, "soft_wrap": True}
+    console.print(markdown, **plain)
+    seconds = time.perf_counter() - start
+    written = f"Wrote {names[0]}, {names[1]} and {names[2]} to {out}"
+    console.print(f"{written} in {seconds:.1f} s.", **plain)
+    return 0

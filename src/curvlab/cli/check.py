@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from curvlab.cli._common import DataDirOption, DeviceOption, DType, check_device
+from curvlab.cli._common import check_device
+from curvlab.cli._options import DataDirOption, DeviceOption, DType
 from curvlab.experiments.check import CheckReport, check_problem
 
 __all__ = ["DTYPES", "command", "render_report"]
@@ -35,12 +36,7 @@ def _seconds(value: float | None) -> str:
 
 
 def render_report(report: CheckReport, console: Console) -> None:
-    """Print a check report as two tables and a verdict.
-
-    Args:
-        report: The report of :func:`~curvlab.experiments.check.check_problem`.
-        console: Where to print.
-    """
+    """Print a :func:`~curvlab.experiments.check.check_problem` report."""
     batches = "batch" if report.num_batches == 1 else "batches"
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="bold")

@@ -1,8 +1,4 @@
-"""``curvlab exhaustive``: SEIGH against the exact eigendecomposition over training.
-
-The work is :class:`curvlab.experiments.exhaustive.ExhaustiveStage`; this module
-prints one row per step.
-"""
+"""``curvlab exhaustive``: SEIGH against the exact eigendecomposition over training."""
 
 from __future__ import annotations
 

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
 
 import typer
 
-from curvlab.cli._common import StudyOutOption, StudyThreadsOption
-from curvlab.cli._study import parse_lists, run_study_events
+from curvlab.cli._options import StudyOutOption, StudyThreadsOption, group, grouped
+from curvlab.cli._options import option as opt
+from curvlab.cli._study import parse_lists, run_study
 from curvlab.experiments.grassmann import grassmann_study
 
 
-def command(
-    out: StudyOutOption,
-    dims: Annotated[
-        str, typer.Option(help="Comma-separated ambient dimensions D.")
-    ] = "250,500,1000,2000",
-    ratios: Annotated[
-        str, typer.Option(help="Comma-separated ratios k/D in (0, 1].")
-    ] = "0.05,0.2",
-    planted: Annotated[
-        str,
-        typer.Option(help="Comma-separated planted overlaps in [0, 1]."),
-    ] = "0.5",
-    trials: Annotated[int, typer.Option(min=1, help="Pairs per cell.")] = 3,
-    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
-    threads: StudyThreadsOption = 1,
-) -> None:
+@group
+class Grid:
+    """The study's cells (comma-separated lists, parsed by the command)."""
+
+    dims = opt(
+        str, "Comma-separated ambient dimensions D.", default="250,500,1000,2000"
+    )
+    ratios = opt(str, "Comma-separated ratios k/D in (0, 1].", default="0.05,0.2")
+    planted = opt(str, "Comma-separated planted overlaps in [0, 1].", default="0.5")
+    trials = opt(int, "Pairs per cell.", min=1, default=3)
+    seed = opt(int, "Base seed.", default=0)
+
+
+@grouped
+def command(out: StudyOutOption, grid: Grid, threads: StudyThreadsOption = 1) -> None:
     """Grassmannian metrics on random masks, subspaces and planted overlaps.
 
     For each D and k/D: random subspace pairs, random masks against random
@@ -40,17 +39,18 @@ def command(
     from curvlab.experiments import grassmann_plots as plots
 
     dims, ratios, planted = parse_lists(
-        (dims, "--dims", int),
-        (ratios, "--ratios", float),
-        (planted, "--planted", float),
+        (grid.dims, "--dims", int),
+        (grid.ratios, "--ratios", float),
+        (grid.planted, "--planted", float),
     )
-
     study = partial(
-        grassmann_study, dims, ratios, planted=planted, num_trials=trials, seed=seed
+        grassmann_study,
+        dims,
+        ratios,
+        planted=planted,
+        num_trials=grid.trials,
+        seed=grid.seed,
     )
-
     files = (plots.grassmann_markdown, plots.write_grassmann_csv, plots.plot_grassmann)
-    code = run_study_events(
-        out, "grassmann", threads, study, files, label="cells", transient=True
-    )
-    raise typer.Exit(code)
+    kind = {"label": "cells", "transient": True}
+    raise typer.Exit(run_study(out, "grassmann", threads, study, files, **kind))

@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from functools import partial
 
 import typer
 
-from curvlab.cli._common import StudyOutOption, StudyThreadsOption
-from curvlab.cli._study import parse_lists, run_study_events
+from curvlab.cli._options import StudyOutOption, StudyThreadsOption, group, grouped
+from curvlab.cli._options import option as opt
+from curvlab.cli._study import parse_lists, run_study
 
 
-def command(
-    out: StudyOutOption,
-    depths: Annotated[
-        str, typer.Option(help="Comma-separated numbers of hidden layers.")
-    ] = "1,2,4,8,16",
-    width: Annotated[int, typer.Option(min=1, help="Hidden units.")] = 512,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 1,
-    repeats: Annotated[
-        int, typer.Option(min=1, help="Timed steps per method and depth.")
-    ] = 30,
-    methods: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated subset of: SGD, Adam, AdaHesScale, "
-            "AdaHesScaleGN, GGN-MC, exact GGN diag., exact Hessian diag. "
-            "(default: all)."
-        ),
-    ] = None,
-    max_step_seconds: Annotated[
-        float,
-        typer.Option(min=0.0, help="Skip a method once one step takes longer."),
-    ] = 10.0,
-    threads: StudyThreadsOption = 1,
-) -> None:
+@group
+class Cost:
+    """The networks and the timing."""
+
+    depths = opt(str, "Comma-separated numbers of hidden layers.", default="1,2,4,8,16")
+    width = opt(int, "Hidden units.", min=1, default=512)
+    batch_size = opt(int, "Samples per step.", min=1, default=1)
+    repeats = opt(int, "Timed steps per method and depth.", min=1, default=30)
+    methods = opt(
+        str,
+        "Comma-separated subset of: SGD, Adam, AdaHesScale, AdaHesScaleGN, GGN-MC, "
+        "exact GGN diag., exact Hessian diag. (default: all).",
+    )
+    max_step_seconds = opt(
+        float, "Skip a method once one step takes longer.", min=0.0, default=10.0
+    )
+
+
+@grouped
+def command(out: StudyOutOption, cost: Cost, threads: StudyThreadsOption = 1) -> None:
     """Time a training step against depth, in gradient steps (HesScale study).
 
     64 inputs, Linear to --width, depth x [Linear(width, width), Tanh], Linear
@@ -47,20 +44,18 @@ def command(
     from curvlab.experiments.hesscale_cost import hesscale_cost
 
     depths, methods = parse_lists(
-        (depths, "--depths", int), (methods, "--methods", str)
+        (cost.depths, "--depths", int), (cost.methods, "--methods", str)
     )
-
-    def call(on_progress):
-        return hesscale_cost(
-            depths=depths,
-            width=width,
-            batch_size=batch_size,
-            repeats=repeats,
-            methods=methods,
-            max_step_seconds=max_step_seconds,
-            on_progress=on_progress,
-        )
-
+    study = partial(
+        hesscale_cost,
+        depths=depths,
+        width=cost.width,
+        batch_size=cost.batch_size,
+        repeats=cost.repeats,
+        methods=methods,
+        max_step_seconds=cost.max_step_seconds,
+    )
     files = (plots.cost_markdown, plots.write_cost_csv, plots.plot_cost)
-    code = run_study_events(out, "hesscale_cost", threads, call, files, label="timing")
-    raise typer.Exit(code)
+    raise typer.Exit(
+        run_study(out, "hesscale_cost", threads, study, files, label="timing")
+    )

@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
 
 import typer
 
-from curvlab.cli._common import StudyOutOption, StudyThreadsOption
-from curvlab.cli._study import run_study_events
+from curvlab.cli._options import StudyOutOption, StudyThreadsOption, group, grouped
+from curvlab.cli._options import option as opt
+from curvlab.cli._study import run_study
 
 
+@group
+class Quality:
+    """The study's sizes."""
+
+    seeds = opt(int, "Number of seeds (runs seeds 0, 1, ...).", min=1, default=3)
+    samples = opt(
+        int, "Train samples measured per seed (batch size 1).", min=1, default=100
+    )
+    width = opt(int, "Units per hidden layer (the paper: 64).", min=1, default=64)
+    epochs = opt(
+        int, "SGD epochs before measuring (lr 1e-3, batch 64).", min=0, default=2
+    )
+
+
+@grouped
 def command(
-    out: StudyOutOption,
-    seeds: Annotated[
-        int, typer.Option(min=1, help="Number of seeds (runs seeds 0, 1, ...).")
-    ] = 3,
-    samples: Annotated[
-        int,
-        typer.Option(min=1, help="Train samples measured per seed (batch size 1)."),
-    ] = 100,
-    width: Annotated[
-        int, typer.Option(min=1, help="Units per hidden layer (the paper: 64).")
-    ] = 64,
-    epochs: Annotated[
-        int,
-        typer.Option(min=0, help="SGD epochs before measuring (lr 1e-3, batch 64)."),
-    ] = 2,
-    threads: StudyThreadsOption = 1,
+    out: StudyOutOption, sizes: Quality, threads: StudyThreadsOption = 1
 ) -> None:
     """Compare diagonal Hessian estimates with the exact diagonal (HesScale study).
 
@@ -44,14 +44,11 @@ def command(
 
     study = partial(
         hesscale_quality,
-        seeds=range(seeds),
-        num_samples=samples,
-        width=width,
-        epochs=epochs,
+        seeds=range(sizes.seeds),
+        num_samples=sizes.samples,
+        width=sizes.width,
+        epochs=sizes.epochs,
     )
-
     files = (plots.quality_markdown, plots.write_quality_csv, plots.plot_quality)
-    code = run_study_events(
-        out, "hesscale_quality", threads, study, files, label="samples"
-    )
-    raise typer.Exit(code)
+    stem = "hesscale_quality"
+    raise typer.Exit(run_study(out, stem, threads, study, files, label="samples"))

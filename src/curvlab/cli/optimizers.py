@@ -1,10 +1,7 @@
 """``curvlab optimizers``: HesScale's optimization study over a grid of runs.
 
-The work is :func:`curvlab.experiments.optimizers.optimizer_study`; this module
-parses the options, starts a loopback Dask cluster when ``--workers`` asks for
-one (or connects to ``--scheduler``), shows the progress bar and prints the
-table and the findings. Running the same command again resumes: stored runs
-are skipped and an interrupted run restarts from its last checkpoint.
+Runs :func:`curvlab.experiments.optimizers.optimizer_study`, on a loopback Dask
+cluster (``--workers``) or a scheduler's (``--scheduler``) if asked.
 """
 
 from __future__ import annotations
@@ -15,12 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from curvlab.cli import _common as common
+from curvlab.cli import _options as opt
 from curvlab.experiments.optimizers import LABELS
 
 __all__ = ["command", "parse_lrs"]
@@ -108,91 +104,68 @@ def _unit_line(step: int, values: dict[str, Any]) -> str:
 
 
 def _print_table(study, console: Console) -> None:
-    settings = study.settings
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title=(
-            f"{settings.problem}: {settings.steps} steps, batch "
-            f"{settings.batch_size}, {settings.num_seeds} seeds "
-            f"(best lr by {settings.criterion.replace('_', ' ')})"
-        ),
-        caption="mean ± standard error over seeds at each method's best lr",
-    )
-    headers = ("method", "best lr", "final train loss", "test acc.", "diverged")
-    for header in (*headers, "s/step", "x SGD"):
-        table.add_column(header, justify="right")
+    settings, fmt, rows = study.settings, common.fmt, []
     for row in study.table:
-        accuracy = row["final_test_accuracy"]
-        table.add_row(
-            LABELS[row["method"]],
-            common.fmt(row["best_lr"], 3),
-            f"{common.fmt(row['final_train_loss'])} ± "
-            f"{common.fmt(row['final_train_loss_se'], 2)}",
-            "-"
-            if accuracy is None
-            else f"{100 * accuracy:.2f} ± "
-            f"{100 * (row['final_test_accuracy_se'] or 0):.2f}%",
-            f"{row['diverged']}/{row['runs']}",
-            common.fmt(row["seconds_per_step"], 3),
-            common.fmt(row["time_vs_sgd"], 3),
-        )
-    console.print(table)
+        accuracy, se = row["final_test_accuracy"], row["final_test_accuracy_se"] or 0
+        loss = f"{fmt(row['final_train_loss'])} ± {fmt(row['final_train_loss_se'], 2)}"
+        test = "-" if accuracy is None else f"{100 * accuracy:.2f} ± {100 * se:.2f}%"
+        label, lr = LABELS[row["method"]], fmt(row["best_lr"], 3)
+        diverged = f"{row['diverged']}/{row['runs']}"
+        spent = [fmt(row["seconds_per_step"], 3), fmt(row["time_vs_sgd"], 3)]
+        rows.append([label, lr, loss, test, diverged, *spent])
+    criterion = settings.criterion.replace("_", " ")
+    title = f"{settings.problem}: {settings.steps} steps, batch {settings.batch_size}"
+    title += f", {settings.num_seeds} seeds (best lr by {criterion})"
+    headers = ("method", "best lr", "final train loss", "test acc.", "diverged")
+    common.print_table(
+        console,
+        title,
+        "mean ± standard error over seeds at each method's best lr",
+        (*headers, "s/step", "x SGD"),
+        rows,
+    )
 
 
+@opt.group
+class Grid:
+    """The study's grid and runs (``None``: the default of OptimizersSettings)."""
+
+    problem = opt.option(str, "Problem name. Default: mnist5k_mlp.")
+    methods = opt.option(
+        str,
+        "Comma-separated subset of sgd, adam, adahesscale, adahesscalegn, "
+        "adahessian. Default: all.",
+    )
+    lr = opt.option(
+        list[str],
+        "Learning-rate grid of one method, METHOD=LR,LR,... (repeat the option per "
+        "method). Default: 5 rates per method, DEFAULT_LRS in "
+        "curvlab.experiments.optimizers.",
+        "--lr",
+    )
+    seeds = opt.option(int, "Seeds per (method, lr). Default: 8.", min=1)
+    steps = opt.option(int, "Optimizer steps per run. Default: 2000.", min=1)
+    batch_size = opt.option(int, "Samples per step. Default: 32.", min=1)
+    eval_every = opt.option(
+        int, "Record loss and accuracy every N steps. Default: 100.", min=1
+    )
+    num_samples = opt.option(
+        int, "Train on a balanced subset of N samples. Default: all.", min=1
+    )
+    dtype = opt.option(str, "float32 or float64. Default: float32.")
+    criterion = opt.option(
+        str,
+        "Best lr by final_loss (final training loss, mean over seeds) or mean_loss "
+        "(mean over the curve, as HesScale's code). Default: final_loss.",
+    )
+
+
+@opt.grouped
 def command(
     out: Annotated[
         Path, typer.Option(help="Study folder; running again resumes the study.")
     ],
-    problem: Annotated[
-        str | None, typer.Option(help="Problem name. Default: mnist5k_mlp.")
-    ] = None,
-    methods: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated subset of sgd, adam, adahesscale, "
-            "adahesscalegn, adahessian. Default: all."
-        ),
-    ] = None,
-    lr: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--lr",
-            help="Learning-rate grid of one method, METHOD=LR,LR,... (repeat the "
-            "option per method). Default: 5 rates per method, DEFAULT_LRS in "
-            "curvlab.experiments.optimizers.",
-        ),
-    ] = None,
-    seeds: Annotated[
-        int | None, typer.Option(min=1, help="Seeds per (method, lr). Default: 8.")
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="Optimizer steps per run. Default: 2000.")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Samples per step. Default: 32.")
-    ] = None,
-    eval_every: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Record loss and accuracy every N steps. Default: 100."
-        ),
-    ] = None,
-    num_samples: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Train on a balanced subset of N samples. Default: all."
-        ),
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32 or float64. Default: float32.")
-    ] = None,
-    criterion: Annotated[
-        str | None,
-        typer.Option(
-            help="Best lr by final_loss (final training loss, mean over seeds) or "
-            "mean_loss (mean over the curve, as HesScale's code). Default: final_loss."
-        ),
-    ] = None,
+    grid: Grid,
     force: Annotated[
         bool,
         typer.Option(
@@ -211,9 +184,7 @@ def command(
     scheduler: Annotated[
         str | None, typer.Option(help="Address of a Dask scheduler to train on.")
     ] = None,
-    device: common.DeviceOption = "cpu",
-    data_dir: common.DataDirOption = None,
-    threads: common.ThreadsOption = None,
+    machine: opt.Machine = opt.MACHINE,
 ) -> None:
     """HesScale's optimization study: AdaHesScale against SGD, Adam and AdaHessian.
 
@@ -230,24 +201,18 @@ def command(
     console = Console()
     fail = common.error_printer(Console(stderr=True))
     try:
-        lrs = parse_lrs(lr)
+        lrs = parse_lrs(grid.lr)
     except ValueError as error:
         raise typer.Exit(common.option_error(error)) from None
-    names = None
+    names, methods = None, grid.methods
     if methods is not None:
         names = [m.strip().lower() for m in methods.split(",") if m.strip()]
+    g = grid
     settings = OptimizersSettings(
-        problem,
-        names,
-        lrs,
-        seeds,
-        steps,
-        batch_size,
-        eval_every,
-        num_samples,
-        dtype,
-        criterion,
-    )
+        g.problem, names, lrs, g.seeds, g.steps, g.batch_size, g.eval_every,
+        g.num_samples, g.dtype, g.criterion,
+    )  # fmt: skip
+    device, data_dir, threads = machine.device, machine.data_dir, machine.threads
     try:
         common.check_device(device)
         common.check_threads(threads)

@@ -1,7 +1,6 @@
 """``curvlab overlap``: magnitude masks against the top Hessian eigenspace.
 
-The work is :class:`curvlab.experiments.overlap.OverlapStage`; this module prints
-a table of the stored results. ``curvlab plot overlap --run RUN_DIR`` draws them.
+``curvlab plot overlap --run RUN_DIR`` draws the stored results.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """``curvlab plot``: figures from the results stored in a run folder.
 
-A Typer sub-app with one command per kind of figure, each a thin wrapper over a
-plotting function that reads the run folder and returns the files it wrote into
-``RUN_DIR/plots/``: :func:`~curvlab.experiments.spectrum_plots.plot_spectrum`,
-:func:`~curvlab.experiments.spectrum_plots.plot_match` and
-``plot_overlap(run)`` of :data:`OVERLAP_MODULE` when that module exists. They
-are imported inside the commands, so ``curvlab --help`` does not load
-matplotlib.
+One command per figure, each a plotting function of the run folder imported
+when it runs (``curvlab --help`` does not load matplotlib).
 """
 
 from __future__ import annotations

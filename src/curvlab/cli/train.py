@@ -1,11 +1,8 @@
 """``curvlab train``: train a problem and record it in a run folder.
 
-The work is :func:`curvlab.experiments.training.train_run`; this module merges
-the options with a YAML file and the run folder's stored config
-(:func:`curvlab.runs.resolve_config`) and prints the recorded metrics. Running
-the same command again resumes an interrupted run from its last checkpoint; a
-larger ``--steps`` or more ``--record-steps`` extend the run; other changes are
-refused unless ``--force`` (which deletes the run) is given.
+The options, a YAML file and the run folder's stored config merge in
+:func:`curvlab.runs.resolve_config`; a larger ``--steps`` or more
+``--record-steps`` extend a stored run, other changes need ``--force``.
 """
 
 from __future__ import annotations
@@ -32,12 +29,7 @@ from curvlab.cli._common import (
     torch_threads,
 )
 from curvlab.cli._options import option
-from curvlab.experiments.training import (
-    TrainEvent,
-    check_trainable,
-    derived_seeds,
-    train_run,
-)
+from curvlab.experiments.training import TrainEvent, create_run, train_run
 from curvlab.runs import ConfigError, RunFolder, resolve_config
 from curvlab.runs.config import DTYPES, OPTIMIZERS
 
@@ -118,13 +110,7 @@ def main(
         config = resolve_config(options, file=config_file, stored=stored)
         device = check_device(machine.device)
         check_threads(machine.threads)
-        run = RunFolder.create(
-            out,
-            config,
-            force=force,
-            metadata={"seeds": derived_seeds(config.seed)},
-            check=lambda c: check_trainable(c, data_dir=data_dir),
-        )
+        run = create_run(config, out, force=force, data_dir=data_dir)
     except (ConfigError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
         return fail(str(e))
 

@@ -1,14 +1,8 @@
 """Smoke-test every curvature operator on a problem: build, multiply, time.
 
-:func:`check_operators` builds the Hessian, GGN, exact and Monte-Carlo Fisher and
-empirical Fisher operators of a model, loss and data set, multiplies each onto one
-random vector (the first product also runs the operators' determinism check),
-multiplies again to time a plain product and to confirm that both products agree,
-and returns one :class:`OperatorCheck` per operator. GGN and Fisher operators need
-a loss whose output-space curvature curvlab knows (cross-entropy, MSE, BCE with
-logits); for another loss they are skipped, not failed. :func:`check_problem`
-does the same for a registered problem and adds the problem's sizes and the time
-of one gradient. Nothing here prints; ``curvlab check`` renders the records.
+GGN and Fisher operators need a loss whose output-space curvature curvlab knows
+(cross-entropy, MSE, BCE with logits); for another loss they are skipped, not
+failed.
 """
 
 from __future__ import annotations
@@ -275,21 +269,13 @@ def check_problem(
 ) -> CheckReport:
     """Check every operator kind on a registered problem.
 
-    Builds the problem with :func:`curvlab.problems.get`, takes the gradient of
-    the train loss twice (the second pass is timed, the first warms up), then
-    runs :func:`check_operators` on the train split.
-
-    Args:
-        name: A name from :func:`curvlab.problems.names`.
-        dtype: Floating dtype of model, data and products.
-        device: Device of model, data and products.
-        data_dir: Folder with the data files of file-based problems.
-        seed: Seeds the problem, the random vector and the Monte-Carlo labels.
-        num_samples: Use only this many train samples (``None``: all).
-        batch_size: Samples per batch (``None``: the problem's default).
-        on_progress: Called with a ``"phase"``
-            :class:`~curvlab.runs.stage.StageEvent` before each part starts:
-            ``"Gradient"``, then each operator (:func:`check_operators`).
+    Builds the problem with :func:`curvlab.problems.get` (all arguments but
+    ``on_progress``; ``seed`` also seeds the random vector and the Monte-Carlo
+    labels), takes the gradient of the train loss twice (the second pass is
+    timed, the first warms up), then runs :func:`check_operators` on the train
+    split. ``on_progress`` gets a ``"phase"``
+    :class:`~curvlab.runs.stage.StageEvent` before each part: ``"Gradient"``,
+    then each operator.
 
     Raises:
         ValueError: If the problem cannot be built (unknown name, missing

@@ -30,9 +30,6 @@ the means approach the paper's chance values (:data:`PAPER_CHANCE_0_2`) as
 ``chordal_2`` is about 1 for random pairs and, in the ``shared`` scenario, even
 when half of the directions coincide, while the overlap stays at :math:`k/D`
 and moves with the planted value.
-
-Nothing here prints or writes: :func:`grassmann_study` returns a
-:class:`GrassmannResult`, which ``curvlab grassmann`` renders.
 """
 
 from __future__ import annotations
@@ -294,18 +291,12 @@ def grassmann_study(
                         f"{scenario} {value:g} at D={D}, k={k}: needs 2k <= D"
                     )
                 else:
-                    trials = [
-                        pair_values(
-                            *scenario_pair(
-                                scenario,
-                                D,
-                                k,
-                                value,
-                                derive_seed(seed, D, k, index, t, bits=63),
-                            )
-                        )
+                    seeds = [
+                        derive_seed(seed, D, k, index, t, bits=63)
                         for t in range(num_trials)
                     ]
+                    pairs = (scenario_pair(scenario, D, k, value, s) for s in seeds)
+                    trials = [pair_values(U, V) for U, V in pairs]
                     values = {q: [t[q] for t in trials] for q in QUANTITIES}
                     cells.append(GrassmannCell(D, ratio, k, scenario, value, values))
                 if on_progress is not None:
@@ -322,13 +313,9 @@ def chance_comparison(
 ) -> list[tuple[str, float | None, float, float]]:
     """Chance values at the largest ``D`` against the paper's (``papers.md`` §1.2).
 
-    Args:
-        result: A study that ran ``ratio``.
-        ratio: The ratio to compare (the paper's values are for 0.2).
-
     Returns:
         ``(quantity, paper value or None, random-pair mean, mask mean)`` for
-        every quantity in :data:`QUANTITIES`, at the largest ``D``.
+        every quantity in :data:`QUANTITIES`.
 
     Raises:
         ValueError: If the study did not run ``ratio`` with both scenarios.

@@ -1,14 +1,4 @@
-"""Tables and figure of the Grassmannian-metrics study (``curvlab grassmann``).
-
-Rendering of a :class:`~curvlab.experiments.grassmann.GrassmannResult`:
-
-- :func:`grassmann_markdown`: the settings, the chance values at ``k/D = 0.2``
-  beside the paper's and the table of all cells;
-- :func:`write_grassmann_csv`: per scenario, ratio and ``D``, the mean and
-  standard deviation over trials of every normalised metric and of the overlap;
-- :func:`plot_grassmann`: one panel per quantity against ``D``, one line per
-  scenario and ratio, with the paper's chance values as dotted lines.
-"""
+"""Tables and figure of the Grassmannian-metrics study (``curvlab grassmann``)."""
 
 from __future__ import annotations
 
@@ -36,11 +26,7 @@ CHANCE_RATIO = 0.2
 
 
 def grassmann_markdown(result: GrassmannResult) -> str:
-    """Render the settings, the chance comparison and all cells as markdown.
-
-    Returns:
-        The markdown text.
-    """
+    """Render the settings, the chance comparison and all cells as markdown."""
     lines = [
         f"Grassmannian metrics on pairs of k-dimensional subspaces of R^D: "
         f"D in {list(result.dims)}, k/D in {list(result.ratios)}, planted "
@@ -82,7 +68,7 @@ def grassmann_markdown(result: GrassmannResult) -> str:
 
 
 def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
-    """Write each cell's means and standard deviations to the CSV ``path``."""
+    """Write each cell's means and standard deviations over trials to ``path``."""
     header = ["scenario", "planted", "ratio", "D", "k", "trials"]
     header += [f"{q}_{stat}" for stat in ("mean", "std") for q in QUANTITIES]
     rows = [

@@ -1,13 +1,4 @@
-"""Tables and figures of the HesScale studies (``curvlab hesscale-*``).
-
-Rendering of a :class:`~curvlab.experiments.hesscale_quality.QualityResult`
-(:func:`quality_markdown`, :func:`write_quality_csv`, :func:`plot_quality`:
-per estimator, the normalised and the raw mean L1 error of each layer and in
-total, and the range of the per-seed ratios) and of a
-:class:`~curvlab.experiments.hesscale_cost.CostResult` (:func:`cost_markdown`,
-:func:`write_cost_csv`, :func:`plot_cost`: per depth and method, the median and
-the fastest seconds per step and the multiple of a gradient step).
-"""
+"""Tables and figures of the HesScale studies (``curvlab hesscale-*``)."""
 
 from __future__ import annotations
 
@@ -31,11 +22,7 @@ __all__ = [
 
 
 def quality_markdown(result: QualityResult) -> str:
-    """Render the normalised errors and the settings as markdown.
-
-    Returns:
-        Settings, the table (one row per estimator, best first) and the ranking.
-    """
+    """Settings, normalised errors (one row per estimator, best first), ranking."""
     config = result.config
     header = ["estimator", *result.layers, "total", "per-seed range"]
     rows = []
@@ -43,14 +30,8 @@ def quality_markdown(result: QualityResult) -> str:
     for method in result.ranking():
         ratios = [r for r in result.seed_ratios[method] if not math.isnan(r)]
         spread = f"{number(min(ratios))}–{number(max(ratios))}" if ratios else "—"
-        rows.append(
-            [
-                method,
-                *(number(result.normalized[method][layer]) for layer in result.layers),
-                number(result.normalized[method]["total"]),
-                spread,
-            ]
-        )
+        errors = [result.normalized[method][c] for c in (*result.layers, "total")]
+        rows.append([method, *map(number, errors), spread])
     unit = result.mean_errors()[NORMALIZER]["total"]
     lines = [
         f"Data: {config.get('data', '?')}. Model: {config.get('architecture', '?')}, "
@@ -75,15 +56,9 @@ def write_quality_csv(result: QualityResult, path: str | Path) -> None:
     """Write the normalised and raw errors of each estimator to the CSV ``path``."""
     raw = result.mean_errors()
     columns = [*result.layers, "total"]
-    header = [
-        "method",
-        *(f"{c} normalized" for c in columns),
-        *(f"{c} L1" for c in columns),
-        "seed ratio min",
-        "seed ratio max",
-        "num_seeds",
-        "num_samples",
-    ]
+    header = ["method", *(f"{c} normalized" for c in columns)]
+    header += [f"{c} L1" for c in columns]
+    header += ["seed ratio min", "seed ratio max", "num_seeds", "num_samples"]
     rows = [
         [
             method,
@@ -143,12 +118,7 @@ def plot_quality(result: QualityResult, path: str | Path) -> None:
 
 
 def cost_markdown(result: CostResult) -> str:
-    """Render the step times and the settings as markdown.
-
-    Returns:
-        Settings, then a table with one row per depth: ``D``, the gradient step
-        in milliseconds, and each method's median step time in gradient steps.
-    """
+    """Settings; per depth ``D``, the gradient step (ms), each method's multiple."""
     config = result.config
     unit = result.median_seconds(UNIT)
     multiples = {m: result.multiples(m) for m in result.methods}

@@ -33,9 +33,7 @@ Estimators (:data:`METHODS`):
 
 The exact diagonal comes from :func:`curvlab.diagonal.exact_hessian_diagonal`,
 which backpropagates the per-sample Hessian for MLPs (exact, and fast at these
-widths) and falls back to ``D`` Hessian-vector products for other models. Nothing
-here prints or writes: :func:`hesscale_quality` returns a :class:`QualityResult`
-of plain lists and dicts, which ``curvlab hesscale-quality`` renders.
+widths) and falls back to ``D`` Hessian-vector products for other models.
 """
 
 from __future__ import annotations
@@ -125,17 +123,9 @@ def quality_model(
     num_classes: int = 10,
     seed: int = 0,
 ) -> nn.Sequential:
-    """Build the study's tanh MLP: ``in``, ``depth`` hidden layers of ``width``, out.
+    """Build the study's float32 tanh MLP: ``depth`` hidden layers of ``width``.
 
-    Args:
-        width: Units per hidden layer.
-        depth: Number of hidden layers.
-        in_features: Input dimension (64 for the digits).
-        num_classes: Output dimension.
-        seed: Seed of the initialisation (PyTorch's default for ``nn.Linear``).
-
-    Returns:
-        ``nn.Sequential`` of Linear and Tanh modules, float32.
+    ``seed`` seeds PyTorch's default initialisation of ``nn.Linear``.
 
     Example:
         >>> sum(p.numel() for p in quality_model().parameters())
@@ -146,9 +136,6 @@ def quality_model(
 
 def layer_names(model: nn.Module) -> tuple[list[str], list[int]]:
     """Group a model's trainable parameters by the module that holds them.
-
-    Args:
-        model: The model.
 
     Returns:
         The layer names ``"layer 1"``, ``"layer 2"``, ... in parameter order, and
@@ -213,12 +200,8 @@ def estimate_errors(
 ) -> dict[str, list[float]]:
     """Measure every estimator's L1 error per parameter on one batch.
 
-    Args:
-        model: The model; its ``.grad`` fields are left alone.
-        loss_fn: The loss (e.g. ``CrossEntropyLoss()``, mean reduction).
-        X: Inputs of the batch.
-        y: Targets of the batch.
-        seed: Seeds the Monte-Carlo label and the Rademacher vector.
+    ``model``'s ``.grad`` fields are left alone; ``seed`` seeds the Monte-Carlo
+    label and the Rademacher vector.
 
     Returns:
         ``{method: [sum |diag(H) - estimate| for each trainable parameter]}``
@@ -299,9 +282,6 @@ def hesscale_quality(
         on_progress: Called with a :class:`~curvlab.runs.stage.StageEvent`:
             ``"phase"`` when a seed's measurements start (``"seed 1: samples"``)
             and ``"sample"`` after each sample, counting samples over all seeds.
-
-    Returns:
-        The errors per estimator, layer and seed, and their normalised means.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -385,15 +365,9 @@ def hesscale_quality(
         "dtype": str(dtype).removeprefix("torch."),
     }
     return QualityResult(
-        METHODS,
-        tuple(layers),
-        seeds,
-        num_samples,
-        per_seed,
-        normalized,
-        seed_ratios,
-        config,
-    )
+        METHODS, tuple(layers), seeds, num_samples, per_seed, normalized,
+        seed_ratios, config,
+    )  # fmt: skip
 
 
 def _mean_errors(errors, layers: Sequence[str]) -> dict[str, dict[str, float]]:

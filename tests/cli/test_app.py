@@ -28,6 +28,20 @@ def test_help_lists_the_commands():
     assert "demo" in result.output
 
 
+@pytest.mark.parametrize(
+    ("command", "marker"),
+    [
+        ("overlap", "[all recorded]"),
+        ("spectrum", "[run's]"),
+        ("spectrum", "[stored, else 8000]"),
+    ],
+)
+def test_help_shows_the_defaults_in_brackets(command, marker):
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert marker in result.output
+
+
 def test_python_dash_m():
     result = subprocess.run(
         [sys.executable, "-m", "curvlab", "--version"],

@@ -29,7 +29,6 @@ from rich.progress import (
 from rich.table import Table
 
 from curvlab._format import fmt
-from curvlab.cli._options import DType as DType  # for cli/demo.py
 from curvlab.cli._options import Machine
 from curvlab.runs import ConfigError, MissingStepError, RunFolder, parse_steps
 from curvlab.runs.errors import RunIntegrityError, RunLockedError, disk_error_message

@@ -11,6 +11,7 @@ import importlib
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from curvlab import __version__
@@ -25,7 +26,21 @@ COMMANDS += ("measure", "solve", "pipeline", "optimizers")
 
 
 class _Group(TyperGroup):
-    """The app's command group: run-folder errors end in one line and an exit code."""
+    """The app's command group: run-folder errors end in one line and an exit code.
+
+    Option help is plain text: a trailing ``[the run's]`` names a default, which
+    Rich would otherwise swallow as a style tag, so it is escaped here once.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        commands = list(self.commands.values())
+        while commands:
+            command = commands.pop()
+            commands.extend(getattr(command, "commands", {}).values())
+            for param in command.params:
+                if getattr(param, "help", None):
+                    param.help = escape(param.help)
 
     def invoke(self, ctx):  # noqa: D102 - click's Group.invoke
         with exit_on_run_errors():

@@ -20,7 +20,6 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from curvlab.cli._common import (
-    DType,
     Fail,
     error_printer,
     fmt,
@@ -28,6 +27,7 @@ from curvlab.cli._common import (
     run_guarded,
     torch_threads,
 )
+from curvlab.cli._options import DType
 from curvlab.cli.check import DTYPES
 from curvlab.runs import ConfigError, ConfigMismatchError
 from curvlab.runs.stage import SettingsConflictError

@@ -37,7 +37,7 @@ def test_help_lists_the_commands():
     ],
 )
 def test_help_shows_the_defaults_in_brackets(command, marker):
-    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0
     assert marker in result.output
 

@@ -386,26 +386,6 @@ class Eigenbasis:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _exact_error(values_by_magnitude: Tensor, num_outer: int) -> dict[str, Any]:
-    squares = values_by_magnitude.to(torch.float64).square()
-    total = float(squares.sum())
-    tails = squares.flip(0).cumsum(0).flip(0)  # tails[r] = sum_{i >= r}
-    tail = torch.cat([tails, squares.new_zeros(1)])[: num_outer + 1]
-    scree = (tail / total if total > 0 else torch.zeros_like(tail)).tolist()
-    error_sq = float(tail[num_outer])
-    return {
-        "kind": "exact",
-        "error": math.sqrt(error_sq),
-        "error_sq": error_sq,
-        "relative_error": math.sqrt(error_sq / total) if total > 0 else 0.0,
-        "op_norm_sq": total,
-        "num_probes": 0,
-        "bounds": [],
-        "scree_lower": scree,
-        "scree_upper": scree,
-    }
-
-
 def exact_eigenbasis(
     op: HessianOperator,
     num_outer: int,
@@ -458,11 +438,20 @@ def exact_eigenbasis(
     values, top = values[order], order[:num_outer]
     biggest = float(values.abs().max()) if dim else 0.0
     tolerance = dim * eps * biggest
+    squares = values.cpu().square()
+    total = float(squares.sum())
+    tails = squares.flip(0).cumsum(0).flip(0)  # tails[r] = sum_{i >= r}
+    tail = torch.cat([tails, squares.new_zeros(1)])[: num_outer + 1]
+    scree = (tail / total if total > 0 else torch.zeros_like(tail)).tolist()
+    error_sq = float(tail[num_outer])
+    error = {"kind": "exact", "error": math.sqrt(error_sq), "error_sq": error_sq}
+    error["relative_error"] = math.sqrt(error_sq / total) if total > 0 else 0.0
+    error |= {"op_norm_sq": total, "num_probes": 0, "bounds": []}
     return Eigenbasis(
         method="exact",
         eigenvalues=values[:num_outer],
         eigenvectors=vectors[:, top],
-        a_posteriori=_exact_error(values.cpu(), num_outer),
+        a_posteriori=error | {"scree_lower": scree, "scree_upper": scree},
         trace=float(values.sum()),
         fraction_negative=float((values < 0).double().mean()),
         fraction_negative_beyond_rounding=float((values < -tolerance).double().mean()),

@@ -40,14 +40,9 @@ step marked done in the manifest; rerunning skips finished steps::
     exhaustive_train/summary.csv         one row per finished step
 
 References:
-    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
-      magnitudes and Hessian eigenspaces at scale using sketched methods.
-      TMLR; arXiv 2504.14701.
-    - Tropp, Yurtsever, Udell & Cevher (2019). Streaming low-rank matrix
-      approximation with an application to scientific simulation. SIAM J. Sci.
-      Comput. 41(4) (arXiv 1902.08651).
-    - Knyazev & Argentati (2002). Principal angles between subspaces in an
-      A-based scalar product. SIAM J. Sci. Comput. 23(6).
+    Those of :mod:`curvlab.experiments.overlap`, and Knyazev & Argentati
+    (2002). Principal angles between subspaces in an A-based scalar product.
+    SIAM J. Sci. Comput. 23(6).
 """
 
 from __future__ import annotations

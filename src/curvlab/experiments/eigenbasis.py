@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ __all__ = [
     "Eigenbasis",
     "EigenbasisSettings",
     "HessianStage",
+    "StepHessian",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
@@ -342,6 +343,20 @@ def hessian_at_step(
     return op, params, {**subset, "indices": indices.tolist()}
 
 
+class StepHessian(NamedTuple):
+    """A step's Hessian (:func:`hessian_at_step`) as a stage's ``measure`` gets it.
+
+    ``start`` is the ``perf_counter()`` before loading; ``phase`` is called with
+    the name of each phase.
+    """
+
+    start: float
+    phase: Callable[[str], None]
+    op: HessianOperator
+    params: Tensor
+    subset: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Eigenbasis:
     r"""The top eigenpairs by :math:`|\lambda|` of a Hessian, with diagnostics.
@@ -528,8 +543,8 @@ class HessianStage(TableStage):
     Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
     for messages) and its settings (``settings_type``), and defines
     ``own_settings`` (:func:`resolve_eigenbasis_settings`), ``measure(run,
-    step, settings, problem, max_cols, on_phase)`` (one step's result, with
-    ``rows`` and ``summary``) and :meth:`summary_row`. Its module exports the
+    step, settings, hessian)`` (one step's result from a :class:`StepHessian`,
+    with ``rows`` and ``summary``) and :meth:`summary_row`. Its module exports the
     classmethods under function names (``overlap_run = OverlapStage.run_on``).
 
     Args:
@@ -614,7 +629,15 @@ class HessianStage(TableStage):
         if problem is None:
             problem = run.problem(device=device, data_dir=data_dir)
         settings = cls.resolve(run, settings, num_params=problem.num_params)
-        return cls.measure(run, step, settings, problem, max_cols, on_phase)
+        return cls._measure_step(run, step, settings, problem, max_cols, on_phase)
+
+    @classmethod
+    def _measure_step(cls, run, step, settings, problem, max_cols, on_phase) -> Any:
+        phase = on_phase or (lambda name: None)
+        phase("hessian")
+        start = time.perf_counter()
+        hessian = hessian_at_step(run, step, problem, settings, max_cols=max_cols)
+        return cls.measure(run, step, settings, StepHessian(start, phase, *hessian))
 
     @classmethod
     def run_on(
@@ -680,6 +703,5 @@ class HessianStage(TableStage):
 
     def compute(self, step: int, progress: StepProgress) -> Any:
         """Measure one step."""
-        return self.measure(
-            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
-        )
+        options = (self.problem, self.max_cols, progress.phase)
+        return self._measure_step(self.run, step, self.settings, *options)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -62,12 +62,11 @@ from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_EXACT_DIM,
     EigenbasisSettings,
     HessianStage,
+    StepHessian,
     exact_eigenbasis,
-    hessian_at_step,
     sketch_of,
     split_stage,
 )
-from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 from curvlab.subspace import overlap_curve, principal_angles
@@ -186,21 +185,11 @@ class StepExhaustive:
 
 
 def _measure(
-    run: RunFolder,
-    step: int,
-    settings: ExhaustiveSettings,
-    problem: Problem,
-    max_cols: int | None,
-    on_phase: Callable[[str], None] | None,
+    run: RunFolder, step: int, settings: ExhaustiveSettings, hessian: StepHessian
 ) -> StepExhaustive:
     """:func:`exhaustive_at_step` (phases hessian, eigh, sketch, compare)."""
-    phase = on_phase or (lambda name: None)
-    phase("hessian")
-    start = time.perf_counter()
+    start, phase, op, params, subset = hessian
     K = settings.num_outer
-    op, params, subset = hessian_at_step(
-        run, step, problem, settings, max_cols=max_cols
-    )
     phase("eigh")
     exact = exact_eigenbasis(op, K, max_dim=settings.max_dim, keep_dense=True)
     phase("sketch")

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -74,7 +74,7 @@ from curvlab.experiments.eigenbasis import (
     Eigenbasis,
     EigenbasisSettings,
     HessianStage,
-    hessian_at_step,
+    StepHessian,
     split_stage,
 )
 from curvlab.experiments.sketch_stages import (
@@ -82,7 +82,6 @@ from curvlab.experiments.sketch_stages import (
     mask_overlap_curve,
     measured_settings,
 )
-from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import SettingsConflictError, StageRunResult, pick_setting
 from curvlab.subspace import OverlapCurve
@@ -216,20 +215,10 @@ def curve_rows(
 
 
 def _measure(
-    run: RunFolder,
-    step: int,
-    settings: OverlapSettings,
-    problem: Problem,
-    max_cols: int | None,
-    on_phase: Callable[[str], None] | None,
+    run: RunFolder, step: int, settings: OverlapSettings, hessian: StepHessian
 ) -> StepOverlap:
-    """:func:`overlap_at_step` with resolved settings and a built problem."""
-    phase = on_phase or (lambda name: None)
-    phase("hessian")
-    start = time.perf_counter()
-    op, params, subset = hessian_at_step(
-        run, step, problem, settings, max_cols=max_cols
-    )
+    """:func:`overlap_at_step` with resolved settings and the step's Hessian."""
+    start, phase, op, params, subset = hessian
     load_seconds = time.perf_counter() - start
     basis = find_eigenbasis(run, step, op, settings, phase)
     phase("overlap")

@@ -442,9 +442,7 @@ def exact_eigenbasis(
     start = time.perf_counter()
     eps = torch.finfo(dense.dtype).eps
     H = dense.to(torch.float64, copy=True)
-    if not keep_dense:
-        del dense
-        dense = None
+    dense = dense if keep_dense else None
     H = H.add_(H.mT.clone()).mul_(0.5)  # symmetrise against rounding
     values, vectors = torch.linalg.eigh(H)
     eigh_seconds = time.perf_counter() - start
@@ -495,10 +493,8 @@ def certified_eigenbasis(
     record["scree_lower"] = cert.scree_lower.tolist()
     record["scree_upper"] = cert.scree_upper.tolist()
     counts = {"eigendecomposition": num_matvecs, "a_posteriori": cert.num_matvecs}
-    values, vectors = eigh.eigenvalues, eigh.eigenvectors
-    return Eigenbasis(
-        method, values, vectors, record, num_matvecs=counts, seconds=seconds
-    )
+    basis = (eigh.eigenvalues, eigh.eigenvectors, record)
+    return Eigenbasis(method, *basis, num_matvecs=counts, seconds=seconds)
 
 
 def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
@@ -546,12 +542,7 @@ class HessianStage(TableStage):
     step, settings, hessian)`` (one step's result from a :class:`StepHessian`,
     with ``rows`` and ``summary``) and :meth:`summary_row`. Its module exports the
     classmethods under function names (``overlap_run = OverlapStage.run_on``).
-
-    Args:
-        run: The run folder.
-        settings: What to compute; resolved once here.
-        problem: The run's problem on the device of the products.
-        max_cols: Hessian columns per pass over the data (memory).
+    ``settings`` are resolved once, at construction.
     """
 
     what: str
@@ -595,10 +586,8 @@ class HessianStage(TableStage):
         """
         requested = requested or cls.settings_type()
         options = {"num_params": num_params, "stored": stored}
-        own = cls.own_settings
-        return resolve_eigenbasis_settings(
-            run, cls.command, requested, own_settings=own, **options
-        )
+        options["own_settings"] = cls.own_settings
+        return resolve_eigenbasis_settings(run, cls.command, requested, **options)
 
     @classmethod
     def at_step(

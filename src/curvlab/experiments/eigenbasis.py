@@ -161,10 +161,10 @@ def resolve_eigenbasis_settings(
         requested: The settings asked for.
         num_params: ``D`` (default: built from the run's problem).
         stored: Settings to resume with (default: the stage's finished steps').
-        own_settings: ``own_settings(run, requested, split, stored, D)`` of a
-            stage with settings of its own: those resolved and checked, the
-            stored settings to resolve the others from, and whether SEIGH is
-            used (else ``K <= D`` and the sketch-only fields are ``None``).
+        own_settings: ``own_settings(run, requested, stored, D)`` of a stage
+            with settings of its own (``requested.split`` set): those resolved
+            and checked, the stored settings to resolve the others from, and
+            whether SEIGH is used (else ``K <= D``, sketch-only fields ``None``).
 
     Returns:
         Settings of ``requested``'s type with every field set.
@@ -179,7 +179,8 @@ def resolve_eigenbasis_settings(
     dim = run.problem().num_params if num_params is None else num_params
     own, sketch = {}, True
     if own_settings is not None:
-        own, stored, sketch = own_settings(run, requested, split, stored, dim)
+        requested = dataclasses.replace(requested, split=split)
+        own, stored, sketch = own_settings(run, requested, stored, dim)
 
     def pick(name: str, default: Any) -> Any:
         return pick_setting(name, getattr(requested, name), stored, default)

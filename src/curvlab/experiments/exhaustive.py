@@ -312,11 +312,7 @@ class ExhaustiveStage(HessianStage):
 
     @staticmethod
     def own_settings(
-        run: RunFolder,
-        requested: ExhaustiveSettings,
-        split: str,
-        stored: dict[str, Any],
-        dim: int,
+        run: RunFolder, requested: ExhaustiveSettings, stored: dict[str, Any], dim: int
     ) -> tuple[dict[str, Any], dict[str, Any], bool]:
         """``max_dim``; always SEIGH.
 

@@ -285,11 +285,7 @@ class OverlapStage(HessianStage):
 
     @staticmethod
     def own_settings(
-        run: RunFolder,
-        requested: OverlapSettings,
-        split: str,
-        stored: dict[str, Any],
-        dim: int,
+        run: RunFolder, requested: OverlapSettings, stored: dict[str, Any], dim: int
     ) -> tuple[dict[str, Any], dict[str, Any], bool]:
         """``method``, ``num_random`` and ``max_exact_dim``; SEIGH unless exact.
 
@@ -312,7 +308,7 @@ class OverlapStage(HessianStage):
                 "or raise max_exact_dim deliberately."
             )
         if method == "distributed":  # the measured sketch's settings come next
-            stored = {**measured_settings(run, split), **stored}
+            stored = {**measured_settings(run, requested.split), **stored}
         num_random = pick_setting("num_random", requested.num_random, stored, 10)
         own = {"method": method, "num_random": check_int("num_random", num_random, 0)}
         return own | {"max_exact_dim": max_exact_dim}, stored, method != "exact"

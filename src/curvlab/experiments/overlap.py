@@ -223,13 +223,9 @@ def _measure(
     basis = find_eigenbasis(run, step, op, settings, phase)
     phase("overlap")
     start_overlap = time.perf_counter()
-    curve = mask_overlap_curve(
-        params,
-        basis.eigenvectors,
-        range(1, settings.num_outer + 1),
-        num_random=settings.num_random,
-        seed=mask_seed(settings.seed, step),
-    )
+    ks, seed = range(1, settings.num_outer + 1), mask_seed(settings.seed, step)
+    options = {"num_random": settings.num_random, "seed": seed}
+    curve = mask_overlap_curve(params, basis.eigenvectors, ks, **options)
     seconds = {"load": load_seconds, **basis.seconds}
     seconds |= {"overlap": time.perf_counter() - start_overlap}
     at_num_outer = ("magnitude", "best", "random_mean", "chance", "ratio")
@@ -251,7 +247,7 @@ def _measure(
             "k": settings.num_outer,
             **{name: float(getattr(curve, name)[-1]) for name in at_num_outer},
         },
-        "random_mask_seed": mask_seed(settings.seed, step),
+        "random_mask_seed": seed,
         "num_matvecs": {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())},
         "seconds": {**seconds, "total": time.perf_counter() - start},
     }

@@ -55,9 +55,8 @@ def _by_step(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, list]]:
     for row in rows:
         columns = out.setdefault(int(row["step"]), {})
         for key, value in row.items():
-            columns.setdefault(key, []).append(
-                math.nan if value is None else float(value)
-            )
+            cell = math.nan if value is None else float(value)
+            columns.setdefault(key, []).append(cell)
     return out
 
 

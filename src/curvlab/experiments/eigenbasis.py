@@ -190,10 +190,7 @@ def resolve_eigenbasis_settings(
     samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
     values = {
         "num_outer": num_outer,
-        "num_inner": None,
         "samples_per_class": check_int("samples_per_class", samples, 1),
-        "test_matrix": None,
-        "num_probes": None,
         "seed": check_int("seed", pick("seed", run.config.seed), 0),
         "dtype": check_choice("dtype", pick("dtype", run.config.dtype), DTYPES),
     }
@@ -204,7 +201,7 @@ def resolve_eigenbasis_settings(
         values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
         values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
         values["num_probes"] = check_int("num_probes", num_probes, 1)
-    return type(requested)(split=split, **own, **values)
+    return type(requested)(split=split, **own, **values)  # sketch-only: None
 
 
 def subset_settings(
@@ -345,11 +342,7 @@ def hessian_at_step(
 
 
 class StepHessian(NamedTuple):
-    """A step's Hessian (:func:`hessian_at_step`) as a stage's ``measure`` gets it.
-
-    ``start`` is the ``perf_counter()`` before loading; ``phase`` is called with
-    the name of each phase.
-    """
+    """A step's Hessian (:func:`hessian_at_step`), its load start and phase callback."""
 
     start: float
     phase: Callable[[str], None]

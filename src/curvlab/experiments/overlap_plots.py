@@ -16,9 +16,6 @@ draws, per split, into ``RUN_DIR/plots/`` (each PNG written atomically):
   :math:`\operatorname{ov}(k) / (k/D)`, against ``k`` per step, on a log
   scale, with the random masks' ratio for reference (1 is chance).
 
-Matplotlib's object interface with the Agg canvas is used (no ``pyplot``
-state), so plotting works without a display and from threads.
-
 References:
     - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
       magnitudes and Hessian eigenspaces at scale using sketched methods.

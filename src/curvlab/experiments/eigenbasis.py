@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ __all__ = [
     "Eigenbasis",
     "EigenbasisSettings",
     "HessianStage",
+    "StepHessian",
     "default_num_outer",
     "exact_eigenbasis",
     "hessian_at_step",
@@ -160,10 +161,10 @@ def resolve_eigenbasis_settings(
         requested: The settings asked for.
         num_params: ``D`` (default: built from the run's problem).
         stored: Settings to resume with (default: the stage's finished steps').
-        own_settings: ``own_settings(run, requested, split, stored, D)`` of a
-            stage with settings of its own: those resolved and checked, the
-            stored settings to resolve the others from, and whether SEIGH is
-            used (else ``K <= D`` and the sketch-only fields are ``None``).
+        own_settings: ``own_settings(run, requested, stored, D)`` of a stage
+            with settings of its own (``requested.split`` set): those resolved
+            and checked, the stored settings to resolve the others from, and
+            whether SEIGH is used (else ``K <= D``, sketch-only fields ``None``).
 
     Returns:
         Settings of ``requested``'s type with every field set.
@@ -178,7 +179,8 @@ def resolve_eigenbasis_settings(
     dim = run.problem().num_params if num_params is None else num_params
     own, sketch = {}, True
     if own_settings is not None:
-        own, stored, sketch = own_settings(run, requested, split, stored, dim)
+        requested = dataclasses.replace(requested, split=split)
+        own, stored, sketch = own_settings(run, requested, stored, dim)
 
     def pick(name: str, default: Any) -> Any:
         return pick_setting(name, getattr(requested, name), stored, default)
@@ -188,10 +190,7 @@ def resolve_eigenbasis_settings(
     samples = pick("samples_per_class", DEFAULT_SAMPLES_PER_CLASS)
     values = {
         "num_outer": num_outer,
-        "num_inner": None,
         "samples_per_class": check_int("samples_per_class", samples, 1),
-        "test_matrix": None,
-        "num_probes": None,
         "seed": check_int("seed", pick("seed", run.config.seed), 0),
         "dtype": check_choice("dtype", pick("dtype", run.config.dtype), DTYPES),
     }
@@ -202,7 +201,7 @@ def resolve_eigenbasis_settings(
         values["num_inner"] = check_int("num_inner", num_inner, num_outer, dim)
         values["test_matrix"] = check_choice("test_matrix", test_matrix, TEST_MATRICES)
         values["num_probes"] = check_int("num_probes", num_probes, 1)
-    return type(requested)(split=split, **own, **values)
+    return type(requested)(split=split, **own, **values)  # sketch-only: None
 
 
 def subset_settings(
@@ -342,6 +341,16 @@ def hessian_at_step(
     return op, params, {**subset, "indices": indices.tolist()}
 
 
+class StepHessian(NamedTuple):
+    """A step's Hessian (:func:`hessian_at_step`), its load start and phase callback."""
+
+    start: float
+    phase: Callable[[str], None]
+    op: HessianOperator
+    params: Tensor
+    subset: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Eigenbasis:
     r"""The top eigenpairs by :math:`|\lambda|` of a Hessian, with diagnostics.
@@ -386,26 +395,6 @@ class Eigenbasis:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _exact_error(values_by_magnitude: Tensor, num_outer: int) -> dict[str, Any]:
-    squares = values_by_magnitude.to(torch.float64).square()
-    total = float(squares.sum())
-    tails = squares.flip(0).cumsum(0).flip(0)  # tails[r] = sum_{i >= r}
-    tail = torch.cat([tails, squares.new_zeros(1)])[: num_outer + 1]
-    scree = (tail / total if total > 0 else torch.zeros_like(tail)).tolist()
-    error_sq = float(tail[num_outer])
-    return {
-        "kind": "exact",
-        "error": math.sqrt(error_sq),
-        "error_sq": error_sq,
-        "relative_error": math.sqrt(error_sq / total) if total > 0 else 0.0,
-        "op_norm_sq": total,
-        "num_probes": 0,
-        "bounds": [],
-        "scree_lower": scree,
-        "scree_upper": scree,
-    }
-
-
 def exact_eigenbasis(
     op: HessianOperator,
     num_outer: int,
@@ -447,9 +436,7 @@ def exact_eigenbasis(
     start = time.perf_counter()
     eps = torch.finfo(dense.dtype).eps
     H = dense.to(torch.float64, copy=True)
-    if not keep_dense:
-        del dense
-        dense = None
+    dense = dense if keep_dense else None
     H = H.add_(H.mT.clone()).mul_(0.5)  # symmetrise against rounding
     values, vectors = torch.linalg.eigh(H)
     eigh_seconds = time.perf_counter() - start
@@ -458,11 +445,20 @@ def exact_eigenbasis(
     values, top = values[order], order[:num_outer]
     biggest = float(values.abs().max()) if dim else 0.0
     tolerance = dim * eps * biggest
+    squares = values.cpu().square()
+    total = float(squares.sum())
+    tails = squares.flip(0).cumsum(0).flip(0)  # tails[r] = sum_{i >= r}
+    tail = torch.cat([tails, squares.new_zeros(1)])[: num_outer + 1]
+    scree = (tail / total if total > 0 else torch.zeros_like(tail)).tolist()
+    error_sq = float(tail[num_outer])
+    error = {"kind": "exact", "error": math.sqrt(error_sq), "error_sq": error_sq}
+    error["relative_error"] = math.sqrt(error_sq / total) if total > 0 else 0.0
+    error |= {"op_norm_sq": total, "num_probes": 0, "bounds": []}
     return Eigenbasis(
         method="exact",
         eigenvalues=values[:num_outer],
         eigenvectors=vectors[:, top],
-        a_posteriori=_exact_error(values.cpu(), num_outer),
+        a_posteriori=error | {"scree_lower": scree, "scree_upper": scree},
         trace=float(values.sum()),
         fraction_negative=float((values < 0).double().mean()),
         fraction_negative_beyond_rounding=float((values < -tolerance).double().mean()),
@@ -491,10 +487,8 @@ def certified_eigenbasis(
     record["scree_lower"] = cert.scree_lower.tolist()
     record["scree_upper"] = cert.scree_upper.tolist()
     counts = {"eigendecomposition": num_matvecs, "a_posteriori": cert.num_matvecs}
-    values, vectors = eigh.eigenvalues, eigh.eigenvectors
-    return Eigenbasis(
-        method, values, vectors, record, num_matvecs=counts, seconds=seconds
-    )
+    basis = (eigh.eigenvalues, eigh.eigenvectors, record)
+    return Eigenbasis(method, *basis, num_matvecs=counts, seconds=seconds)
 
 
 def sketch_of(op, settings: EigenbasisSettings) -> Eigenbasis:
@@ -539,15 +533,10 @@ class HessianStage(TableStage):
     Its name is ``<command>_<split>``. A subclass names what it holds (``what``,
     for messages) and its settings (``settings_type``), and defines
     ``own_settings`` (:func:`resolve_eigenbasis_settings`), ``measure(run,
-    step, settings, problem, max_cols, on_phase)`` (one step's result, with
-    ``rows`` and ``summary``) and :meth:`summary_row`. Its module exports the
+    step, settings, hessian)`` (one step's result from a :class:`StepHessian`,
+    with ``rows`` and ``summary``) and :meth:`summary_row`. Its module exports the
     classmethods under function names (``overlap_run = OverlapStage.run_on``).
-
-    Args:
-        run: The run folder.
-        settings: What to compute; resolved once here.
-        problem: The run's problem on the device of the products.
-        max_cols: Hessian columns per pass over the data (memory).
+    ``settings`` are resolved once, at construction.
     """
 
     what: str
@@ -591,10 +580,8 @@ class HessianStage(TableStage):
         """
         requested = requested or cls.settings_type()
         options = {"num_params": num_params, "stored": stored}
-        own = cls.own_settings
-        return resolve_eigenbasis_settings(
-            run, cls.command, requested, own_settings=own, **options
-        )
+        options["own_settings"] = cls.own_settings
+        return resolve_eigenbasis_settings(run, cls.command, requested, **options)
 
     @classmethod
     def at_step(
@@ -625,7 +612,15 @@ class HessianStage(TableStage):
         if problem is None:
             problem = run.problem(device=device, data_dir=data_dir)
         settings = cls.resolve(run, settings, num_params=problem.num_params)
-        return cls.measure(run, step, settings, problem, max_cols, on_phase)
+        return cls._measure_step(run, step, settings, problem, max_cols, on_phase)
+
+    @classmethod
+    def _measure_step(cls, run, step, settings, problem, max_cols, on_phase) -> Any:
+        phase = on_phase or (lambda name: None)
+        phase("hessian")
+        start = time.perf_counter()
+        hessian = hessian_at_step(run, step, problem, settings, max_cols=max_cols)
+        return cls.measure(run, step, settings, StepHessian(start, phase, *hessian))
 
     @classmethod
     def run_on(
@@ -691,6 +686,5 @@ class HessianStage(TableStage):
 
     def compute(self, step: int, progress: StepProgress) -> Any:
         """Measure one step."""
-        return self.measure(
-            self.run, step, self.settings, self.problem, self.max_cols, progress.phase
-        )
+        options = (self.problem, self.max_cols, progress.phase)
+        return self._measure_step(self.run, step, self.settings, *options)

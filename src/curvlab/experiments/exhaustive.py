@@ -40,21 +40,16 @@ step marked done in the manifest; rerunning skips finished steps::
     exhaustive_train/summary.csv         one row per finished step
 
 References:
-    - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
-      magnitudes and Hessian eigenspaces at scale using sketched methods.
-      TMLR; arXiv 2504.14701.
-    - Tropp, Yurtsever, Udell & Cevher (2019). Streaming low-rank matrix
-      approximation with an application to scientific simulation. SIAM J. Sci.
-      Comput. 41(4) (arXiv 1902.08651).
-    - Knyazev & Argentati (2002). Principal angles between subspaces in an
-      A-based scalar product. SIAM J. Sci. Comput. 23(6).
+    Those of :mod:`curvlab.experiments.overlap`, and Knyazev & Argentati
+    (2002). Principal angles between subspaces in an A-based scalar product.
+    SIAM J. Sci. Comput. 23(6).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -67,12 +62,11 @@ from curvlab.experiments.eigenbasis import (
     DEFAULT_MAX_EXACT_DIM,
     EigenbasisSettings,
     HessianStage,
+    StepHessian,
     exact_eigenbasis,
-    hessian_at_step,
     sketch_of,
     split_stage,
 )
-from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 from curvlab.subspace import overlap_curve, principal_angles
@@ -191,21 +185,11 @@ class StepExhaustive:
 
 
 def _measure(
-    run: RunFolder,
-    step: int,
-    settings: ExhaustiveSettings,
-    problem: Problem,
-    max_cols: int | None,
-    on_phase: Callable[[str], None] | None,
+    run: RunFolder, step: int, settings: ExhaustiveSettings, hessian: StepHessian
 ) -> StepExhaustive:
     """:func:`exhaustive_at_step` (phases hessian, eigh, sketch, compare)."""
-    phase = on_phase or (lambda name: None)
-    phase("hessian")
-    start = time.perf_counter()
+    start, phase, op, params, subset = hessian
     K = settings.num_outer
-    op, params, subset = hessian_at_step(
-        run, step, problem, settings, max_cols=max_cols
-    )
     phase("eigh")
     exact = exact_eigenbasis(op, K, max_dim=settings.max_dim, keep_dense=True)
     phase("sketch")
@@ -227,10 +211,9 @@ def _measure(
     angles = principal_angles(Q, W, orthonormalize=True).cpu()
     ks = range(1, K + 1)
     flat = params.to(device=Q.device, dtype=torch.float64)
-    mag_exact = overlap_curve(flat, Q, ks, best=False, num_random=0).magnitude
-    mag_sketch = overlap_curve(
-        flat, W, ks, best=False, num_random=0, orthonormalize=True
-    ).magnitude
+    options = {"best": False, "num_random": 0}
+    mag_exact = overlap_curve(flat, Q, ks, **options).magnitude
+    mag_sketch = overlap_curve(flat, W, ks, **options, orthonormalize=True).magnitude
     dim = op.shape[0]
     cols = (lam_exact, lam_sketch, abs_error, rel_error, overlaps, mag_exact)
     cols = [col.tolist() for col in (*cols, mag_sketch)]  # by k, as in _COLUMNS
@@ -239,21 +222,17 @@ def _measure(
         for k, *cells in zip(ks, *cols, strict=True)
     ]
     estimate = sketch.a_posteriori
+    over = estimate["error"] / true_error if true_error > 0 else None
     op_norm = math.sqrt(exact.a_posteriori["op_norm_sq"])
-    seconds = {
-        **exact.seconds,
-        **sketch.seconds,
-        "compare": time.perf_counter() - compare_start,
-        "total": time.perf_counter() - start,
-    }
+    seconds = {**exact.seconds, **sketch.seconds}
+    seconds["compare"] = time.perf_counter() - compare_start
+    seconds["total"] = time.perf_counter() - start
     degrees = torch.rad2deg(angles).to(torch.float64)
     qs = torch.tensor([0.5, 0.9], dtype=torch.float64)
     median, q90 = torch.quantile(degrees, qs).tolist()
-    matvecs = {
-        "dense": exact.num_matvecs["eigendecomposition"],
-        "sketch": sketch.num_matvecs["eigendecomposition"],
-        "a_posteriori": sketch.num_matvecs["a_posteriori"],
-    }
+    matvecs = {"dense": exact.num_matvecs["eigendecomposition"]}
+    matvecs["sketch"] = sketch.num_matvecs["eigendecomposition"]
+    matvecs["a_posteriori"] = sketch.num_matvecs["a_posteriori"]
     matvecs["total"] = sum(matvecs.values())
     summary = {
         "stage": exhaustive_stage(settings.split),
@@ -289,9 +268,7 @@ def _measure(
         "a_posteriori": {
             "estimate": estimate["error"],
             "exact": true_error,
-            "estimate_over_exact": estimate["error"] / true_error
-            if true_error > 0
-            else None,
+            "estimate_over_exact": over,
             "relative_estimate": estimate["relative_error"],
             "relative_exact": true_error / op_norm if op_norm > 0 else None,
             "best_rank_k_error": exact.a_posteriori["error"],
@@ -314,11 +291,7 @@ ExhaustiveRunResult = StageRunResult
 
 
 class ExhaustiveStage(HessianStage):
-    """The exhaustive check as a resumable stage, one per split.
-
-    :meth:`~curvlab.experiments.eigenbasis.HessianStage.run_on` refuses
-    problems with ``D > max_dim`` before any work.
-    """
+    """The exhaustive check as a resumable stage, one per split (``D <= max_dim``)."""
 
     command = "exhaustive"
     what = "exhaustive check"
@@ -328,11 +301,7 @@ class ExhaustiveStage(HessianStage):
 
     @staticmethod
     def own_settings(
-        run: RunFolder,
-        requested: ExhaustiveSettings,
-        split: str,
-        stored: dict[str, Any],
-        dim: int,
+        run: RunFolder, requested: ExhaustiveSettings, stored: dict[str, Any], dim: int
     ) -> tuple[dict[str, Any], dict[str, Any], bool]:
         """``max_dim``; always SEIGH.
 
@@ -355,6 +324,7 @@ class ExhaustiveStage(HessianStage):
     def summary_row(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """The step's row of ``summary.csv``: its scalars."""
         errors = summary["eigenvalue_errors"]
+        top_1 = errors.get("max_rel_top_1")
         post = summary["a_posteriori"]
         return {
             "step": summary["step"],
@@ -363,9 +333,7 @@ class ExhaustiveStage(HessianStage):
             "num_inner": summary["settings"]["num_inner"],
             "lambda_1_exact": summary["eigenvalues_exact"][0],
             "lambda_1_sketch": summary["eigenvalues_sketch"][0],
-            "max_rel_error_top_3": errors.get(
-                "max_rel_top_3", errors.get("max_rel_top_1")
-            ),
+            "max_rel_error_top_3": errors.get("max_rel_top_3", top_1),
             "max_rel_error_top_k": max(errors.values()),
             "basis_overlap": summary["basis_overlap"]["at_num_outer"],
             "basis_overlap_min": summary["basis_overlap"]["min"],

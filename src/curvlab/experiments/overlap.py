@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -74,7 +74,7 @@ from curvlab.experiments.eigenbasis import (
     Eigenbasis,
     EigenbasisSettings,
     HessianStage,
-    hessian_at_step,
+    StepHessian,
     split_stage,
 )
 from curvlab.experiments.sketch_stages import (
@@ -82,7 +82,6 @@ from curvlab.experiments.sketch_stages import (
     mask_overlap_curve,
     measured_settings,
 )
-from curvlab.problems import Problem
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import SettingsConflictError, StageRunResult, pick_setting
 from curvlab.subspace import OverlapCurve
@@ -216,31 +215,17 @@ def curve_rows(
 
 
 def _measure(
-    run: RunFolder,
-    step: int,
-    settings: OverlapSettings,
-    problem: Problem,
-    max_cols: int | None,
-    on_phase: Callable[[str], None] | None,
+    run: RunFolder, step: int, settings: OverlapSettings, hessian: StepHessian
 ) -> StepOverlap:
-    """:func:`overlap_at_step` with resolved settings and a built problem."""
-    phase = on_phase or (lambda name: None)
-    phase("hessian")
-    start = time.perf_counter()
-    op, params, subset = hessian_at_step(
-        run, step, problem, settings, max_cols=max_cols
-    )
+    """:func:`overlap_at_step` with resolved settings and the step's Hessian."""
+    start, phase, op, params, subset = hessian
     load_seconds = time.perf_counter() - start
     basis = find_eigenbasis(run, step, op, settings, phase)
     phase("overlap")
     start_overlap = time.perf_counter()
-    curve = mask_overlap_curve(
-        params,
-        basis.eigenvectors,
-        range(1, settings.num_outer + 1),
-        num_random=settings.num_random,
-        seed=mask_seed(settings.seed, step),
-    )
+    ks, seed = range(1, settings.num_outer + 1), mask_seed(settings.seed, step)
+    options = {"num_random": settings.num_random, "seed": seed}
+    curve = mask_overlap_curve(params, basis.eigenvectors, ks, **options)
     seconds = {"load": load_seconds, **basis.seconds}
     seconds |= {"overlap": time.perf_counter() - start_overlap}
     at_num_outer = ("magnitude", "best", "random_mean", "chance", "ratio")
@@ -262,7 +247,7 @@ def _measure(
             "k": settings.num_outer,
             **{name: float(getattr(curve, name)[-1]) for name in at_num_outer},
         },
-        "random_mask_seed": mask_seed(settings.seed, step),
+        "random_mask_seed": seed,
         "num_matvecs": {**basis.num_matvecs, "total": sum(basis.num_matvecs.values())},
         "seconds": {**seconds, "total": time.perf_counter() - start},
     }
@@ -296,11 +281,7 @@ class OverlapStage(HessianStage):
 
     @staticmethod
     def own_settings(
-        run: RunFolder,
-        requested: OverlapSettings,
-        split: str,
-        stored: dict[str, Any],
-        dim: int,
+        run: RunFolder, requested: OverlapSettings, stored: dict[str, Any], dim: int
     ) -> tuple[dict[str, Any], dict[str, Any], bool]:
         """``method``, ``num_random`` and ``max_exact_dim``; SEIGH unless exact.
 
@@ -323,7 +304,7 @@ class OverlapStage(HessianStage):
                 "or raise max_exact_dim deliberately."
             )
         if method == "distributed":  # the measured sketch's settings come next
-            stored = {**measured_settings(run, split), **stored}
+            stored = {**measured_settings(run, requested.split), **stored}
         num_random = pick_setting("num_random", requested.num_random, stored, 10)
         own = {"method": method, "num_random": check_int("num_random", num_random, 0)}
         return own | {"max_exact_dim": max_exact_dim}, stored, method != "exact"

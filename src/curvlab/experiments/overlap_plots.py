@@ -16,9 +16,6 @@ draws, per split, into ``RUN_DIR/plots/`` (each PNG written atomically):
   :math:`\operatorname{ov}(k) / (k/D)`, against ``k`` per step, on a log
   scale, with the random masks' ratio for reference (1 is chance).
 
-Matplotlib's object interface with the Agg canvas is used (no ``pyplot``
-state), so plotting works without a display and from threads.
-
 References:
     - Fernandez, Schneider, Mahsereci & Hennig (2025). Connecting parameter
       magnitudes and Hessian eigenspaces at scale using sketched methods.
@@ -55,9 +52,8 @@ def _by_step(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, list]]:
     for row in rows:
         columns = out.setdefault(int(row["step"]), {})
         for key, value in row.items():
-            columns.setdefault(key, []).append(
-                math.nan if value is None else float(value)
-            )
+            cell = math.nan if value is None else float(value)
+            columns.setdefault(key, []).append(cell)
     return out
 
 

@@ -1,9 +1,6 @@
-"""``curvlab demo``: every experiment on ``digits_mlp``, recorded, with a report.
+"""``curvlab demo``: :func:`curvlab.experiments.demo.demo_run` with progress bars.
 
-:func:`main` runs :func:`curvlab.experiments.demo.demo_run` with one Rich
-progress bar per stage, then prints the headline findings, the wall time of each
-stage and where the report is; Ctrl-C ends it with exit code 130 and running it
-again resumes. The demo (and with it matplotlib) is imported only when it runs.
+The demo (and with it matplotlib) is imported only when it runs.
 """
 
 from __future__ import annotations
@@ -55,16 +52,9 @@ def main(
 ) -> int:
     """Run the demo with progress bars and print where the report is.
 
-    Args:
-        out: The run folder (resumed when it holds this demo's run).
-        steps: SGD steps (ignored with ``quick``).
-        seed: Seeds the model, split, batches, eigensolvers and sketches.
-        dtype: ``"float32"`` (default) or ``"float64"``.
-        threads: PyTorch CPU threads during the demo (restored afterwards);
-            ``None`` keeps the current setting.
-        quick: A tiny configuration that runs in seconds (for tests).
-        console: Where to print (default: standard output).
-        error_console: Where to print errors (default: standard error).
+    The arguments are :func:`command`'s options (``steps`` is ignored with
+    ``quick``; ``threads=None`` keeps the current setting), and the consoles for
+    output and errors (default: standard output and standard error).
 
     Returns:
         The exit code: 0 on success, 1 if a product was NaN/Inf, 2 for invalid
@@ -130,10 +120,9 @@ def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int
     start = time.perf_counter()
     current = {"label": "the start"}
     with progress_bar(console) as progress:
+        show = _on_progress(progress, current)
         outcome = run_guarded(
-            lambda: demo_run(
-                out, settings, on_progress=_on_progress(progress, current)
-            ),
+            lambda: demo_run(out, settings, on_progress=show),
             progress,
             fail,
             (),
@@ -146,12 +135,9 @@ def _run(out: Path, settings: DemoSettings, console: Console, fail: Fail) -> int
     for line in _findings(summary["findings"]):
         console.print(f"• {escape(line)}", highlight=False)
     table = Table(title="Wall time of this call", show_header=True)
-    for column, justify in (
-        ("stage", "left"),
-        ("status", "left"),
-        ("seconds", "right"),
-    ):
-        table.add_column(column, justify=justify)
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
     for name, stage in summary["stages"].items():
         label = _LABELS.get(name, name)
         table.add_row(label, stage["status"], f"{stage['seconds']:.1f}")

@@ -103,16 +103,11 @@ class DemoSettings:
     """What :func:`demo_run` computes.
 
     Attributes:
-        problem: The problem trained (``digits_mlp``; tests use smaller ones).
-        steps: SGD steps.
+        problem, steps, lr, batch_size, dtype, num_samples: Those of the SGD
+            training (:class:`~curvlab.runs.TrainConfig`).
         record_steps: Steps recorded and measured; ``None`` for
             :func:`default_record_steps` ``(steps)``.
-        lr: SGD learning rate.
-        batch_size: SGD mini-batch size.
         seed: Seed of the model, split, batches, eigensolvers and sketches.
-        dtype: ``"float32"`` or ``"float64"``.
-        num_samples: Train on a class-balanced subset of this many samples
-            (``None``: the whole train split).
         spectrum: Settings of the spectra (full and layerwise).
         overlap: Settings of the mask/eigenspace overlap.
         exhaustive: Settings of the sketch-versus-exact check.
@@ -177,12 +172,7 @@ def default_record_steps(steps: int) -> tuple[int, ...]:
 
 
 def quick_settings(*, seed: int = 0, dtype: str = "float32") -> DemoSettings:
-    """Return a tiny configuration that runs in seconds (for tests).
-
-    ``synthetic_regression`` (``D = 499``, three layers, MSE) on 200 train
-    samples for 20 steps, two record steps, Hessians on 40 samples, ``K = 20``
-    eigenpairs and a HesScale comparison on 3 samples of a narrow network.
-    """
+    """Return a tiny configuration (``synthetic_regression``, D = 499) for tests."""
     training = {"problem": "synthetic_regression", "steps": 20, "lr": 0.05}
     training |= {"record_steps": (0, 20), "batch_size": 20, "num_samples": 200}
     hessian = {"split": "train", "num_outer": 20, "samples_per_class": 40}
@@ -246,7 +236,7 @@ class _Stages:
         """A stage's callback: its :class:`StageEvent` as progress of ``total``."""
 
         def forward(event: StageEvent) -> None:
-            if event.kind in ("start", "step", "spectrum"):
+            if event.kind in ("start", "step", "spectrum", "sample"):
                 of = event.total if total is None else total
                 self.notify(DemoEvent(name, "progress", event.index, of))
 
@@ -328,6 +318,7 @@ def demo_run(
 _SPECTRUM = "Hessian spectra, full and per layer, at each recorded step"
 _OVERLAP = "overlap of magnitude masks with the top Hessian eigenspace"
 _EXHAUSTIVE = "sketched (SEIGH) against exact eigendecomposition"
+_HESSCALE = "diagonal curvature estimators against the exact Hessian diagonal"
 
 
 def _hesscale_stage(
@@ -341,11 +332,8 @@ def _hesscale_stage(
         stages.done("hesscale", [], [0], "already stored")
         return run.read_json(reporting.HESSCALE_FILE)
 
-    def on_sample(event: StageEvent) -> None:
-        if event.kind == "sample":
-            stages.notify(DemoEvent("hesscale", "progress", event.index, total))
-
     tic = time.perf_counter()
+    on_sample = stages.progress("hesscale", total)
     result = hesscale_quality(
         **dataclasses.asdict(settings), dtype=torch.float64, on_progress=on_sample
     )
@@ -367,9 +355,6 @@ def _hesscale_stage(
     return content
 
 
-_HESSCALE = "diagonal curvature estimators against the exact Hessian diagonal"
-
-
 def _report_stage(
     run: RunFolder,
     settings: DemoSettings,
@@ -381,9 +366,8 @@ def _report_stage(
     timings = _update_timings(run, stages.status)
     wanted = settings.to_dict()
     info = _stored_info(run, reporting.REPORT_STAGE, wanted)
-    if info is not None and all(
-        s["status"] == "skipped" for s in stages.status.values()
-    ):
+    skipped = all(s["status"] == "skipped" for s in stages.status.values())
+    if info is not None and skipped:
         figures = [run.resolve(path) for path in info["figures"]]
         files = [run.resolve("report.md"), run.resolve("report.html")]
         stages.done("report", [], [0], f"kept {run.relative(files[0])}")

@@ -264,8 +264,8 @@ def _spectrum(spectra: Mapping[int, SpectrumStep], figures: Mapping[str, str]):
             f"{_percent(-bottom[last] / top[last])} of the top eigenvalue's size, "
             "so the Hessian is not positive semi-definite."
         )
-    num, per_class = spectra[first].num_samples, spectra[first].settings
-    per_class = per_class.samples_per_class
+    num = spectra[first].num_samples
+    per_class = spectra[first].settings.samples_per_class
     text = _section(
         "How the Hessian's spectrum evolves",
         f"The Hessian of the mean loss over {num} train samples"
@@ -420,10 +420,8 @@ def _exhaustive_cells(summary: Mapping[str, Any]) -> tuple:
 
 def _exhaustive(check: StepTables, figures: Mapping[str, str]):
     summaries, steps = check.summaries, list(check.summaries)
-    last, cells = (
-        summaries[steps[-1]],
-        {s: _exhaustive_cells(summaries[s]) for s in steps},
-    )
+    last = summaries[steps[-1]]
+    cells = {s: _exhaustive_cells(summaries[s]) for s in steps}
     K, s_inner = last["settings"]["num_outer"], last["settings"]["num_inner"]
     lam_exact, lam_sketch = last["eigenvalues_exact"][0], last["eigenvalues_sketch"][0]
     mag, post = last["magnitude_overlap"], last["a_posteriori"]
@@ -524,16 +522,10 @@ def _head(run: RunFolder, steps: Sequence[int], findings: Mapping[str, Any]) -> 
 def write_report(
     run: RunFolder, results: DemoResults, *, timings: Mapping[str, float] | None = None
 ) -> Report:
-    """Draw the figures and write ``report.md`` and ``report.html``.
+    """Draw the figures and write ``report.md`` and ``report.html`` of ``run``.
 
-    Args:
-        run: The run folder, with every demo stage stored.
-        results: What the stages computed or had stored.
-        timings: Wall time per stage, for the report's timing table.
-
-    Returns:
-        The files written, the figures and the headline numbers.
-
+    ``timings`` (seconds per stage) adds a timing table. Returns the files
+    written, the figures and the headline numbers.
     """
     paths = [
         *plot_spectrum(run, results.spectra, operators=["hessian"]),
@@ -546,18 +538,17 @@ def write_report(
     ]
     figures = {p.name: run.relative(p) for p in paths if p.suffix == ".png"}
     steps = list(results.spectra)
+    parts = {
+        "training": _training(results.metrics, steps),
+        "spectrum": _spectrum(results.spectra, figures),
+        "layers": _layers(results.spectra, figures),
+        "overlap": _overlap(results.overlap, figures),
+        "exhaustive": _exhaustive(results.exhaustive, figures),
+        "hesscale": _hesscale(results.hesscale, figures),
+    }
     findings: dict[str, Any] = {"steps": steps}
-    sections = []
-    for name, (section, found) in (
-        ("training", _training(results.metrics, steps)),
-        ("spectrum", _spectrum(results.spectra, figures)),
-        ("layers", _layers(results.spectra, figures)),
-        ("overlap", _overlap(results.overlap, figures)),
-        ("exhaustive", _exhaustive(results.exhaustive, figures)),
-        ("hesscale", _hesscale(results.hesscale, figures)),
-    ):
-        sections.append(section)
-        findings[name] = found
+    findings |= {name: found for name, (_, found) in parts.items()}
+    sections = [section for section, _ in parts.values()]
     if timings:
         rows = [(stage, f"{seconds:.1f}") for stage, seconds in timings.items()]
         table = markdown_table(("stage", "seconds"), rows, aligned=False)

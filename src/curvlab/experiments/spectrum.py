@@ -281,16 +281,7 @@ def subset_indices(
 
 
 def hessian_data(problem, samples_per_class: int, seed: int) -> BatchedData:
-    """The Hessian data of a problem: :func:`subset_indices` as one batch.
-
-    Args:
-        problem: A :class:`~curvlab.problems.Problem` (``run.problem()``).
-        samples_per_class: Samples per class (regression: in total).
-        seed: The run's seed.
-
-    Returns:
-        One batch holding the subset, on the problem's device.
-    """
+    """The Hessian data: the samples :func:`subset_indices` picks, as one batch."""
     train = problem.train_data
     indices = subset_indices(train.y, problem.num_classes, samples_per_class, seed)
     indices = indices.to(train.X.device)
@@ -379,9 +370,9 @@ def spectrum_run(
     """
     stage = SpectrumStage(run, settings, device=device, data_dir=data_dir)
     steps = None if steps is None else sorted(set(steps))
-    where = {"device": device, "data_dir": data_dir}  # recorded in the invocation
+    options = {"force": force, "on_progress": on_progress}
     return framework.run_stage(
-        stage, steps, force=force, on_progress=on_progress, **where
+        stage, steps, device=device, data_dir=data_dir, **options
     )
 
 

@@ -78,9 +78,7 @@ def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
             f"No spectra stored in {str(run.path)!r}. Run `curvlab spectrum --run "
             f"{run.path}` first."
         )
-    return {
-        step: read_spectrum(run, step) for step in (done if steps is None else steps)
-    }
+    return {s: read_spectrum(run, s) for s in (done if steps is None else steps)}
 
 
 def new_figure(width: float, height: float, **options) -> Figure:
@@ -136,8 +134,7 @@ def plot_spectrum(
             f"Operators {unknown} are not stored (stored: {stored}); compute them "
             "with `curvlab spectrum --split-ggn`."
         )
-    files = [_plot_densities(run, spectra, operator) for operator in operators]
-    files = [f for f in files if f is not None]
+    files = [f for op in operators if (f := _plot_densities(run, spectra, op))]
     return [*files, _plot_extremes(run, spectra, operators)]
 
 
@@ -184,13 +181,9 @@ def _plot_densities(run, spectra: dict[int, SpectrumStep], operator: str):
         ax.set(xlabel="eigenvalue", ylabel="density")
     for ax in axes[len(names) :]:
         ax.set_axis_off()
-    bar = figure.colorbar(
-        cm.ScalarMappable(norm=norm, cmap=cm.viridis),
-        cax=figure.add_axes(
-            (1 - 0.95 / width, 0.55 / height, 0.15 / width, 1 - 1.15 / height)
-        ),
-    )
-    bar.set_label("training step")
+    mappable = cm.ScalarMappable(norm=norm, cmap=cm.viridis)
+    box = (1 - 0.95 / width, 0.55 / height, 0.15 / width, 1 - 1.15 / height)
+    figure.colorbar(mappable, cax=figure.add_axes(box)).set_label("training step")
     figure.suptitle(
         f"{_title(run)}: {operator} spectral density per layer and full, "
         f"{len(steps)} step(s)"

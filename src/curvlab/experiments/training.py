@@ -211,11 +211,7 @@ def _check_batch_size(config: TrainConfig, num_train: int) -> None:
 
 
 def check_trainable(config: TrainConfig, *, data_dir: str | Path | None = None) -> None:
-    """Check what only the problem can tell, before a run folder is written.
-
-    Builds the problem on the CPU (its data must be present), checks the batch
-    size against the train samples and builds the optimizer on the model, so
-    that an invalid config never lands in a run folder.
+    """Check what only the problem (built on the CPU) can tell, before a run is written.
 
     Args:
         config: The training config.
@@ -394,8 +390,7 @@ def train_run(
     config = run.config if request is None else request
     run.extend_config(config)
     device = torch.device(device)
-    if data_dir is None:
-        data_dir = run.training_data_dir()
+    data_dir = run.training_data_dir() if data_dir is None else data_dir
     invocation = run.start_invocation(
         "train",
         request=config.to_dict(),

@@ -23,7 +23,6 @@ from curvlab.cli._common import (
     check_threads,
     error_printer,
     fmt,
-    print_skipped,
     print_table,
     run_steps,
     torch_threads,
@@ -63,7 +62,10 @@ def _show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
     values = event.values
     if event.kind == "start":
         progress.update(task, total=event.total, completed=event.index)
-        print_skipped(progress, values["skipped"], "Already recorded")
+        if values["skipped"]:
+            progress.console.print(
+                f"Already recorded: steps {list(values['skipped'])}."
+            )
         for problem in values.get("damaged", ()):
             progress.console.print(
                 f"[yellow]Damaged:[/] {escape(problem)}; computing it again."

@@ -130,8 +130,9 @@ def _failure(error: Exception) -> str:
 def _check_one(
     name: str, factory: OperatorFactory, model, loss_fn, data, seed: int
 ) -> OperatorCheck:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        op, build = _timed(lambda: factory(model, loss_fn, data, seed), _device(model))
+        op, build = _timed(lambda: factory(model, loss_fn, data, seed), device)
     except NotImplementedError as error:
         return OperatorCheck(name, SKIP, str(error))
     except Exception as error:  # reported in the record, not raised
@@ -172,11 +173,6 @@ def _check_one(
         )
     status = FAIL if problem else OK
     return OperatorCheck(name, status, problem, rayleigh=rayleigh, **timing)
-
-
-def _device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device
 
 
 def check_operators(

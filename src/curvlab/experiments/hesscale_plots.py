@@ -60,15 +60,14 @@ def write_quality_csv(result: QualityResult, path: str | Path) -> None:
     header += [f"{c} L1" for c in columns]
     header += ["seed ratio min", "seed ratio max", "num_seeds", "num_samples"]
     rows = [
-        [
-            method,
-            *(repr(result.normalized[method][c]) for c in columns),
-            *(repr(raw[method][c]) for c in columns),
-            repr(min(result.seed_ratios[method])),
-            repr(max(result.seed_ratios[method])),
-            len(result.seeds),
-            result.num_samples,
+        [method]
+        + [
+            repr(table[method][c])
+            for table in (result.normalized, raw)
+            for c in columns
         ]
+        + [repr(pick(result.seed_ratios[method])) for pick in (min, max)]
+        + [len(result.seeds), result.num_samples]
         for method in result.methods
     ]
     write_csv(path, header, rows)
@@ -163,17 +162,12 @@ def write_cost_csv(result: CostResult, path: str | Path) -> None:
         medians = result.median_seconds(name)
         for d, (depth, median) in enumerate(zip(result.depths, medians, strict=True)):
             times = result.seconds[name][d]
+            ratio = None if median is None else median / unit[d]
+            numbers = (median, min(times, default=None), ratio)
             rows.append(
-                [
-                    depth,
-                    result.num_params[d],
-                    name,
-                    "" if median is None else repr(median),
-                    repr(min(times)) if times else "",
-                    "" if median is None else repr(median / unit[d]),
-                    len(times),
-                    "" if name == UNIT else result.skipped[name][d],
-                ]
+                [depth, result.num_params[d], name]
+                + ["" if x is None else repr(x) for x in numbers]
+                + [len(times), "" if name == UNIT else result.skipped[name][d]]
             )
     write_csv(path, header, rows)
 

@@ -94,9 +94,7 @@ def main(
     """Train and record a run with a progress bar; print the metrics table.
 
     ``options`` (keyed by :class:`~curvlab.runs.TrainConfig` field, ``None``:
-    not given) override the YAML ``config_file``; ``force`` deletes an existing
-    run in ``out``; ``deterministic`` CUDA kernels make resumed runs match
-    uninterrupted ones bit for bit on a GPU too.
+    not given) override the YAML ``config_file``; the rest as in :func:`command`.
 
     Returns:
         The exit code: 0 on success, 1 if training failed (diverged), 2 for

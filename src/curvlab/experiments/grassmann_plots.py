@@ -80,10 +80,9 @@ def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
 def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
     """Draw every quantity against ``D`` into the PNG ``path``.
 
-    One panel per quantity; one colour and marker per scenario (``random``
-    and ``mask`` coincide in law), one line style per ratio,
-    error bars of one standard deviation over trials; the paper's chance values
-    at ``k/D = 0.2`` as dotted grey lines.
+    One panel per quantity; one colour and marker per scenario (``random`` and
+    ``mask`` coincide in law), one line style per ratio, error bars of one
+    standard deviation over trials; the paper's chance values as dotted lines.
     """
     columns = 3
     rows = math.ceil(len(QUANTITIES) / columns)

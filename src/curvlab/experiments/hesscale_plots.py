@@ -172,6 +172,13 @@ def write_cost_csv(result: CostResult, path: str | Path) -> None:
     write_csv(path, header, rows)
 
 
+def _plot_timed(ax, xs, ys, **style) -> None:
+    """Plot the points of the depths at which the method was timed (``y`` set)."""
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", **style)
+
+
 def plot_cost(result: CostResult, path: str | Path) -> None:
     """Draw seconds per step and multiples of a gradient step into the PNG ``path``."""
     figure = new_figure(11, 4.5)
@@ -179,21 +186,11 @@ def plot_cost(result: CostResult, path: str | Path) -> None:
     for index, name in enumerate((UNIT, *result.methods)):
         style = {"color": "black", "linestyle": "--"} if name == UNIT else {}
         color = {} if name == UNIT else {"color": f"C{index - 1}"}
-        medians = result.median_seconds(name)
-        points = [(n, t) for n, t in zip(result.num_params, medians, strict=True) if t]
-        if points:
-            left.plot(
-                *zip(*points, strict=True), marker="o", label=name, **style, **color
-            )
-        if name == UNIT:
-            continue
-        multiples = [
-            (depth, m)
-            for depth, m in zip(result.depths, result.multiples(name), strict=True)
-            if m
-        ]
-        if multiples:
-            right.plot(*zip(*multiples, strict=True), marker="o", label=name, **color)
+        seconds = result.median_seconds(name)
+        _plot_timed(left, result.num_params, seconds, label=name, **style, **color)
+        if name != UNIT:
+            multiples = result.multiples(name)
+            _plot_timed(right, result.depths, multiples, label=name, **color)
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("number of parameters D")

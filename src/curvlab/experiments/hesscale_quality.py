@@ -141,15 +141,13 @@ def layer_names(model: nn.Module) -> tuple[list[str], list[int]]:
         The layer names ``"layer 1"``, ``"layer 2"``, ... in parameter order, and
         for each parameter the index of its layer.
     """
-    prefixes: list[str] = []
-    index = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        prefix = name.rpartition(".")[0]
-        if prefix not in prefixes:
-            prefixes.append(prefix)
-        index.append(prefixes.index(prefix))
+    owners = [
+        name.rpartition(".")[0]
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    ]
+    prefixes = list(dict.fromkeys(owners))
+    index = [prefixes.index(owner) for owner in owners]
     return [f"layer {i + 1}" for i in range(len(prefixes))], index
 
 

@@ -57,14 +57,17 @@ def render_exhaustive(run: RunFolder, result: StageRunResult, console: Console) 
     )
 
 
+MaxDimOption = Annotated[
+    int, typer.Option(min=1, help="Refuse problems with more parameters.")
+]
+
+
 @opt.grouped
 def command(
     run: opt.RunOption,
     steps: opt.StepsOption = None,
     sketch: opt.Sketch = opt.SKETCH,
-    max_dim: Annotated[
-        int, typer.Option(min=1, help="Refuse problems with more parameters.")
-    ] = DEFAULT_MAX_EXACT_DIM,
+    max_dim: MaxDimOption = DEFAULT_MAX_EXACT_DIM,
     max_cols: opt.MaxColsOption = DEFAULT_MAX_COLS,
     force: opt.ForceStepsOption = False,
     machine: opt.Machine = opt.MACHINE,

@@ -9,14 +9,16 @@ import typer
 from curvlab.cli import _options as opt
 from curvlab.cli._common import run_stage_command
 
+NumMatvecsOption = Annotated[
+    int | None, typer.Option(min=3, help="Hutch++ products per trace. [90]")
+]
+
 
 @opt.grouped
 def command(
     run: opt.RunOption,
     steps: opt.StepsOption = None,
-    num_matvecs: Annotated[
-        int | None, typer.Option(min=3, help="Hutch++ products per trace. [90]")
-    ] = None,
+    num_matvecs: NumMatvecsOption = None,
     subset: opt.Subset = opt.SUBSET,
     force: opt.ForceStepsOption = False,
     machine: opt.Machine = opt.MACHINE,

@@ -62,10 +62,8 @@ def _show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
     values = event.values
     if event.kind == "start":
         progress.update(task, total=event.total, completed=event.index)
-        if values["skipped"]:
-            progress.console.print(
-                f"Already recorded: steps {list(values['skipped'])}."
-            )
+        if skipped := list(values["skipped"]):
+            progress.console.print(f"Already recorded: steps {skipped}.")
         for problem in values.get("damaged", ()):
             progress.console.print(
                 f"[yellow]Damaged:[/] {escape(problem)}; computing it again."

@@ -125,9 +125,8 @@ def cost_markdown(result: CostResult) -> str:
     rows = []
     for d, depth in enumerate(result.depths):
         cells = [str(depth), f"{result.num_params[d]:,}", f"{1e3 * unit[d]:.2f}"]
-        for method in result.methods:
-            value = multiples[method][d]
-            cells.append("—" if value is None else f"{value:.2f}×")
+        values = [multiples[method][d] for method in result.methods]
+        cells += ["—" if value is None else f"{value:.2f}×" for value in values]
         rows.append(cells)
     skipped = [
         f"{method} from depth {depth} on ({reason})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +129,6 @@ def progress_bar(
     return Progress(*columns, console=console, transient=transient)
 
 
-def print_skipped(
-    progress: Progress, skipped: Any, label: str = "Already done"
-) -> None:
-    """Print the steps that were skipped, if any."""
-    if skipped:
-        progress.console.print(f"{label}: steps {list(skipped)}.")
-
-
-#: What every command says after Ctrl-C: running it again resumes.
-RESUME = "Finished steps are stored; run the same command again to resume."
-
-
 def run_guarded(
     call: Callable[[], Any],
     progress: Progress,
@@ -150,7 +139,7 @@ def run_guarded(
     """Run ``call()`` under a progress bar; Ctrl-C and errors become exit codes.
 
     The one interrupt handler of the commands: on Ctrl-C it stops the bar and
-    prints ``Interrupted <where()>.`` (e.g. ``"at step 6"``) and :data:`RESUME`.
+    prints ``Interrupted <where()>.`` (e.g. ``"at step 6"``) and how to resume.
     ``fail`` prints an error and returns its exit code.
 
     Returns:
@@ -161,7 +150,10 @@ def run_guarded(
         return call()
     except KeyboardInterrupt:
         progress.stop()
-        progress.console.print(f"[yellow]Interrupted {where()}.[/] {RESUME}")
+        progress.console.print(
+            f"[yellow]Interrupted {where()}.[/] Finished steps are stored; run the "
+            "same command again to resume."
+        )
         return 130
     except FloatingPointError as error:
         return fail(str(error), 1)
@@ -169,9 +161,12 @@ def run_guarded(
         return fail(str(error))
 
 
-def show_stage_event(
+def _show_stage_event(
     step_line: Callable[[int, dict[str, Any]], str],
-) -> Callable[[Progress, TaskID, Any], None]:
+    progress: Progress,
+    task: TaskID,
+    event: Any,
+) -> None:
     """Draw a stage's :class:`~curvlab.runs.stage.StageEvent` on a progress bar.
 
     ``"start"`` sets the total and prints the skipped steps, ``"phase"`` names
@@ -179,28 +174,23 @@ def show_stage_event(
     ``"done"`` completes the bar, and a stage's own kinds (units of work inside
     a step) advance it.
     """
-
-    def show(progress: Progress, task: TaskID, event: Any) -> None:
-        if event.kind == "start":
-            progress.update(task, total=event.total, completed=0)
-            print_skipped(progress, event.values["skipped"])
-        elif event.kind == "phase":
-            progress.update(
-                task, description=f"step {event.step}: {event.values['phase']}"
-            )
-        elif event.kind == "step":
-            line = step_line(event.step, event.values)
-            progress.update(task, completed=event.index)
-            progress.console.print(line)
-        elif event.kind == "done":
-            progress.update(task, description="done", completed=event.total)
-        else:  # a unit of work inside a step (a stage's own kind)
-            keys = [key for key in ("operator", "block") if key in event.values]
-            details = " ".join(str(event.values[key]) for key in keys) or event.kind
-            description = f"step {event.step}: {details}"
-            progress.update(task, completed=event.index, description=description)
-
-    return show
+    if event.kind == "start":
+        progress.update(task, total=event.total, completed=0)
+        if skipped := list(event.values["skipped"]):
+            progress.console.print(f"Already done: steps {skipped}.")
+    elif event.kind == "phase":
+        progress.update(task, description=f"step {event.step}: {event.values['phase']}")
+    elif event.kind == "step":
+        line = step_line(event.step, event.values)
+        progress.update(task, completed=event.index)
+        progress.console.print(line)
+    elif event.kind == "done":
+        progress.update(task, description="done", completed=event.total)
+    else:  # a unit of work inside a step (a stage's own kind)
+        keys = [key for key in ("operator", "block") if key in event.values]
+        details = " ".join(str(event.values[key]) for key in keys) or event.kind
+        description = f"step {event.step}: {details}"
+        progress.update(task, completed=event.index, description=description)
 
 
 def run_steps(
@@ -220,7 +210,7 @@ def run_steps(
     ``call(on_progress)`` runs the experiment, which reports its
     :class:`~curvlab.runs.stage.StageEvent` objects to ``on_progress``; ``show``
     draws them on the bar (named ``name``, of ``total`` units at first; default
-    :func:`show_stage_event` with ``step_line``), and ``where(step)`` says where
+    ``_show_stage_event`` with ``step_line``), and ``where(step)`` says where
     the run stood when interrupted (default ``"at step S"``).
 
     Returns:
@@ -228,7 +218,7 @@ def run_steps(
         product, 2 for ``errors``, 130 when interrupted (:func:`run_guarded`).
     """
     state: dict[str, Any] = {"step": None}
-    show = show or show_stage_event(step_line or summary_line)
+    show = show or partial(_show_stage_event, step_line or summary_line)
     where = where or (lambda step: f"at step {step}")
     with progress_bar(console, remaining=True) as progress:
         task = progress.add_task(name, total=total)

@@ -1,9 +1,7 @@
-"""``curvlab check``: build every operator on a problem, multiply once, report.
+"""``curvlab check``: :func:`curvlab.experiments.check.check_problem` as Rich tables.
 
-The work is :func:`curvlab.experiments.check.check_problem`; this module turns its
-report into Rich tables and an exit code: 0 when every operator is OK (or skipped
-because the loss is unsupported), 1 when one fails, 2 when the problem cannot be
-built.
+Exit code 0 when every operator is OK or skipped (unsupported loss), 1 when one
+fails, 2 when the problem cannot be built.
 """
 
 from __future__ import annotations

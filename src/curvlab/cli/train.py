@@ -23,7 +23,6 @@ from curvlab.cli._common import (
     check_threads,
     error_printer,
     fmt,
-    print_skipped,
     print_table,
     run_steps,
     torch_threads,
@@ -63,7 +62,8 @@ def _show(progress: Progress, task: TaskID, event: TrainEvent) -> None:
     values = event.values
     if event.kind == "start":
         progress.update(task, total=event.total, completed=event.index)
-        print_skipped(progress, values["skipped"], "Already recorded")
+        if skipped := list(values["skipped"]):
+            progress.console.print(f"Already recorded: steps {skipped}.")
         for problem in values.get("damaged", ()):
             progress.console.print(
                 f"[yellow]Damaged:[/] {escape(problem)}; computing it again."
@@ -92,9 +92,7 @@ def main(
     """Train and record a run with a progress bar; print the metrics table.
 
     ``options`` (keyed by :class:`~curvlab.runs.TrainConfig` field, ``None``:
-    not given) override the YAML ``config_file``; ``force`` deletes an existing
-    run in ``out``; ``deterministic`` CUDA kernels make resumed runs match
-    uninterrupted ones bit for bit on a GPU too.
+    not given) override the YAML ``config_file``; the rest as in :func:`command`.
 
     Returns:
         The exit code: 0 on success, 1 if training failed (diverged), 2 for

@@ -123,19 +123,16 @@ def _timed(function: Callable, device: torch.device):
     return result, time.perf_counter() - start
 
 
-def _failure(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 def _check_one(
     name: str, factory: OperatorFactory, model, loss_fn, data, seed: int
 ) -> OperatorCheck:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        op, build = _timed(lambda: factory(model, loss_fn, data, seed), _device(model))
+        op, build = _timed(lambda: factory(model, loss_fn, data, seed), device)
     except NotImplementedError as error:
         return OperatorCheck(name, SKIP, str(error))
     except Exception as error:  # reported in the record, not raised
-        return OperatorCheck(name, FAIL, _failure(error))
+        return OperatorCheck(name, FAIL, f"{type(error).__name__}: {error}")
     generator = torch.Generator(device=op.device).manual_seed(seed)
     v = torch.randn(op.shape[0], generator=generator, dtype=op.dtype, device=op.device)
     try:  # the first product also runs the determinism check
@@ -143,19 +140,17 @@ def _check_one(
             _timed(lambda: op @ v, op.device) for _ in range(2)
         )
     except Exception as error:  # reported in the record, not raised
-        return OperatorCheck(name, FAIL, _failure(error), build_seconds=build)
+        message = f"{type(error).__name__}: {error}"
+        return OperatorCheck(name, FAIL, message, build_seconds=build)
     timing = {
         "build_seconds": build,
         "first_seconds": first_time,
         "product_seconds": product_time,
     }
-    if first.shape != v.shape:
-        shapes = f"{tuple(first.shape)}, expected {tuple(v.shape)}"
-        return OperatorCheck(name, FAIL, f"The product has shape {shapes}.", **timing)
-    if not bool(torch.isfinite(first).all()):
-        return OperatorCheck(
-            name, FAIL, "The product has non-finite entries.", **timing
-        )
+    if first.shape != v.shape or not bool(torch.isfinite(first).all()):
+        shapes = f"shape {tuple(first.shape)}, expected {tuple(v.shape)}"
+        what = shapes if first.shape != v.shape else "non-finite entries"
+        return OperatorCheck(name, FAIL, f"The product has {what}.", **timing)
     rayleigh = float((v @ first) / (v @ v))
     scale = float(first.norm() / v.norm())
     tol = 1e3 * torch.finfo(op.dtype).eps
@@ -172,11 +167,6 @@ def _check_one(
         )
     status = FAIL if problem else OK
     return OperatorCheck(name, status, problem, rayleigh=rayleigh, **timing)
-
-
-def _device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device
 
 
 def check_operators(

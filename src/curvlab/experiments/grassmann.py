@@ -95,12 +95,6 @@ def _haar(D: int, k: int, generator: torch.Generator, outside=None) -> Tensor:
     return torch.linalg.qr(G).Q
 
 
-def _one_hot(mask: Tensor, D: int) -> Tensor:
-    M = torch.zeros(D, mask.numel(), dtype=torch.float64)
-    M[mask, torch.arange(mask.numel())] = 1.0
-    return M
-
-
 def scenario_pair(
     scenario: str, D: int, k: int, planted: float | None, seed: int
 ) -> tuple[Tensor, Tensor]:
@@ -136,7 +130,8 @@ def scenario_pair(
     if scenario == "random":
         return _haar(D, k, generator), _haar(D, k, generator)
     mask = random_mask(D, k, generator=generator)
-    U = _one_hot(mask, D)
+    U = torch.zeros(D, k, dtype=torch.float64)
+    U[mask, torch.arange(k)] = 1.0
     if scenario == "mask":
         return U, _haar(D, k, generator)
     if scenario == "rotated":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 from curvlab._format import fmt, markdown_table
@@ -37,10 +38,11 @@ def grassmann_markdown(result: GrassmannResult) -> str:
         "(chance k/D). Means over trials.",
         "",
     ]
+    number = partial(fmt, decimals=True, missing="—")
     if CHANCE_RATIO in result.ratios:
         D = max(result.dims)
         rows = [
-            [quantity, *(fmt(v, 5, decimals=True, missing="—") for v in values)]
+            [quantity, *(number(v, 5) for v in values)]
             for quantity, *values in chance_comparison(result, CHANCE_RATIO)
         ]
         lines += [
@@ -52,13 +54,8 @@ def grassmann_markdown(result: GrassmannResult) -> str:
         ]
     header = ["scenario", "k/D", "D", "k", *QUANTITIES]
     rows = [
-        [
-            cell.label,
-            f"{cell.ratio:g}",
-            str(cell.D),
-            str(cell.k),
-            *(fmt(cell.mean(q), decimals=True, missing="—") for q in QUANTITIES),
-        ]
+        [cell.label, f"{cell.ratio:g}", str(cell.D), str(cell.k)]
+        + [number(cell.mean(q)) for q in QUANTITIES]
         for cell in result.cells
     ]
     lines += ["All cells:", "", markdown_table(header, rows)]
@@ -72,16 +69,9 @@ def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
     header = ["scenario", "planted", "ratio", "D", "k", "trials"]
     header += [f"{q}_{stat}" for stat in ("mean", "std") for q in QUANTITIES]
     rows = [
-        [
-            cell.scenario,
-            "" if cell.planted is None else repr(cell.planted),
-            repr(cell.ratio),
-            cell.D,
-            cell.k,
-            len(cell.values[QUANTITIES[0]]),
-            *(repr(cell.mean(q)) for q in QUANTITIES),
-            *(repr(cell.std(q)) for q in QUANTITIES),
-        ]
+        [cell.scenario, "" if cell.planted is None else repr(cell.planted)]
+        + [repr(cell.ratio), cell.D, cell.k, len(cell.values[QUANTITIES[0]])]
+        + [repr(stat(q)) for stat in (cell.mean, cell.std) for q in QUANTITIES]
         for cell in result.cells
     ]
     write_csv(path, header, rows)
@@ -90,10 +80,9 @@ def write_grassmann_csv(result: GrassmannResult, path: str | Path) -> None:
 def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
     """Draw every quantity against ``D`` into the PNG ``path``.
 
-    One panel per quantity; one colour and marker per scenario (``random``
-    and ``mask`` coincide in law), one line style per ratio,
-    error bars of one standard deviation over trials; the paper's chance values
-    at ``k/D = 0.2`` as dotted grey lines.
+    One panel per quantity; one colour and marker per scenario (``random`` and
+    ``mask`` coincide in law), one line style per ratio, error bars of one
+    standard deviation over trials; the paper's chance values as dotted lines.
     """
     columns = 3
     rows = math.ceil(len(QUANTITIES) / columns)

@@ -114,11 +114,10 @@ def cost_model(
     out_features: int = OUT_FEATURES,
     seed: int = 0,
 ) -> nn.Sequential:
-    """Build the paper's timing network, float32, without biases.
+    """Build the paper's timing network (module docstring), float32, no biases.
 
-    ``Linear(in_features, width)``, ``depth >= 0`` times ``[Linear(width,
-    width), Tanh]``, then ``Linear(width, out_features)``, initialised from
-    ``seed`` (the global random state is restored).
+    ``depth >= 0`` hidden layers, initialised from ``seed`` (the global random
+    state is restored).
 
     Example:
         >>> sum(p.numel() for p in cost_model(2, 8).parameters())

@@ -60,15 +60,14 @@ def write_quality_csv(result: QualityResult, path: str | Path) -> None:
     header += [f"{c} L1" for c in columns]
     header += ["seed ratio min", "seed ratio max", "num_seeds", "num_samples"]
     rows = [
-        [
-            method,
-            *(repr(result.normalized[method][c]) for c in columns),
-            *(repr(raw[method][c]) for c in columns),
-            repr(min(result.seed_ratios[method])),
-            repr(max(result.seed_ratios[method])),
-            len(result.seeds),
-            result.num_samples,
+        [method]
+        + [
+            repr(table[method][c])
+            for table in (result.normalized, raw)
+            for c in columns
         ]
+        + [repr(pick(result.seed_ratios[method])) for pick in (min, max)]
+        + [len(result.seeds), result.num_samples]
         for method in result.methods
     ]
     write_csv(path, header, rows)
@@ -126,9 +125,8 @@ def cost_markdown(result: CostResult) -> str:
     rows = []
     for d, depth in enumerate(result.depths):
         cells = [str(depth), f"{result.num_params[d]:,}", f"{1e3 * unit[d]:.2f}"]
-        for method in result.methods:
-            value = multiples[method][d]
-            cells.append("—" if value is None else f"{value:.2f}×")
+        values = [multiples[method][d] for method in result.methods]
+        cells += ["—" if value is None else f"{value:.2f}×" for value in values]
         rows.append(cells)
     skipped = [
         f"{method} from depth {depth} on ({reason})"
@@ -163,19 +161,21 @@ def write_cost_csv(result: CostResult, path: str | Path) -> None:
         medians = result.median_seconds(name)
         for d, (depth, median) in enumerate(zip(result.depths, medians, strict=True)):
             times = result.seconds[name][d]
+            ratio = None if median is None else median / unit[d]
+            numbers = (median, min(times, default=None), ratio)
             rows.append(
-                [
-                    depth,
-                    result.num_params[d],
-                    name,
-                    "" if median is None else repr(median),
-                    repr(min(times)) if times else "",
-                    "" if median is None else repr(median / unit[d]),
-                    len(times),
-                    "" if name == UNIT else result.skipped[name][d],
-                ]
+                [depth, result.num_params[d], name]
+                + ["" if x is None else repr(x) for x in numbers]
+                + [len(times), "" if name == UNIT else result.skipped[name][d]]
             )
     write_csv(path, header, rows)
+
+
+def _plot_timed(ax, xs, ys, **style) -> None:
+    """Plot the points of the depths at which the method was timed (``y`` set)."""
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", **style)
 
 
 def plot_cost(result: CostResult, path: str | Path) -> None:
@@ -185,21 +185,11 @@ def plot_cost(result: CostResult, path: str | Path) -> None:
     for index, name in enumerate((UNIT, *result.methods)):
         style = {"color": "black", "linestyle": "--"} if name == UNIT else {}
         color = {} if name == UNIT else {"color": f"C{index - 1}"}
-        medians = result.median_seconds(name)
-        points = [(n, t) for n, t in zip(result.num_params, medians, strict=True) if t]
-        if points:
-            left.plot(
-                *zip(*points, strict=True), marker="o", label=name, **style, **color
-            )
-        if name == UNIT:
-            continue
-        multiples = [
-            (depth, m)
-            for depth, m in zip(result.depths, result.multiples(name), strict=True)
-            if m
-        ]
-        if multiples:
-            right.plot(*zip(*multiples, strict=True), marker="o", label=name, **color)
+        seconds = result.median_seconds(name)
+        _plot_timed(left, result.num_params, seconds, label=name, **style, **color)
+        if name != UNIT:
+            multiples = result.multiples(name)
+            _plot_timed(right, result.depths, multiples, label=name, **color)
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("number of parameters D")

@@ -141,15 +141,13 @@ def layer_names(model: nn.Module) -> tuple[list[str], list[int]]:
         The layer names ``"layer 1"``, ``"layer 2"``, ... in parameter order, and
         for each parameter the index of its layer.
     """
-    prefixes: list[str] = []
-    index = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        prefix = name.rpartition(".")[0]
-        if prefix not in prefixes:
-            prefixes.append(prefix)
-        index.append(prefixes.index(prefix))
+    owners = [
+        name.rpartition(".")[0]
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    ]
+    prefixes = list(dict.fromkeys(owners))
+    index = [prefixes.index(owner) for owner in owners]
     return [f"layer {i + 1}" for i in range(len(prefixes))], index
 
 
@@ -169,9 +167,6 @@ def _hutchinson(
     return [e.reshape(s) for e, s in zip(estimate.split(sizes), shapes, strict=True)]
 
 
-_ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.ReLU)
-
-
 def sequential_hessian_diagonal(
     model: nn.Module, loss_fn: nn.Module, X: Tensor, y: Tensor
 ) -> list[Tensor] | None:
@@ -183,7 +178,8 @@ def sequential_hessian_diagonal(
     Tanh, Sigmoid and ReLU modules with all parameters trainable.
     """
     modules = list(model) if isinstance(model, nn.Sequential) else [model]
-    if not all(isinstance(m, (nn.Linear, *_ACTIVATIONS)) for m in modules) or not all(
+    supported = (nn.Linear, nn.Tanh, nn.Sigmoid, nn.ReLU)
+    if not all(isinstance(m, supported) for m in modules) or not all(
         p.requires_grad for p in model.parameters()
     ):
         return None
@@ -243,10 +239,6 @@ def _train(model, loss_fn, X, y, epochs: int, lr: float, batch_size: int, seed: 
             loss_fn(model(X[index]), y[index]).backward()
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def _sample_seed(seed: int, sample: int) -> int:
-    return (seed * 1_000_003 + sample) % (2**63)
 
 
 def hesscale_quality(
@@ -333,9 +325,8 @@ def hesscale_quality(
         notify("phase", index * num_samples, phase=f"seed {seed}: samples")
         for n in range(num_samples):
             sample = (X[n : n + 1], y[n : n + 1])
-            errors = estimate_errors(
-                model, loss_fn, *sample, seed=_sample_seed(seed, n)
-            )
+            sample_seed = (seed * 1_000_003 + n) % (2**63)
+            errors = estimate_errors(model, loss_fn, *sample, seed=sample_seed)
             for method in METHODS:
                 for value, layer in zip(errors[method], layer_of, strict=True):
                     sums[method][layer] += value

@@ -325,6 +325,8 @@ def hesscale_quality(
         notify("phase", index * num_samples, phase=f"seed {seed}: samples")
         for n in range(num_samples):
             sample = (X[n : n + 1], y[n : n + 1])
+            # Not curvlab._seeds.derive_seed: that would redraw the MC label and
+            # Hutchinson vector of every sample and change the demo's stored table.
             sample_seed = (seed * 1_000_003 + n) % (2**63)
             errors = estimate_errors(model, loss_fn, *sample, seed=sample_seed)
             for method in METHODS:

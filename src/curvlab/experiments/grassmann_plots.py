@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from curvlab._format import fmt, markdown_table
-from curvlab.experiments._study_files import new_figure, write_csv
+from curvlab.experiments._plot_files import new_figure, write_csv
 from curvlab.experiments.grassmann import (
     PAPER_CHANCE_0_2,
     QUANTITIES,
@@ -86,7 +86,7 @@ def plot_grassmann(result: GrassmannResult, path: str | Path) -> None:
     """
     columns = 3
     rows = math.ceil(len(QUANTITIES) / columns)
-    figure = new_figure(4.2 * columns, 3.2 * rows)
+    figure = new_figure(4.2 * columns, 3.2 * rows, layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     labels = list(dict.fromkeys(cell.label for cell in result.cells))
     colors = {label: f"C{i}" for i, label in enumerate(labels)}

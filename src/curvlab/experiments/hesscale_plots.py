@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from curvlab._format import fmt, markdown_table
-from curvlab.experiments._study_files import new_figure, write_csv
+from curvlab.experiments._plot_files import new_figure, write_csv
 from curvlab.experiments.hesscale_cost import UNIT, CostResult
 from curvlab.experiments.hesscale_quality import NORMALIZER, QualityResult
 
@@ -79,7 +79,7 @@ def plot_quality(result: QualityResult, path: str | Path) -> None:
     Left: one bar per estimator, the normalised total error (log scale), and
     one dot per seed (that seed's ratio). Right: mean L1 error per layer.
     """
-    figure = new_figure(11, 4.5)
+    figure = new_figure(11, 4.5, layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=(3, 2))
     methods = result.methods
     colors = [f"C{i}" for i in range(len(methods))]
@@ -180,7 +180,7 @@ def _plot_timed(ax, xs, ys, **style) -> None:
 
 def plot_cost(result: CostResult, path: str | Path) -> None:
     """Draw seconds per step and multiples of a gradient step into the PNG ``path``."""
-    figure = new_figure(11, 4.5)
+    figure = new_figure(11, 4.5, layout="constrained")
     left, right = figure.subplots(1, 2)
     for index, name in enumerate((UNIT, *result.methods)):
         style = {"color": "black", "linestyle": "--"} if name == UNIT else {}

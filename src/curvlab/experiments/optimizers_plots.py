@@ -6,9 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from curvlab.experiments._plot_files import new_figure
 from curvlab.runs import RunFolder
 
 __all__ = ["plot_curves"]
@@ -44,8 +42,7 @@ def plot_curves(
     Returns:
         The PNG's path.
     """
-    figure = Figure(figsize=(11, 7.5))
-    FigureCanvasAgg(figure)
+    figure = new_figure(11, 7.5)
     axes = figure.subplots(2, 2)
     methods = list(dict.fromkeys(row["method"] for row in curves))
     for axis, (x_key, y_key, ylabel) in zip(axes.flat, _PANELS, strict=True):

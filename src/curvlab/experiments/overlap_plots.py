@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
+from curvlab.experiments._plot_files import new_figure, save_plot
 from curvlab.experiments.eigenbasis import SPLITS
 from curvlab.experiments.overlap import load_overlap, overlap_stage
 from curvlab.runs import RunFolder
@@ -71,7 +71,7 @@ def _colorbar(figure: Figure, axes, steps: Sequence[int]) -> None:
 
 
 def _plot_vs_k(data, steps, colors) -> Figure:
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    figure = new_figure(12, 4.8, layout="constrained")
     left, right = figure.subplots(1, 2, sharey=True)
     for step in steps:
         columns = data[step]
@@ -104,7 +104,7 @@ def _plot_vs_step(data, steps, colors) -> Figure:
         ks = sorted({max(1, round(num_outer * f)) for f in (0.1, 0.5)} - {num_outer})
     ks.append(num_outer)
     cmap = colormaps["tab10"]
-    figure = Figure(figsize=(8, 5.4), layout="constrained")
+    figure = new_figure(8, 5.4, layout="constrained")
     axes = figure.subplots()
     lines = {"magnitude": ("-o", {"ms": 4}), "best": ("--", {"lw": 1.0})}
     lines["chance"] = (":", {"lw": 1.2})
@@ -127,7 +127,7 @@ def _plot_vs_step(data, steps, colors) -> Figure:
 
 
 def _plot_ratio(data, steps, colors) -> Figure:
-    figure = Figure(figsize=(8, 4.8), layout="constrained")
+    figure = new_figure(8, 4.8, layout="constrained")
     axes = figure.subplots()
     for step in steps:
         columns = data[step]
@@ -195,10 +195,7 @@ def plot_overlap(
         for name, draw in _FIGURES.items():
             figure = draw(data, steps, colors)
             figure.suptitle(title, fontsize=10)
-            paths.append(run.resolve(f"plots/overlap_{split}_{name}.png"))
-            FigureCanvasAgg(figure)
-            with run.atomic_path(paths[-1]) as tmp:
-                figure.savefig(tmp, format="png", dpi=120)
+            paths.append(save_plot(run, figure, f"overlap_{split}_{name}.png", dpi=120))
     if not paths:
         raise FileNotFoundError(
             f"No overlap results in {str(run.path)!r}. Run `curvlab overlap --run "

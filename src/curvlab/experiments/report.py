@@ -22,17 +22,12 @@ import numpy
 from matplotlib import colormaps
 
 from curvlab._format import fmt, markdown_table, markdown_to_html
+from curvlab.experiments._plot_files import PLOTS, new_figure, save_plot
 from curvlab.experiments.exhaustive import exhaustive_stage
 from curvlab.experiments.overlap import overlap_stage
 from curvlab.experiments.overlap_plots import plot_overlap
 from curvlab.experiments.spectrum import SpectrumStep
-from curvlab.experiments.spectrum_plots import (
-    PLOTS,
-    new_figure,
-    plot_match,
-    plot_spectrum,
-    save_plot,
-)
+from curvlab.experiments.spectrum_plots import plot_match, plot_spectrum
 from curvlab.runs import RunFolder
 from curvlab.runs.stage import StageRunResult
 from curvlab.subspace.spectra import BlockSpectrum, layer_full_distances

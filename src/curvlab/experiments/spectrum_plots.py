@@ -31,20 +31,15 @@ from pathlib import Path
 
 import numpy
 from matplotlib import cm, colors, ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from curvlab.experiments._plot_files import PLOTS, new_figure, save_plot
 from curvlab.experiments.spectrum import OPERATORS, STAGE, SpectrumStep, read_spectrum
 from curvlab.runs.folder import MissingStepError, RunFolder
 from curvlab.subspace.spectra import layer_full_distances
 
-__all__ = ["PLOTS", "load_spectra", "match_rows", "new_figure", "plot_match"]
-__all__ += ["plot_spectrum", "save_plot"]
+__all__ = ["PLOTS", "load_spectra", "match_rows", "plot_match", "plot_spectrum"]
 
-#: Folder of the plots inside the run folder.
-PLOTS = "plots"
-
-_DPI = 110
 _LOG_FLOOR = 1e-7  # densities below this fraction of a panel's maximum are clipped
 
 #: The two panels of a matching figure: title -> (column, line style, label)s.
@@ -79,21 +74,6 @@ def load_spectra(run: RunFolder, steps: Sequence[int] | None = None) -> dict:
             f"{run.path}` first."
         )
     return {s: read_spectrum(run, s) for s in (done if steps is None else steps)}
-
-
-def new_figure(width: float, height: float, **options) -> Figure:
-    """A matplotlib figure on the Agg canvas (inches; ``options`` of Figure)."""
-    figure = Figure(figsize=(width, height), **options)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_plot(run: RunFolder, figure: Figure, name: str) -> Path:
-    """Write ``figure`` atomically as ``RUN_DIR/plots/<name>`` (PNG, 110 dpi)."""
-    path = run.resolve(Path(PLOTS) / name)
-    with run.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI)
-    return path
 
 
 def _title(run: RunFolder) -> str:

@@ -396,10 +396,9 @@ class SpectrumStage(framework.Stage):
         super().__init__(run)
         settings = settings or SpectrumSettings()
         if settings.max_exact_dim is None:
-            stored = framework.stored_settings(run, STAGE).get("max_exact_dim")
-            settings = dataclasses.replace(
-                settings, max_exact_dim=stored or MAX_EXACT_DIM
-            )
+            stored = framework.stored_settings(run, STAGE)
+            value = framework.pick_setting("max_exact_dim", None, stored, MAX_EXACT_DIM)
+            settings = dataclasses.replace(settings, max_exact_dim=value)
         self.settings = settings
         self.stored = self.settings.to_dict()
         self.device, self.data_dir = device, data_dir
